@@ -1,0 +1,49 @@
+# The shop's commands. Everything installs what it needs first; see README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8000
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+
+.PHONY: install run test lint types contracts compose-check unit integration synth bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,infra,load]'
+	@touch $(STAMP)
+
+## install: a .venv with the shop, its test tools and the CDK toolchain (idempotent)
+install: $(STAMP)
+
+## run: migrate, seed and serve on http://127.0.0.1:$(PORT) (docs at /docs), embedded SQLite
+run: $(STAMP)
+	$(BIN)/shop migrate
+	$(BIN)/shop seed --products 1000 --customers 20
+	$(BIN)/shop serve --host 127.0.0.1 --port $(PORT)
+
+## test: lint, types, module contracts, compose check, then the whole suite
+test: $(STAMP) lint types contracts compose-check
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests infra loadtests
+	$(BIN)/ruff format --check app tests infra loadtests
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+contracts: $(STAMP)
+	$(BIN)/lint-imports
+
+compose-check: $(STAMP)
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+
+## bench: requests/s of the shop's hot routes beside a bare FastAPI route, one worker
+bench: $(STAMP)
+	$(BIN)/python -m loadtests.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache cdk.out infra/cdk.out shop.db shop.db-*

@@ -1,0 +1,212 @@
+"""The catalog's public API: products, prices and stock. Each function owns its transaction,
+except `reserve_stock` / `release_stock`, which join the caller's (an order's) transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import exists, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.catalog.domain import (
+    MAX_STOCK,
+    OutOfStock,
+    ReservedItem,
+    StockLimit,
+    normalise_sku,
+    reservation_order,
+)
+from app.catalog.models import Product, StockLevel
+from app.catalog.schemas import ProductCreate, ProductPage, ProductRead
+from app.core.db import Database
+from app.core.errors import Conflict, NotFound
+from app.core.models import utcnow
+
+_READ = select(
+    Product.id,
+    Product.sku,
+    Product.name,
+    Product.description,
+    Product.price_cents,
+    Product.image_key,
+    StockLevel.quantity.label("stock"),
+    Product.updated_at,
+).join(StockLevel, StockLevel.product_id == Product.id)
+
+
+async def _fetch(conn: AsyncConnection, product_id: int) -> ProductRead:
+    row = (await conn.execute(_READ.where(Product.id == product_id))).one_or_none()
+    if row is None:
+        raise NotFound("product", product_id)
+    return ProductRead.model_validate(row._mapping)
+
+
+async def get_product(db: Database, *, product_id: int) -> ProductRead:
+    """One product with its stock; raises NotFound."""
+    async with db.read() as conn:
+        return await _fetch(conn, product_id)
+
+
+async def list_products(db: Database, *, text: str | None, limit: int, offset: int) -> ProductPage:
+    """Products by name, optionally only those whose name or SKU contains `text`."""
+    stmt = _READ.order_by(Product.name, Product.id).limit(limit + 1).offset(offset)
+    if text:
+        stmt = stmt.where(
+            Product.name.icontains(text, autoescape=True)
+            | Product.sku.icontains(text, autoescape=True)
+        )
+    async with db.read() as conn:
+        rows = (await conn.execute(stmt)).all()
+    items = [ProductRead.model_validate(r._mapping) for r in rows[:limit]]
+    next_offset = offset + limit if len(rows) > limit else None
+    return ProductPage(items=items, limit=limit, offset=offset, next_offset=next_offset)
+
+
+async def create_product(db: Database, *, data: ProductCreate) -> ProductRead:
+    """Create a product and its stock level; raises Conflict when the SKU exists."""
+    sku = normalise_sku(data.sku)
+    try:
+        async with db.write() as conn:
+            now = utcnow()
+            product_id = (
+                await conn.execute(
+                    insert(Product)
+                    .values(
+                        sku=sku,
+                        name=data.name,
+                        description=data.description,
+                        price_cents=data.price_cents,
+                        image_key=data.image_key,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .returning(Product.id)
+                )
+            ).scalar_one()
+            await conn.execute(
+                insert(StockLevel).values(product_id=product_id, quantity=data.initial_stock)
+            )
+            return await _fetch(conn, product_id)
+    except IntegrityError as exc:
+        raise Conflict(f"a product with SKU {sku!r} exists", sku=sku) from exc
+
+
+async def change_price(db: Database, *, product_id: int, price_cents: int) -> ProductRead:
+    """Set a new price; orders already placed keep the price they were placed at."""
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(Product)
+            .where(Product.id == product_id)
+            .values(price_cents=price_cents, updated_at=utcnow())
+        )
+        if result.rowcount == 0:
+            raise NotFound("product", product_id)
+        return await _fetch(conn, product_id)
+
+
+async def restock(db: Database, *, product_id: int, quantity: int) -> ProductRead:
+    """Add units to the stock; raises NotFound, or StockLimit past the maximum."""
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(StockLevel)
+            .where(
+                StockLevel.product_id == product_id,
+                StockLevel.quantity <= MAX_STOCK - quantity,
+            )
+            .values(quantity=StockLevel.quantity + quantity)
+        )
+        if result.rowcount == 0:
+            current = await _fetch(conn, product_id)  # raises NotFound
+            raise StockLimit(product_id=product_id, current=current.stock, adding=quantity)
+        return await _fetch(conn, product_id)
+
+
+async def reserve_stock(conn: AsyncConnection, *, lines: Mapping[int, int]) -> list[ReservedItem]:
+    """Take `lines` ({product_id: quantity}) out of stock inside the caller's transaction.
+
+    Each line is one conditional UPDATE (`quantity >= wanted`), so stock can never go below
+    zero whatever the concurrency. Raises NotFound or OutOfStock; the caller's rollback then
+    undoes the lines already taken.
+    """
+    reserved: list[ReservedItem] = []
+    for product_id, quantity in reservation_order(dict(lines)):
+        taken = await conn.execute(
+            update(StockLevel)
+            .where(StockLevel.product_id == product_id, StockLevel.quantity >= quantity)
+            .values(quantity=StockLevel.quantity - quantity)
+        )
+        if taken.rowcount == 0:
+            available = (
+                await conn.execute(
+                    select(StockLevel.quantity).where(StockLevel.product_id == product_id)
+                )
+            ).scalar_one_or_none()
+            if available is None:
+                raise NotFound("product", product_id)
+            raise OutOfStock(product_id=product_id, requested=quantity, available=available)
+    rows = await conn.execute(
+        select(Product.id, Product.sku, Product.name, Product.price_cents).where(
+            Product.id.in_(list(lines))
+        )
+    )
+    for row in rows:
+        reserved.append(
+            ReservedItem(
+                product_id=row.id,
+                sku=row.sku,
+                name=row.name,
+                unit_price_cents=row.price_cents,
+                quantity=lines[row.id],
+            )
+        )
+    return sorted(reserved, key=lambda item: item.product_id)
+
+
+async def release_stock(conn: AsyncConnection, *, lines: Mapping[int, int]) -> None:
+    """Put units back (a cancelled order), inside the caller's transaction."""
+    for product_id, quantity in reservation_order(dict(lines)):
+        await conn.execute(
+            update(StockLevel)
+            .where(StockLevel.product_id == product_id)
+            .values(quantity=StockLevel.quantity + quantity)
+        )
+
+
+async def product_exists(db: Database, *, product_id: int) -> bool:
+    async with db.read() as conn:
+        return bool(await conn.scalar(select(exists().where(Product.id == product_id))))
+
+
+async def bulk_create_products(db: Database, *, rows: Iterable[dict[str, Any]]) -> int:
+    """Insert many products with their stock in one transaction (seeding); returns the count.
+
+    Each row holds the ProductCreate fields; SKUs must be new.
+    """
+    rows = list(rows)
+    now = utcnow()
+    created = 0
+    async with db.write() as conn:
+        for first in range(0, len(rows), 1000):
+            chunk = rows[first : first + 1000]
+            stock_by_sku = {normalise_sku(r["sku"]): r.get("initial_stock", 0) for r in chunk}
+            products = [
+                {
+                    "sku": normalise_sku(r["sku"]),
+                    "name": r["name"],
+                    "description": r.get("description", ""),
+                    "price_cents": r["price_cents"],
+                    "image_key": r.get("image_key"),
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for r in chunk
+            ]
+            ids = await conn.execute(insert(Product).returning(Product.id, Product.sku), products)
+            await conn.execute(
+                insert(StockLevel),
+                [{"product_id": pid, "quantity": stock_by_sku[sku]} for pid, sku in ids],
+            )
+            created += len(products)
+    return created

@@ -1,0 +1,193 @@
+"""The `shop` command: serve, migrate, seed, create an admin, forget old idempotency keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from app.core.errors import ShopError
+from app.core.security import Role
+from app.core.settings import Settings
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        sys.exit(f"shop: invalid settings:\n{exc}")
+
+
+def _run(work: Callable[[Settings], Awaitable[T]]) -> T:
+    settings = _settings()
+    try:
+        return asyncio.run(work(settings))
+    except ShopError as exc:
+        sys.exit(f"shop: {exc.message}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    settings = _settings()
+    if args.migrate:
+        cmd_migrate(args)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=None if args.reload else args.workers,
+        reload=args.reload,
+        reload_dirs=["app"] if args.reload else None,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        access_log=args.access_log,
+    )
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from app.core import aws
+    from app.migrations import runner
+
+    settings = _settings()
+    url = aws.resolve(settings).primary_url
+    started = time.perf_counter()
+    if args.down:
+        runner.downgrade(url, args.revision)
+    else:
+        runner.upgrade(url, args.revision)
+    where = "embedded SQLite " + str(settings.sqlite_path) if settings.is_embedded else "database"
+    print(f"shop: {where} migrated in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+
+def _progress(what: str, done: int, total: int) -> None:
+    print(f"  {what}: {done}/{total}", file=sys.stderr, flush=True)
+
+
+def cmd_seed(args: argparse.Namespace) -> None:
+    from app.main import close_resources, open_resources
+    from app.seed import DEMO_PASSWORD, seed
+
+    async def work(settings: Settings) -> tuple[int, int]:
+        res = await open_resources(settings)
+        try:
+            return await seed(
+                res.db,
+                res.passwords,
+                products=args.products,
+                customers_count=args.customers,
+                progress=_progress,
+            )
+        finally:
+            await close_resources(res)
+
+    started = time.perf_counter()
+    products, customers = _run(work)
+    print(
+        f"shop: seeded {products} new products and {customers} new customers in "
+        f"{time.perf_counter() - started:.1f} s (demo customers sign in as "
+        f"customerN@example.com with password {DEMO_PASSWORD!r})",
+        file=sys.stderr,
+    )
+
+
+def cmd_create_admin(args: argparse.Namespace) -> None:
+    from app.core.errors import Conflict
+    from app.customers import service
+    from app.customers.schemas import SignUp
+    from app.main import close_resources, open_resources
+
+    password = args.password or os.environ.get("SHOP_ADMIN_PASSWORD")
+    if password is None and sys.stdin.isatty():
+        password = getpass.getpass("Admin password (10+ characters): ")
+
+    async def work(settings: Settings) -> str:
+        res = await open_resources(settings)
+        try:
+            if password is not None:
+                try:
+                    data = SignUp(email=args.email, password=password, full_name=args.name)
+                    created = await service.sign_up(
+                        res.db, res.passwords, data=data, role=Role.ADMIN
+                    )
+                    return f"created admin {created.email}"
+                except Conflict:
+                    pass
+                except ValidationError as exc:
+                    sys.exit(f"shop: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+            promoted = await service.set_role(res.db, email=args.email, role=Role.ADMIN)
+            return f"{promoted.email} is now an admin"
+        finally:
+            await close_resources(res)
+
+    print(f"shop: {_run(work)}", file=sys.stderr)
+
+
+def cmd_purge_keys(args: argparse.Namespace) -> None:
+    from app.main import close_resources, open_resources
+    from app.orders import service
+
+    async def work(settings: Settings) -> int:
+        res = await open_resources(settings)
+        try:
+            hours = max(args.hours, settings.idempotency_ttl_h)
+            return await service.purge_idempotency_keys(res.db, older_than=timedelta(hours=hours))
+        finally:
+            await close_resources(res)
+
+    print(f"shop: forgot {_run(work)} idempotency keys", file=sys.stderr)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shop", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--reload", action="store_true", help="restart on code changes (dev)")
+    serve.add_argument("--migrate", action="store_true", help="apply migrations first")
+    serve.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+    serve.set_defaults(func=cmd_serve, revision="head", down=False)
+
+    migrate = sub.add_parser("migrate", help="apply (or revert) the database migrations")
+    migrate.add_argument("revision", nargs="?", default="head", help="target (default: head)")
+    migrate.add_argument("--down", action="store_true", help="downgrade to the revision")
+    migrate.set_defaults(func=cmd_migrate)
+
+    seed = sub.add_parser("seed", help="add demo products and customers (idempotent)")
+    seed.add_argument("--products", type=int, default=1000)
+    seed.add_argument("--customers", type=int, default=20)
+    seed.set_defaults(func=cmd_seed)
+
+    admin = sub.add_parser("create-admin", help="create an admin, or promote an account")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--password", help="default: $SHOP_ADMIN_PASSWORD, or asked")
+    admin.add_argument("--name", default="Shop Admin")
+    admin.set_defaults(func=cmd_create_admin)
+
+    purge = sub.add_parser("purge-keys", help="forget idempotency keys older than the TTL")
+    purge.add_argument("--hours", type=int, default=24)
+    purge.set_defaults(func=cmd_purge_keys)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    for name in ("products", "customers"):
+        if getattr(args, name, 0) < 0 or getattr(args, name, 0) > 10_000_000:
+            sys.exit(f"shop: --{name} must be between 0 and 10000000")
+    args.func(args)

@@ -1,0 +1,81 @@
+"""Secrets Manager look-ups that turn secret ARNs in the settings into working addresses.
+
+Run once at start-up (lifespan), so that no password sits in a template, user data or variable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import boto3
+from sqlalchemy.engine import URL
+
+from app.core.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """Addresses and keys after secrets are read."""
+
+    primary_url: str
+    replica_urls: list[str]
+    jwt_secret: str
+    redis_url: str | None
+
+
+def _secrets_client(settings: Settings) -> Any:
+    return boto3.client(
+        "secretsmanager",
+        region_name=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url,
+    )
+
+
+def _secret(client: Any, arn: str) -> str:
+    value: str = client.get_secret_value(SecretId=arn)["SecretString"]
+    return value
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    host, _, port = text.partition(":")
+    return host, int(port) if port else default_port
+
+
+def resolve(settings: Settings) -> Resolved:
+    """Read every secret the settings point at (blocking: call it in a thread)."""
+    primary_url = settings.primary_url
+    replica_urls = list(settings.database_replica_urls)
+    jwt_secret = settings.jwt_secret
+    redis_url = settings.redis_url
+    arns = (settings.database_secret_arn, settings.jwt_secret_arn, settings.redis_auth_secret_arn)
+    if not any(arns):
+        return Resolved(primary_url, replica_urls, jwt_secret, redis_url)
+    client = _secrets_client(settings)
+    if settings.database_secret_arn:
+        creds = json.loads(_secret(client, settings.database_secret_arn))
+        port = int(creds.get("port", 5432))
+
+        def url_for(host: str, port: int) -> str:
+            url = URL.create(
+                "postgresql+psycopg",
+                username=creds["username"],
+                password=creds["password"],
+                host=host,
+                port=port,
+                database=creds.get("dbname", "postgres"),
+            )
+            return url.render_as_string(hide_password=False)
+
+        primary_url = url_for(creds["host"], port)
+        replica_urls += [url_for(*_host_port(h, port)) for h in settings.database_replica_hosts]
+    if settings.jwt_secret_arn:
+        jwt_secret = _secret(client, settings.jwt_secret_arn)
+    if settings.redis_auth_secret_arn and redis_url:
+        raw = _secret(client, settings.redis_auth_secret_arn)
+        token = json.loads(raw)["token"] if raw.lstrip().startswith("{") else raw
+        scheme, _, rest = redis_url.partition("://")
+        redis_url = f"{scheme}://:{quote(token, safe='')}@{rest}"
+    return Resolved(primary_url, replica_urls, jwt_secret, redis_url)

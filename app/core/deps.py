@@ -1,0 +1,87 @@
+"""Typed FastAPI dependencies: the database, the settings, and who is calling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis.asyncio import Redis
+
+from app.core.db import Database
+from app.core.errors import Forbidden, Unauthenticated
+from app.core.security import Passwords, Principal, TokenIssuer, TokenVerifier
+from app.core.settings import Settings
+
+
+@dataclass(slots=True)
+class Resources:
+    """Everything made in the lifespan; one per process, kept on app.state.resources."""
+
+    settings: Settings
+    db: Database
+    tokens: TokenIssuer
+    verifier: TokenVerifier
+    passwords: Passwords
+    redis: Redis | None = None
+
+
+def _resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+def _db(request: Request) -> Database:
+    return _resources(request).db
+
+
+def _settings(request: Request) -> Settings:
+    return _resources(request).settings
+
+
+ResourcesDep = Annotated[Resources, Depends(_resources)]
+DatabaseDep = Annotated[Database, Depends(_db)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+
+_bearer = HTTPBearer(auto_error=False, description="A token from POST /auth/token.")
+
+
+def _principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthenticated("a bearer token is required")
+    return _resources(request).verifier.verify(credentials.credentials)
+
+
+PrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+def _admin(principal: PrincipalDep) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("this endpoint is for admins")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(_admin)]
+
+
+@dataclass(frozen=True, slots=True)
+class PageParams:
+    limit: int
+    offset: int
+
+
+MAX_PAGE = 100
+
+
+def _page(
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip.")] = 0,
+) -> PageParams:
+    return PageParams(limit=limit, offset=offset)
+
+
+PageDep = Annotated[PageParams, Depends(_page)]

@@ -1,0 +1,97 @@
+"""HTTP plumbing shared by every module: error mapping and the request body limit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.errors import InvalidRequest, ShopError, Unauthenticated
+
+log = logging.getLogger("shop.http")
+
+
+def _shop_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ShopError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+    body: dict[str, Any]
+    if isinstance(exc, InvalidRequest):
+        # Same shape as FastAPI's own validation errors: the field and the reason.
+        loc = [exc.location, *exc.field.split(".")]
+        body = {"detail": [{"loc": loc, "msg": exc.message, "type": "value_error"}]}
+    else:
+        body = {"detail": exc.message, **exc.extra}
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def _database_busy(_request: Request, exc: Exception) -> JSONResponse:
+    # Pool exhausted or database unreachable: the client may retry; this is not its fault.
+    log.warning("database unavailable: %s", exc)
+    return JSONResponse(
+        {"detail": "the database is busy or unavailable; retry shortly"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ShopError, _shop_error)
+    app.add_exception_handler(sa_exc.TimeoutError, _database_busy)
+    app.add_exception_handler(sa_exc.OperationalError, _database_busy)
+    app.add_exception_handler(sa_exc.InterfaceError, _database_busy)
+
+
+class BodyLimit:
+    """Answer 413 to bodies over `max_bytes`, whether announced by Content-Length or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_bytes:
+                    await self._too_large(send)
+                    return
+                break
+        received = 0
+        rejected = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, rejected
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes and not rejected:
+                    # Answer now and tell the app the client left; whatever it answers is dropped.
+                    rejected = True
+                    await self._too_large(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not rejected:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+    async def _too_large(self, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": response.raw_headers,
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})

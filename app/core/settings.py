@@ -1,0 +1,171 @@
+"""One settings object for the whole shop, read from SHOP_* environment variables (or a .env file).
+
+Every component the app can use at some stage of the ladder has its address here, so that a stage is
+configuration, not code: what is unset is simply absent, and the app works (more slowly) without it.
+The CDK stacks in infra/ and the docker compose file set exactly these names.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOCAL_JWT_SECRET = "local-development-secret-change-me-0123456789"
+
+
+class Environment(StrEnum):
+    LOCAL = "local"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SHOP_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Environment = Field(
+        Environment.LOCAL,
+        description="local, test or production; outside local, default secrets are refused.",
+    )
+
+    # --- primary database -------------------------------------------------------------------
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the primary (read-write) database, e.g. "
+        "postgresql+psycopg://shop:pw@127.0.0.1:5432/shop. Unset: the embedded SQLite file.",
+    )
+    sqlite_path: Path = Field(
+        Path("shop.db"), description="File of the embedded SQLite default (when no database_url)."
+    )
+    database_secret_arn: str | None = Field(
+        None,
+        description="Secrets Manager secret in the RDS format (host, port, username, password, "
+        "dbname). When set, the primary and replica URLs are built from it at start-up, so that "
+        "no password is ever in an environment variable, template or user data.",
+    )
+    database_pool_size: int = Field(10, ge=1, le=200)
+    database_max_overflow: int = Field(10, ge=0, le=200)
+    database_pool_timeout_s: float = Field(10.0, gt=0)
+
+    # --- read replicas (stage 4) -----------------------------------------------------------
+    database_replica_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated SQLAlchemy URLs of read replicas; reads are spread over "
+        "them. Empty: reads go to the primary.",
+    )
+    database_replica_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated replica host names (or host:port) that share the "
+        "credentials of database_secret_arn (RDS read replicas).",
+    )
+
+    # --- cache (stage 5) --------------------------------------------------------------------
+    redis_url: str | None = Field(
+        None, description="redis:// or rediss:// URL of the cache. Unset: no cache."
+    )
+    redis_auth_secret_arn: str | None = Field(
+        None,
+        description="Secrets Manager secret holding the Redis AUTH token (ElastiCache), plain "
+        "string or JSON with a 'token' key.",
+    )
+
+    # --- AWS side services (stages 5 and 7) -------------------------------------------------
+    aws_region: str | None = Field(None, description="Region for AWS clients.")
+    aws_endpoint_url: str | None = Field(
+        None, description="Endpoint override for AWS clients (a local moto server)."
+    )
+    carts_table: str | None = Field(None, description="DynamoDB table of carts (stage 5).")
+    assets_bucket: str | None = Field(None, description="S3 bucket of static files (stage 5).")
+    assets_base_url: str | None = Field(
+        None, description="Public base URL of static files, e.g. the CloudFront domain."
+    )
+    queue_url: str | None = Field(
+        None, description="SQS queue URL for order side effects (stage 7). Unset: in-request."
+    )
+    mail_sender: str | None = Field(None, description="SES sender address (stage 7).")
+
+    # --- auth -----------------------------------------------------------------------------
+    jwt_secret: str = Field(
+        LOCAL_JWT_SECRET, min_length=32, description="HS256 signing key of issued tokens."
+    )
+    jwt_secret_arn: str | None = Field(
+        None, description="Secrets Manager secret holding jwt_secret (overrides it)."
+    )
+    jwt_issuer: str = Field("shop", description="iss claim of issued tokens.")
+    jwt_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    password_time_cost: int = Field(
+        3, ge=1, le=10, description="argon2 time cost; lower only for tests and seeding."
+    )
+    password_memory_kib: int = Field(65536, ge=1024, le=1048576)
+
+    # --- HTTP and business knobs -------------------------------------------------------------
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger bodies answer 413.")
+    tax_rate_bp: int = Field(2000, ge=0, le=10000, description="Sales tax in basis points.")
+    idempotency_ttl_h: int = Field(
+        24, ge=24, description="Hours an Idempotency-Key is kept (at least 24)."
+    )
+    graceful_shutdown_s: int = Field(
+        20, ge=1, le=300, description="Seconds uvicorn waits for in-flight requests on stop."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _csv_lists(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for name in ("database_replica_urls", "database_replica_hosts"):
+                if name in data:
+                    data[name] = _split_csv(data[name])
+        return data
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Self:
+        if (
+            self.env is not Environment.LOCAL
+            and self.jwt_secret == LOCAL_JWT_SECRET
+            and self.jwt_secret_arn is None
+        ):
+            raise ValueError(
+                "SHOP_JWT_SECRET still has its local default; set SHOP_JWT_SECRET or "
+                "SHOP_JWT_SECRET_ARN when SHOP_ENV is not 'local'"
+            )
+        return self
+
+    @cached_property
+    def primary_url(self) -> str:
+        """The async SQLAlchemy URL of the primary database (embedded SQLite when unset)."""
+        if self.database_url:
+            return to_async_url(self.database_url)
+        return f"sqlite+aiosqlite:///{self.sqlite_path}"
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.database_url is None and self.database_secret_arn is None
+
+
+def to_async_url(url: str) -> str:
+    """Map the URLs people paste (postgres://, postgresql://, sqlite://) onto async drivers."""
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
+
+
+def to_sync_url(url: str) -> str:
+    """The synchronous twin of an async URL, for Alembic."""
+    if url.startswith("sqlite+aiosqlite://"):
+        return "sqlite://" + url[len("sqlite+aiosqlite://") :]
+    return url

@@ -1,0 +1,37 @@
+"""Customer request and response models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import EmailStr, Field
+
+from app.core.schemas import Name, ReadSchema, Schema
+from app.core.security import Role
+from app.customers.domain import MAX_PASSWORD
+
+
+class SignUp(Schema):
+    email: EmailStr
+    password: str = Field(max_length=MAX_PASSWORD, description="At least 10 characters.")
+    full_name: Name
+
+
+class SignIn(Schema):
+    email: EmailStr
+    password: str = Field(max_length=MAX_PASSWORD)
+
+
+class TokenRead(ReadSchema):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+class CustomerRead(ReadSchema):
+    id: int
+    email: str
+    full_name: str
+    role: Role
+    created_at: datetime

@@ -1,0 +1,34 @@
+"""Delivery request and response models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from app.core.schemas import Page, ReadSchema, Schema
+from app.delivery.domain import ShipmentStatus
+
+
+class ShipmentAdvance(Schema):
+    to: Literal["packed", "shipped", "delivered"] = Field(
+        description="The next status. Cancelling goes through the order (POST /orders/{id}/cancel)."
+    )
+
+
+class TrackingEvent(ReadSchema):
+    status: ShipmentStatus
+    at: datetime
+
+
+class ShipmentRead(ReadSchema):
+    id: int
+    order_id: int
+    status: ShipmentStatus
+    allowed_next: list[ShipmentStatus]
+    updated_at: datetime
+    events: list[TrackingEvent]
+
+
+ShipmentPage = Page[ShipmentRead]

@@ -1,0 +1,147 @@
+"""The delivery module's public API: open, advance and cancel shipments, and tracking."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sqlalchemy import ColumnElement, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.core.db import Database
+from app.core.errors import NotFound
+from app.core.models import utcnow
+from app.core.security import Principal
+from app.delivery.domain import ShipmentStatus, allowed_after, check_transition
+from app.delivery.models import Shipment, ShipmentEvent
+from app.delivery.schemas import ShipmentPage, ShipmentRead, TrackingEvent
+
+_COLUMNS = (Shipment.id, Shipment.order_id, Shipment.status, Shipment.updated_at)
+
+
+async def _load(conn: AsyncConnection, *conditions: ColumnElement[bool]) -> list[ShipmentRead]:
+    rows = (await conn.execute(select(*_COLUMNS).where(*conditions).order_by(Shipment.id))).all()
+    if not rows:
+        return []
+    events: dict[int, list[TrackingEvent]] = defaultdict(list)
+    history = await conn.execute(
+        select(ShipmentEvent.shipment_id, ShipmentEvent.status, ShipmentEvent.at)
+        .where(ShipmentEvent.shipment_id.in_([r.id for r in rows]))
+        .order_by(ShipmentEvent.id)
+    )
+    for event in history:
+        events[event.shipment_id].append(TrackingEvent(status=event.status, at=event.at))
+    return [
+        ShipmentRead(
+            id=r.id,
+            order_id=r.order_id,
+            status=ShipmentStatus(r.status),
+            allowed_next=list(allowed_after(ShipmentStatus(r.status))),
+            updated_at=r.updated_at,
+            events=events[r.id],
+        )
+        for r in rows
+    ]
+
+
+async def _move(conn: AsyncConnection, *, shipment_id: int, target: ShipmentStatus) -> None:
+    """Move one shipment, with a compare-and-set on its status so that two concurrent moves
+    cannot both succeed from the same status."""
+    while True:
+        current = (
+            await conn.execute(select(Shipment.status).where(Shipment.id == shipment_id))
+        ).scalar_one_or_none()
+        if current is None:
+            raise NotFound("shipment", shipment_id)
+        check_transition(ShipmentStatus(current), target)
+        now = utcnow()
+        moved = await conn.execute(
+            update(Shipment)
+            .where(Shipment.id == shipment_id, Shipment.status == current)
+            .values(status=target.value, updated_at=now)
+        )
+        if moved.rowcount == 1:
+            await conn.execute(
+                insert(ShipmentEvent).values(shipment_id=shipment_id, status=target.value, at=now)
+            )
+            return
+
+
+async def open_shipment(conn: AsyncConnection, *, order_id: int, customer_id: int) -> int:
+    """Open the pending shipment of a new order inside the caller's transaction."""
+    now = utcnow()
+    shipment_id: int = (
+        await conn.execute(
+            insert(Shipment)
+            .values(
+                order_id=order_id,
+                customer_id=customer_id,
+                status=ShipmentStatus.PENDING.value,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(Shipment.id)
+        )
+    ).scalar_one()
+    await conn.execute(
+        insert(ShipmentEvent).values(
+            shipment_id=shipment_id, status=ShipmentStatus.PENDING.value, at=now
+        )
+    )
+    return shipment_id
+
+
+async def cancel_for_order(conn: AsyncConnection, *, order_id: int) -> None:
+    """Cancel an order's shipment inside the caller's transaction; raises IllegalTransition
+    once it has shipped."""
+    shipment_id = (
+        await conn.execute(select(Shipment.id).where(Shipment.order_id == order_id))
+    ).scalar_one_or_none()
+    if shipment_id is None:
+        raise NotFound("shipment for order", order_id)
+    await _move(conn, shipment_id=shipment_id, target=ShipmentStatus.CANCELLED)
+
+
+async def advance_shipment(
+    db: Database, *, shipment_id: int, target: ShipmentStatus
+) -> ShipmentRead:
+    """Move a shipment to its next status (admins); IllegalTransition names the allowed ones."""
+    async with db.write() as conn:
+        await _move(conn, shipment_id=shipment_id, target=target)
+        return (await _load(conn, Shipment.id == shipment_id))[0]
+
+
+async def tracking(db: Database, *, order_id: int, principal: Principal) -> ShipmentRead:
+    """The shipment of an order with its history; NotFound unless the caller owns the order
+    or is an admin."""
+    conditions = [Shipment.order_id == order_id]
+    if not principal.is_admin:
+        conditions.append(Shipment.customer_id == principal.customer_id)
+    async with db.read() as conn:
+        found = await _load(conn, *conditions)
+    if not found:
+        raise NotFound("order", order_id)
+    return found[0]
+
+
+async def list_shipments(
+    db: Database, *, status: ShipmentStatus | None, limit: int, offset: int
+) -> ShipmentPage:
+    """Shipments oldest first, optionally in one status (admins' work queue)."""
+    conditions = [Shipment.status == status.value] if status else []
+    async with db.read() as conn:
+        ids = (
+            (
+                await conn.execute(
+                    select(Shipment.id)
+                    .where(*conditions)
+                    .order_by(Shipment.id)
+                    .limit(limit + 1)
+                    .offset(offset)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        items = await _load(conn, Shipment.id.in_(ids[:limit])) if ids else []
+    next_offset = offset + limit if len(ids) > limit else None
+    return ShipmentPage(items=items, limit=limit, offset=offset, next_offset=next_offset)

@@ -1,0 +1,39 @@
+"""Alembic environment: migrates the database the shop's settings point at."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from app.core.models import Base
+from app.migrations.metadata import load_all_models
+
+load_all_models()
+config = context.config
+url = config.get_main_option("sqlalchemy.url")
+assert url, "the caller sets sqlalchemy.url (see app.migrations.runner)"
+
+
+def run_offline() -> None:
+    context.configure(url=url, target_metadata=Base.metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    engine = create_engine(url, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()

@@ -1,0 +1,51 @@
+"""Orders, their lines (with the price paid), and the idempotency keys of POST /orders."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.models import Base, utcnow
+
+
+class CustomerOrder(Base):
+    __tablename__ = "customer_order"
+    __table_args__ = (Index("ix_customer_order_customer_id_id", "customer_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16))
+    subtotal_cents: Mapped[int] = mapped_column(BigInteger)
+    tax_cents: Mapped[int] = mapped_column(BigInteger)
+    total_cents: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    cancelled_at: Mapped[datetime | None]
+
+
+class OrderLine(Base):
+    __tablename__ = "order_line"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(
+        ForeignKey("customer_order.id", ondelete="CASCADE"), index=True
+    )
+    product_id: Mapped[int]
+    sku: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    quantity: Mapped[int]
+    unit_price_cents: Mapped[int]
+    line_total_cents: Mapped[int] = mapped_column(BigInteger)
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_key"
+
+    customer_id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None]
+    response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -1,0 +1,75 @@
+"""Order HTTP routes: place, read, list and cancel your orders."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, status
+from fastapi.responses import JSONResponse
+
+from app.core.deps import DatabaseDep, PageDep, PrincipalDep, ResourcesDep
+from app.core.schemas import MAX_INT32
+from app.orders import service
+from app.orders.schemas import OrderCreate, OrderPage, OrderRead
+
+router = APIRouter(tags=["orders"])
+
+OrderId = Annotated[int, Path(ge=1, le=MAX_INT32, description="Order id.")]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retry-safe key: the same key and body return the first answer and create "
+        "nothing; the same key with another body answers 422. Kept for at least 24 hours.",
+    ),
+]
+
+
+@router.post(
+    "/orders",
+    response_model=OrderRead,
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"description": "Not enough stock; nothing was reserved."}},
+)
+async def place_order(
+    res: ResourcesDep,
+    principal: PrincipalDep,
+    body: OrderCreate,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    """Place an order: stock is reserved, the ledger posted and a shipment opened, or nothing
+    happens at all."""
+    result = await service.place_order(
+        res.db,
+        customer_id=principal.customer_id,
+        data=body,
+        tax_rate_bp=res.settings.tax_rate_bp,
+        idempotency_key=idempotency_key,
+        idempotency_ttl=timedelta(hours=res.settings.idempotency_ttl_h),
+    )
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else None
+    return JSONResponse(result.body, status_code=result.status_code, headers=headers)
+
+
+@router.get("/orders", response_model=OrderPage)
+async def list_my_orders(db: DatabaseDep, principal: PrincipalDep, page: PageDep) -> OrderPage:
+    """Your orders, newest first."""
+    return await service.list_orders(
+        db, customer_id=principal.customer_id, limit=page.limit, offset=page.offset
+    )
+
+
+@router.get("/orders/{order_id}", response_model=OrderRead)
+async def get_order(db: DatabaseDep, principal: PrincipalDep, order_id: OrderId) -> OrderRead:
+    """One of your orders. 404 for orders that are not yours."""
+    return await service.get_order(db, order_id=order_id, principal=principal)
+
+
+@router.post("/orders/{order_id}/cancel", response_model=OrderRead)
+async def cancel_order(db: DatabaseDep, principal: PrincipalDep, order_id: OrderId) -> OrderRead:
+    """Cancel one of your orders while it has not shipped. 409 once it has."""
+    return await service.cancel_order(db, order_id=order_id, principal=principal)

@@ -1,0 +1,60 @@
+"""Order request and response models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field, field_validator
+
+from app.core.schemas import Id, Page, Quantity, ReadSchema, Schema
+from app.orders.domain import MAX_LINES, OrderStatus, lines_problem
+
+
+class OrderLineCreate(Schema):
+    product_id: Id
+    quantity: Quantity
+
+
+class OrderCreate(Schema):
+    lines: list[OrderLineCreate] = Field(min_length=1, max_length=MAX_LINES)
+
+    @field_validator("lines")
+    @classmethod
+    def _distinct_products(cls, lines: list[OrderLineCreate]) -> list[OrderLineCreate]:
+        problem = lines_problem([(line.product_id, line.quantity) for line in lines])
+        if problem:
+            raise ValueError(problem)
+        return lines
+
+    def as_pairs(self) -> list[tuple[int, int]]:
+        return [(line.product_id, line.quantity) for line in self.lines]
+
+
+class OrderLineRead(ReadSchema):
+    product_id: int
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+    line_total_cents: int
+
+
+class OrderRead(ReadSchema):
+    id: int
+    status: OrderStatus
+    subtotal_cents: int
+    tax_cents: int
+    total_cents: int
+    created_at: datetime
+    cancelled_at: datetime | None
+    lines: list[OrderLineRead]
+
+
+class OrderSummary(ReadSchema):
+    id: int
+    status: OrderStatus
+    total_cents: int
+    created_at: datetime
+
+
+OrderPage = Page[OrderSummary]

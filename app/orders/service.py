@@ -1,0 +1,258 @@
+"""The orders module's public API. Placing and cancelling an order are one transaction each,
+spanning catalog (stock), accounting (ledger) and delivery (shipment) through their services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.accounting import service as accounting
+from app.catalog import service as catalog
+from app.core.db import Database, insert_or_ignore
+from app.core.errors import Conflict, InvalidRequest, NotFound
+from app.core.models import utcnow
+from app.core.security import Principal
+from app.delivery import service as delivery
+from app.orders.domain import OrderStatus, check_cancellable, fingerprint, price
+from app.orders.models import CustomerOrder, IdempotencyKey, OrderLine
+from app.orders.schemas import OrderCreate, OrderLineRead, OrderPage, OrderRead, OrderSummary
+
+_ORDER = select(
+    CustomerOrder.id,
+    CustomerOrder.customer_id,
+    CustomerOrder.status,
+    CustomerOrder.subtotal_cents,
+    CustomerOrder.tax_cents,
+    CustomerOrder.total_cents,
+    CustomerOrder.created_at,
+    CustomerOrder.cancelled_at,
+)
+_LINES = select(
+    OrderLine.product_id,
+    OrderLine.sku,
+    OrderLine.name,
+    OrderLine.quantity,
+    OrderLine.unit_price_cents,
+    OrderLine.line_total_cents,
+).order_by(OrderLine.id)
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceResult:
+    """The answer to POST /orders: a replayed one when the Idempotency-Key was seen before."""
+
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool
+
+
+async def _fetch(conn: AsyncConnection, order_id: int, principal: Principal | None) -> OrderRead:
+    stmt = _ORDER.where(CustomerOrder.id == order_id)
+    if principal is not None and not principal.is_admin:
+        stmt = stmt.where(CustomerOrder.customer_id == principal.customer_id)
+    order = (await conn.execute(stmt)).one_or_none()
+    if order is None:
+        raise NotFound("order", order_id)
+    lines = (await conn.execute(_LINES.where(OrderLine.order_id == order_id))).all()
+    return OrderRead.model_validate(
+        {**order._mapping, "lines": [OrderLineRead.model_validate(r._mapping) for r in lines]}
+    )
+
+
+async def _claim_key(
+    conn: AsyncConnection, *, customer_id: int, key: str, request_hash: str, ttl: timedelta
+) -> PlaceResult | None:
+    """Claim an Idempotency-Key for this transaction, or return the first answer given to it.
+
+    The claim is an INSERT that a concurrent claim of the same key waits on, so of two racing
+    requests one places the order and the other replays its answer. A failed request rolls the
+    claim back with everything else, so its retry runs afresh.
+    """
+    now = utcnow()
+    await conn.execute(
+        delete(IdempotencyKey).where(
+            IdempotencyKey.customer_id == customer_id,
+            IdempotencyKey.key == key,
+            IdempotencyKey.created_at < now - ttl,
+        )
+    )
+    claimed = await insert_or_ignore(
+        conn,
+        IdempotencyKey.__table__,  # type: ignore[arg-type]
+        {"customer_id": customer_id, "key": key, "request_hash": request_hash, "created_at": now},
+    )
+    if claimed:
+        return None
+    first = (
+        await conn.execute(
+            select(
+                IdempotencyKey.request_hash,
+                IdempotencyKey.status_code,
+                IdempotencyKey.response_body,
+            ).where(IdempotencyKey.customer_id == customer_id, IdempotencyKey.key == key)
+        )
+    ).one()
+    if first.request_hash != request_hash:
+        raise InvalidRequest(
+            "Idempotency-Key",
+            "this key was used with a different request body; use a new key",
+            location="header",
+        )
+    if first.status_code is None or first.response_body is None:
+        raise Conflict("a request with this Idempotency-Key is still in progress; retry")
+    return PlaceResult(status_code=first.status_code, body=first.response_body, replayed=True)
+
+
+async def place_order(
+    db: Database,
+    *,
+    customer_id: int,
+    data: OrderCreate,
+    tax_rate_bp: int,
+    idempotency_key: str | None = None,
+    idempotency_ttl: timedelta = timedelta(hours=24),
+) -> PlaceResult:
+    """Reserve stock, record the order, post the ledger and open the shipment, all or nothing.
+
+    Raises NotFound (unknown product), OutOfStock (409, nothing reserved), or InvalidRequest
+    (an Idempotency-Key reused with a different body).
+    """
+    pairs = data.as_pairs()
+    async with db.write() as conn:
+        if idempotency_key is not None:
+            replay = await _claim_key(
+                conn,
+                customer_id=customer_id,
+                key=idempotency_key,
+                request_hash=fingerprint(pairs),
+                ttl=idempotency_ttl,
+            )
+            if replay is not None:
+                return replay
+        items = await catalog.reserve_stock(conn, lines=dict(pairs))
+        totals = price(
+            [item.unit_price_cents * item.quantity for item in items], tax_rate_bp=tax_rate_bp
+        )
+        order_id: int = (
+            await conn.execute(
+                insert(CustomerOrder)
+                .values(
+                    customer_id=customer_id,
+                    status=OrderStatus.PLACED.value,
+                    subtotal_cents=totals.subtotal_cents,
+                    tax_cents=totals.tax_cents,
+                    total_cents=totals.total_cents,
+                    created_at=utcnow(),
+                )
+                .returning(CustomerOrder.id)
+            )
+        ).scalar_one()
+        await conn.execute(
+            insert(OrderLine),
+            [
+                {
+                    "order_id": order_id,
+                    "product_id": item.product_id,
+                    "sku": item.sku,
+                    "name": item.name,
+                    "quantity": item.quantity,
+                    "unit_price_cents": item.unit_price_cents,
+                    "line_total_cents": item.unit_price_cents * item.quantity,
+                }
+                for item in items
+            ],
+        )
+        await accounting.post_order_placed(
+            conn,
+            order_id=order_id,
+            customer_id=customer_id,
+            subtotal_cents=totals.subtotal_cents,
+            tax_cents=totals.tax_cents,
+        )
+        await delivery.open_shipment(conn, order_id=order_id, customer_id=customer_id)
+        body = (await _fetch(conn, order_id, None)).model_dump(mode="json")
+        if idempotency_key is not None:
+            await conn.execute(
+                update(IdempotencyKey)
+                .where(
+                    IdempotencyKey.customer_id == customer_id,
+                    IdempotencyKey.key == idempotency_key,
+                )
+                .values(status_code=201, response_body=body)
+            )
+    return PlaceResult(status_code=201, body=body, replayed=False)
+
+
+async def get_order(db: Database, *, order_id: int, principal: Principal) -> OrderRead:
+    """One order with its lines; NotFound unless the caller owns it or is an admin."""
+    async with db.read() as conn:
+        return await _fetch(conn, order_id, principal)
+
+
+async def list_orders(db: Database, *, customer_id: int, limit: int, offset: int) -> OrderPage:
+    """A customer's orders, newest first."""
+    stmt = (
+        select(
+            CustomerOrder.id,
+            CustomerOrder.status,
+            CustomerOrder.total_cents,
+            CustomerOrder.created_at,
+        )
+        .where(CustomerOrder.customer_id == customer_id)
+        .order_by(CustomerOrder.id.desc())
+        .limit(limit + 1)
+        .offset(offset)
+    )
+    async with db.read() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return OrderPage(
+        items=[OrderSummary.model_validate(r._mapping) for r in rows[:limit]],
+        limit=limit,
+        offset=offset,
+        next_offset=offset + limit if len(rows) > limit else None,
+    )
+
+
+async def cancel_order(db: Database, *, order_id: int, principal: Principal) -> OrderRead:
+    """Cancel an order that has not shipped: the shipment is cancelled, the stock returns and
+    the ledger posts the reversal, in one transaction. Raises NotFound, or Conflict when the
+    order is already cancelled or its shipment has left (naming what is allowed)."""
+    async with db.write() as conn:
+        stmt = (
+            select(CustomerOrder.customer_id, CustomerOrder.status)
+            .where(CustomerOrder.id == order_id)
+            .with_for_update()
+        )
+        if not principal.is_admin:
+            stmt = stmt.where(CustomerOrder.customer_id == principal.customer_id)
+        order = (await conn.execute(stmt)).one_or_none()
+        if order is None:
+            raise NotFound("order", order_id)
+        check_cancellable(OrderStatus(order.status))
+        await delivery.cancel_for_order(conn, order_id=order_id)
+        lines = await conn.execute(
+            select(OrderLine.product_id, OrderLine.quantity).where(OrderLine.order_id == order_id)
+        )
+        await catalog.release_stock(conn, lines={r.product_id: r.quantity for r in lines})
+        await accounting.post_order_cancelled(
+            conn, order_id=order_id, customer_id=order.customer_id
+        )
+        await conn.execute(
+            update(CustomerOrder)
+            .where(CustomerOrder.id == order_id)
+            .values(status=OrderStatus.CANCELLED.value, cancelled_at=utcnow())
+        )
+        return await _fetch(conn, order_id, None)
+
+
+async def purge_idempotency_keys(db: Database, *, older_than: timedelta) -> int:
+    """Forget Idempotency-Keys older than `older_than`; returns how many."""
+    async with db.write() as conn:
+        result = await conn.execute(
+            delete(IdempotencyKey).where(IdempotencyKey.created_at < utcnow() - older_than)
+        )
+    return result.rowcount

@@ -1,0 +1,180 @@
+"""Realistic demo data: products with names, prices and stock; customers who can sign in."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sqlalchemy import select
+
+from app.catalog import service as catalog
+from app.catalog.models import Product
+from app.core.db import Database
+from app.core.security import Passwords
+from app.customers import service as customers
+from app.customers.models import Customer
+
+DEMO_PASSWORD = "demo-password-1"
+CHUNK = 2000
+
+_ADJECTIVES = (
+    "Compact",
+    "Rugged",
+    "Classic",
+    "Ergonomic",
+    "Lightweight",
+    "Heavy-duty",
+    "Vintage",
+    "Modern",
+    "Wireless",
+    "Handmade",
+    "Organic",
+    "Recycled",
+    "Premium",
+    "Everyday",
+    "Foldable",
+)
+_MATERIALS = (
+    "Oak",
+    "Steel",
+    "Cotton",
+    "Bamboo",
+    "Leather",
+    "Ceramic",
+    "Wool",
+    "Glass",
+    "Copper",
+    "Linen",
+    "Aluminium",
+    "Walnut",
+    "Cork",
+    "Canvas",
+    "Granite",
+)
+_NOUNS = (
+    "Desk Lamp",
+    "Backpack",
+    "Coffee Mug",
+    "Notebook",
+    "Chair",
+    "Water Bottle",
+    "Headphones",
+    "Cutting Board",
+    "Blanket",
+    "Plant Pot",
+    "Keyboard",
+    "Wallet",
+    "Tea Kettle",
+    "Bookshelf",
+    "Bike Bell",
+    "Umbrella",
+    "Picture Frame",
+    "Alarm Clock",
+    "Apron",
+    "Serving Bowl",
+)
+_FIRST = (
+    "Ada",
+    "Alan",
+    "Grace",
+    "Linus",
+    "Margaret",
+    "Ken",
+    "Barbara",
+    "Edsger",
+    "Frances",
+    "Donald",
+    "Radia",
+    "Tim",
+    "Hedy",
+    "Dennis",
+    "Katherine",
+    "John",
+    "Sophie",
+    "Niklaus",
+)
+_LAST = (
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Torvalds",
+    "Hamilton",
+    "Thompson",
+    "Liskov",
+    "Dijkstra",
+    "Allen",
+    "Knuth",
+    "Perlman",
+    "Berners-Lee",
+    "Lamarr",
+    "Ritchie",
+    "Johnson",
+    "Backus",
+    "Wilson",
+    "Wirth",
+)
+
+Progress = Callable[[str, int, int], None]
+
+
+def product_row(n: int, rng: random.Random) -> dict[str, Any]:
+    adjective, material, noun = rng.choice(_ADJECTIVES), rng.choice(_MATERIALS), rng.choice(_NOUNS)
+    price = round(rng.lognormvariate(7.8, 0.9))  # cents: a median of about 25 units
+    return {
+        "sku": f"DEMO-{n:07d}",
+        "name": f"{adjective} {material} {noun}",
+        "description": f"A {adjective.lower()} {noun.lower()} made of {material.lower()}.",
+        "price_cents": max(99, min(price, 5_000_00)),
+        "image_key": f"products/{n:07d}.jpg",
+        "initial_stock": rng.choice((0, 5, 20, 50, 100, 250, 1000)),
+    }
+
+
+def customer_row(n: int, rng: random.Random) -> dict[str, str]:
+    return {
+        "email": f"customer{n}@example.com",
+        "full_name": f"{rng.choice(_FIRST)} {rng.choice(_LAST)}",
+    }
+
+
+def _missing(wanted: int, existing: set[int]) -> Iterator[list[int]]:
+    numbers = [n for n in range(1, wanted + 1) if n not in existing]
+    for first in range(0, len(numbers), CHUNK):
+        yield numbers[first : first + CHUNK]
+
+
+async def seed(
+    db: Database,
+    passwords: Passwords,
+    *,
+    products: int,
+    customers_count: int,
+    progress: Progress,
+    random_seed: int = 42,
+) -> tuple[int, int]:
+    """Make sure demo products 1..N and customers 1..M exist; returns how many were added.
+
+    Running it again adds nothing, so `make run` can call it every time.
+    """
+    async with db.read() as conn:
+        skus = (await conn.execute(select(Product.sku).where(Product.sku.like("DEMO-%")))).scalars()
+        have_products = {int(s[5:]) for s in skus if s[5:].isdigit()}
+        emails = (
+            await conn.execute(select(Customer.email).where(Customer.email.like("customer%")))
+        ).scalars()
+        have_customers = {int(e[8 : e.index("@")]) for e in emails if e[8 : e.index("@")].isdigit()}
+    added_products = added_customers = 0
+    for numbers in _missing(products, have_products):
+        rows = [product_row(n, random.Random(random_seed * 1_000_003 + n)) for n in numbers]
+        added_products += await catalog.bulk_create_products(db, rows=rows)
+        progress("products", added_products, products - len(have_products))
+    if customers_count > len(have_customers):
+        shared_hash = await passwords.hash(DEMO_PASSWORD)
+        for numbers in _missing(customers_count, have_customers):
+            rows = [customer_row(n, random.Random(random_seed * 7_919 + n)) for n in numbers]
+            added_customers += await customers.bulk_create_customers(
+                db, rows=rows, password_hash=shared_hash
+            )
+            progress("customers", added_customers, customers_count - len(have_customers))
+    return added_products, added_customers
