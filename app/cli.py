@@ -8,9 +8,9 @@ import getpass
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -28,7 +28,7 @@ def _settings() -> Settings:
         sys.exit(f"shop: invalid settings:\n{exc}")
 
 
-def _run(work: Callable[[Settings], Awaitable[T]]) -> T:
+def _run(work: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
     settings = _settings()
     try:
         return asyncio.run(work(settings))

@@ -45,13 +45,13 @@ def check_balanced(postings: Sequence[Posting]) -> None:
 
 def order_placed(*, subtotal_cents: int, tax_cents: int) -> list[Posting]:
     """The customer owes the total; the shop earns the subtotal and owes the tax."""
+    if subtotal_cents + tax_cents == 0:
+        return []  # a free order moves no money
     postings = [Posting(Account.RECEIVABLE, subtotal_cents + tax_cents, 0)]
     if subtotal_cents:
         postings.append(Posting(Account.REVENUE, 0, subtotal_cents))
     if tax_cents:
         postings.append(Posting(Account.TAX_PAYABLE, 0, tax_cents))
-    if subtotal_cents + tax_cents == 0:
-        return []  # a free order moves no money
     check_balanced(postings)
     return postings
 

@@ -21,7 +21,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     # Take transaction control away from the driver so that we can BEGIN IMMEDIATE below.
-    dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -71,9 +71,19 @@ class Database:
         max_overflow: int = 10,
         pool_timeout: float = 10.0,
     ) -> None:
-        sizes = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
-        self.primary = make_engine(primary_url, **sizes)
-        self.replicas = [make_engine(u, writer=False, **sizes) for u in replica_urls]
+        self.primary = make_engine(
+            primary_url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout
+        )
+        self.replicas = [
+            make_engine(
+                u,
+                writer=False,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                pool_timeout=pool_timeout,
+            )
+            for u in replica_urls
+        ]
         if not self.replicas and primary_url.startswith("sqlite"):
             # A second engine on the same file, without BEGIN IMMEDIATE, so reads never queue.
             readers = [make_engine(primary_url, writer=False)]

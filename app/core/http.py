@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +29,21 @@ def _shop_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
+def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's default echoes the input back, which fails on NaN and repeats huge bodies:
+    # answer with where and why only.
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {
+            "loc": list(e.get("loc", ())),
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 def _database_busy(_request: Request, exc: Exception) -> JSONResponse:
     # Pool exhausted or database unreachable: the client may retry; this is not its fault.
     log.warning("database unavailable: %s", exc)
@@ -40,6 +56,7 @@ def _database_busy(_request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ShopError, _shop_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(sa_exc.TimeoutError, _database_busy)
     app.add_exception_handler(sa_exc.OperationalError, _database_busy)
     app.add_exception_handler(sa_exc.InterfaceError, _database_busy)

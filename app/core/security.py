@@ -78,7 +78,7 @@ class LocalTokens:
                 issuer=self._issuer,
                 options={"require": ["sub", "exp", "iss"]},
             )
-            return Principal(customer_id=int(claims["sub"]), role=Role(claims.get("role")))
+            return Principal(customer_id=int(claims["sub"]), role=Role(str(claims.get("role"))))
         except (jwt.PyJWTError, ValueError, KeyError) as exc:
             raise Unauthenticated("invalid or expired token") from exc
 

@@ -19,6 +19,7 @@ def password_problem(password: str, *, email: str) -> str | None:
         return f"must be at most {MAX_PASSWORD} characters"
     if len(set(password)) < 4:
         return "must use at least 4 different characters"
-    if normalise_email(email).split("@")[0] in password.lower():
+    name = normalise_email(email).split("@")[0]
+    if len(name) >= 3 and name in password.lower():
         return "must not contain the email's name"
     return None

@@ -10,8 +10,9 @@ from app.migrations.metadata import load_all_models
 
 load_all_models()
 config = context.config
-url = config.get_main_option("sqlalchemy.url")
-assert url, "the caller sets sqlalchemy.url (see app.migrations.runner)"
+_url = config.get_main_option("sqlalchemy.url")
+assert _url, "the caller sets sqlalchemy.url (see app.migrations.runner)"
+url: str = _url
 
 
 def run_offline() -> None:

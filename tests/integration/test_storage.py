@@ -1,0 +1,91 @@
+"""The schema is made by Alembic only, both ways, and the ledger refuses rewrites."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import DBAPIError
+
+from app.core.deps import Resources
+from app.core.models import Base
+from app.migrations import runner
+from app.migrations.metadata import load_all_models
+from app.orders.domain import OrderStatus
+from tests.integration.conftest import make_product, make_user
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(url.replace("+aiosqlite", ""))
+    try:
+        return set(inspect(engine).get_table_names()) - {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_migrations_upgrade_downgrade_and_upgrade_again_on_postgresql(
+    fresh_database: Callable[[], str],
+) -> None:
+    load_all_models()
+    url = fresh_database()
+    runner.upgrade(url)
+    assert _tables(url) == set(Base.metadata.tables)
+    runner.downgrade(url)
+    assert _tables(url) == set()
+    runner.upgrade(url)
+    assert _tables(url) == set(Base.metadata.tables)
+
+
+def test_migrations_upgrade_downgrade_and_upgrade_again_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    load_all_models()
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}"
+    runner.upgrade(url)
+    assert _tables(url) == set(Base.metadata.tables)
+    runner.downgrade(url)
+    assert _tables(url) == set()
+    runner.upgrade(url)
+    assert _tables(url) == set(Base.metadata.tables)
+
+
+def test_the_models_and_the_migrations_agree(database_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    load_all_models()
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+async def test_ledger_entries_can_never_be_updated_or_deleted(resources: Resources) -> None:
+    from app.orders import service as orders
+    from app.orders.schemas import OrderCreate
+
+    product = await make_product(resources)
+    user = await make_user(resources)
+    await orders.place_order(
+        resources.db,
+        customer_id=user.id,
+        data=OrderCreate.model_validate({"lines": [{"product_id": product.id, "quantity": 1}]}),
+        tax_rate_bp=2000,
+    )
+    for statement in ("UPDATE ledger_entry SET debit_cents = 0", "DELETE FROM ledger_entry"):
+        with pytest.raises(DBAPIError, match="never updated or deleted"):
+            async with resources.db.write() as conn:
+                await conn.execute(text(statement))
+    async with resources.db.read() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM ledger_entry")) == 3
+    assert OrderStatus.PLACED.value == "placed"
+
+
+async def test_stock_can_never_go_below_zero_even_by_hand(resources: Resources) -> None:
+    product = await make_product(resources, initial_stock=1)
+    with pytest.raises(DBAPIError):
+        async with resources.db.write() as conn:
+            await conn.execute(
+                text("UPDATE stock_level SET quantity = -1 WHERE product_id = :id"),
+                {"id": product.id},
+            )
