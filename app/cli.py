@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from app.core.errors import ShopError
+from app.core.errors import InvalidRequest, ShopError
 from app.core.security import Role
 from app.core.settings import Settings
 
@@ -32,6 +32,8 @@ def _run(work: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
     settings = _settings()
     try:
         return asyncio.run(work(settings))
+    except InvalidRequest as exc:
+        sys.exit(f"shop: {exc.field}: {exc.message}")
     except ShopError as exc:
         sys.exit(f"shop: {exc.message}")
 

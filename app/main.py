@@ -37,6 +37,7 @@ async def open_resources(settings: Settings) -> Resources:
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_pool_timeout_s,
     )
+    await db.open()
     tokens = LocalTokens(
         secret=resolved.jwt_secret, issuer=settings.jwt_issuer, ttl_s=settings.jwt_ttl_s
     )

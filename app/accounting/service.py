@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounting.domain import Account, LedgerEvent, Posting, order_placed, reversal
 from app.accounting.models import LedgerEntry
 from app.accounting.schemas import AccountBalance, EntryRead, TrialBalance
-from app.core.db import Database
+from app.core.db import Database, run_many
 from app.core.errors import NotFound
 from app.core.models import utcnow
 from app.core.security import Principal
+
+_INSERT_ENTRY = insert(LedgerEntry).values(
+    {
+        name: bindparam(name)
+        for name in (
+            "order_id",
+            "customer_id",
+            "event",
+            "account",
+            "debit_cents",
+            "credit_cents",
+            "created_at",
+        )
+    }
+)
 
 
 async def _post(
@@ -25,8 +40,9 @@ async def _post(
     if not postings:
         return
     now = utcnow()
-    await conn.execute(
-        insert(LedgerEntry),
+    await run_many(
+        conn,
+        _INSERT_ENTRY,
         [
             {
                 "order_id": order_id,

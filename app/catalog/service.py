@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import exists, insert, select, update
+from sqlalchemy import Integer, bindparam, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -20,7 +20,7 @@ from app.catalog.domain import (
 )
 from app.catalog.models import Product, StockLevel
 from app.catalog.schemas import ProductCreate, ProductPage, ProductRead
-from app.core.db import Database
+from app.core.db import Database, run
 from app.core.errors import Conflict, NotFound
 from app.core.models import utcnow
 
@@ -34,10 +34,27 @@ _READ = select(
     StockLevel.quantity.label("stock"),
     Product.updated_at,
 ).join(StockLevel, StockLevel.product_id == Product.id)
+# The hot reads: constants with named parameters, so that Database.fetch_* prepares them once.
+_BY_ID = _READ.where(Product.id == bindparam("product_id"))
+_PAGE = (
+    _READ.order_by(Product.name, Product.id)
+    .limit(bindparam("limit", type_=Integer))
+    .offset(bindparam("offset", type_=Integer))
+)
+_PAGE_MATCHING = _PAGE.where(
+    Product.name.ilike(bindparam("pattern"), escape="\\")
+    | Product.sku.ilike(bindparam("pattern"), escape="\\")
+)
+
+
+def _contains_pattern(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, with its wildcards taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 async def _fetch(conn: AsyncConnection, product_id: int) -> ProductRead:
-    row = (await conn.execute(_READ.where(Product.id == product_id))).one_or_none()
+    row = (await conn.execute(_BY_ID, {"product_id": product_id})).one_or_none()
     if row is None:
         raise NotFound("product", product_id)
     return ProductRead.model_validate(row._mapping)
@@ -45,21 +62,21 @@ async def _fetch(conn: AsyncConnection, product_id: int) -> ProductRead:
 
 async def get_product(db: Database, *, product_id: int) -> ProductRead:
     """One product with its stock; raises NotFound."""
-    async with db.read() as conn:
-        return await _fetch(conn, product_id)
+    row = await db.fetch_one(_BY_ID, product_id=product_id)
+    if row is None:
+        raise NotFound("product", product_id)
+    return ProductRead.model_validate(row)
 
 
 async def list_products(db: Database, *, text: str | None, limit: int, offset: int) -> ProductPage:
     """Products by name, optionally only those whose name or SKU contains `text`."""
-    stmt = _READ.order_by(Product.name, Product.id).limit(limit + 1).offset(offset)
     if text:
-        stmt = stmt.where(
-            Product.name.icontains(text, autoescape=True)
-            | Product.sku.icontains(text, autoescape=True)
+        rows = await db.fetch_all(
+            _PAGE_MATCHING, pattern=_contains_pattern(text), limit=limit + 1, offset=offset
         )
-    async with db.read() as conn:
-        rows = (await conn.execute(stmt)).all()
-    items = [ProductRead.model_validate(r._mapping) for r in rows[:limit]]
+    else:
+        rows = await db.fetch_all(_PAGE, limit=limit + 1, offset=offset)
+    items = [ProductRead.model_validate(r) for r in rows[:limit]]
     next_offset = offset + limit if len(rows) > limit else None
     return ProductPage(items=items, limit=limit, offset=offset, next_offset=next_offset)
 
@@ -123,45 +140,63 @@ async def restock(db: Database, *, product_id: int, quantity: int) -> ProductRea
         return await _fetch(conn, product_id)
 
 
+# On PostgreSQL one statement per line: the conditional UPDATE joined to the product, returning
+# its price. SQLite cannot return columns of a joined table, so there it is UPDATE then SELECT.
+_TAKE = (
+    update(StockLevel)
+    .where(
+        StockLevel.product_id == bindparam("pid"),
+        StockLevel.quantity >= bindparam("qty"),
+        Product.id == StockLevel.product_id,
+    )
+    .values(quantity=StockLevel.quantity - bindparam("qty"))
+    .returning(Product.sku, Product.name, Product.price_cents)
+)
+_TAKE_WITHOUT_PRICE = (
+    update(StockLevel)
+    .where(StockLevel.product_id == bindparam("pid"), StockLevel.quantity >= bindparam("qty"))
+    .values(quantity=StockLevel.quantity - bindparam("qty"))
+)
+_PRICE = select(Product.sku, Product.name, Product.price_cents).where(
+    Product.id == bindparam("pid")
+)
+_AVAILABLE = select(StockLevel.quantity).where(StockLevel.product_id == bindparam("pid"))
+
+
 async def reserve_stock(conn: AsyncConnection, *, lines: Mapping[int, int]) -> list[ReservedItem]:
     """Take `lines` ({product_id: quantity}) out of stock inside the caller's transaction.
 
     Each line is one conditional UPDATE (`quantity >= wanted`), so stock can never go below
-    zero whatever the concurrency. Raises NotFound or OutOfStock; the caller's rollback then
-    undoes the lines already taken.
+    zero whatever the concurrency; it also reads the price the line is charged at. Raises
+    NotFound or OutOfStock; the caller's rollback then undoes the lines already taken.
+    Returns the lines in product order.
     """
     reserved: list[ReservedItem] = []
+    returning = conn.dialect.name == "postgresql"
     for product_id, quantity in reservation_order(dict(lines)):
-        taken = await conn.execute(
-            update(StockLevel)
-            .where(StockLevel.product_id == product_id, StockLevel.quantity >= quantity)
-            .values(quantity=StockLevel.quantity - quantity)
-        )
-        if taken.rowcount == 0:
-            available = (
-                await conn.execute(
-                    select(StockLevel.quantity).where(StockLevel.product_id == product_id)
-                )
-            ).scalar_one_or_none()
-            if available is None:
+        params = {"pid": product_id, "qty": quantity}
+        if returning:
+            taken = await run(conn, _TAKE, params)
+        else:
+            moved = await conn.execute(_TAKE_WITHOUT_PRICE, params)
+            taken = await run(conn, _PRICE, params) if moved.rowcount else []
+        if not taken:
+            available = await run(conn, _AVAILABLE, params)
+            if not available:
                 raise NotFound("product", product_id)
-            raise OutOfStock(product_id=product_id, requested=quantity, available=available)
-    rows = await conn.execute(
-        select(Product.id, Product.sku, Product.name, Product.price_cents).where(
-            Product.id.in_(list(lines))
-        )
-    )
-    for row in rows:
+            raise OutOfStock(
+                product_id=product_id, requested=quantity, available=available[0]["quantity"]
+            )
         reserved.append(
             ReservedItem(
-                product_id=row.id,
-                sku=row.sku,
-                name=row.name,
-                unit_price_cents=row.price_cents,
-                quantity=lines[row.id],
+                product_id=product_id,
+                sku=taken[0]["sku"],
+                name=taken[0]["name"],
+                unit_price_cents=taken[0]["price_cents"],
+                quantity=quantity,
             )
         )
-    return sorted(reserved, key=lambda item: item.product_id)
+    return reserved
 
 
 async def release_stock(conn: AsyncConnection, *, lines: Mapping[int, int]) -> None:

@@ -3,20 +3,31 @@
 `Database.write()` is a transaction on the primary; `Database.read()` is a read-only connection on
 a replica when replicas are configured (stage 4), on the primary otherwise. Services choose which
 one they need; the domains never know whether replicas exist.
+
+SQLAlchemy builds every statement and the schema. On the hottest paths (a product read, placing
+an order) `fetch_all` and `run` hand SQLAlchemy-compiled constants straight to psycopg, as prepared
+statements and, for an order, in pipeline mode: `make bench` showed SQLAlchemy's execution layer
+and one network round trip per statement to be most of an order's cost (see README).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Table, event
+from psycopg.rows import dict_row
+from psycopg.types.json import Json
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import Executable, Table, bindparam, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.elements import ClauseElement
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -42,10 +53,12 @@ def make_engine(
     max_overflow: int = 10,
     pool_timeout: float = 10.0,
     writer: bool = True,
+    autocommit: bool = False,
 ) -> AsyncEngine:
     """An async engine; for SQLite, one that serialises writers instead of failing them."""
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **options)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         if writer:
             event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
@@ -56,6 +69,7 @@ def make_engine(
         max_overflow=max_overflow,
         pool_timeout=pool_timeout,
         pool_recycle=1800,
+        **options,
     )
 
 
@@ -71,39 +85,63 @@ class Database:
         max_overflow: int = 10,
         pool_timeout: float = 10.0,
     ) -> None:
-        self.primary = make_engine(
-            primary_url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout
-        )
+        sizes: dict[str, Any] = {
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "pool_timeout": pool_timeout,
+        }
+        self.primary = make_engine(primary_url, **sizes)
+        # Reads get engines of their own in autocommit: one round trip per query, no BEGIN or
+        # ROLLBACK around it, and no isolation-level reset when a connection goes back to the
+        # pool. They point at the replicas when there are any (stage 4), else at the primary.
         self.replicas = [
-            make_engine(
-                u,
-                writer=False,
-                pool_size=pool_size,
-                max_overflow=max_overflow,
-                pool_timeout=pool_timeout,
-            )
-            for u in replica_urls
+            make_engine(url, writer=False, autocommit=True, **sizes) for url in replica_urls
         ]
-        if not self.replicas and primary_url.startswith("sqlite"):
-            # A second engine on the same file, without BEGIN IMMEDIATE, so reads never queue.
-            readers = [make_engine(primary_url, writer=False)]
-            self._owned_readers = readers
-        else:
-            readers = self.replicas or [self.primary]
-            self._owned_readers = list(self.replicas)
-        # Reads run in autocommit: one round trip per query, no BEGIN/ROLLBACK around it.
-        self._readers = [e.execution_options(isolation_level="AUTOCOMMIT") for e in readers]
+        self._readers = self.replicas or [
+            make_engine(primary_url, writer=False, autocommit=True, **sizes)
+        ]
         self._next_reader: Iterator[AsyncEngine] = itertools.cycle(self._readers)
+        # The hottest reads skip SQLAlchemy's execution layer on PostgreSQL: see fetch_all.
+        self._fast_pools: list[AsyncConnectionPool[Any]] = []
+        if self.dialect == "postgresql":
+            self._fast_pools = [
+                AsyncConnectionPool(
+                    _libpq(engine.url.render_as_string(hide_password=False)),
+                    min_size=1,
+                    max_size=pool_size,
+                    timeout=pool_timeout,
+                    kwargs={"autocommit": True, "row_factory": dict_row},
+                    open=False,
+                )
+                for engine in self._readers
+            ]
+        self._next_fast = itertools.cycle(self._fast_pools) if self._fast_pools else None
+
+    async def open(self) -> None:
+        """Open the driver pools (the SQLAlchemy engines connect lazily)."""
+        for pool in self._fast_pools:
+            await pool.open(wait=False)
 
     @property
     def dialect(self) -> str:
         return self.primary.dialect.name
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction on the primary: committed when the block ends, rolled back on error."""
+    async def write(self, *, pipeline: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A transaction on the primary: committed when the block ends, rolled back on error.
+
+        With `pipeline=True` (PostgreSQL), statements sent with `run` go out without waiting for
+        each other; a round trip happens only when a result is read, and once more for the
+        queued statements and the COMMIT together. Inside such a block every statement must go
+        through `run`: SQLAlchemy's own execute cannot read results in pipeline mode.
+        """
         async with self.primary.begin() as conn:
-            yield conn
+            if not (pipeline and self.dialect == "postgresql"):
+                yield conn
+                return
+            async with _driver(conn).pipeline():
+                yield conn
+                await conn.commit()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -111,9 +149,112 @@ class Database:
         async with next(self._next_reader).connect() as conn:
             yield conn
 
+    async def fetch_all(self, stmt: Executable, **params: Any) -> list[Mapping[str, Any]]:
+        """Rows of a read-only statement, as mappings, from a replica (or the primary).
+
+        The fast read path for the hottest routes: on PostgreSQL the statement is compiled by
+        SQLAlchemy once, then run as a prepared statement on the driver's own pool, which
+        saves most of the per-request cost of SQLAlchemy's execution layer. Statements must
+        take their values as named `bindparam`s and be module-level constants.
+        """
+        if self._next_fast is None:
+            async with self.read() as conn:
+                return [dict(row) for row in (await conn.execute(stmt, params)).mappings()]
+        sql, defaults = self._compile(stmt)
+        async with next(self._next_fast).connection() as conn:
+            cursor = await conn.execute(sql, {**defaults, **params}, prepare=True)
+            return cast(list[Mapping[str, Any]], await cursor.fetchall())
+
+    async def fetch_one(self, stmt: Executable, **params: Any) -> Mapping[str, Any] | None:
+        rows = await self.fetch_all(stmt, **params)
+        return rows[0] if rows else None
+
+    def _compile(self, stmt: Executable) -> tuple[str, dict[str, Any]]:
+        sql, defaults, _ = _compile(stmt, self.primary.dialect)
+        return sql, defaults
+
     async def dispose(self) -> None:
-        for engine in [self.primary, *self._owned_readers]:
+        for pool in self._fast_pools:
+            await pool.close()
+        for engine in [self.primary, *self._readers]:
             await engine.dispose()
+
+
+def _libpq(url: str) -> str:
+    """A libpq connection URL from a SQLAlchemy one (drops the +driver part)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _driver(conn: AsyncConnection) -> Any:
+    """The psycopg connection under a connection already in a transaction (no I/O)."""
+    sync = conn.sync_connection
+    assert sync is not None
+    driver = sync.connection.driver_connection
+    assert driver is not None
+    return driver
+
+
+_COMPILED: dict[tuple[Executable, str], tuple[str, dict[str, Any], bool]] = {}
+
+
+def _compile(stmt: Executable, dialect: Any) -> tuple[str, dict[str, Any], bool]:
+    """SQL text, default parameters and whether rows come back; once per statement constant."""
+    key = (stmt, dialect.name)
+    found = _COMPILED.get(key)
+    if found is None:
+        compiled = cast(ClauseElement, stmt).compile(dialect=dialect)
+        returns_rows = bool(
+            getattr(stmt, "is_select", False) or getattr(compiled, "effective_returning", None)
+        )
+        found = _COMPILED[key] = (str(compiled), dict(compiled.params), returns_rows)
+    return found
+
+
+def _adapt(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    merged = {**defaults, **params}
+    for name, value in merged.items():
+        if isinstance(value, dict | list):
+            merged[name] = Json(value)
+    return merged
+
+
+async def run(
+    conn: AsyncConnection, stmt: Executable, params: Mapping[str, Any] | None = None
+) -> list[Mapping[str, Any]]:
+    """Execute a module-level statement constant in the caller's transaction; its rows, if any.
+
+    Values go in as named `bindparam`s. On PostgreSQL this is one prepared statement on the
+    driver (queued when the transaction is pipelined); elsewhere it is SQLAlchemy's execute.
+    """
+    if conn.dialect.name != "postgresql":
+        result = await conn.execute(stmt, dict(params or {}))
+        return [dict(row) for row in result.mappings()] if result.returns_rows else []
+    sql, defaults, returns_rows = _compile(stmt, conn.dialect)
+    cursor = _driver(conn).cursor(row_factory=dict_row)
+    await cursor.execute(sql, _adapt(params or {}, defaults), prepare=True)
+    return cast(list[Mapping[str, Any]], await cursor.fetchall()) if returns_rows else []
+
+
+async def run_many(
+    conn: AsyncConnection, stmt: Executable, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Execute a statement constant once per row, in one batch, in the caller's transaction."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        await conn.execute(stmt, [dict(r) for r in rows])
+        return
+    sql, defaults, _ = _compile(stmt, conn.dialect)
+    await _driver(conn).cursor().executemany(sql, [_adapt(r, defaults) for r in rows])
+
+
+@functools.cache
+def _insert_or_ignore(table: Table, names: tuple[str, ...], dialect_name: str) -> Executable:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    key = next(iter(table.primary_key.columns))
+    values: dict[str, Any] = {name: bindparam(name) for name in names}
+    stmt = dialect.insert(table).values(values).on_conflict_do_nothing().returning(key)
+    return cast(Executable, stmt)
 
 
 async def insert_or_ignore(conn: AsyncConnection, table: Table, values: Mapping[str, Any]) -> bool:
@@ -122,7 +263,5 @@ async def insert_or_ignore(conn: AsyncConnection, table: Table, values: Mapping[
     On PostgreSQL a concurrent insert of the same key waits for the other transaction and then
     reports the conflict, which is what makes idempotency keys race-free.
     """
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    key = next(iter(table.primary_key.columns))
-    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(key)
-    return (await conn.execute(stmt)).first() is not None
+    stmt = _insert_or_ignore(table, tuple(sorted(values)), conn.dialect.name)
+    return bool(await run(conn, stmt, values))

@@ -27,17 +27,23 @@ class Resources:
     redis: Redis | None = None
 
 
-def _resources(request: Request) -> Resources:
+def _state(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
 
-def _db(request: Request) -> Database:
-    return _resources(request).db
+# Dependencies are `async def` on purpose: FastAPI runs plain `def` dependencies in a thread
+# pool, and those thread hops cost more CPU than the whole database read of a product.
+async def _resources(request: Request) -> Resources:
+    return _state(request)
 
 
-def _settings(request: Request) -> Settings:
-    return _resources(request).settings
+async def _db(request: Request) -> Database:
+    return _state(request).db
+
+
+async def _settings(request: Request) -> Settings:
+    return _state(request).settings
 
 
 ResourcesDep = Annotated[Resources, Depends(_resources)]
@@ -47,19 +53,19 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 _bearer = HTTPBearer(auto_error=False, description="A token from POST /auth/token.")
 
 
-def _principal(
+async def _principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthenticated("a bearer token is required")
-    return _resources(request).verifier.verify(credentials.credentials)
+    return _state(request).verifier.verify(credentials.credentials)
 
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]
 
 
-def _admin(principal: PrincipalDep) -> Principal:
+async def _admin(principal: PrincipalDep) -> Principal:
     if not principal.is_admin:
         raise Forbidden("this endpoint is for admins")
     return principal
@@ -77,7 +83,7 @@ class PageParams:
 MAX_PAGE = 100
 
 
-def _page(
+async def _page(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip.")] = 0,
 ) -> PageParams:

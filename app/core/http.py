@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 from sqlalchemy import exc as sa_exc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -60,6 +62,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa_exc.TimeoutError, _database_busy)
     app.add_exception_handler(sa_exc.OperationalError, _database_busy)
     app.add_exception_handler(sa_exc.InterfaceError, _database_busy)
+    app.add_exception_handler(PoolTimeout, _database_busy)
+    app.add_exception_handler(psycopg.OperationalError, _database_busy)
 
 
 class BodyLimit:

@@ -7,6 +7,7 @@ via JWKS, say) can be accepted by adding a verifier, without touching any domain
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -53,10 +54,15 @@ class LocalTokens:
 
     algorithm = "HS256"
 
+    cache_size = 10_000
+
     def __init__(self, *, secret: str, issuer: str, ttl_s: int) -> None:
         self._secret = secret
         self._issuer = issuer
         self._ttl_s = ttl_s
+        # Verified tokens and their expiry: a signature check costs more than a product read,
+        # and a client sends the same token with every request until it expires.
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def issue(self, principal: Principal) -> tuple[str, int]:
         now = datetime.now(UTC)
@@ -70,6 +76,16 @@ class LocalTokens:
         return jwt.encode(claims, self._secret, algorithm=self.algorithm), self._ttl_s
 
     def verify(self, token: str) -> Principal:
+        known = self._verified.get(token)
+        if known is not None and known[1] > time.time():
+            return known[0]
+        principal, expires = self._verify(token)
+        if len(self._verified) >= self.cache_size:
+            self._verified.clear()
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(
                 token,
@@ -78,7 +94,10 @@ class LocalTokens:
                 issuer=self._issuer,
                 options={"require": ["sub", "exp", "iss"]},
             )
-            return Principal(customer_id=int(claims["sub"]), role=Role(str(claims.get("role"))))
+            principal = Principal(
+                customer_id=int(claims["sub"]), role=Role(str(claims.get("role")))
+            )
+            return principal, float(claims["exp"])
         except (jwt.PyJWTError, ValueError, KeyError) as exc:
             raise Unauthenticated("invalid or expired token") from exc
 

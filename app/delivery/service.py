@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import ColumnElement, insert, select, update
+from sqlalchemy import ColumnElement, String, bindparam, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.core.db import Database
+from app.core.db import Database, run
 from app.core.errors import NotFound
-from app.core.models import utcnow
+from app.core.models import UtcDateTime, utcnow
 from app.core.security import Principal
 from app.delivery.domain import ShipmentStatus, allowed_after, check_transition
 from app.delivery.models import Shipment, ShipmentEvent
@@ -66,28 +66,29 @@ async def _move(conn: AsyncConnection, *, shipment_id: int, target: ShipmentStat
             return
 
 
-async def open_shipment(conn: AsyncConnection, *, order_id: int, customer_id: int) -> int:
+_OPEN = insert(Shipment).values(
+    order_id=bindparam("order_id"),
+    customer_id=bindparam("customer_id"),
+    status=ShipmentStatus.PENDING.value,
+    created_at=bindparam("at"),
+    updated_at=bindparam("at"),
+)
+# Finds the shipment by its order, so it needs no result of _OPEN and both can be pipelined.
+_OPENING_EVENT = insert(ShipmentEvent).from_select(
+    ["shipment_id", "status", "at"],
+    select(
+        Shipment.id,
+        literal(ShipmentStatus.PENDING.value, String),
+        bindparam("at", type_=UtcDateTime()),
+    ).where(Shipment.order_id == bindparam("order_id")),
+)
+
+
+async def open_shipment(conn: AsyncConnection, *, order_id: int, customer_id: int) -> None:
     """Open the pending shipment of a new order inside the caller's transaction."""
-    now = utcnow()
-    shipment_id: int = (
-        await conn.execute(
-            insert(Shipment)
-            .values(
-                order_id=order_id,
-                customer_id=customer_id,
-                status=ShipmentStatus.PENDING.value,
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(Shipment.id)
-        )
-    ).scalar_one()
-    await conn.execute(
-        insert(ShipmentEvent).values(
-            shipment_id=shipment_id, status=ShipmentStatus.PENDING.value, at=now
-        )
-    )
-    return shipment_id
+    params = {"order_id": order_id, "customer_id": customer_id, "at": utcnow()}
+    await run(conn, _OPEN, params)
+    await run(conn, _OPENING_EVENT, params)
 
 
 async def cancel_for_order(conn: AsyncConnection, *, order_id: int) -> None:

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounting import service as accounting
 from app.catalog import service as catalog
-from app.core.db import Database, insert_or_ignore
+from app.core.db import Database, insert_or_ignore, run, run_many
 from app.core.errors import Conflict, InvalidRequest, NotFound
-from app.core.models import utcnow
+from app.core.models import UtcDateTime, utcnow
 from app.core.security import Principal
 from app.delivery import service as delivery
 from app.orders.domain import OrderStatus, check_cancellable, fingerprint, price
@@ -63,6 +63,57 @@ async def _fetch(conn: AsyncConnection, order_id: int, principal: Principal | No
     )
 
 
+_KEY = (IdempotencyKey.customer_id == bindparam("customer_id")) & (
+    IdempotencyKey.key == bindparam("key")
+)
+_FORGET_EXPIRED_KEY = delete(IdempotencyKey).where(
+    _KEY, IdempotencyKey.created_at < bindparam("expired_before", type_=UtcDateTime())
+)
+_FIRST_ANSWER = select(
+    IdempotencyKey.request_hash, IdempotencyKey.status_code, IdempotencyKey.response_body
+).where(_KEY)
+# An UPDATE's parameters may not share a column's name, hence the prefixes.
+_STORE_ANSWER = (
+    update(IdempotencyKey)
+    .where(
+        IdempotencyKey.customer_id == bindparam("b_customer_id"),
+        IdempotencyKey.key == bindparam("b_key"),
+    )
+    .values(status_code=bindparam("b_status_code"), response_body=bindparam("b_response_body"))
+)
+_INSERT_ORDER = (
+    insert(CustomerOrder)
+    .values(
+        {
+            name: bindparam(name)
+            for name in (
+                "customer_id",
+                "status",
+                "subtotal_cents",
+                "tax_cents",
+                "total_cents",
+                "created_at",
+            )
+        }
+    )
+    .returning(CustomerOrder.id)
+)
+_INSERT_LINE = insert(OrderLine).values(
+    {
+        name: bindparam(name)
+        for name in (
+            "order_id",
+            "product_id",
+            "sku",
+            "name",
+            "quantity",
+            "unit_price_cents",
+            "line_total_cents",
+        )
+    }
+)
+
+
 async def _claim_key(
     conn: AsyncConnection, *, customer_id: int, key: str, request_hash: str, ttl: timedelta
 ) -> PlaceResult | None:
@@ -73,38 +124,25 @@ async def _claim_key(
     claim back with everything else, so its retry runs afresh.
     """
     now = utcnow()
-    await conn.execute(
-        delete(IdempotencyKey).where(
-            IdempotencyKey.customer_id == customer_id,
-            IdempotencyKey.key == key,
-            IdempotencyKey.created_at < now - ttl,
-        )
-    )
+    key_params = {"customer_id": customer_id, "key": key}
+    await run(conn, _FORGET_EXPIRED_KEY, {**key_params, "expired_before": now - ttl})
     claimed = await insert_or_ignore(
         conn,
         IdempotencyKey.__table__,  # type: ignore[arg-type]
-        {"customer_id": customer_id, "key": key, "request_hash": request_hash, "created_at": now},
+        {**key_params, "request_hash": request_hash, "created_at": now},
     )
     if claimed:
         return None
-    first = (
-        await conn.execute(
-            select(
-                IdempotencyKey.request_hash,
-                IdempotencyKey.status_code,
-                IdempotencyKey.response_body,
-            ).where(IdempotencyKey.customer_id == customer_id, IdempotencyKey.key == key)
-        )
-    ).one()
-    if first.request_hash != request_hash:
+    first = (await run(conn, _FIRST_ANSWER, key_params))[0]
+    if first["request_hash"] != request_hash:
         raise InvalidRequest(
             "Idempotency-Key",
             "this key was used with a different request body; use a new key",
             location="header",
         )
-    if first.status_code is None or first.response_body is None:
+    if first["status_code"] is None or first["response_body"] is None:
         raise Conflict("a request with this Idempotency-Key is still in progress; retry")
-    return PlaceResult(status_code=first.status_code, body=first.response_body, replayed=True)
+    return PlaceResult(status_code=first["status_code"], body=first["response_body"], replayed=True)
 
 
 async def place_order(
@@ -119,10 +157,11 @@ async def place_order(
     """Reserve stock, record the order, post the ledger and open the shipment, all or nothing.
 
     Raises NotFound (unknown product), OutOfStock (409, nothing reserved), or InvalidRequest
-    (an Idempotency-Key reused with a different body).
+    (an Idempotency-Key reused with a different body). On PostgreSQL the transaction is
+    pipelined: three round trips (reserve, order id, the rest with the COMMIT) for one line.
     """
     pairs = data.as_pairs()
-    async with db.write() as conn:
+    async with db.write(pipeline=True) as conn:
         if idempotency_key is not None:
             replay = await _claim_key(
                 conn,
@@ -137,34 +176,33 @@ async def place_order(
         totals = price(
             [item.unit_price_cents * item.quantity for item in items], tax_rate_bp=tax_rate_bp
         )
-        order_id: int = (
-            await conn.execute(
-                insert(CustomerOrder)
-                .values(
-                    customer_id=customer_id,
-                    status=OrderStatus.PLACED.value,
-                    subtotal_cents=totals.subtotal_cents,
-                    tax_cents=totals.tax_cents,
-                    total_cents=totals.total_cents,
-                    created_at=utcnow(),
-                )
-                .returning(CustomerOrder.id)
+        created_at = utcnow()
+        inserted = await run(
+            conn,
+            _INSERT_ORDER,
+            {
+                "customer_id": customer_id,
+                "status": OrderStatus.PLACED.value,
+                "subtotal_cents": totals.subtotal_cents,
+                "tax_cents": totals.tax_cents,
+                "total_cents": totals.total_cents,
+                "created_at": created_at,
+            },
+        )
+        order_id: int = inserted[0]["id"]
+        lines = [
+            OrderLineRead(
+                product_id=item.product_id,
+                sku=item.sku,
+                name=item.name,
+                quantity=item.quantity,
+                unit_price_cents=item.unit_price_cents,
+                line_total_cents=item.unit_price_cents * item.quantity,
             )
-        ).scalar_one()
-        await conn.execute(
-            insert(OrderLine),
-            [
-                {
-                    "order_id": order_id,
-                    "product_id": item.product_id,
-                    "sku": item.sku,
-                    "name": item.name,
-                    "quantity": item.quantity,
-                    "unit_price_cents": item.unit_price_cents,
-                    "line_total_cents": item.unit_price_cents * item.quantity,
-                }
-                for item in items
-            ],
+            for item in items
+        ]
+        await run_many(
+            conn, _INSERT_LINE, [{"order_id": order_id, **line.model_dump()} for line in lines]
         )
         await accounting.post_order_placed(
             conn,
@@ -174,15 +212,26 @@ async def place_order(
             tax_cents=totals.tax_cents,
         )
         await delivery.open_shipment(conn, order_id=order_id, customer_id=customer_id)
-        body = (await _fetch(conn, order_id, None)).model_dump(mode="json")
+        body = OrderRead(
+            id=order_id,
+            status=OrderStatus.PLACED,
+            subtotal_cents=totals.subtotal_cents,
+            tax_cents=totals.tax_cents,
+            total_cents=totals.total_cents,
+            created_at=created_at,
+            cancelled_at=None,
+            lines=lines,
+        ).model_dump(mode="json")
         if idempotency_key is not None:
-            await conn.execute(
-                update(IdempotencyKey)
-                .where(
-                    IdempotencyKey.customer_id == customer_id,
-                    IdempotencyKey.key == idempotency_key,
-                )
-                .values(status_code=201, response_body=body)
+            await run(
+                conn,
+                _STORE_ANSWER,
+                {
+                    "b_customer_id": customer_id,
+                    "b_key": idempotency_key,
+                    "b_status_code": 201,
+                    "b_response_body": body,
+                },
             )
     return PlaceResult(status_code=201, body=body, replayed=False)
 

@@ -35,7 +35,10 @@ def _free_port() -> int:
 
 async def test_readyz_answers_503_when_the_database_is_down() -> None:
     port = _free_port()  # nothing listens there
-    settings = test_settings(database_url=f"postgresql+psycopg://nobody@127.0.0.1:{port}/none")
+    settings = test_settings(
+        database_url=f"postgresql+psycopg://nobody@127.0.0.1:{port}/none",
+        database_pool_timeout_s=0.5,
+    )
     app = create_app(settings)
     async with LifespanManager(app):
         transport = httpx.ASGITransport(app=app)

@@ -1,0 +1,72 @@
+"""What ships: the wheel carries the migrations; the image and compose file keep their promises.
+
+No container engine runs here, so the Dockerfile and compose file are checked as files; the
+compose file is also validated against the compose specification by `make test`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_wheel_carries_the_migrations(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next(tmp_path.glob("shop-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "app/migrations/env.py" in names
+    assert "app/migrations/script.py.mako" in names
+    assert any(n.startswith("app/migrations/versions/0001_") for n in names)
+    assert not any(n.startswith(("tests/", "infra/", "loadtests/")) for n in names)
+
+
+def test_the_image_runs_as_a_non_root_user_with_a_health_check() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = [line for line in dockerfile.splitlines() if line.startswith("FROM ")]
+    assert len(stages) >= 2
+    assert all("slim" in line for line in stages)
+    runtime = dockerfile.split(stages[-1])[1]
+    assert "USER shop" in runtime
+    assert "HEALTHCHECK" in runtime and "/healthz" in runtime
+    assert "apt-get" not in runtime and "gcc" not in runtime
+
+
+def test_the_build_context_leaves_out_the_virtualenv_and_caches() -> None:
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ignore[0 if ignore[0] == "*" else 1] == "*" or "*" in ignore
+    assert "!app/" in ignore
+
+
+def test_compose_starts_the_app_only_after_its_dependencies_are_ready() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"app", "postgres", "redis", "migrate"} <= set(services)
+    for name in ("postgres", "redis"):
+        assert "healthcheck" in services[name]
+    app_deps = services["app"]["depends_on"]
+    assert app_deps["postgres"]["condition"] == "service_healthy"
+    assert app_deps["redis"]["condition"] == "service_healthy"
+    assert app_deps["migrate"]["condition"] == "service_completed_successfully"
+    assert "--reload" in services["app"]["command"]
+    assert "shop migrate" in " ".join(services["migrate"]["command"])
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
