@@ -163,7 +163,9 @@ def scripts(folder: Path, token: str, products: int) -> dict[str, Path]:
         "bare": 'request = function() return wrk.format("GET", "/bare") end',
         "product by id": (
             "math.randomseed(1)\n"
-            f'request = function() return wrk.format("GET", "/products/" .. math.random(1, {products})) end'
+            "request = function()\n"
+            f'  return wrk.format("GET", "/products/" .. math.random(1, {products}))\n'
+            "end"
         ),
         "product list (20)": (
             "math.randomseed(2)\n"
@@ -176,7 +178,8 @@ def scripts(folder: Path, token: str, products: int) -> dict[str, Path]:
             'wrk.headers["Content-Type"] = "application/json"\n'
             f'wrk.headers["Authorization"] = "Bearer {token}"\n'
             "request = function()\n"
-            f'  local body = \'{{"lines":[{{"product_id":\' .. math.random(1, {products}) .. \',"quantity":1}}]}}\'\n'
+            f"  local id = math.random(1, {products})\n"
+            '  local body = \'{"lines":[{"product_id":\' .. id .. \',"quantity":1}]}\'\n'
             '  return wrk.format("POST", "/orders", nil, body)\n'
             "end"
         ),
