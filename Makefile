@@ -41,6 +41,10 @@ contracts: $(STAMP)
 compose-check: $(STAMP)
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
+## synth: synthesize every stage offline into infra/cdk.out (cdk-nag runs; no AWS account needed)
+synth: $(STAMP)
+	cd infra && CDK_OUTDIR=cdk.out ../$(BIN)/python app.py
+
 ## bench: requests/s of the shop's hot routes beside a bare FastAPI route, one worker
 bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench

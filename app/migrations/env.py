@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 from app.core.models import Base
 from app.migrations.metadata import load_all_models
+
+MIGRATION_LOCK = 0x5E0_0001
+"""The PostgreSQL advisory lock id that serialises concurrent migrations."""
 
 load_all_models()
 config = context.config
@@ -24,6 +27,11 @@ def run_offline() -> None:
 def run_online() -> None:
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # Every instance of a fleet runs `shop migrate` as it boots: one migrates, the
+            # others wait here and then find nothing left to do.
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,

@@ -37,6 +37,27 @@ def test_migrations_upgrade_downgrade_and_upgrade_again_on_postgresql(
     assert _tables(url) == set(Base.metadata.tables)
 
 
+def test_instances_booting_together_migrate_one_at_a_time(
+    fresh_database: Callable[[], str],
+) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    load_all_models()
+    url = fresh_database()
+    shop = str(Path(sys.executable).parent / "shop")
+    env = {**os.environ, "SHOP_DATABASE_URL": url}
+    runs = [
+        subprocess.Popen([shop, "migrate"], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    # Without the lock, all but one fail on "relation already exists".
+    assert [r.wait(timeout=120) for r in runs] == [0, 0, 0, 0], [r.stderr.read() for r in runs]
+    assert _tables(url) == set(Base.metadata.tables)
+
+
 def test_migrations_upgrade_downgrade_and_upgrade_again_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
     load_all_models()
     url = f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}"
