@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+APP_STAMP := $(VENV)/.installed-app
 PORT ?= 8000
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
@@ -13,13 +14,20 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,infra,load]'
-	@touch $(STAMP)
+	@touch $(STAMP) $(APP_STAMP)
 
-## install: a .venv with the shop, its test tools and the CDK toolchain (idempotent)
+# `make run` needs the shop alone, not the test tools and the CDK toolchain.
+$(APP_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $(APP_STAMP)
+
+## install: a .venv with the shop, its test tools, the CDK toolchain and Locust (idempotent)
 install: $(STAMP)
 
 ## run: migrate, seed and serve on http://127.0.0.1:$(PORT) (docs at /docs), embedded SQLite
-run: $(STAMP)
+run: $(APP_STAMP)
 	$(BIN)/shop migrate
 	$(BIN)/shop seed --products 1000 --customers 20
 	$(BIN)/shop serve --host 127.0.0.1 --port $(PORT)

@@ -55,9 +55,15 @@ class Settings(BaseSettings):
         "dbname). When set, the primary and replica URLs are built from it at start-up, so that "
         "no password is ever in an environment variable, template or user data.",
     )
-    database_pool_size: int = Field(10, ge=1, le=200)
-    database_max_overflow: int = Field(10, ge=0, le=200)
-    database_pool_timeout_s: float = Field(10.0, gt=0)
+    database_pool_size: int = Field(
+        10, ge=1, le=200, description="Connections each pool keeps per process."
+    )
+    database_max_overflow: int = Field(
+        10, ge=0, le=200, description="Extra connections a write pool may open under load."
+    )
+    database_pool_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for a free connection before answering 503."
+    )
 
     # --- read replicas (stage 4) -----------------------------------------------------------
     database_replica_urls: Annotated[list[str], NoDecode] = Field(
@@ -86,6 +92,8 @@ class Settings(BaseSettings):
     aws_endpoint_url: str | None = Field(
         None, description="Endpoint override for AWS clients (a local moto server)."
     )
+    # Set by the stage 5 and 7 stacks already; the app reads them from the issues that add
+    # carts, static files and queued order work.
     carts_table: str | None = Field(None, description="DynamoDB table of carts (stage 5).")
     assets_bucket: str | None = Field(None, description="S3 bucket of static files (stage 5).")
     assets_base_url: str | None = Field(
@@ -104,11 +112,13 @@ class Settings(BaseSettings):
         None, description="Secrets Manager secret holding jwt_secret (overrides it)."
     )
     jwt_issuer: str = Field("shop", description="iss claim of issued tokens.")
-    jwt_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    jwt_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600, description="Token lifetime.")
     password_time_cost: int = Field(
         3, ge=1, le=10, description="argon2 time cost; lower only for tests and seeding."
     )
-    password_memory_kib: int = Field(65536, ge=1024, le=1048576)
+    password_memory_kib: int = Field(
+        65536, ge=1024, le=1048576, description="argon2 memory cost in KiB."
+    )
 
     # --- HTTP and business knobs -------------------------------------------------------------
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger bodies answer 413.")

@@ -9,12 +9,12 @@ from pydantic import EmailStr, Field
 
 from app.core.schemas import Name, ReadSchema, Schema
 from app.core.security import Role
-from app.customers.domain import MAX_PASSWORD
+from app.customers.domain import MAX_PASSWORD, MIN_PASSWORD
 
 
 class SignUp(Schema):
     email: EmailStr
-    password: str = Field(max_length=MAX_PASSWORD, description="At least 10 characters.")
+    password: str = Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)
     full_name: Name
 
 
