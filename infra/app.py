@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Entry point of the CDK app: one stack per stage of STAGES.md, checked by cdk-nag.
+
+Context (all optional; `cdk deploy -c key=value`):
+  shop:hosted_zone   a Route 53 hosted zone name: adds <stage>.<zone> records (needs account/region)
+  shop:mail_sender   SES sender address for stage 7 (default orders@example.com)
+  shop:stages        comma-separated stage numbers or names to synthesize (default: all)
+  shop:region        region to deploy to (default: $CDK_DEFAULT_REGION, else us-east-1)
+"""
+
+from __future__ import annotations
+
+import os
+
+import aws_cdk as cdk
+from shop_infra.nag import add_checks
+from shop_infra.stack import DEFAULT_REGION, ShopStack
+from shop_infra.stages import STAGES, stage
+
+
+def main() -> None:
+    app = cdk.App()
+    zone = app.node.try_get_context("shop:hosted_zone")
+    wanted = app.node.try_get_context("shop:stages")
+    chosen = [stage(key.strip()) for key in wanted.split(",")] if wanted else list(STAGES)
+    # The region is fixed at synth time (load balancer log delivery and CloudFront certificates
+    # depend on it); the account only when a hosted zone must be looked up.
+    env = cdk.Environment(
+        account=os.environ.get("CDK_DEFAULT_ACCOUNT") if zone else None,
+        region=app.node.try_get_context("shop:region")
+        or os.environ.get("CDK_DEFAULT_REGION")
+        or DEFAULT_REGION,
+    )
+    for each in chosen:
+        ShopStack(
+            app,
+            stage=each,
+            hosted_zone=zone,
+            mail_sender=app.node.try_get_context("shop:mail_sender") or "orders@example.com",
+            env=env,
+        )
+    add_checks(app)
+    app.synth()
+
+
+if __name__ == "__main__":
+    main()

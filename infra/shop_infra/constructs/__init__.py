@@ -1,0 +1,1 @@
+"""Building blocks of the stage stacks: each construct owns one tier and its security group."""

@@ -1,0 +1,138 @@
+"""RDS PostgreSQL 17: the primary (Multi-AZ when the catalog says so) and its read replicas."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_rds as rds
+from constructs import Construct
+
+from ..nag import acknowledge
+from ..stages import Database as DatabaseSpec
+
+ENGINE_VERSION = rds.PostgresEngineVersion.VER_17_6
+PORT = 5432
+
+
+class Database(Construct):
+    """The primary and its replicas share one security group, open only to the given peers.
+
+    Credentials live in a generated Secrets Manager secret in the RDS JSON format (host, port,
+    username, password, dbname); the app reads it at start-up with its instance role.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        spec: DatabaseSpec,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+    ) -> None:
+        super().__init__(scope, id)
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=vpc,
+            description="PostgreSQL: reachable from the app and worker tiers only",
+            allow_all_outbound=False,
+        )
+        instance_type = ec2.InstanceType(spec.instance_type)
+        self.primary = rds.DatabaseInstance(
+            self,
+            "Primary",
+            engine=rds.DatabaseInstanceEngine.postgres(version=ENGINE_VERSION),
+            instance_type=instance_type,
+            vpc=vpc,
+            vpc_subnets=subnets,
+            security_groups=[self.security_group],
+            port=PORT,
+            credentials=rds.Credentials.from_generated_secret("shop"),
+            database_name="shop",
+            multi_az=spec.multi_az,
+            allocated_storage=spec.storage_gib,
+            storage_type=rds.StorageType.GP3,
+            storage_encrypted=True,
+            backup_retention=Duration.days(spec.backup_retention_days),
+            delete_automated_backups=True,
+            # A demo stack is torn down after its load test: no final snapshot, no protection.
+            deletion_protection=False,
+            removal_policy=RemovalPolicy.DESTROY,
+            cloudwatch_logs_exports=["postgresql"],
+            auto_minor_version_upgrade=True,
+        )
+        assert self.primary.secret is not None
+        self.secret = self.primary.secret
+        self.replicas = [
+            rds.DatabaseInstanceReadReplica(
+                self,
+                f"Replica{index + 1}",
+                source_database_instance=self.primary,
+                instance_type=instance_type,
+                vpc=vpc,
+                vpc_subnets=subnets,
+                security_groups=[self.security_group],
+                # Encryption is inherited from the (encrypted) primary; RDS rejects the property.
+                # Spread the replicas over the AZs, so that one AZ's loss keeps some readers.
+                availability_zone=vpc.availability_zones[index % len(vpc.availability_zones)],
+                deletion_protection=False,
+                removal_policy=RemovalPolicy.DESTROY,
+                auto_minor_version_upgrade=True,
+            )
+            for index in range(spec.read_replicas)
+        ]
+        for instance in [self.primary, *self.replicas]:
+            self._acknowledge(instance)
+        if not spec.multi_az:
+            acknowledge(
+                self.primary,
+                id="AwsSolutions-RDS3",
+                reason="Stage 2 is a single-AZ database by definition (STAGES.md): its lack of "
+                "redundancy is part of what the stage demonstrates; Multi-AZ is stage 3.",
+            )
+        for replica in self.replicas:
+            acknowledge(
+                replica,
+                id="AwsSolutions-RDS2",
+                reason="A replica inherits its storage encryption from the primary, which is "
+                "encrypted (StorageEncrypted: true); CloudFormation rejects the property on a "
+                "replica (cfn-lint F3020).",
+            )
+            acknowledge(
+                replica,
+                id="AwsSolutions-RDS3",
+                reason="Read capacity is made redundant by several replicas spread over both AZs "
+                "(and the Multi-AZ primary takes reads if all fail); a standby per replica would "
+                "double the cost of reads for no gain in this demo.",
+            )
+        # The generated credentials secret (the SecretTargetAttachment's parent).
+        acknowledge(
+            self.primary.node.find_child("Secret"),
+            id="AwsSolutions-SMG4",
+            reason="A stage stack lives for one load-test session (hours) and is then destroyed: "
+            "a rotation schedule (30 days at most) would never fire, and rotation needs a "
+            "Lambda inside the VPC.",
+        )
+
+    def allow_from(self, peer: ec2.IConnectable) -> None:
+        self.security_group.connections.allow_from(peer, ec2.Port.tcp(PORT), "PostgreSQL")
+
+    @property
+    def replica_hosts(self) -> list[str]:
+        return [replica.db_instance_endpoint_address for replica in self.replicas]
+
+    @staticmethod
+    def _acknowledge(instance: rds.DatabaseInstanceBase) -> None:
+        acknowledge(
+            instance,
+            id="AwsSolutions-RDS10",
+            reason="Deletion protection is off on purpose: every stage is a demo stack destroyed "
+            "after its load test (README, 'Destroy'); the data is generated seed data.",
+        )
+        acknowledge(
+            instance,
+            id="AwsSolutions-RDS11",
+            reason="The default PostgreSQL port is kept: the security group admits only the app "
+            "and worker security groups, so a non-standard port would add no protection.",
+        )

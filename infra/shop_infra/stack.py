@@ -1,0 +1,640 @@
+"""ShopStack: one stage of the ladder, composed from the catalog entry and the constructs.
+
+Every decision is taken here, at synth time, from the `Stage` data; the constructs only build what
+they are told. The stack's one contract with the load tests is its `TargetUrl` output, exported as
+`<stack name>-TargetUrl`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aws_cdk import (
+    Aws,
+    CfnCondition,
+    CfnOutput,
+    CfnParameter,
+    Duration,
+    Fn,
+    RemovalPolicy,
+    Stack,
+    Token,
+)
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_certificatemanager as acm
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_elasticloadbalancingv2_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_route53 as route53
+from aws_cdk import aws_route53_targets as route53_targets
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from .constructs.cache import Cache
+from .constructs.compute import (
+    WEB_COMMAND,
+    WORKER_COMMAND,
+    ContainerTier,
+    instances,
+    scaling_group,
+)
+from .constructs.database import Database
+from .constructs.edge import Edge
+from .constructs.load_balancer import LoadBalancer
+from .constructs.network import Network
+from .constructs.observability import Observability, metric, worst
+from .constructs.queue import OrderQueue
+from .nag import acknowledge
+from .stages import GRACEFUL_SHUTDOWN_S, Stage
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+IMAGE_EXCLUDES = [
+    ".git",
+    ".venv",
+    "**/cdk.out",
+    "**/__pycache__",
+    "**/.pytest_cache",
+    "**/.ruff_cache",
+    "**/.mypy_cache",
+    "**/node_modules",
+    "infra",
+    "tests",
+    "loadtests",
+]
+"""Kept out of the image build context even without a .dockerignore (synth copies the context)."""
+
+COLOURS = ("blue", "green")
+DEFAULT_REGION = "us-east-1"
+"""The region of the README's cost table, and of the tests' synth."""
+
+
+class ShopStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        *,
+        stage: Stage,
+        image_directory: Path = REPO_ROOT,
+        hosted_zone: str | None = None,
+        mail_sender: str = "orders@example.com",
+        **kwargs: object,
+    ) -> None:
+        super().__init__(
+            scope,
+            stage.stack_id,
+            description=f"Shop stage {stage.number} ({stage.name}): {stage.summary}",
+            **kwargs,  # type: ignore[arg-type]
+        )
+        self.stage = stage
+        network = Network(self, "Network", nat_gateways=stage.nat_gateways)
+        vpc = network.vpc
+        image = ecr_assets.DockerImageAsset(
+            self,
+            "Image",
+            directory=str(image_directory),
+            platform=ecr_assets.Platform.LINUX_AMD64,
+            exclude=IMAGE_EXCLUDES,
+        )
+        jwt_secret = secretsmanager.Secret(
+            self,
+            "JwtSecret",
+            description="JWT signing key (SHOP_JWT_SECRET_ARN)",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=64, exclude_punctuation=True
+            ),
+        )
+        env: dict[str, str] = {
+            "SHOP_ENV": "production",
+            "SHOP_AWS_REGION": Aws.REGION,
+            "SHOP_JWT_SECRET_ARN": jwt_secret.secret_arn,
+            "SHOP_GRACEFUL_SHUTDOWN_S": str(GRACEFUL_SHUTDOWN_S),
+        }
+        secrets: list[secretsmanager.ISecret] = [jwt_secret]
+
+        # --- data tier -----------------------------------------------------------------------
+        on_box_secret = None
+        database = cache = None
+        if stage.database is None:
+            on_box_secret = secretsmanager.Secret(
+                self,
+                "DatabaseCredentials",
+                description="PostgreSQL on the box (SHOP_DATABASE_SECRET_ARN, RDS format)",
+                generate_secret_string=secretsmanager.SecretStringGenerator(
+                    secret_string_template=json.dumps(
+                        {
+                            "engine": "postgres",
+                            "host": "postgres",
+                            "port": 5432,
+                            "username": "shop",
+                            "dbname": "shop",
+                        }
+                    ),
+                    generate_string_key="password",
+                    exclude_punctuation=True,
+                    password_length=32,
+                ),
+            )
+            secrets.append(on_box_secret)
+            env["SHOP_DATABASE_SECRET_ARN"] = on_box_secret.secret_arn
+            env["SHOP_REDIS_URL"] = "redis://redis:6379/0"
+        else:
+            database = Database(
+                self, "Database", spec=stage.database, vpc=vpc, subnets=network.data_subnets
+            )
+            secrets.append(database.secret)
+            env["SHOP_DATABASE_SECRET_ARN"] = database.secret.secret_arn
+            if database.replicas:
+                env["SHOP_DATABASE_REPLICA_HOSTS"] = Fn.join(",", database.replica_hosts)
+        if stage.cache is not None:
+            cache = Cache(self, "Cache", spec=stage.cache, vpc=vpc, subnets=network.data_subnets)
+            secrets.append(cache.auth_secret)
+            env["SHOP_REDIS_URL"] = cache.url
+            env["SHOP_REDIS_AUTH_SECRET_ARN"] = cache.auth_secret.secret_arn
+        for secret in [jwt_secret, on_box_secret, cache.auth_secret if cache else None]:
+            if secret is None:
+                continue
+            acknowledge(
+                secret,
+                id="AwsSolutions-SMG4",
+                reason="A stage stack lives for one load-test session (hours) and is destroyed; "
+                "a rotation schedule (30 days at most) would never fire, and rotating the "
+                "on-box or cache secret needs a rotation Lambda inside the VPC for nothing.",
+            )
+
+        # --- entry point: DNS, load balancer, CDN ---------------------------------------------
+        zone = record_name = certificate = None
+        if hosted_zone:
+            zone = route53.HostedZone.from_lookup(self, "Zone", domain_name=hosted_zone)
+            record_name = f"{stage.name}.{hosted_zone}"
+        load_balancer = logs_bucket = None
+        if stage.load_balanced:
+            logs_bucket = s3.Bucket(
+                self,
+                "AccessLogs",
+                block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+                encryption=s3.BucketEncryption.S3_MANAGED,
+                enforce_ssl=True,
+                # CloudFront's standard logs are delivered with an ACL.
+                object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
+                lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(30))],
+                removal_policy=RemovalPolicy.DESTROY,
+                auto_delete_objects=True,
+            )
+            acknowledge(
+                logs_bucket,
+                id="AwsSolutions-S1",
+                reason="This is the access-log bucket itself (load balancer, CloudFront and S3 "
+                "access logs land here); logging it into itself would loop.",
+            )
+            load_balancer = LoadBalancer(self, "LoadBalancer", vpc=vpc, logs_bucket=logs_bucket)
+        edge = None
+        if stage.edge:
+            assert load_balancer is not None and logs_bucket is not None
+            if zone is not None:
+                if self.region != "us-east-1":
+                    raise ValueError("a CloudFront certificate must be in us-east-1")
+                certificate = acm.Certificate(
+                    self,
+                    "Certificate",
+                    domain_name=record_name,  # type: ignore[arg-type]
+                    validation=acm.CertificateValidation.from_dns(zone),
+                )
+            edge = Edge(
+                self,
+                "Edge",
+                load_balancer=load_balancer.alb,
+                logs_bucket=logs_bucket,
+                domain_name=record_name if certificate else None,
+                certificate=certificate,
+            )
+            env["SHOP_CARTS_TABLE"] = edge.carts.table_name
+            env["SHOP_ASSETS_BUCKET"] = edge.assets.bucket_name
+            env["SHOP_ASSETS_BASE_URL"] = f"https://{record_name}" if zone else edge.url
+        queue = None
+        if stage.workers is not None:
+            queue = OrderQueue(self, "Orders", mail_sender=mail_sender)
+            env["SHOP_QUEUE_URL"] = queue.queue.queue_url
+            env["SHOP_MAIL_SENDER"] = mail_sender
+
+        # --- web tier --------------------------------------------------------------------------
+        web = ContainerTier(
+            self,
+            "Web",
+            vpc=vpc,
+            repository=image.repository,
+            environment=env,
+            command=WEB_COMMAND,
+            publish=True,
+            on_box_secret=on_box_secret,
+        )
+        self._grant_app(web, secrets=secrets, database=database, cache=cache, edge=edge)
+        if queue is not None:
+            queue.queue.grant_send_messages(web.role)
+            web.grant(queue.send_mail_statement())
+        fleet = stage.fleet
+        observability = Observability(
+            self, "Observability", title=f"Shop stage {stage.number}: {stage.name}"
+        )
+        web_cpu = []
+        target_url: str
+        if load_balancer is None:
+            [box] = instances(
+                self,
+                tier=web,
+                vpc=vpc,
+                subnets=network.app_subnets,
+                instance_type=fleet.instance_type,
+                count=1,
+                volume_gib=fleet.volume_gib,
+                image_uri=image.image_uri,
+            )
+            web.security_group.add_ingress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(80), "HTTP")
+            acknowledge(
+                web.security_group,
+                id="AwsSolutions-EC23",
+                reason="Stages 1-2 have no load balancer: the box is the public entry point and "
+                "must take HTTP from every load-test client. Only port 80 is open.",
+            )
+            address = ec2.CfnEIP(self, "Address", domain="vpc", instance_id=box.instance_id)
+            target_url = f"http://{address.ref}"
+            if zone is not None:
+                route53.ARecord(
+                    self,
+                    "Record",
+                    zone=zone,
+                    record_name=record_name,
+                    target=route53.RecordTarget.from_ip_addresses(address.ref),
+                    ttl=Duration.minutes(1),
+                )
+                target_url = f"http://{record_name}"
+            web_cpu.append(metric("AWS/EC2", "CPUUtilization", {"InstanceId": box.instance_id}))
+        else:
+            web.security_group.connections.allow_from(
+                load_balancer.alb, ec2.Port.tcp(80), "HTTP from the load balancer"
+            )
+            if not fleet.auto_scaling:
+                group = load_balancer.target_group("Targets")
+                for instance in instances(
+                    self,
+                    tier=web,
+                    vpc=vpc,
+                    subnets=network.app_subnets,
+                    instance_type=fleet.instance_type,
+                    count=fleet.min_size,
+                    volume_gib=fleet.volume_gib,
+                    image_uri=image.image_uri,
+                ):
+                    group.add_target(targets.InstanceTarget(instance))
+                    web_cpu.append(
+                        metric("AWS/EC2", "CPUUtilization", {"InstanceId": instance.instance_id})
+                    )
+                load_balancer.listener.add_target_groups("Default", target_groups=[group])
+            else:
+                groups = self._blue_green(
+                    web=web,
+                    load_balancer=load_balancer,
+                    network=network,
+                    image=image,
+                    blue_green=fleet.blue_green,
+                )
+                for asg in groups:
+                    web_cpu.append(
+                        metric(
+                            "AWS/EC2",
+                            "CPUUtilization",
+                            {"AutoScalingGroupName": asg.auto_scaling_group_name},
+                        )
+                    )
+                observability.alarm(
+                    "FleetAtMaximum",
+                    worst(
+                        "In-service instances (highest group)",
+                        [
+                            metric(
+                                "AWS/AutoScaling",
+                                "GroupInServiceInstances",
+                                {"AutoScalingGroupName": asg.auto_scaling_group_name},
+                                statistic="Maximum",
+                            )
+                            for asg in groups
+                        ],
+                    ),
+                    threshold=fleet.max_size,
+                    description="The web fleet is at its maximum size: scaling out no longer "
+                    "helps, the next bottleneck is behind it.",
+                    evaluation_periods=5,
+                )
+            target_url = edge.url if edge else load_balancer.url
+            if zone is not None:
+                alias: route53.IAliasRecordTarget = (
+                    route53_targets.CloudFrontTarget(edge.distribution)
+                    if edge
+                    else route53_targets.LoadBalancerTarget(load_balancer.alb)
+                )
+                route53.ARecord(
+                    self,
+                    "Record",
+                    zone=zone,
+                    record_name=record_name,
+                    target=route53.RecordTarget.from_alias(alias),
+                )
+                target_url = f"{'https' if edge else 'http'}://{record_name}"
+        if database is not None:
+            database.allow_from(web.security_group)
+        if cache is not None:
+            cache.allow_from(web.security_group)
+
+        # --- workers (stage 7) ----------------------------------------------------------------
+        if stage.workers is not None:
+            assert queue is not None
+            spec = stage.workers
+            workers = ContainerTier(
+                self,
+                "Workers",
+                vpc=vpc,
+                repository=image.repository,
+                environment=env,
+                command=WORKER_COMMAND,
+                publish=False,
+            )
+            self._grant_app(workers, secrets=secrets, database=database, cache=cache, edge=edge)
+            queue.queue.grant_consume_messages(workers.role)
+            queue.queue.grant_send_messages(workers.role)
+            workers.grant(queue.send_mail_statement())
+            if database is not None:
+                database.allow_from(workers.security_group)
+            if cache is not None:
+                cache.allow_from(workers.security_group)
+            worker_group = scaling_group(
+                self,
+                "WorkerGroup",
+                tier=workers,
+                vpc=vpc,
+                subnets=network.app_subnets,
+                instance_type=spec.instance_type,
+                min_size=spec.min_size,
+                max_size=spec.max_size,
+                volume_gib=stage.fleet.volume_gib,
+                image_uri=image.image_uri,
+                elb_health_check=False,
+            )
+            depth = queue.queue.metric_approximate_number_of_messages_visible(
+                period=Duration.minutes(1), statistic="Maximum"
+            )
+            worker_group.scale_on_metric(
+                "QueueDepth",
+                metric=depth,
+                adjustment_type=autoscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+                scaling_steps=[
+                    autoscaling.ScalingInterval(upper=0, change=-1),
+                    autoscaling.ScalingInterval(lower=spec.messages_per_instance, change=+1),
+                    autoscaling.ScalingInterval(lower=5 * spec.messages_per_instance, change=+3),
+                ],
+            )
+
+        self._observe(
+            observability,
+            web_cpu=web_cpu,
+            load_balancer=load_balancer,
+            database=database,
+            cache=cache,
+            queue=queue,
+        )
+        CfnOutput(
+            self,
+            "TargetUrl",
+            value=target_url,
+            description="The URL to load-test (locust --host)",
+            export_name=f"{self.stack_name}-TargetUrl",
+        )
+        CfnOutput(self, "Dashboard", value=observability.dashboard.dashboard_name)
+        CfnOutput(self, "AppLogGroup", value=web.log_group.log_group_name)
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _grant_app(
+        self,
+        tier: ContainerTier,
+        *,
+        secrets: list[secretsmanager.ISecret],
+        database: Database | None,
+        cache: Cache | None,
+        edge: Edge | None,
+    ) -> None:
+        """What the app itself may do: read its secrets, use the carts table and assets bucket."""
+        for secret in secrets:
+            secret.grant_read(tier.role)
+        if edge is not None:
+            edge.carts.grant_read_write_data(tier.role)
+            tier.grant(
+                iam.PolicyStatement(
+                    actions=["s3:GetObject", "s3:PutObject"],
+                    resources=[edge.assets.arn_for_objects("*")],
+                )
+            )
+            acknowledge(
+                tier.role,
+                id=f"AwsSolutions-IAM5[Resource::<{self._logical_id(edge.assets)}.Arn>/*]",
+                reason="The app reads and writes the objects of the one assets bucket it serves "
+                "static files from; object keys are not known in advance.",
+            )
+
+    def _logical_id(self, construct: Construct) -> str:
+        return str(self.resolve(self.get_logical_id(construct.node.default_child)))  # type: ignore[arg-type]
+
+    def _blue_green(
+        self,
+        *,
+        web: ContainerTier,
+        load_balancer: LoadBalancer,
+        network: Network,
+        image: ecr_assets.DockerImageAsset,
+        blue_green: bool,
+    ) -> list[autoscaling.AutoScalingGroup]:
+        """Two colours behind one weighted listener; parameters pick the live one and pin images.
+
+        `LiveColour` (blue | green | split) sets the listener weights (100/0, 0/100, 50/50); the
+        idle colour shrinks to one instance. `BlueImage` / `GreenImage` pin a colour to an image
+        URI; empty means the image built by this deploy. See README, 'Blue/green'.
+        """
+        fleet = self.stage.fleet
+        assert fleet.requests_per_target_per_minute is not None
+        colours = COLOURS if blue_green else COLOURS[:1]
+        live = CfnParameter(
+            self,
+            "LiveColour",
+            allowed_values=[*COLOURS, "split"],
+            default="blue",
+            description="Which colour takes the traffic: blue, green, or split (50/50)",
+        )
+        is_live = {
+            name: CfnCondition(
+                self, f"{name.title()}IsLive", expression=Fn.condition_equals(live, name)
+            )
+            for name in [*COLOURS, "split"]
+        }
+        weighted = []
+        groups = []
+        for colour in colours:
+            other = next(name for name in COLOURS if name != colour)
+            pinned = CfnParameter(
+                self,
+                f"{colour.title()}Image",
+                default="",
+                description=f"Image URI the {colour} colour runs; empty: the image of this deploy",
+            )
+            builds = CfnCondition(
+                self,
+                f"{colour.title()}RunsBuild",
+                expression=Fn.condition_equals(pinned.value_as_string, ""),
+            )
+            image_uri = Token.as_string(
+                Fn.condition_if(builds.logical_id, image.image_uri, pinned.value_as_string)
+            )
+            idle = is_live[other].logical_id
+            group = scaling_group(
+                self,
+                f"{colour.title()}Group",
+                tier=web,
+                vpc=network.vpc,
+                subnets=network.app_subnets,
+                instance_type=fleet.instance_type,
+                min_size=Token.as_number(Fn.condition_if(idle, "1", str(fleet.min_size))),
+                max_size=fleet.max_size,
+                volume_gib=fleet.volume_gib,
+                image_uri=image_uri,
+                elb_health_check=True,
+            )
+            target_group = load_balancer.target_group(f"{colour.title()}Targets")
+            group.attach_to_application_target_group(target_group)
+            weight = Fn.condition_if(idle, 0, Fn.condition_if(is_live["split"].logical_id, 50, 100))
+            weighted.append(
+                elbv2.WeightedTargetGroup(target_group=target_group, weight=Token.as_number(weight))
+            )
+            groups.append(group)
+            CfnOutput(
+                self,
+                f"{colour.title()}ImageInUse",
+                value=image_uri,
+                description=f"Image the {colour} colour runs (pin it with {colour.title()}Image)",
+            )
+        load_balancer.listener.add_action(
+            "Default", action=elbv2.ListenerAction.weighted_forward(weighted)
+        )
+        for group in groups:  # request count per target needs the listener in place
+            group.scale_on_request_count(
+                "RequestsPerTarget",
+                target_requests_per_minute=fleet.requests_per_target_per_minute,
+            )
+        return groups
+
+    def _observe(
+        self,
+        observability: Observability,
+        *,
+        web_cpu: list,
+        load_balancer: LoadBalancer | None,
+        database: Database | None,
+        cache: Cache | None,
+        queue: OrderQueue | None,
+    ) -> None:
+        """Graphs for every component present; an alarm on each figure that names a bottleneck."""
+        observability.graph("Web CPU %", web_cpu)
+        observability.alarm(
+            "WebCpuHigh",
+            worst("Web CPU % (busiest)", web_cpu),
+            threshold=80,
+            description="The web tier's CPU is saturated (stages 1-2: the box / the instance).",
+        )
+        if load_balancer is not None:
+            alb = load_balancer.alb.metrics
+            p95 = alb.target_response_time(statistic="p95", period=Duration.minutes(1))
+            errors = alb.http_code_target(
+                elbv2.HttpCodeTarget.TARGET_5XX_COUNT, period=Duration.minutes(1)
+            )
+            observability.graph("Requests / min", [alb.request_count(period=Duration.minutes(1))])
+            observability.graph("Latency p95 (s) and 5xx", [p95, errors])
+            observability.alarm(
+                "LatencyHigh",
+                p95,
+                threshold=0.5,
+                description="p95 latency at the load balancer is above 500 ms.",
+            )
+            observability.alarm(
+                "ServerErrors",
+                errors,
+                threshold=10,
+                description="The app answers 5xx (10 or more a minute).",
+            )
+        if database is not None:
+            primary = database.primary
+            observability.graph(
+                "Database CPU %",
+                [primary.metric_cpu_utilization(period=Duration.minutes(1))]
+                + [r.metric_cpu_utilization(period=Duration.minutes(1)) for r in database.replicas],
+            )
+            observability.graph(
+                "Database connections",
+                [primary.metric_database_connections(period=Duration.minutes(1))],
+            )
+            observability.alarm(
+                "DatabaseCpuHigh",
+                primary.metric_cpu_utilization(period=Duration.minutes(1)),
+                threshold=80,
+                description="The database primary's CPU is saturated (stage 3's bottleneck).",
+            )
+            if database.replicas:
+                lag = [
+                    metric("AWS/RDS", "ReplicaLag", {"DBInstanceIdentifier": r.instance_identifier})
+                    for r in database.replicas
+                ]
+                observability.graph("Replica lag (s)", lag)
+                observability.alarm(
+                    "ReplicaLagHigh",
+                    worst("Replica lag (s, worst replica)", lag),
+                    threshold=5,
+                    description="A read replica is more than 5 s behind the primary.",
+                )
+        if cache is not None:
+            node = {"CacheClusterId": f"{cache.id_for_metrics}-001"}
+            engine_cpu = metric("AWS/ElastiCache", "EngineCPUUtilization", node)
+            observability.graph(
+                "Cache hit rate % and engine CPU %",
+                [metric("AWS/ElastiCache", "CacheHitRate", node), engine_cpu],
+            )
+            observability.alarm(
+                "CacheCpuHigh",
+                engine_cpu,
+                threshold=80,
+                description="The Redis primary's engine thread is saturated.",
+            )
+        if queue is not None:
+            age = queue.queue.metric_approximate_age_of_oldest_message(period=Duration.minutes(1))
+            observability.graph(
+                "Queue depth and age (s)",
+                [
+                    queue.queue.metric_approximate_number_of_messages_visible(
+                        period=Duration.minutes(1)
+                    ),
+                    age,
+                ],
+            )
+            observability.alarm(
+                "QueueAgeHigh",
+                age,
+                threshold=300,
+                description="Orders wait more than 5 minutes for a worker.",
+            )
+            observability.alarm(
+                "DeadLetters",
+                queue.dead_letters.metric_approximate_number_of_messages_visible(
+                    period=Duration.minutes(1), statistic="Maximum"
+                ),
+                threshold=1,
+                evaluation_periods=1,
+                description="A message failed 5 times and is in the dead-letter queue.",
+            )

@@ -1,0 +1,215 @@
+"""The stage catalog: what exists at each stage of the ladder, and how big it is.
+
+One frozen dataclass per stage, numbered and named exactly as in STAGES.md. A stack is composed
+from this data alone, so moving up one stage is a few lines here (plus, where a new component
+appears, one construct). The cost table in the README is computed from the same data (cost.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GRACEFUL_SHUTDOWN_S = 20
+"""Seconds the app drains in-flight requests on SIGTERM (SHOP_GRACEFUL_SHUTDOWN_S); the load
+balancer's deregistration delay is set to the same figure."""
+
+APP_PORT = 8000
+"""Port the app's container listens on (the container contract)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fleet:
+    """The web tier: a fixed group when min_size == max_size, else an Auto Scaling group."""
+
+    instance_type: str
+    min_size: int
+    max_size: int
+    requests_per_target_per_minute: int | None = None
+    """Target tracking set point on ALBRequestCountPerTarget; None for a fixed group."""
+    blue_green: bool = False
+    """Two colours (target groups and groups of instances) behind one weighted listener."""
+    volume_gib: int = 20
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_size <= self.max_size:
+            raise ValueError("a fleet needs 1 <= min_size <= max_size")
+        if self.auto_scaling != (self.requests_per_target_per_minute is not None):
+            raise ValueError("a scaling fleet needs a target, a fixed one must not have one")
+        if self.blue_green and not self.auto_scaling:
+            raise ValueError("blue/green is built on Auto Scaling groups")
+
+    @property
+    def auto_scaling(self) -> bool:
+        return self.max_size > self.min_size
+
+
+@dataclass(frozen=True, kw_only=True)
+class Database:
+    """RDS PostgreSQL: the primary, its Multi-AZ standby and its read replicas."""
+
+    instance_type: str
+    """Without the db. prefix, e.g. m7g.large."""
+    multi_az: bool
+    read_replicas: int = 0
+    storage_gib: int = 20
+    backup_retention_days: int = 1
+    """At least 1: RDS read replicas need automated backups on the primary."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cache:
+    """ElastiCache Redis replication group: one primary plus replicas, Multi-AZ failover."""
+
+    node_type: str
+    """Without the cache. prefix, e.g. m7g.large."""
+    nodes: int = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workers:
+    """Queue consumers: the same image running `shop worker`, scaled on queue depth."""
+
+    instance_type: str
+    min_size: int
+    max_size: int
+    messages_per_instance: int = 100
+    """Visible messages per worker above which one more worker is added."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    number: int
+    name: str
+    users: str
+    summary: str
+    bottleneck: str
+    fleet: Fleet
+    nat_gateways: int
+    database: Database | None = None
+    """None: PostgreSQL and Redis run on the single box itself (stage 1)."""
+    cache: Cache | None = None
+    edge: bool = False
+    """S3 + CloudFront for static files and cacheable pages, carts in DynamoDB."""
+    workers: Workers | None = None
+    """An SQS queue (with a dead-letter queue), SES sending and a worker group."""
+
+    def __post_init__(self) -> None:
+        if self.database is None and self.fleet.max_size > 1:
+            raise ValueError("only a single box can hold its own database")
+        if self.load_balanced and self.nat_gateways < 1:
+            raise ValueError("instances in private subnets need a NAT gateway to pull the image")
+
+    @property
+    def stack_id(self) -> str:
+        return f"Shop-{self.number}-{self.name}"
+
+    @property
+    def on_box_data(self) -> bool:
+        return self.database is None
+
+    @property
+    def load_balanced(self) -> bool:
+        return self.fleet.max_size > 1
+
+
+_APP = "c7i.large"
+_DB = "m7g.large"
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        number=1,
+        name="single-box",
+        users="1+",
+        summary="one EC2 instance with an Elastic IP; app, PostgreSQL and Redis on it",
+        bottleneck="the box itself: app and database compete for the same CPU",
+        fleet=Fleet(instance_type="m7i.large", min_size=1, max_size=1, volume_gib=40),
+        nat_gateways=0,
+    ),
+    Stage(
+        number=2,
+        name="separate-db",
+        users=">1",
+        summary="EC2 instance + RDS PostgreSQL (single AZ, private subnets)",
+        bottleneck="the single app instance's CPU (vertical scaling only)",
+        fleet=Fleet(instance_type=_APP, min_size=1, max_size=1),
+        nat_gateways=0,
+        database=Database(instance_type=_DB, multi_az=False),
+    ),
+    Stage(
+        number=3,
+        name="horizontal",
+        users=">1,000",
+        summary="ALB across 2 AZs, a fixed group of 2 instances, RDS Multi-AZ",
+        bottleneck="the database primary: every read and write lands on it",
+        fleet=Fleet(instance_type=_APP, min_size=2, max_size=2),
+        nat_gateways=1,
+        database=Database(instance_type=_DB, multi_az=True),
+    ),
+    Stage(
+        number=4,
+        name="read-replicas",
+        users=">10,000",
+        summary="as 3, plus 2 RDS read replicas taking the reads",
+        bottleneck="hot repeated reads still cost a query each; replica lag; static files",
+        fleet=Fleet(instance_type=_APP, min_size=2, max_size=2),
+        nat_gateways=1,
+        database=Database(instance_type=_DB, multi_az=True, read_replicas=2),
+    ),
+    Stage(
+        number=5,
+        name="cache-cdn",
+        users=">10,000",
+        summary="as 4, plus ElastiCache Redis, S3 + CloudFront, carts in DynamoDB",
+        bottleneck="a fixed fleet against a changing traffic curve",
+        fleet=Fleet(instance_type=_APP, min_size=2, max_size=2),
+        nat_gateways=1,
+        database=Database(instance_type=_DB, multi_az=True, read_replicas=2),
+        cache=Cache(node_type="m7g.large", nodes=2),
+        edge=True,
+    ),
+    Stage(
+        number=6,
+        name="auto-scaling",
+        users=">500,000",
+        summary="as 5, with Auto Scaling groups (target tracking), blue/green, alarms",
+        bottleneck="the synchronous order path: side effects inside the request",
+        fleet=Fleet(
+            instance_type=_APP,
+            min_size=2,
+            max_size=8,
+            requests_per_target_per_minute=15_000,
+            blue_green=True,
+        ),
+        nat_gateways=2,
+        database=Database(instance_type=_DB, multi_az=True, read_replicas=2),
+        cache=Cache(node_type="m7g.large", nodes=2),
+        edge=True,
+    ),
+    Stage(
+        number=7,
+        name="service-oriented",
+        users=">1,000,000",
+        summary="as 6, plus SQS (+ dead-letter queue), workers scaling on queue depth, SES",
+        bottleneck="the single write primary (order writes)",
+        fleet=Fleet(
+            instance_type=_APP,
+            min_size=2,
+            max_size=8,
+            requests_per_target_per_minute=15_000,
+            blue_green=True,
+        ),
+        nat_gateways=2,
+        database=Database(instance_type=_DB, multi_az=True, read_replicas=2),
+        cache=Cache(node_type="m7g.large", nodes=2),
+        edge=True,
+        workers=Workers(instance_type=_APP, min_size=1, max_size=4),
+    ),
+)
+
+
+def stage(key: int | str) -> Stage:
+    """The stage with this number or name; raises KeyError when there is none."""
+    for candidate in STAGES:
+        if key in (candidate.number, candidate.name, str(candidate.number)):
+            return candidate
+    raise KeyError(f"no stage {key!r}; known: {[s.name for s in STAGES]}")

@@ -1,0 +1,69 @@
+"""The stage catalog: the ladder of STAGES.md as data, and the rules that keep it coherent."""
+
+import dataclasses
+import itertools
+
+import pytest
+from shop_infra.stages import STAGES, Fleet, Stage, stage
+
+LADDER = [
+    "single-box",
+    "separate-db",
+    "horizontal",
+    "read-replicas",
+    "cache-cdn",
+    "auto-scaling",
+    "service-oriented",
+]
+
+
+def test_the_catalog_has_the_seven_stages_of_the_ladder_in_order():
+    assert [(s.number, s.name) for s in STAGES] == list(enumerate(LADDER, start=1))
+
+
+def test_stack_ids_read_like_shop_number_name():
+    assert STAGES[0].stack_id == "Shop-1-single-box"
+    assert STAGES[-1].stack_id == "Shop-7-service-oriented"
+
+
+def test_a_stage_is_found_by_number_or_name():
+    assert stage(4) is stage("read-replicas") is stage("4")
+    with pytest.raises(KeyError):
+        stage("sharded")
+
+
+def test_stages_are_immutable_and_keyword_only():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        STAGES[0].nat_gateways = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Fleet("c7i.large", 1, 1)  # type: ignore[misc]
+
+
+def test_a_fixed_fleet_cannot_carry_a_scaling_target():
+    with pytest.raises(ValueError, match="target"):
+        Fleet(instance_type="c7i.large", min_size=2, max_size=2, requests_per_target_per_minute=1)
+
+
+def test_only_a_single_box_may_keep_its_database_on_the_instance():
+    with pytest.raises(ValueError, match="single box"):
+        Stage(
+            number=9,
+            name="broken",
+            users="",
+            summary="",
+            bottleneck="",
+            fleet=Fleet(instance_type="c7i.large", min_size=2, max_size=2),
+            nat_gateways=1,
+        )
+
+
+def test_each_stage_keeps_everything_the_previous_one_had():
+    for before, after in itertools.pairwise(STAGES):
+        assert after.fleet.min_size >= before.fleet.min_size
+        assert after.nat_gateways >= before.nat_gateways
+        if before.database:
+            assert after.database
+            assert after.database.read_replicas >= before.database.read_replicas
+            assert after.database.multi_az >= before.database.multi_az
+        assert bool(after.cache) >= bool(before.cache)
+        assert after.edge >= before.edge

@@ -1,0 +1,64 @@
+"""cfn-lint on every synthesized template: no errors, and only the warnings listed here."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CFN_LINT = Path(sys.executable).with_name("cfn-lint")
+
+_REDUNDANT_DEPENDS_ON_LISTENER = (
+    "aws-cdk-lib makes a request-count scaling policy depend on the listener (the target group "
+    "must be attached before its metric exists) and also refers to it in the ResourceLabel: "
+    "the explicit DependsOn is redundant and harmless."
+)
+ALLOWED_WARNINGS = {
+    # (rule, logical id prefix of the resource the warning is about): reason
+    ("W3005", "CustomVpcRestrictDefaultSGCustomResourceProviderHandler"): (
+        "aws-cdk-lib's own custom resource provider (which empties the VPC's default security "
+        "group) declares a DependsOn on its role next to a GetAtt of it: redundant, not ours."
+    ),
+    ("W3005", "CustomS3AutoDeleteObjectsCustomResourceProviderHandler"): (
+        "The same CDK helper pattern, for the provider that empties the demo's buckets on destroy."
+    ),
+    ("W3005", "BlueGroupScalingPolicyRequestsPerTarget"): _REDUNDANT_DEPENDS_ON_LISTENER,
+    ("W3005", "GreenGroupScalingPolicyRequestsPerTarget"): _REDUNDANT_DEPENDS_ON_LISTENER,
+}
+
+
+@pytest.fixture(scope="module")
+def findings(synthesized) -> list[dict]:
+    templates = [str(each.path) for each in synthesized.values()]
+    run = subprocess.run(
+        [str(CFN_LINT), "--format", "json", "--", *templates],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode & 1 == 0, run.stderr  # bit 1: cfn-lint itself failed
+    return json.loads(run.stdout or "[]")
+
+
+def _resource(finding: dict) -> str:
+    path = finding["Location"]["Path"]
+    return path[1] if len(path) > 1 and path[0] == "Resources" else ""
+
+
+def test_cfn_lint_reports_no_errors_on_any_stage(findings):
+    errors = [f for f in findings if f["Level"] == "Error"]
+    assert errors == []
+
+
+def test_cfn_lint_warnings_are_only_the_allowed_ones(findings):
+    unexpected = [
+        (f["Rule"]["Id"], _resource(f), f["Message"])
+        for f in findings
+        if f["Level"] != "Error"
+        and not any(
+            f["Rule"]["Id"] == rule and _resource(f).startswith(prefix)
+            for rule, prefix in ALLOWED_WARNINGS
+        )
+    ]
+    assert unexpected == []

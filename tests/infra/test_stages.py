@@ -1,0 +1,233 @@
+"""What defines each stage is there, with its key properties, sized from the catalog."""
+
+import json
+
+import pytest
+from aws_cdk.assertions import Match
+from shop_infra.stages import GRACEFUL_SHUTDOWN_S, STAGES
+
+
+def _user_data(synth) -> str:
+    """All boot scripts of a stage, with CloudFormation references shown as <...>."""
+    scripts = []
+    for kind in ("AWS::EC2::Instance", "AWS::EC2::LaunchTemplate"):
+        for resource in synth.resources(kind).values():
+            props = resource["Properties"]
+            data = props.get("UserData") or props.get("LaunchTemplateData", {}).get("UserData")
+            if data:
+                parts = data["Fn::Base64"]["Fn::Join"][1]
+                scripts.append("".join(p if isinstance(p, str) else "<ref>" for p in parts))
+    return "\n".join(scripts)
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.stack_id)
+def test_every_stage_exports_its_target_url_under_the_stack_name(synthesized, stage):
+    outputs = synthesized[stage.number].template["Outputs"]
+    assert outputs["TargetUrl"]["Export"]["Name"] == f"{stage.stack_id}-TargetUrl"
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.stack_id)
+def test_every_stage_has_a_dashboard_and_a_web_cpu_alarm(synthesized, stage):
+    synth = synthesized[stage.number]
+    assert len(synth.resources("AWS::CloudWatch::Dashboard")) == 1
+    descriptions = [
+        a["Properties"]["AlarmDescription"]
+        for a in synth.resources("AWS::CloudWatch::Alarm").values()
+        if "AlarmDescription" in a["Properties"]
+    ]
+    assert any("web tier's CPU" in text for text in descriptions)
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.stack_id)
+def test_the_app_runs_in_production_mode_with_its_secrets_by_arn(synthesized, stage):
+    script = _user_data(synthesized[stage.number])
+    for setting in ("SHOP_ENV=production", "SHOP_JWT_SECRET_ARN=", "SHOP_DATABASE_SECRET_ARN="):
+        assert setting in script
+    assert f"SHOP_GRACEFUL_SHUTDOWN_S={GRACEFUL_SHUTDOWN_S}" in script
+    assert "shop migrate && exec shop serve --host 0.0.0.0 --port 8000" in script
+
+
+def test_stage_1_is_one_box_with_an_elastic_ip_running_postgres_and_redis(synthesized):
+    synth = synthesized[1]
+    assert len(synth.resources("AWS::EC2::Instance")) == 1
+    synth.assertions.has_resource_properties(
+        "AWS::EC2::EIP", {"InstanceId": {"Ref": Match.string_like_regexp("^Instance1")}}
+    )
+    assert not synth.resources("AWS::RDS::DBInstance")
+    assert not synth.resources("AWS::ElasticLoadBalancingV2::LoadBalancer")
+    script = _user_data(synth)
+    assert "docker/library/postgres:17" in script and "docker/library/redis:7" in script
+    assert "POSTGRES_PASSWORD_FILE" in script
+    assert "SHOP_REDIS_URL=redis://redis:6379/0" in script
+    assert synth.template["Outputs"]["TargetUrl"]["Value"] == {
+        "Fn::Join": ["", ["http://", {"Ref": "Address"}]]
+    }
+
+
+def test_stage_2_moves_the_database_to_single_az_rds_postgres_17_in_isolated_subnets(synthesized):
+    synth = synthesized[2]
+    [db] = synth.resources("AWS::RDS::DBInstance").values()
+    props = db["Properties"]
+    assert props["Engine"] == "postgres" and props["EngineVersion"].startswith("17.")
+    assert props["MultiAZ"] is False and props["StorageEncrypted"] is True
+    assert props["DBInstanceClass"] == f"db.{STAGES[1].database.instance_type}"
+    assert props["BackupRetentionPeriod"] >= 1 and props["DeletionProtection"] is False
+    assert "postgres:17" not in _user_data(synth)
+    [subnets] = synth.resources("AWS::RDS::DBSubnetGroup").values()
+    isolated = {k for k in synth.resources("AWS::EC2::Subnet") if "Data" in k}
+    assert {ref["Ref"] for ref in subnets["Properties"]["SubnetIds"]} == isolated
+
+
+def test_stage_3_load_balancer_spans_two_azs_in_front_of_the_instance_group(synthesized):
+    synth = synthesized[3]
+    [alb] = synth.resources("AWS::ElasticLoadBalancingV2::LoadBalancer").values()
+    assert alb["Properties"]["Scheme"] == "internet-facing"
+    assert len(alb["Properties"]["Subnets"]) == 2
+    instances = synth.resources("AWS::EC2::Instance").values()
+    assert len(instances) == STAGES[2].fleet.min_size
+    assert len({json.dumps(i["Properties"]["SubnetId"]) for i in instances}) == 2
+    [group] = synth.resources("AWS::ElasticLoadBalancingV2::TargetGroup").values()
+    props = group["Properties"]
+    assert props["HealthCheckPath"] == "/healthz"
+    assert len(props["Targets"]) == STAGES[2].fleet.min_size
+    assert {"Key": "deregistration_delay.timeout_seconds", "Value": str(GRACEFUL_SHUTDOWN_S)} in (
+        props["TargetGroupAttributes"]
+    )
+    [db] = synth.resources("AWS::RDS::DBInstance").values()
+    assert db["Properties"]["MultiAZ"] is True
+
+
+def test_stage_4_has_the_catalogs_number_of_read_replicas_and_tells_the_app(synthesized):
+    synth = synthesized[4]
+    wanted = STAGES[3].database.read_replicas
+    replicas = [
+        r
+        for r in synth.resources("AWS::RDS::DBInstance").values()
+        if "SourceDBInstanceIdentifier" in r["Properties"]
+    ]
+    assert len(replicas) == wanted >= 1
+    assert len({r["Properties"]["AvailabilityZone"]["Fn::Select"][0] for r in replicas}) == 2
+    assert "SHOP_DATABASE_REPLICA_HOSTS=" in _user_data(synth)
+
+
+def test_stage_5_adds_redis_cloudfront_with_s3_and_dynamodb_carts(synthesized):
+    synth = synthesized[5]
+    cache = STAGES[4].cache
+    synth.assertions.has_resource_properties(
+        "AWS::ElastiCache::ReplicationGroup",
+        {
+            "CacheNodeType": f"cache.{cache.node_type}",
+            "NumCacheClusters": cache.nodes,
+            "MultiAZEnabled": True,
+            "AutomaticFailoverEnabled": True,
+        },
+    )
+    synth.assertions.resource_count_is("AWS::CloudFront::OriginAccessControl", 1)
+    synth.assertions.has_resource_properties(
+        "AWS::DynamoDB::Table", {"BillingMode": "PAY_PER_REQUEST"}
+    )
+    [distribution] = synth.resources("AWS::CloudFront::Distribution").values()
+    config = distribution["Properties"]["DistributionConfig"]
+    assert len(config["Origins"]) == 2  # the assets bucket and the load balancer
+    assert config["CacheBehaviors"][0]["PathPattern"] == "/static/*"
+    assert config["DefaultCacheBehavior"]["ViewerProtocolPolicy"] == "redirect-to-https"
+    script = _user_data(synth)
+    for setting in (
+        "SHOP_REDIS_URL=rediss://",
+        "SHOP_REDIS_AUTH_SECRET_ARN=",
+        "SHOP_CARTS_TABLE=",
+        "SHOP_ASSETS_BUCKET=",
+        "SHOP_ASSETS_BASE_URL=https://",
+    ):
+        assert setting in script
+    url = json.dumps(synth.template["Outputs"]["TargetUrl"]["Value"])
+    assert "https://" in url and "DomainName" in url
+
+
+def test_stage_6_scales_two_colours_on_request_count_behind_a_weighted_listener(synthesized):
+    synth = synthesized[6]
+    fleet = STAGES[5].fleet
+    groups = synth.resources("AWS::AutoScaling::AutoScalingGroup").values()
+    assert len(groups) == 2
+    for group in groups:
+        assert group["Properties"]["MaxSize"] == str(fleet.max_size)
+        assert group["Properties"]["HealthCheckType"] == "ELB"
+    synth.assertions.resource_properties_count_is(
+        "AWS::AutoScaling::ScalingPolicy",
+        {
+            "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingConfiguration": {
+                "PredefinedMetricSpecification": {
+                    "PredefinedMetricType": "ALBRequestCountPerTarget"
+                },
+                "TargetValue": fleet.requests_per_target_per_minute,
+            },
+        },
+        2,
+    )
+    [listener] = synth.resources("AWS::ElasticLoadBalancingV2::Listener").values()
+    [action] = listener["Properties"]["DefaultActions"]
+    assert len(action["ForwardConfig"]["TargetGroups"]) == 2
+    assert synth.template["Parameters"]["LiveColour"]["AllowedValues"] == ["blue", "green", "split"]
+    assert not synth.resources("AWS::EC2::Instance")
+
+
+def test_stage_7_adds_a_queue_with_dead_letters_workers_scaling_on_depth_and_ses(synthesized):
+    synth = synthesized[7]
+    workers = STAGES[6].workers
+    synth.assertions.has_resource_properties(
+        "AWS::SQS::Queue", {"RedrivePolicy": {"maxReceiveCount": 5}}
+    )
+    synth.assertions.resource_count_is("AWS::SES::EmailIdentity", 1)
+    synth.assertions.has_resource_properties(
+        "AWS::AutoScaling::AutoScalingGroup",
+        {"MinSize": str(workers.min_size), "MaxSize": str(workers.max_size)},
+    )
+    synth.assertions.has_resource_properties(
+        "AWS::CloudWatch::Alarm",
+        {
+            "MetricName": "ApproximateNumberOfMessagesVisible",
+            "Namespace": "AWS/SQS",
+            "AlarmActions": Match.any_value(),
+        },
+    )
+    assert "shop worker" in _user_data(synth)
+    synth.assertions.has_resource_properties(
+        "AWS::IAM::Policy",
+        {
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "Action": ["ses:SendEmail", "ses:SendRawEmail"],
+                                "Condition": {
+                                    "StringEquals": {"ses:FromAddress": "orders@example.com"}
+                                },
+                            }
+                        )
+                    ]
+                )
+            }
+        },
+    )
+
+
+def test_a_route_53_record_is_made_only_when_a_hosted_zone_is_given(synthesized, with_hosted_zone):
+    for synth in synthesized.values():
+        assert not synth.resources("AWS::Route53::RecordSet")
+    box, balanced, cdn = with_hosted_zone[1], with_hosted_zone[3], with_hosted_zone[5]
+    box.assertions.has_resource_properties(
+        "AWS::Route53::RecordSet",
+        {
+            "Name": "single-box.shop.example.com.",
+            "Type": "A",
+            "ResourceRecords": [{"Ref": "Address"}],
+        },
+    )
+    balanced.assertions.has_resource_properties(
+        "AWS::Route53::RecordSet",
+        {"Name": "horizontal.shop.example.com.", "AliasTarget": Match.any_value()},
+    )
+    cdn.assertions.resource_count_is("AWS::CertificateManager::Certificate", 1)
+    assert cdn.template["Outputs"]["TargetUrl"]["Value"] == "https://cache-cdn.shop.example.com"
