@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from app.catalog import service
 from app.catalog.schemas import PriceChange, ProductCreate, ProductPage, ProductRead, Restock
 from app.core.deps import AdminDep, DatabaseDep, PageDep
+from app.core.http import model_response
 from app.core.schemas import MAX_INT32, SearchText
 
 router = APIRouter(tags=["catalog"])
@@ -23,15 +24,16 @@ async def list_products(
     q: Annotated[
         SearchText | None, Query(description="Only products whose name or SKU contains this.")
     ] = None,
-) -> ProductPage:
+) -> Response:
     """List products by name, a page at a time."""
-    return await service.list_products(db, text=q, limit=page.limit, offset=page.offset)
+    found = await service.list_products(db, text=q, limit=page.limit, offset=page.offset)
+    return model_response(found)
 
 
 @router.get("/products/{product_id}", response_model=ProductRead)
-async def get_product(db: DatabaseDep, product_id: ProductId) -> ProductRead:
+async def get_product(db: DatabaseDep, product_id: ProductId) -> Response:
     """One product, with the units in stock."""
-    return await service.get_product(db, product_id=product_id)
+    return model_response(await service.get_product(db, product_id=product_id))
 
 
 @router.post("/admin/products", response_model=ProductRead, status_code=status.HTTP_201_CREATED)

@@ -8,14 +8,25 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from psycopg_pool import PoolTimeout
+from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import InvalidRequest, ShopError, Unauthenticated
 
 log = logging.getLogger("shop.http")
+
+
+def model_response(model: BaseModel, status_code: int = 200) -> Response:
+    """A JSON response serialised once by pydantic-core.
+
+    Returning a model lets FastAPI validate it a second time against `response_model` before
+    serialising it; on the hottest reads that second pass cost more than the database query.
+    Keep `response_model` on the route for the OpenAPI docs.
+    """
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 def _shop_error(_request: Request, exc: Exception) -> JSONResponse:
