@@ -7,7 +7,7 @@ appears, one construct). The cost table in the README is computed from the same 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 GRACEFUL_SHUTDOWN_S = 20
 """Seconds the app drains in-flight requests on SIGTERM (SHOP_GRACEFUL_SHUTDOWN_S); the load
@@ -115,95 +115,91 @@ class Stage:
 _APP = "c7i.large"
 _DB = "m7g.large"
 
+# Each stage is written as the one before it plus what the next step of the talk changes, so the
+# catalog reads like STAGES.md ("as 4, plus ...") and a difference is one `replace` away.
+_SINGLE_BOX = Stage(
+    number=1,
+    name="single-box",
+    users="1+",
+    summary="one EC2 instance with an Elastic IP; app, PostgreSQL and Redis on it",
+    bottleneck="the box itself: app and database compete for the same CPU",
+    fleet=Fleet(instance_type="m7i.large", min_size=1, max_size=1, volume_gib=40),
+    nat_gateways=0,
+)
+_SEPARATE_DB = replace(
+    _SINGLE_BOX,
+    number=2,
+    name="separate-db",
+    users=">1",
+    summary="EC2 instance + RDS PostgreSQL (single AZ, private subnets)",
+    bottleneck="the single app instance's CPU (vertical scaling only)",
+    fleet=Fleet(instance_type=_APP, min_size=1, max_size=1),
+    database=Database(instance_type=_DB, multi_az=False),
+)
+_HORIZONTAL = replace(
+    _SEPARATE_DB,
+    number=3,
+    name="horizontal",
+    users=">1,000",
+    summary="ALB across 2 AZs, a fixed group of 2 instances, RDS Multi-AZ",
+    bottleneck="the database primary: every read and write lands on it",
+    fleet=Fleet(instance_type=_APP, min_size=2, max_size=2),
+    nat_gateways=1,
+    database=Database(instance_type=_DB, multi_az=True),
+)
+_READ_REPLICAS = replace(
+    _HORIZONTAL,
+    number=4,
+    name="read-replicas",
+    users=">10,000",
+    summary="as 3, plus 2 RDS read replicas taking the reads",
+    bottleneck="hot repeated reads still cost a query each; replica lag; static files",
+    database=Database(instance_type=_DB, multi_az=True, read_replicas=2),
+)
+_CACHE_CDN = replace(
+    _READ_REPLICAS,
+    number=5,
+    name="cache-cdn",
+    users=">10,000",
+    summary="as 4, plus ElastiCache Redis, S3 + CloudFront, carts in DynamoDB",
+    bottleneck="a fixed fleet against a changing traffic curve",
+    cache=Cache(node_type="m7g.large", nodes=2),
+    edge=True,
+)
+_AUTO_SCALING = replace(
+    _CACHE_CDN,
+    number=6,
+    name="auto-scaling",
+    users=">500,000",
+    summary="as 5, with Auto Scaling groups (target tracking), blue/green, alarms",
+    bottleneck="the synchronous order path: side effects inside the request",
+    fleet=Fleet(
+        instance_type=_APP,
+        min_size=2,
+        max_size=8,
+        requests_per_target_per_minute=15_000,
+        blue_green=True,
+    ),
+    nat_gateways=2,
+)
+_SERVICE_ORIENTED = replace(
+    _AUTO_SCALING,
+    number=7,
+    name="service-oriented",
+    users=">1,000,000",
+    summary="as 6, plus SQS (+ dead-letter queue), workers scaling on queue depth, SES",
+    bottleneck="the single write primary (order writes)",
+    workers=Workers(instance_type=_APP, min_size=1, max_size=4),
+)
+
 STAGES: tuple[Stage, ...] = (
-    Stage(
-        number=1,
-        name="single-box",
-        users="1+",
-        summary="one EC2 instance with an Elastic IP; app, PostgreSQL and Redis on it",
-        bottleneck="the box itself: app and database compete for the same CPU",
-        fleet=Fleet(instance_type="m7i.large", min_size=1, max_size=1, volume_gib=40),
-        nat_gateways=0,
-    ),
-    Stage(
-        number=2,
-        name="separate-db",
-        users=">1",
-        summary="EC2 instance + RDS PostgreSQL (single AZ, private subnets)",
-        bottleneck="the single app instance's CPU (vertical scaling only)",
-        fleet=Fleet(instance_type=_APP, min_size=1, max_size=1),
-        nat_gateways=0,
-        database=Database(instance_type=_DB, multi_az=False),
-    ),
-    Stage(
-        number=3,
-        name="horizontal",
-        users=">1,000",
-        summary="ALB across 2 AZs, a fixed group of 2 instances, RDS Multi-AZ",
-        bottleneck="the database primary: every read and write lands on it",
-        fleet=Fleet(instance_type=_APP, min_size=2, max_size=2),
-        nat_gateways=1,
-        database=Database(instance_type=_DB, multi_az=True),
-    ),
-    Stage(
-        number=4,
-        name="read-replicas",
-        users=">10,000",
-        summary="as 3, plus 2 RDS read replicas taking the reads",
-        bottleneck="hot repeated reads still cost a query each; replica lag; static files",
-        fleet=Fleet(instance_type=_APP, min_size=2, max_size=2),
-        nat_gateways=1,
-        database=Database(instance_type=_DB, multi_az=True, read_replicas=2),
-    ),
-    Stage(
-        number=5,
-        name="cache-cdn",
-        users=">10,000",
-        summary="as 4, plus ElastiCache Redis, S3 + CloudFront, carts in DynamoDB",
-        bottleneck="a fixed fleet against a changing traffic curve",
-        fleet=Fleet(instance_type=_APP, min_size=2, max_size=2),
-        nat_gateways=1,
-        database=Database(instance_type=_DB, multi_az=True, read_replicas=2),
-        cache=Cache(node_type="m7g.large", nodes=2),
-        edge=True,
-    ),
-    Stage(
-        number=6,
-        name="auto-scaling",
-        users=">500,000",
-        summary="as 5, with Auto Scaling groups (target tracking), blue/green, alarms",
-        bottleneck="the synchronous order path: side effects inside the request",
-        fleet=Fleet(
-            instance_type=_APP,
-            min_size=2,
-            max_size=8,
-            requests_per_target_per_minute=15_000,
-            blue_green=True,
-        ),
-        nat_gateways=2,
-        database=Database(instance_type=_DB, multi_az=True, read_replicas=2),
-        cache=Cache(node_type="m7g.large", nodes=2),
-        edge=True,
-    ),
-    Stage(
-        number=7,
-        name="service-oriented",
-        users=">1,000,000",
-        summary="as 6, plus SQS (+ dead-letter queue), workers scaling on queue depth, SES",
-        bottleneck="the single write primary (order writes)",
-        fleet=Fleet(
-            instance_type=_APP,
-            min_size=2,
-            max_size=8,
-            requests_per_target_per_minute=15_000,
-            blue_green=True,
-        ),
-        nat_gateways=2,
-        database=Database(instance_type=_DB, multi_az=True, read_replicas=2),
-        cache=Cache(node_type="m7g.large", nodes=2),
-        edge=True,
-        workers=Workers(instance_type=_APP, min_size=1, max_size=4),
-    ),
+    _SINGLE_BOX,
+    _SEPARATE_DB,
+    _HORIZONTAL,
+    _READ_REPLICAS,
+    _CACHE_CDN,
+    _AUTO_SCALING,
+    _SERVICE_ORIENTED,
 )
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
@@ -24,11 +28,12 @@ def _tables(url: str) -> set[str]:
         engine.dispose()
 
 
-def test_migrations_upgrade_downgrade_and_upgrade_again_on_postgresql(
-    fresh_database: Callable[[], str],
+@pytest.mark.parametrize("engine", ["postgresql", "sqlite"])
+def test_migrations_upgrade_downgrade_and_upgrade_again(
+    engine: str, fresh_database: Callable[[], str], tmp_path: Path
 ) -> None:
     load_all_models()
-    url = fresh_database()
+    url = fresh_database() if engine == "postgresql" else f"sqlite:///{tmp_path / 'shop.db'}"
     runner.upgrade(url)
     assert _tables(url) == set(Base.metadata.tables)
     runner.downgrade(url)
@@ -40,11 +45,6 @@ def test_migrations_upgrade_downgrade_and_upgrade_again_on_postgresql(
 def test_instances_booting_together_migrate_one_at_a_time(
     fresh_database: Callable[[], str],
 ) -> None:
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     load_all_models()
     url = fresh_database()
     shop = str(Path(sys.executable).parent / "shop")
@@ -55,17 +55,6 @@ def test_instances_booting_together_migrate_one_at_a_time(
     ]
     # Without the lock, all but one fail on "relation already exists".
     assert [r.wait(timeout=120) for r in runs] == [0, 0, 0, 0], [r.stderr.read() for r in runs]
-    assert _tables(url) == set(Base.metadata.tables)
-
-
-def test_migrations_upgrade_downgrade_and_upgrade_again_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    load_all_models()
-    url = f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}"
-    runner.upgrade(url)
-    assert _tables(url) == set(Base.metadata.tables)
-    runner.downgrade(url)
-    assert _tables(url) == set()
-    runner.upgrade(url)
     assert _tables(url) == set(Base.metadata.tables)
 
 
