@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, exists, insert, select, update
+from sqlalchemy import Integer, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -207,11 +207,6 @@ async def release_stock(conn: AsyncConnection, *, lines: Mapping[int, int]) -> N
             .where(StockLevel.product_id == product_id)
             .values(quantity=StockLevel.quantity + quantity)
         )
-
-
-async def product_exists(db: Database, *, product_id: int) -> bool:
-    async with db.read() as conn:
-        return bool(await conn.scalar(select(exists().where(Product.id == product_id))))
 
 
 async def bulk_create_products(db: Database, *, rows: Iterable[dict[str, Any]]) -> int:

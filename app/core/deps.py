@@ -42,13 +42,8 @@ async def _db(request: Request) -> Database:
     return _state(request).db
 
 
-async def _settings(request: Request) -> Settings:
-    return _state(request).settings
-
-
 ResourcesDep = Annotated[Resources, Depends(_resources)]
 DatabaseDep = Annotated[Database, Depends(_db)]
-SettingsDep = Annotated[Settings, Depends(_settings)]
 
 _bearer = HTTPBearer(auto_error=False, description="A token from POST /auth/token.")
 

@@ -107,9 +107,7 @@ class Passwords:
 
     def __init__(self, *, time_cost: int = 3, memory_kib: int = 65536) -> None:
         self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib)
-
-    def hash_sync(self, password: str) -> str:
-        return self._hasher.hash(password)
+        self._dummy_hash: str | None = None
 
     async def hash(self, password: str) -> str:
         return await asyncio.to_thread(self._hasher.hash, password)
@@ -122,3 +120,10 @@ class Passwords:
                 return False
 
         return await asyncio.to_thread(check)
+
+    async def verify_nothing(self, password: str) -> None:
+        """Spend as long as a real check, for an unknown account: sign-in then takes the same
+        time whether or not the email has an account, so timing does not reveal which do."""
+        if self._dummy_hash is None:
+            self._dummy_hash = await self.hash("not-a-real-password")
+        await self.verify(self._dummy_hash, password)
