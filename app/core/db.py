@@ -160,18 +160,14 @@ class Database:
         if self._next_fast is None:
             async with self.read() as conn:
                 return [dict(row) for row in (await conn.execute(stmt, params)).mappings()]
-        sql, defaults = self._compile(stmt)
+        sql, defaults, _ = _compile(stmt, self.primary.dialect)
         async with next(self._next_fast).connection() as conn:
-            cursor = await conn.execute(sql, {**defaults, **params}, prepare=True)
+            cursor = await conn.execute(sql, _adapt(params, defaults), prepare=True)
             return cast(list[Mapping[str, Any]], await cursor.fetchall())
 
     async def fetch_one(self, stmt: Executable, **params: Any) -> Mapping[str, Any] | None:
         rows = await self.fetch_all(stmt, **params)
         return rows[0] if rows else None
-
-    def _compile(self, stmt: Executable) -> tuple[str, dict[str, Any]]:
-        sql, defaults, _ = _compile(stmt, self.primary.dialect)
-        return sql, defaults
 
     async def dispose(self) -> None:
         for pool in self._fast_pools:
