@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import boto3
@@ -150,3 +150,36 @@ async def test_the_shop_runs_on_embedded_sqlite_with_no_services(tmp_path) -> No
             assert cancelled.json()["status"] == "cancelled"
             assert (await c.get(f"/products/{product.id}")).json()["stock"] == 3
             assert (await c.get("/readyz")).status_code == 200
+
+
+async def test_reads_go_to_the_replicas_and_writes_to_the_primary(
+    fresh_database: Callable[[], str], database_url: str
+) -> None:
+    """Stage 4's routing, shown with a second database standing in for a replica: a product
+    written to the primary is not visible through reads until the 'replica' has it."""
+    from app.catalog import service as catalog
+    from app.catalog.schemas import ProductCreate
+    from app.core.db import Database
+    from app.core.errors import NotFound
+
+    replica_url = fresh_database()
+    runner.upgrade(replica_url)
+    primary_only = Database(replica_url)  # to write the stand-in replica directly
+    db = Database(database_url, [replica_url])
+    await primary_only.open()
+    await db.open()
+    try:
+        created = await catalog.create_product(
+            db, data=ProductCreate(sku="REPL-1", name="Routed", price_cents=1, initial_stock=1)
+        )
+        with pytest.raises(NotFound):
+            await catalog.get_product(db, product_id=created.id)  # the replica lacks it
+        await catalog.create_product(
+            primary_only,
+            data=ProductCreate(sku="REPL-1", name="On the replica", price_cents=1),
+        )
+        found = await catalog.list_products(db, text="REPL", limit=5, offset=0)
+        assert [p.name for p in found.items] == ["On the replica"]
+    finally:
+        await db.dispose()
+        await primary_only.dispose()
