@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounting.domain import Account, LedgerEvent, Posting, order_placed, reversal
 from app.accounting.models import LedgerEntry
 from app.accounting.schemas import AccountBalance, EntryRead, TrialBalance
-from app.core.db import Database, run_many
+from app.core.db import Database, named_values, run_many
 from app.core.errors import NotFound
 from app.core.models import utcnow
 from app.core.security import Principal
 
 _INSERT_ENTRY = insert(LedgerEntry).values(
-    {
-        name: bindparam(name)
-        for name in (
-            "order_id",
-            "customer_id",
-            "event",
-            "account",
-            "debit_cents",
-            "credit_cents",
-            "created_at",
-        )
-    }
+    named_values(
+        "order_id",
+        "customer_id",
+        "event",
+        "account",
+        "debit_cents",
+        "credit_cents",
+        "created_at",
+    )
 )
 
 

@@ -244,12 +244,17 @@ async def run_many(
     await _driver(conn).cursor().executemany(sql, [_adapt(r, defaults) for r in rows])
 
 
+def named_values(*columns: str) -> dict[str, Any]:
+    """`.values()` of an INSERT constant whose values come as bindparams named after columns."""
+    return {name: bindparam(name) for name in columns}
+
+
 @functools.cache
 def _insert_or_ignore(table: Table, names: tuple[str, ...], dialect_name: str) -> Executable:
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     key = next(iter(table.primary_key.columns))
-    values: dict[str, Any] = {name: bindparam(name) for name in names}
-    stmt = dialect.insert(table).values(values).on_conflict_do_nothing().returning(key)
+    stmt = dialect.insert(table).values(named_values(*names)).on_conflict_do_nothing()
+    stmt = stmt.returning(key)
     return cast(Executable, stmt)
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounting import service as accounting
 from app.catalog import service as catalog
-from app.core.db import Database, insert_or_ignore, run, run_many
+from app.core.db import Database, insert_or_ignore, named_values, run, run_many
 from app.core.errors import Conflict, InvalidRequest, NotFound
 from app.core.models import UtcDateTime, utcnow
 from app.core.security import Principal
@@ -84,33 +84,27 @@ _STORE_ANSWER = (
 _INSERT_ORDER = (
     insert(CustomerOrder)
     .values(
-        {
-            name: bindparam(name)
-            for name in (
-                "customer_id",
-                "status",
-                "subtotal_cents",
-                "tax_cents",
-                "total_cents",
-                "created_at",
-            )
-        }
+        named_values(
+            "customer_id",
+            "status",
+            "subtotal_cents",
+            "tax_cents",
+            "total_cents",
+            "created_at",
+        )
     )
     .returning(CustomerOrder.id)
 )
 _INSERT_LINE = insert(OrderLine).values(
-    {
-        name: bindparam(name)
-        for name in (
-            "order_id",
-            "product_id",
-            "sku",
-            "name",
-            "quantity",
-            "unit_price_cents",
-            "line_total_cents",
-        )
-    }
+    named_values(
+        "order_id",
+        "product_id",
+        "sku",
+        "name",
+        "quantity",
+        "unit_price_cents",
+        "line_total_cents",
+    )
 )
 
 
