@@ -152,6 +152,13 @@ def cmd_purge_keys(args: argparse.Namespace) -> None:
     print(f"shop: forgot {_run(work)} idempotency keys", file=sys.stderr)
 
 
+def _count(text: str) -> int:
+    """A whole number from 0 to 10 million, or argparse's usage error."""
+    if not text.isdigit() or int(text) > 10_000_000:
+        raise argparse.ArgumentTypeError("a whole number from 0 to 10000000")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shop", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -171,8 +178,8 @@ def parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=cmd_migrate)
 
     seed = sub.add_parser("seed", help="add demo products and customers (idempotent)")
-    seed.add_argument("--products", type=int, default=1000)
-    seed.add_argument("--customers", type=int, default=20)
+    seed.add_argument("--products", type=_count, default=1000)
+    seed.add_argument("--customers", type=_count, default=20)
     seed.set_defaults(func=cmd_seed)
 
     admin = sub.add_parser("create-admin", help="create an admin, or promote an account")
@@ -189,7 +196,4 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    for name in ("products", "customers"):
-        if getattr(args, name, 0) < 0 or getattr(args, name, 0) > 10_000_000:
-            sys.exit(f"shop: --{name} must be between 0 and 10000000")
     args.func(args)

@@ -141,3 +141,11 @@ def test_a_weak_admin_password_is_refused_clearly(workdir: Path) -> None:
     assert result.returncode != 0
     assert "password" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("count", ["-5", "ten", "99999999999"])
+def test_a_bad_seed_count_is_refused_clearly(workdir: Path, count: str) -> None:
+    result = shop(workdir, "seed", "--products", count)
+    assert result.returncode == 2
+    assert "--products: a whole number from 0 to 10000000" in result.stderr
+    assert "Traceback" not in result.stderr
