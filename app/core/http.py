@@ -1,4 +1,5 @@
-"""HTTP plumbing shared by every module: error mapping and the request body limit."""
+"""HTTP plumbing shared by every module: error mapping, the request body limit, and a JSON
+response serialised in one pass."""
 
 from __future__ import annotations
 
