@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -44,11 +45,31 @@ def _host_port(text: str, default_port: int) -> tuple[str, int]:
     return host, int(port) if port else default_port
 
 
+def read_secret_file(path: Path) -> str:
+    """A secret kept in a file (a mounted compose or Kubernetes secret), without its newline."""
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SecretProblem(f"cannot read SHOP_JWT_SECRET_FILE {path}: {exc.strerror}") from exc
+    if len(value) < 32:
+        raise SecretProblem(f"SHOP_JWT_SECRET_FILE {path} holds fewer than 32 characters")
+    return value
+
+
+class SecretProblem(RuntimeError):
+    """A secret the settings point at is missing or unusable; the message says which."""
+
+
 def resolve(settings: Settings) -> Resolved:
-    """Read every secret the settings point at (blocking: call it in a thread)."""
+    """Read every secret the settings point at (blocking: call it in a thread).
+
+    Raises ValueError when the database secret names no `dbname`.
+    """
     primary_url = settings.primary_url
     replica_urls = list(settings.database_replica_urls)
     jwt_secret = settings.jwt_secret
+    if settings.jwt_secret_file is not None and not settings.jwt_secret_arn:
+        jwt_secret = read_secret_file(settings.jwt_secret_file)
     redis_url = settings.redis_url
     arns = (settings.database_secret_arn, settings.jwt_secret_arn, settings.redis_auth_secret_arn)
     if not any(arns):
@@ -56,6 +77,13 @@ def resolve(settings: Settings) -> Resolved:
     client = _secrets_client(settings)
     if settings.database_secret_arn:
         creds = json.loads(_secret(client, settings.database_secret_arn))
+        if not creds.get("dbname"):
+            # RDS's generated secret has no dbname unless its template adds one; guessing
+            # `postgres` would put the schema in the maintenance database without a word.
+            raise ValueError(
+                f"database secret {settings.database_secret_arn} has no 'dbname': "
+                "add it to the secret (the RDS secret template) instead of relying on a default"
+            )
         port = int(creds.get("port", 5432))
 
         def url_for(host: str, port: int) -> str:
@@ -65,7 +93,7 @@ def resolve(settings: Settings) -> Resolved:
                 password=creds["password"],
                 host=host,
                 port=port,
-                database=creds.get("dbname", "postgres"),
+                database=creds["dbname"],
             )
             return url.render_as_string(hide_password=False)
 
