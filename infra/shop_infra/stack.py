@@ -68,8 +68,39 @@ IMAGE_EXCLUDES = [
 """Kept out of the image build context even without a .dockerignore (synth copies the context)."""
 
 COLOURS = ("blue", "green")
+CART_ACTIONS = [
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+]
+"""What the web tier does with a cart: one item, by its key."""
+WEB_ONLY_SETTINGS = (
+    "SHOP_JWT_SECRET_ARN",
+    "SHOP_CARTS_TABLE",
+    "SHOP_ASSETS_BUCKET",
+    "SHOP_ASSETS_BASE_URL",
+)
+"""Settings of the web tier's own resources, which workers are given no access to."""
 DEFAULT_REGION = "us-east-1"
 """The region of the README's cost table, and of the tests' synth."""
+
+
+def _protocol(stage: Stage, *, https: bool) -> str:
+    if stage.edge:
+        certificate = "an ACM certificate" if https else "its default certificate"
+        return (
+            f"HTTPS at CloudFront ({certificate}); the load balancer is internal and "
+            "reached only through CloudFront's VPC origin"
+        )
+    if https:
+        return "HTTPS with an ACM certificate; HTTP redirects to HTTPS"
+    if stage.load_balanced:
+        return "plain HTTP: pass -c shop:hosted_zone=<zone> for HTTPS"
+    return (
+        "plain HTTP: a single box has no load balancer to hold an ACM certificate "
+        "(HTTPS from stage 3 with -c shop:hosted_zone=<zone>)"
+    )
 
 
 class ShopStack(Stack):
@@ -170,6 +201,16 @@ class ShopStack(Stack):
         if hosted_zone:
             zone = route53.HostedZone.from_lookup(self, "Zone", domain_name=hosted_zone)
             record_name = f"{stage.name}.{hosted_zone}"
+            # The single box (stages 1-2) has no load balancer or CDN to hold an ACM certificate.
+            if stage.load_balanced:
+                if stage.edge and self.region != "us-east-1":
+                    raise ValueError("a CloudFront certificate must be in us-east-1")
+                certificate = acm.Certificate(
+                    self,
+                    "Certificate",
+                    domain_name=record_name,
+                    validation=acm.CertificateValidation.from_dns(zone),
+                )
         load_balancer = logs_bucket = None
         if stage.load_balanced:
             logs_bucket = s3.Bucket(
@@ -190,22 +231,26 @@ class ShopStack(Stack):
                 reason="This is the access-log bucket itself (load balancer, CloudFront and S3 "
                 "access logs land here); logging it into itself would loop.",
             )
-            load_balancer = LoadBalancer(self, "LoadBalancer", vpc=vpc, logs_bucket=logs_bucket)
+            # Behind CloudFront (stages 5-7) the load balancer is internal: the CDN is the only
+            # way in. Before that it is the public entry point, with HTTPS when there is a zone.
+            load_balancer = LoadBalancer(
+                self,
+                "LoadBalancer",
+                vpc=vpc,
+                logs_bucket=logs_bucket,
+                internet_facing=not stage.edge,
+                subnets=network.app_subnets
+                if stage.edge
+                else ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC),
+                certificate=None if stage.edge else certificate,
+            )
         edge = None
         if stage.edge:
             assert load_balancer is not None and logs_bucket is not None
-            if zone is not None:
-                if self.region != "us-east-1":
-                    raise ValueError("a CloudFront certificate must be in us-east-1")
-                certificate = acm.Certificate(
-                    self,
-                    "Certificate",
-                    domain_name=record_name,  # type: ignore[arg-type]
-                    validation=acm.CertificateValidation.from_dns(zone),
-                )
             edge = Edge(
                 self,
                 "Edge",
+                vpc=vpc,
                 load_balancer=load_balancer.alb,
                 logs_bucket=logs_bucket,
                 domain_name=record_name if certificate else None,
@@ -231,10 +276,10 @@ class ShopStack(Stack):
             publish=True,
             on_box_secret=on_box_secret,
         )
-        self._grant_app(web, secrets=secrets, database=database, cache=cache, edge=edge)
+        self._grant_app(web, secrets=secrets, edge=edge)
         if queue is not None:
+            # The web tier enqueues orders; the mail is sent by the workers, not here.
             queue.queue.grant_send_messages(web.role)
-            web.grant(queue.send_mail_statement())
         fleet = stage.fleet
         observability = Observability(
             self, "Observability", title=f"Shop stage {stage.number}: {stage.name}"
@@ -342,7 +387,7 @@ class ShopStack(Stack):
                     record_name=record_name,
                     target=route53.RecordTarget.from_alias(alias),
                 )
-                target_url = f"{'https' if edge else 'http'}://{record_name}"
+                target_url = f"{'https' if certificate else 'http'}://{record_name}"
         if database is not None:
             database.allow_from(web.security_group)
         if cache is not None:
@@ -357,13 +402,16 @@ class ShopStack(Stack):
                 "Workers",
                 vpc=vpc,
                 repository=image.repository,
-                environment=env,
+                environment={k: v for k, v in env.items() if k not in WEB_ONLY_SETTINGS},
                 command=WORKER_COMMAND,
                 publish=False,
             )
-            self._grant_app(workers, secrets=secrets, database=database, cache=cache, edge=edge)
+            # Workers consume orders and send mail; the web tier's grants (the JWT key, carts,
+            # assets, enqueueing) are not theirs.
+            for secret in secrets:
+                if secret is not jwt_secret:
+                    secret.grant_read(workers.role)
             queue.queue.grant_consume_messages(workers.role)
-            queue.queue.grant_send_messages(workers.role)
             workers.grant(queue.send_mail_statement())
             if database is not None:
                 database.allow_from(workers.security_group)
@@ -411,6 +459,12 @@ class ShopStack(Stack):
             description="The URL to load-test (locust --host)",
             export_name=f"{self.stack_name}-TargetUrl",
         )
+        CfnOutput(
+            self,
+            "Protocol",
+            value=_protocol(stage, https=certificate is not None),
+            description="How TargetUrl is served, and how to get HTTPS where it is not",
+        )
         CfnOutput(self, "Dashboard", value=observability.dashboard.dashboard_name)
         CfnOutput(self, "AppLogGroup", value=web.log_group.log_group_name)
 
@@ -421,15 +475,21 @@ class ShopStack(Stack):
         tier: ContainerTier,
         *,
         secrets: list[secretsmanager.ISecret],
-        database: Database | None,
-        cache: Cache | None,
         edge: Edge | None,
     ) -> None:
-        """What the app itself may do: read its secrets, use the carts table and assets bucket."""
+        """What the web app may do: read its secrets, use the carts table and assets bucket.
+
+        Carts are items read and written by key: no Scan, no Query, no stream reads.
+        """
         for secret in secrets:
             secret.grant_read(tier.role)
         if edge is not None:
-            edge.carts.grant_read_write_data(tier.role)
+            tier.grant(
+                iam.PolicyStatement(
+                    actions=CART_ACTIONS,
+                    resources=[edge.carts.table_arn],
+                )
+            )
             tier.grant(
                 iam.PolicyStatement(
                     actions=["s3:GetObject", "s3:PutObject"],

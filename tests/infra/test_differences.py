@@ -52,8 +52,14 @@ EXPECTED = {
         "AWS::ElastiCache::SubnetGroup": 1,
         "AWS::SecretsManager::Secret": 1,  # the Redis AUTH token
         "AWS::EC2::SecurityGroup": 1,
-        "AWS::EC2::SecurityGroupIngress": 1,
+        "AWS::EC2::SecurityGroupIngress": 2,  # app to the cache; CloudFront to the load balancer
         "AWS::CloudFront::Distribution": 1,
+        "AWS::CloudFront::VpcOrigin": 1,  # the load balancer turns internal, reached through it
+        "Custom::AWS": 1,  # ... and a look-up of the VPC origin's security group, by a function
+        "AWS::Lambda::Function": 1,
+        "AWS::IAM::Role": 1,
+        "AWS::IAM::Policy": 1,
+        "AWS::Logs::LogGroup": 1,
         "AWS::CloudFront::CachePolicy": 1,
         "AWS::CloudFront::OriginAccessControl": 1,
         "AWS::S3::Bucket": 1,

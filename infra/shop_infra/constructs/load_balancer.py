@@ -1,8 +1,14 @@
-"""The Application Load Balancer: public, across the VPC's 2 AZs, health checks on /healthz."""
+"""The Application Load Balancer across the VPC's 2 AZs, health checks on /healthz.
+
+Public (stages 3-4: it is the shop's entry point), with HTTPS and a redirect from HTTP when the
+stack has a certificate; internal (stages 5-7: CloudFront's VPC origin is the only way in, so the
+CDN cannot be bypassed and no request crosses the internet between CloudFront and the origin).
+"""
 
 from __future__ import annotations
 
 from aws_cdk import Duration
+from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_s3 as s3
@@ -15,7 +21,15 @@ from .compute import HOST_PORT
 
 class LoadBalancer(Construct):
     def __init__(
-        self, scope: Construct, id: str, *, vpc: ec2.IVpc, logs_bucket: s3.IBucket
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        vpc: ec2.IVpc,
+        logs_bucket: s3.IBucket,
+        internet_facing: bool,
+        subnets: ec2.SubnetSelection,
+        certificate: acm.ICertificate | None = None,
     ) -> None:
         super().__init__(scope, id)
         self._vpc = vpc
@@ -23,27 +37,55 @@ class LoadBalancer(Construct):
             self,
             "SecurityGroup",
             vpc=vpc,
-            description="Load balancer: HTTP from anywhere, to the app port only",
+            description=(
+                "Load balancer: HTTP(S) from anywhere, to the app port only"
+                if internet_facing
+                else "Load balancer: from the CloudFront VPC origin only, to the app port only"
+            ),
             allow_all_outbound=False,
         )
-        self.security_group.add_ingress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(80), "HTTP")
-        acknowledge(
-            self.security_group,
-            id="AwsSolutions-EC23",
-            reason="The load balancer is the public entry point of the shop: port 80 must be "
-            "open to every client of the load test.",
-        )
+        if internet_facing:
+            ports = [80, 443] if certificate else [80]
+            for port in ports:
+                self.security_group.add_ingress_rule(
+                    ec2.Peer.any_ipv4(), ec2.Port.tcp(port), "HTTPS" if port == 443 else "HTTP"
+                )
+            acknowledge(
+                self.security_group,
+                id="AwsSolutions-EC23",
+                reason="Stages 3-4 have no CDN: the load balancer is the shop's public entry "
+                "point and must take every load-test client; only 80 (a redirect when there is "
+                "a certificate) and 443 are open, and it forwards to the app port only.",
+            )
         self.alb = elbv2.ApplicationLoadBalancer(
             self,
             "Alb",
             vpc=vpc,
-            internet_facing=True,
-            vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC),
+            internet_facing=internet_facing,
+            vpc_subnets=subnets,
             security_group=self.security_group,
             drop_invalid_header_fields=True,
         )
         self.alb.log_access_logs(logs_bucket, prefix="alb")
-        self.listener = self.alb.add_listener("Http", port=80, open=False)
+        self.https = certificate is not None
+        if certificate is None:
+            self.listener = self.alb.add_listener("Http", port=80, open=False)
+        else:
+            self.listener = self.alb.add_listener(
+                "Https",
+                port=443,
+                certificates=[certificate],
+                ssl_policy=elbv2.SslPolicy.RECOMMENDED_TLS,
+                open=False,
+            )
+            self.alb.add_listener(
+                "Http",
+                port=80,
+                open=False,
+                default_action=elbv2.ListenerAction.redirect(
+                    protocol="HTTPS", port="443", permanent=True
+                ),
+            )
 
     def target_group(self, id: str) -> elbv2.ApplicationTargetGroup:
         """A target group whose deregistration delay matches the app's graceful shutdown.
@@ -72,4 +114,5 @@ class LoadBalancer(Construct):
 
     @property
     def url(self) -> str:
+        """The load balancer's own name (a certificate names the stage's record instead)."""
         return f"http://{self.alb.load_balancer_dns_name}"
