@@ -24,13 +24,23 @@ TRANSITIONS: dict[ShipmentStatus, tuple[ShipmentStatus, ...]] = {
 }
 
 
-def allowed_after(current: ShipmentStatus) -> tuple[ShipmentStatus, ...]:
-    return TRANSITIONS[current]
+def advances_after(current: ShipmentStatus) -> tuple[ShipmentStatus, ...]:
+    """The statuses an admin may advance a shipment to: the next ones, except `cancelled`,
+    which only cancelling the order reaches."""
+    return tuple(s for s in TRANSITIONS[current] if s is not ShipmentStatus.CANCELLED)
 
 
 def check_transition(current: ShipmentStatus, target: ShipmentStatus) -> None:
     """Raise IllegalTransition, naming the allowed next statuses, unless current -> target is
     an edge of the state machine."""
     allowed = TRANSITIONS[current]
+    if target not in allowed:
+        raise IllegalTransition("shipment", current.value, target.value, [s.value for s in allowed])
+
+
+def check_advance(current: ShipmentStatus, target: ShipmentStatus) -> None:
+    """Raise IllegalTransition, naming the statuses an admin may advance to, unless
+    current -> target is one of them."""
+    allowed = advances_after(current)
     if target not in allowed:
         raise IllegalTransition("shipment", current.value, target.value, [s.value for s in allowed])

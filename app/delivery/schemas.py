@@ -26,7 +26,9 @@ class ShipmentRead(ReadSchema):
     id: int
     order_id: int
     status: ShipmentStatus
-    allowed_next: list[ShipmentStatus]
+    allowed_next: list[ShipmentStatus] = Field(
+        description="The statuses POST /admin/shipments/{id}/advance accepts from this one."
+    )
     updated_at: datetime
     events: list[TrackingEvent]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 from sqlalchemy import ColumnElement, String, bindparam, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -11,7 +12,12 @@ from app.core.db import Database, run
 from app.core.errors import NotFound
 from app.core.models import UtcDateTime, utcnow
 from app.core.security import Principal
-from app.delivery.domain import ShipmentStatus, allowed_after, check_transition
+from app.delivery.domain import (
+    ShipmentStatus,
+    advances_after,
+    check_advance,
+    check_transition,
+)
 from app.delivery.models import Shipment, ShipmentEvent
 from app.delivery.schemas import ShipmentPage, ShipmentRead, TrackingEvent
 
@@ -35,7 +41,7 @@ async def _load(conn: AsyncConnection, *conditions: ColumnElement[bool]) -> list
             id=r.id,
             order_id=r.order_id,
             status=ShipmentStatus(r.status),
-            allowed_next=list(allowed_after(ShipmentStatus(r.status))),
+            allowed_next=list(advances_after(ShipmentStatus(r.status))),
             updated_at=r.updated_at,
             events=events[r.id],
         )
@@ -43,16 +49,22 @@ async def _load(conn: AsyncConnection, *conditions: ColumnElement[bool]) -> list
     ]
 
 
-async def _move(conn: AsyncConnection, *, shipment_id: int, target: ShipmentStatus) -> None:
-    """Move one shipment, with a compare-and-set on its status so that two concurrent moves
-    cannot both succeed from the same status."""
+async def _move(
+    conn: AsyncConnection,
+    *,
+    shipment_id: int,
+    target: ShipmentStatus,
+    check: Callable[[ShipmentStatus, ShipmentStatus], None],
+) -> None:
+    """Move one shipment if `check` allows it, with a compare-and-set on its status so that two
+    concurrent moves cannot both succeed from the same status."""
     while True:
         current = (
             await conn.execute(select(Shipment.status).where(Shipment.id == shipment_id))
         ).scalar_one_or_none()
         if current is None:
             raise NotFound("shipment", shipment_id)
-        check_transition(ShipmentStatus(current), target)
+        check(ShipmentStatus(current), target)
         now = utcnow()
         moved = await conn.execute(
             update(Shipment)
@@ -99,7 +111,9 @@ async def cancel_for_order(conn: AsyncConnection, *, order_id: int) -> None:
     ).scalar_one_or_none()
     if shipment_id is None:
         raise NotFound("shipment for order", order_id)
-    await _move(conn, shipment_id=shipment_id, target=ShipmentStatus.CANCELLED)
+    await _move(
+        conn, shipment_id=shipment_id, target=ShipmentStatus.CANCELLED, check=check_transition
+    )
 
 
 async def advance_shipment(
@@ -107,7 +121,7 @@ async def advance_shipment(
 ) -> ShipmentRead:
     """Move a shipment to its next status (admins); IllegalTransition names the allowed ones."""
     async with db.write() as conn:
-        await _move(conn, shipment_id=shipment_id, target=target)
+        await _move(conn, shipment_id=shipment_id, target=target, check=check_advance)
         return (await _load(conn, Shipment.id == shipment_id))[0]
 
 

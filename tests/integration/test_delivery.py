@@ -48,12 +48,12 @@ async def test_a_shipment_goes_from_pending_to_delivered_and_the_customer_sees_e
 @pytest.mark.parametrize(
     ("path", "target", "allowed"),
     [
-        ([], "shipped", ["packed", "cancelled"]),
-        ([], "delivered", ["packed", "cancelled"]),
-        ([], "pending", ["packed", "cancelled"]),
-        (["packed"], "packed", ["shipped", "cancelled"]),
-        (["packed"], "delivered", ["shipped", "cancelled"]),
-        (["packed"], "pending", ["shipped", "cancelled"]),
+        ([], "shipped", ["packed"]),
+        ([], "delivered", ["packed"]),
+        ([], "pending", ["packed"]),
+        (["packed"], "packed", ["shipped"]),
+        (["packed"], "delivered", ["shipped"]),
+        (["packed"], "pending", ["shipped"]),
         (["packed", "shipped"], "packed", ["delivered"]),
         (["packed", "shipped"], "shipped", ["delivered"]),
         (["packed", "shipped", "delivered"], "shipped", []),
@@ -79,6 +79,41 @@ async def test_an_illegal_move_answers_409_naming_the_allowed_ones(
     assert response.status_code == 409
     assert response.json()["allowed"] == allowed
     assert response.json()["requested"] == target
+
+
+@pytest.mark.parametrize(
+    "path",
+    [[], ["packed"], ["packed", "shipped"], ["packed", "shipped", "delivered"], ["cancel"]],
+    ids=["pending", "packed", "shipped", "delivered", "cancelled"],
+)
+async def test_allowed_next_offers_exactly_the_moves_advance_accepts(
+    client: AsyncClient, resources: Resources, alice: User, admin: User, path: list[str]
+) -> None:
+    async def shipment_after_path() -> tuple[int, list[str]]:
+        shipment_id = await open_shipment(client, resources, alice)
+        for step in path:
+            if step == "cancel":
+                orders = (await client.get("/orders", headers=alice.headers)).json()["items"]
+                cancelled = await client.post(
+                    f"/orders/{orders[0]['id']}/cancel", headers=alice.headers
+                )
+                assert cancelled.status_code == 200
+            else:
+                assert (await advance(client, admin, shipment_id, step)).status_code == 200
+        listed = (await client.get("/admin/shipments", headers=admin.headers)).json()["items"]
+        shown = next(s for s in listed if s["id"] == shipment_id)
+        return shipment_id, shown["allowed_next"]
+
+    _, offered = await shipment_after_path()
+    for target in ("pending", "packed", "shipped", "delivered", "cancelled"):
+        shipment_id, _ = await shipment_after_path()
+        response = await advance(client, admin, shipment_id, target)
+        if target in offered:
+            assert response.status_code == 200, (target, response.json())
+        else:
+            assert response.status_code in (409, 422), target
+            if response.status_code == 409:
+                assert response.json()["allowed"] == offered
 
 
 async def test_a_cancelled_shipment_cannot_move(
