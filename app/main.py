@@ -17,7 +17,9 @@ from app.catalog.router import router as catalog_router
 from app.core import aws
 from app.core.db import Database
 from app.core.deps import Resources, ResourcesDep
+from app.core.docs import install_docs
 from app.core.http import BodyLimit, install_error_handlers
+from app.core.openapi import operation_id
 from app.core.security import LocalTokens, Passwords
 from app.core.settings import Settings
 from app.customers.router import router as customers_router
@@ -77,7 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="One shop carried through every stage of 'Scaling up to your first 10M users'.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves the docs pages from local assets, not a CDN
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
+    install_docs(app)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     for router in (
@@ -94,7 +100,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: the process answers. Needs no database."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        responses={503: {"description": "The database or the cache is down: see `checks`."}},
+    )
     async def readyz(res: ResourcesDep) -> JSONResponse:
         """Readiness: the database (and the cache, when configured) answer. 503 otherwise."""
         checks: dict[str, str] = {}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import OAuth2PasswordBearer
 from redis.asyncio import Redis
 
 from app.core.db import Database
@@ -45,16 +45,19 @@ async def _db(request: Request) -> Database:
 ResourcesDep = Annotated[Resources, Depends(_resources)]
 DatabaseDep = Annotated[Database, Depends(_db)]
 
-_bearer = HTTPBearer(auto_error=False, description="A token from POST /auth/token.")
+# The OAuth2 password flow is how /docs signs in (Authorize: e-mail and password); on the wire
+# it is the same bearer token. It yields the token, or None without a "Bearer" Authorization.
+_bearer = OAuth2PasswordBearer(
+    tokenUrl="/auth/token",
+    auto_error=False,
+    description="Sign in with your e-mail (as the username) and password.",
+)
 
 
-async def _principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+async def _principal(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> Principal:
+    if not token:
         raise Unauthenticated("a bearer token is required")
-    return _state(request).verifier.verify(credentials.credentials)
+    return _state(request).verifier.verify(token)
 
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]

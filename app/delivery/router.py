@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Body, Path, Query
 
 from app.core.deps import AdminDep, DatabaseDep, PageDep, PrincipalDep
+from app.core.openapi import TransitionRefused, conflict, errors
 from app.core.schemas import MAX_INT32
 from app.delivery import service
 from app.delivery.domain import ShipmentStatus
@@ -15,8 +16,12 @@ from app.delivery.schemas import ShipmentAdvance, ShipmentPage, ShipmentRead
 router = APIRouter(tags=["delivery"])
 
 
-@router.get("/orders/{order_id}/shipment", response_model=ShipmentRead)
-async def tracking(
+@router.get(
+    "/orders/{order_id}/shipment",
+    response_model=ShipmentRead,
+    responses=errors(401, 404, 422, 503),
+)
+async def track_order(
     db: DatabaseDep,
     principal: PrincipalDep,
     order_id: Annotated[int, Path(ge=1, le=MAX_INT32)],
@@ -25,7 +30,7 @@ async def tracking(
     return await service.tracking(db, order_id=order_id, principal=principal)
 
 
-@router.get("/admin/shipments", response_model=ShipmentPage)
+@router.get("/admin/shipments", response_model=ShipmentPage, responses=errors(401, 403, 422, 503))
 async def list_shipments(
     db: DatabaseDep,
     _admin: AdminDep,
@@ -36,14 +41,23 @@ async def list_shipments(
     return await service.list_shipments(db, status=status, limit=page.limit, offset=page.offset)
 
 
-@router.post("/admin/shipments/{shipment_id}/advance", response_model=ShipmentRead)
-async def advance(
+@router.post(
+    "/admin/shipments/{shipment_id}/advance",
+    response_model=ShipmentRead,
+    responses=errors(401, 403, 404, 413, 422, 503)
+    | conflict("Not a next status of this shipment; `allowed` names those.", TransitionRefused),
+)
+async def advance_shipment(
     db: DatabaseDep,
     _admin: AdminDep,
     shipment_id: Annotated[int, Path(ge=1, le=MAX_INT32)],
-    body: ShipmentAdvance,
+    body: Annotated[
+        ShipmentAdvance,
+        Body(openapi_examples={"pack": {"summary": "Packed", "value": {"to": "packed"}}}),
+    ],
 ) -> ShipmentRead:
-    """Move a shipment on (admins). 409 names the statuses allowed from the current one."""
+    """Move a shipment on (admins): to one of its `allowed_next` statuses. 409 names those
+    when the move is not one of them."""
     return await service.advance_shipment(
         db, shipment_id=shipment_id, target=ShipmentStatus(body.to)
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, status
+from fastapi import APIRouter, Body, Header, Path, status
 from fastapi.responses import JSONResponse
 
 from app.core.deps import DatabaseDep, PageDep, PrincipalDep, ResourcesDep
+from app.core.openapi import ErrorBody, OutOfStockBody, conflict, errors
 from app.core.schemas import MAX_INT32
 from app.orders import service
 from app.orders.schemas import OrderCreate, OrderPage, OrderRead
@@ -29,20 +30,52 @@ IdempotencyKeyHeader = Annotated[
 ]
 
 
+NewOrder = Annotated[
+    OrderCreate,
+    Body(
+        openapi_examples={
+            "two products": {
+                "summary": "Two lines",
+                "value": {
+                    "lines": [{"product_id": 1, "quantity": 2}, {"product_id": 7, "quantity": 1}]
+                },
+            }
+        }
+    ),
+]
+
+
 @router.post(
     "/orders",
     response_model=OrderRead,
     status_code=status.HTTP_201_CREATED,
-    responses={409: {"description": "Not enough stock; nothing was reserved."}},
+    responses={
+        201: {
+            "description": "The order, as placed (or as first placed, when replayed).",
+            "headers": {
+                "Idempotent-Replayed": {
+                    "description": "`true` when this is the first answer to the same "
+                    "Idempotency-Key and body, replayed: no new order was made.",
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            },
+        }
+    }
+    | errors(401, 404, 413, 422, 503)
+    | conflict(
+        "Not enough stock for a line (nothing was reserved), or a request with the same "
+        "Idempotency-Key is still in progress.",
+        OutOfStockBody | ErrorBody,
+    ),
 )
 async def place_order(
     res: ResourcesDep,
     principal: PrincipalDep,
-    body: OrderCreate,
+    body: NewOrder,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     """Place an order: stock is reserved, the ledger posted and a shipment opened, or nothing
-    happens at all."""
+    happens at all. 404 names an unknown product; 409 one short of stock."""
     result = await service.place_order(
         res.db,
         customer_id=principal.customer_id,
@@ -55,7 +88,7 @@ async def place_order(
     return JSONResponse(result.body, status_code=result.status_code, headers=headers)
 
 
-@router.get("/orders", response_model=OrderPage)
+@router.get("/orders", response_model=OrderPage, responses=errors(401, 422, 503))
 async def list_my_orders(db: DatabaseDep, principal: PrincipalDep, page: PageDep) -> OrderPage:
     """Your orders, newest first."""
     return await service.list_orders(
@@ -63,13 +96,18 @@ async def list_my_orders(db: DatabaseDep, principal: PrincipalDep, page: PageDep
     )
 
 
-@router.get("/orders/{order_id}", response_model=OrderRead)
+@router.get("/orders/{order_id}", response_model=OrderRead, responses=errors(401, 404, 422, 503))
 async def get_order(db: DatabaseDep, principal: PrincipalDep, order_id: OrderId) -> OrderRead:
     """One of your orders. 404 for orders that are not yours."""
     return await service.get_order(db, order_id=order_id, principal=principal)
 
 
-@router.post("/orders/{order_id}/cancel", response_model=OrderRead)
+@router.post(
+    "/orders/{order_id}/cancel",
+    response_model=OrderRead,
+    responses=errors(401, 404, 422, 503)
+    | conflict("The order is already cancelled, or its shipment has left."),
+)
 async def cancel_order(db: DatabaseDep, principal: PrincipalDep, order_id: OrderId) -> OrderRead:
     """Cancel one of your orders while it has not shipped. 409 once it has."""
     return await service.cancel_order(db, order_id=order_id, principal=principal)
