@@ -105,15 +105,37 @@ def cmd_seed(args: argparse.Namespace) -> None:
     )
 
 
+def _password_rules() -> str:
+    from app.customers.domain import MAX_PASSWORD, MIN_PASSWORD
+
+    return (
+        f"shop: a password needs {MIN_PASSWORD} to {MAX_PASSWORD} characters, at least 4 "
+        "different ones, and must not contain the e-mail's name (before the @)"
+    )
+
+
+def _admin_password(args: argparse.Namespace) -> str | None:
+    """The password from standard input, the command line, $SHOP_ADMIN_PASSWORD, or asked for
+    on a terminal; None to promote an existing account without touching its password."""
+    if args.password_stdin:
+        # As `docker login --password-stdin`: everything on stdin, less the final newline.
+        piped = sys.stdin.read().rstrip("\r\n")
+        if not piped:
+            sys.exit("shop: --password-stdin: standard input holds no password")
+        return piped
+    password: str | None = args.password or os.environ.get("SHOP_ADMIN_PASSWORD")
+    if password is None and sys.stdin.isatty():
+        password = getpass.getpass("Admin password (10+ characters): ")
+    return password
+
+
 def cmd_create_admin(args: argparse.Namespace) -> None:
     from app.core.errors import Conflict
     from app.customers import service
     from app.customers.schemas import SignUp
     from app.main import close_resources, open_resources
 
-    password = args.password or os.environ.get("SHOP_ADMIN_PASSWORD")
-    if password is None and sys.stdin.isatty():
-        password = getpass.getpass("Admin password (10+ characters): ")
+    password = _admin_password(args)
 
     async def work(settings: Settings) -> str:
         res = await open_resources(settings)
@@ -128,7 +150,13 @@ def cmd_create_admin(args: argparse.Namespace) -> None:
                 except Conflict:
                     pass
                 except ValidationError as exc:
-                    sys.exit(f"shop: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+                    field, why = exc.errors()[0]["loc"][0], exc.errors()[0]["msg"]
+                    rules = f"\n{_password_rules()}" if field == "password" else ""
+                    sys.exit(f"shop: {field}: {why}{rules}")
+                except InvalidRequest as exc:
+                    if exc.field != "password":
+                        raise
+                    sys.exit(f"shop: password: {exc.message}\n{_password_rules()}")
             promoted = await service.set_role(res.db, email=args.email, role=Role.ADMIN)
             return f"{promoted.email} is now an admin"
         finally:
@@ -184,7 +212,17 @@ def parser() -> argparse.ArgumentParser:
 
     admin = sub.add_parser("create-admin", help="create an admin, or promote an account")
     admin.add_argument("--email", required=True)
-    admin.add_argument("--password", help="default: $SHOP_ADMIN_PASSWORD, or asked")
+    secret = admin.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (for scripts: keeps it out of `ps`)",
+    )
+    secret.add_argument(
+        "--password",
+        help="the password (visible to other users in `ps`); default: $SHOP_ADMIN_PASSWORD, "
+        "or asked on a terminal",
+    )
     admin.add_argument("--name", default="Shop Admin")
     admin.set_defaults(func=cmd_create_admin)
 

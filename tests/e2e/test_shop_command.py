@@ -30,12 +30,13 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def shop(
-    workdir: Path, *args: str, env: dict[str, str] | None = None
+    workdir: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [SHOP, *args],
         cwd=workdir,
         env={**_clean_env(), **(env or {})},
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
@@ -148,4 +149,114 @@ def test_a_bad_seed_count_is_refused_clearly(workdir: Path, count: str) -> None:
     result = shop(workdir, "seed", "--products", count)
     assert result.returncode == 2
     assert "--products: a whole number from 0 to 10000000" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def own_database(workdir: Path) -> dict[str, str]:
+    return {"SHOP_SQLITE_PATH": str(workdir / "shop.db")}
+
+
+def test_create_admin_takes_the_password_from_stdin_or_the_environment(workdir: Path) -> None:
+    db = own_database(workdir)
+    assert shop(workdir, "migrate", env=db).returncode == 0
+    piped = shop(
+        workdir,
+        "create-admin",
+        "--email",
+        "piped@example.com",
+        "--password-stdin",
+        env=db,
+        stdin="through-a-pipe-1\n",
+    )
+    assert piped.returncode == 0, piped.stderr
+    from_env = shop(
+        workdir,
+        "create-admin",
+        "--email",
+        "scripted@example.com",
+        env=db | {"SHOP_ADMIN_PASSWORD": "from-the-env-22"},
+        stdin="",
+    )
+    assert from_env.returncode == 0, from_env.stderr
+    port = _free_port()
+    process = subprocess.Popen(
+        [SHOP, "serve", "--port", str(port), "--no-access-log"],
+        cwd=workdir,
+        env=_clean_env() | db,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                httpx.get(f"{base}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        for email, password in [
+            ("piped@example.com", "through-a-pipe-1"),  # without the newline
+            ("scripted@example.com", "from-the-env-22"),
+        ]:
+            token = httpx.post(
+                f"{base}/auth/token", json={"email": email, "password": password}
+            ).json()["access_token"]
+            me = httpx.get(f"{base}/customers/me", headers={"Authorization": f"Bearer {token}"})
+            assert me.json()["role"] == "admin"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def test_password_stdin_with_nothing_to_read_is_refused(workdir: Path) -> None:
+    db = own_database(workdir)
+    assert shop(workdir, "migrate", env=db).returncode == 0
+    result = shop(
+        workdir, "create-admin", "--email", "x@example.com", "--password-stdin", env=db, stdin=""
+    )
+    assert result.returncode != 0
+    assert "standard input holds no password" in result.stderr
+
+
+def test_password_and_password_stdin_exclude_each_other(workdir: Path) -> None:
+    result = shop(
+        workdir,
+        "create-admin",
+        "--email",
+        "x@example.com",
+        "--password",
+        "a-long-passphrase",
+        "--password-stdin",
+        stdin="a-long-passphrase",
+    )
+    assert result.returncode == 2
+    assert "not allowed with argument" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [
+        ("short", "at least 10 characters"),
+        ("abababababab", "at least 4 different characters"),
+        ("my-name-is-grace", "must not contain the email's name"),
+        ("x" * 200, "at most 128 characters"),
+    ],
+)
+def test_a_refused_admin_password_is_explained_with_the_rules(
+    workdir: Path, password: str, problem: str
+) -> None:
+    db = own_database(workdir)
+    assert shop(workdir, "migrate", env=db).returncode == 0
+    result = shop(
+        workdir,
+        "create-admin",
+        "--email",
+        "grace@example.com",
+        "--password-stdin",
+        env=db,
+        stdin=password,
+    )
+    assert result.returncode != 0
+    assert problem in result.stderr
+    assert "10 to 128 characters, at least 4 different ones" in result.stderr
     assert "Traceback" not in result.stderr
