@@ -16,10 +16,13 @@ FROM python:3.11-slim AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    SHOP_ENV=production \
     SHOP_GRACEFUL_SHUTDOWN_S=20
+# SHOP_ENV=production: the image refuses to start on the published development JWT key; give
+# it SHOP_JWT_SECRET, SHOP_JWT_SECRET_FILE or SHOP_JWT_SECRET_ARN (the stages use the ARN).
 RUN groupadd --system shop \
     && useradd --system --gid shop --home-dir /srv/shop --shell /usr/sbin/nologin shop \
-    && mkdir -p /srv/shop && chown shop:shop /srv/shop
+    && mkdir -p /srv/shop /run/shop && chown shop:shop /srv/shop /run/shop
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv/shop
 USER shop

@@ -58,6 +58,13 @@ def test_settings(**overrides: object):  # type: ignore[no-untyped-def]
         "jwt_secret": "test-secret-" + "x" * 40,
         "password_time_cost": 1,
         "password_memory_kib": 1024,
+        # Tables are emptied between tests and ids start again at 1: an account remembered
+        # from the previous test would be someone else now.
+        "account_check_s": 0,
+        # The session's app counts sign-in failures in Redis, which outlives a run; the limits
+        # themselves are tested with their own app (test_sign_in_protection).
+        "sign_in_failures_per_email": 10_000,
+        "sign_in_failures_per_client": 100_000,
         "_env_file": None,
     }
     values.update(overrides)

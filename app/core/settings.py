@@ -7,6 +7,7 @@ The CDK stacks in infra/ and the docker compose file set exactly these names.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -46,8 +47,12 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the primary (read-write) database, e.g. "
         "postgresql+psycopg://shop:pw@127.0.0.1:5432/shop. Unset: the embedded SQLite file.",
     )
-    sqlite_path: Path = Field(
-        Path("shop.db"), description="File of the embedded SQLite default (when no database_url)."
+    sqlite_path: Path | None = Field(
+        None,
+        description="File of the embedded SQLite default (when no database_url); a relative "
+        "path is taken from the folder the command starts in. Unset: shop.db beside the "
+        "project when the shop runs from a source checkout, else "
+        "$XDG_DATA_HOME/shop/shop.db (~/.local/share/shop/shop.db).",
     )
     database_secret_arn: str | None = Field(
         None,
@@ -63,6 +68,24 @@ class Settings(BaseSettings):
     )
     database_pool_timeout_s: float = Field(
         10.0, gt=0, description="Seconds to wait for a free connection before answering 503."
+    )
+    database_statement_timeout_ms: int = Field(
+        15_000,
+        ge=0,
+        description="PostgreSQL statement_timeout of every connection (0: none). A statement "
+        "that runs longer is cancelled and the request answers 503.",
+    )
+    database_lock_timeout_ms: int = Field(
+        5_000,
+        ge=0,
+        description="PostgreSQL lock_timeout of every connection (0: none): how long a "
+        "statement may wait for a row lock before it gives up.",
+    )
+    database_prepared_statements: bool = Field(
+        True,
+        description="Run the hottest statements as server-side prepared statements. Turn off "
+        "behind a transaction-pooling proxy (PgBouncer in transaction mode, RDS Proxy), which "
+        "cannot keep a prepared statement on one server connection.",
     )
 
     # --- read replicas (stage 4) -----------------------------------------------------------
@@ -111,6 +134,11 @@ class Settings(BaseSettings):
     jwt_secret_arn: str | None = Field(
         None, description="Secrets Manager secret holding jwt_secret (overrides it)."
     )
+    jwt_secret_file: Path | None = Field(
+        None,
+        description="File holding jwt_secret (overrides it), e.g. a secret mounted by docker "
+        "compose; ignored when jwt_secret_arn is set.",
+    )
     jwt_issuer: str = Field("shop", description="iss claim of issued tokens.")
     jwt_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600, description="Token lifetime.")
     password_time_cost: int = Field(
@@ -118,6 +146,34 @@ class Settings(BaseSettings):
     )
     password_memory_kib: int = Field(
         65536, ge=1024, le=1048576, description="argon2 memory cost in KiB."
+    )
+    password_hash_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Threads that hash passwords, apart from every other thread: a flood of "
+        "sign-ins queues there instead of starving other work.",
+    )
+    account_check_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long a process trusts what it last read of an account (exists, role). "
+        "A deleted account or a changed role takes effect within this many seconds (plus "
+        "replica lag); 0 reads the account on every request.",
+    )
+    sign_in_failures_per_email: int = Field(
+        10,
+        ge=1,
+        description="Failed sign-ins allowed per e-mail per window; then 429 with Retry-After.",
+    )
+    sign_in_failures_per_client: int = Field(
+        100,
+        ge=1,
+        description="Failed sign-ins allowed per client address per window; then 429.",
+    )
+    sign_in_window_s: int = Field(
+        900, ge=1, le=86_400, description="The window of the sign-in limits, in seconds."
     )
 
     # --- HTTP and business knobs -------------------------------------------------------------
@@ -128,6 +184,25 @@ class Settings(BaseSettings):
     )
     graceful_shutdown_s: int = Field(
         20, ge=1, le=300, description="Seconds uvicorn waits for in-flight requests on stop."
+    )
+    drain_s: float = Field(
+        0,
+        ge=0,
+        le=300,
+        description="Seconds between SIGTERM and closing the listening socket. /readyz answers "
+        "503 from the first of them while every other request is still served, so that a load "
+        "balancer takes the instance out before it stops accepting connections.",
+    )
+    http_keepalive_s: int = Field(
+        75,
+        ge=1,
+        le=3600,
+        description="Seconds an idle client connection is kept open; keep it above the load "
+        "balancer's idle timeout (60 s on an ALB), or the balancer reuses closed connections "
+        "and answers 502.",
+    )
+    workers: int = Field(
+        1, ge=1, le=64, description="Server processes `shop serve` starts (one per vCPU)."
     )
 
     @model_validator(mode="before")
@@ -141,27 +216,54 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Self:
-        if (
-            self.env is not Environment.LOCAL
-            and self.jwt_secret == LOCAL_JWT_SECRET
+        # The default key is published in this repository: a token signed with it is an admin
+        # anywhere that accepts it. Only a local shop on its embedded database may use it; a
+        # configured database (compose, a stage, a shared server) counts as not local.
+        uses_default = (
+            self.jwt_secret == LOCAL_JWT_SECRET
             and self.jwt_secret_arn is None
-        ):
+            and self.jwt_secret_file is None
+        )
+        if uses_default and not self.is_local:
             raise ValueError(
-                "SHOP_JWT_SECRET still has its local default; set SHOP_JWT_SECRET or "
-                "SHOP_JWT_SECRET_ARN when SHOP_ENV is not 'local'"
+                "SHOP_JWT_SECRET still has its published default, which is only accepted when "
+                "SHOP_ENV is 'local' and the shop runs on its embedded database; set "
+                "SHOP_JWT_SECRET (e.g. `openssl rand -hex 32`), SHOP_JWT_SECRET_FILE or "
+                "SHOP_JWT_SECRET_ARN"
             )
         return self
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.database_url is None and self.database_secret_arn is None
+
+    @property
+    def is_local(self) -> bool:
+        """A developer's own shop: local mode on the embedded database."""
+        return self.env is Environment.LOCAL and self.is_embedded
+
+    @cached_property
+    def embedded_path(self) -> Path:
+        """The absolute path of the embedded SQLite file (see sqlite_path)."""
+        if self.sqlite_path is not None:
+            return self.sqlite_path.expanduser().resolve()
+        return default_sqlite_path()
 
     @cached_property
     def primary_url(self) -> str:
         """The async SQLAlchemy URL of the primary database (embedded SQLite when unset)."""
         if self.database_url:
             return to_async_url(self.database_url)
-        return f"sqlite+aiosqlite:///{self.sqlite_path}"
+        return f"sqlite+aiosqlite:///{self.embedded_path}"
 
-    @property
-    def is_embedded(self) -> bool:
-        return self.database_url is None and self.database_secret_arn is None
+
+def default_sqlite_path() -> Path:
+    """shop.db beside the project in a source checkout, else in the user's data folder."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "app" / "main.py").is_file():
+        return checkout / "shop.db"
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home).resolve() / "shop" / "shop.db"
 
 
 def to_async_url(url: str) -> str:

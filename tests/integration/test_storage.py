@@ -47,7 +47,7 @@ def test_instances_booting_together_migrate_one_at_a_time(
     load_all_models()
     url = fresh_database()
     shop = str(Path(sys.executable).parent / "shop")
-    env = {**os.environ, "SHOP_DATABASE_URL": url}
+    env = {**os.environ, "SHOP_DATABASE_URL": url, "SHOP_JWT_SECRET": "migrate-" + "k" * 40}
     runs = [
         subprocess.Popen([shop, "migrate"], env=env, stderr=subprocess.PIPE, text=True)
         for _ in range(4)
