@@ -11,7 +11,8 @@ from redis.asyncio import Redis
 
 from app.core.db import Database
 from app.core.errors import Forbidden, Unauthenticated
-from app.core.security import Passwords, Principal, TokenIssuer, TokenVerifier
+from app.core.ratelimit import RateLimit
+from app.core.security import AccountLookup, Passwords, Principal, TokenIssuer, TokenVerifier
 from app.core.settings import Settings
 
 
@@ -24,7 +25,11 @@ class Resources:
     tokens: TokenIssuer
     verifier: TokenVerifier
     passwords: Passwords
+    accounts: AccountLookup
+    sign_in_limit: RateLimit
     redis: Redis | None = None
+    draining: bool = False
+    """Set on SIGTERM: /readyz answers 503 while the process finishes what it has."""
 
 
 def _state(request: Request) -> Resources:
@@ -57,7 +62,14 @@ _bearer = OAuth2PasswordBearer(
 async def _principal(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> Principal:
     if not token:
         raise Unauthenticated("a bearer token is required")
-    return _state(request).verifier.verify(token)
+    resources = _state(request)
+    claimed = resources.verifier.verify(token)
+    # A token is only as good as the account behind it: a deleted account loses access and a
+    # changed role applies within settings.account_check_s, whatever the token says.
+    role = await resources.accounts.current_role(claimed.customer_id)
+    if role is None:
+        raise Unauthenticated("the account of this token does not exist")
+    return claimed if role is claimed.role else Principal(claimed.customer_id, role)
 
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]

@@ -61,3 +61,13 @@ class Unauthenticated(ShopError):
 
 class Forbidden(ShopError):
     status_code = 403
+
+
+class TooManyRequests(ShopError):
+    """Too many attempts; the client may try again after `retry_after_s` seconds."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.retry_after_s = retry_after_s

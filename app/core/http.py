@@ -4,6 +4,7 @@ response serialised in one pass."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 import psycopg
@@ -15,7 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import InvalidRequest, ShopError, Unauthenticated
+from app.core.errors import InvalidRequest, ShopError, TooManyRequests, Unauthenticated
 
 log = logging.getLogger("shop.http")
 
@@ -32,7 +33,11 @@ def model_response(model: BaseModel, status_code: int = 200) -> Response:
 
 def _shop_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ShopError)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+    headers: dict[str, str] | None = None
+    if isinstance(exc, Unauthenticated):
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after_s)}
     body: dict[str, Any]
     if isinstance(exc, InvalidRequest):
         # Same shape as FastAPI's own validation errors: the field and the reason.
@@ -58,24 +63,49 @@ def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-def _database_busy(_request: Request, exc: Exception) -> JSONResponse:
-    # Pool exhausted or database unreachable: the client may retry; this is not its fault.
-    log.warning("database unavailable: %s", exc)
+def database_unavailable(exc: BaseException) -> bool:
+    """True when a database error means "not now" (pool exhausted, connection lost, server
+    restarting, statement or lock timeout, SQLite busy), which a client may retry; False for
+    an operator's error such as a missing table, which no retry will fix."""
+    if isinstance(exc, sa_exc.TimeoutError | PoolTimeout | sa_exc.InterfaceError | OSError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if isinstance(exc.orig, BaseException) else exc
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(word in str(exc) for word in ("locked", "busy", "unable to open"))
+    return False
+
+
+def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+    if database_unavailable(exc):
+        # The client may retry; this is not its fault.
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse(
+            {"detail": "the database is busy or unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+    log.error(
+        "database error that no retry will fix (is the schema at the latest migration? "
+        "`shop migrate`): %s",
+        exc,
+    )
     return JSONResponse(
-        {"detail": "the database is busy or unavailable; retry shortly"},
-        status_code=503,
-        headers={"Retry-After": "1"},
+        {"detail": "internal error; it is logged for the operator"}, status_code=500
     )
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ShopError, _shop_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(sa_exc.TimeoutError, _database_busy)
-    app.add_exception_handler(sa_exc.OperationalError, _database_busy)
-    app.add_exception_handler(sa_exc.InterfaceError, _database_busy)
-    app.add_exception_handler(PoolTimeout, _database_busy)
-    app.add_exception_handler(psycopg.OperationalError, _database_busy)
+    app.add_exception_handler(sa_exc.TimeoutError, _database_error)
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeout, _database_error)
+    app.add_exception_handler(psycopg.Error, _database_error)
 
 
 class BodyLimit:

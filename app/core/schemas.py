@@ -28,9 +28,10 @@ Quantity = Annotated[int, Field(ge=1, le=10_000)]
 
 
 class Schema(BaseModel):
-    """Strict input: unknown fields are refused rather than silently dropped."""
+    """Strict input: unknown fields are refused rather than silently dropped, and a value must
+    have its field's JSON type (`true`, `"2"` or `2.0` is not the integer 2)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ReadSchema(BaseModel):

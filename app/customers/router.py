@@ -124,14 +124,25 @@ async def sign_up(
     openapi_extra={"requestBody": _SIGN_IN_BODY},
 )
 async def sign_in(
-    res: ResourcesDep, credentials: Annotated[SignIn, Depends(_credentials)]
+    request: Request, res: ResourcesDep, credentials: Annotated[SignIn, Depends(_credentials)]
 ) -> TokenRead:
-    """Exchange email and password for a bearer token. 401 when either is wrong.
+    """Exchange email and password for a bearer token. 401 when either is wrong; 429 with
+    `Retry-After` after too many failures for the e-mail or from the client's address.
 
     Send JSON (`email`, `password`) or the OAuth2 password form (`username` is the e-mail),
     as the Authorize button of these docs does."""
     return await service.sign_in(
-        res.db, res.passwords, res.tokens, email=credentials.email, password=credentials.password
+        res.db,
+        res.passwords,
+        res.tokens,
+        email=credentials.email,
+        password=credentials.password,
+        limits=service.SignInLimits(
+            limit=res.sign_in_limit,
+            per_email=res.settings.sign_in_failures_per_email,
+            per_client=res.settings.sign_in_failures_per_client,
+        ),
+        client=request.client.host if request.client else "unknown",
     )
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, update
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.core.db import Database
-from app.core.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
+from app.core.errors import Conflict, InvalidRequest, NotFound, TooManyRequests, Unauthenticated
 from app.core.models import utcnow
+from app.core.ratelimit import Budget, RateLimit
 from app.core.security import Passwords, Principal, Role, TokenIssuer
 from app.customers.domain import normalise_email, password_problem
 from app.customers.models import Customer
@@ -46,26 +50,104 @@ async def sign_up(
     return CustomerRead.model_validate(row._mapping)
 
 
+@dataclass(frozen=True, slots=True)
+class SignInLimits:
+    """Failed sign-ins allowed per window, per e-mail and per client address."""
+
+    limit: RateLimit
+    per_email: int
+    per_client: int
+
+
 async def sign_in(
-    db: Database, passwords: Passwords, tokens: TokenIssuer, *, email: str, password: str
+    db: Database,
+    passwords: Passwords,
+    tokens: TokenIssuer,
+    *,
+    email: str,
+    password: str,
+    limits: SignInLimits | None = None,
+    client: str = "unknown",
 ) -> TokenRead:
-    """A bearer token for the account; raises Unauthenticated, without saying which part was
-    wrong."""
+    """A bearer token for the account.
+
+    Raises Unauthenticated without saying which part was wrong, and TooManyRequests (429)
+    once the e-mail or the client address has failed too often in the current window. A hash
+    made with older cost settings is replaced by one made with the current ones.
+    """
+    email = normalise_email(email)
+    keys = [f"email:{email}", f"client:{client}"]
+    if limits is not None:
+        wait = await limits.limit.retry_after(
+            [Budget(keys[0], limits.per_email), Budget(keys[1], limits.per_client)]
+        )
+        if wait is not None:
+            raise TooManyRequests("too many failed sign-ins; try again later", retry_after_s=wait)
     async with db.read() as conn:
         row = (
             await conn.execute(
                 select(Customer.id, Customer.role, Customer.password_hash).where(
-                    Customer.email == normalise_email(email)
+                    Customer.email == email
                 )
             )
         ).one_or_none()
     if row is None:
         await passwords.verify_nothing(password)
+    if row is None or not await passwords.verify(row.password_hash, password):
+        if limits is not None:
+            await limits.limit.record_failure(keys)
         raise Unauthenticated("wrong email or password")
-    if not await passwords.verify(row.password_hash, password):
-        raise Unauthenticated("wrong email or password")
+    if passwords.needs_rehash(row.password_hash):
+        await _rehash(
+            db, passwords, customer_id=row.id, old_hash=row.password_hash, password=password
+        )
     token, ttl = tokens.issue(Principal(customer_id=row.id, role=Role(row.role)))
     return TokenRead(access_token=token, expires_in=ttl)
+
+
+async def _rehash(
+    db: Database, passwords: Passwords, *, customer_id: int, old_hash: str, password: str
+) -> None:
+    new_hash = await passwords.hash(password)
+    async with db.write() as conn:
+        # Only over the hash that was checked: a password changed meanwhile is kept.
+        await conn.execute(
+            update(Customer)
+            .where(Customer.id == customer_id, Customer.password_hash == old_hash)
+            .values(password_hash=new_hash)
+        )
+
+
+_ROLE = select(Customer.role).where(Customer.id == bindparam("customer_id"))
+
+
+class Accounts:
+    """Whether an account exists and its role, as the token check needs it on every request.
+
+    Each process keeps what it read for `ttl_s` seconds, so a deleted account or a changed
+    role takes effect within that bound (plus replica lag) at the cost of one primary-key read
+    per account and process per `ttl_s`.
+    """
+
+    max_entries = 100_000
+
+    def __init__(self, db: Database, *, ttl_s: float) -> None:
+        self._db = db
+        self._ttl_s = ttl_s
+        self._known: dict[int, tuple[Role | None, float]] = {}
+
+    async def current_role(self, customer_id: int) -> Role | None:
+        now = time.monotonic()
+        known = self._known.get(customer_id)
+        if known is not None and known[1] > now:
+            return known[0]
+        row = await self._db.fetch_one(_ROLE, customer_id=customer_id)
+        role = Role(row["role"]) if row is not None else None
+        if self._ttl_s > 0:
+            if len(self._known) >= self.max_entries:
+                self._known.clear()
+            self._known[customer_id] = (role, now + self._ttl_s)
+        return role
 
 
 async def get_customer(db: Database, *, customer_id: int) -> CustomerRead:

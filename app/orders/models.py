@@ -16,7 +16,8 @@ class CustomerOrder(Base):
     __table_args__ = (Index("ix_customer_order_customer_id_id", "customer_id", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    customer_id: Mapped[int]
+    # Every order belongs to an account that exists (a forged token cannot order for nobody).
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customer.id", ondelete="RESTRICT"))
     status: Mapped[str] = mapped_column(String(16))
     subtotal_cents: Mapped[int] = mapped_column(BigInteger)
     tax_cents: Mapped[int] = mapped_column(BigInteger)

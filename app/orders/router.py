@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Path, status
 from fastapi.responses import JSONResponse
 
+from app.accounting.schemas import EntryRead
 from app.core.deps import DatabaseDep, PageDep, PrincipalDep, ResourcesDep
 from app.core.openapi import ErrorBody, OutOfStockBody, conflict, errors
 from app.core.schemas import MAX_INT32
@@ -111,3 +112,17 @@ async def get_order(db: DatabaseDep, principal: PrincipalDep, order_id: OrderId)
 async def cancel_order(db: DatabaseDep, principal: PrincipalDep, order_id: OrderId) -> OrderRead:
     """Cancel one of your orders while it has not shipped. 409 once it has."""
     return await service.cancel_order(db, order_id=order_id, principal=principal)
+
+
+@router.get(
+    "/ledger/orders/{order_id}",
+    response_model=list[EntryRead],
+    responses=errors(401, 404, 422, 503),
+    tags=["accounting"],
+)
+async def list_order_entries(
+    db: DatabaseDep, principal: PrincipalDep, order_id: OrderId
+) -> list[EntryRead]:
+    """The ledger entries of one of your orders (admins: any order), oldest first; an empty
+    list for an order with nothing to post (a free one). 404 for others' orders."""
+    return await service.order_ledger(db, order_id=order_id, principal=principal)

@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounting import service as accounting
+from app.accounting.schemas import EntryRead
 from app.catalog import service as catalog
 from app.core.db import Database, insert_or_ignore, named_values, run, run_many
 from app.core.errors import Conflict, InvalidRequest, NotFound
@@ -234,6 +235,18 @@ async def get_order(db: Database, *, order_id: int, principal: Principal) -> Ord
     """One order with its lines; NotFound unless the caller owns it or is an admin."""
     async with db.read() as conn:
         return await _fetch(conn, order_id, principal)
+
+
+async def order_ledger(db: Database, *, order_id: int, principal: Principal) -> list[EntryRead]:
+    """The ledger entries of an order, possibly none (a free order posts nothing); NotFound
+    unless the caller owns the order or is an admin, so other customers' ids do not leak."""
+    stmt = select(CustomerOrder.id).where(CustomerOrder.id == order_id)
+    if not principal.is_admin:
+        stmt = stmt.where(CustomerOrder.customer_id == principal.customer_id)
+    async with db.read() as conn:
+        if (await conn.execute(stmt)).one_or_none() is None:
+            raise NotFound("order", order_id)
+    return await accounting.entries_of_order(db, order_id=order_id)
 
 
 async def list_orders(db: Database, *, customer_id: int, limit: int, offset: int) -> OrderPage:

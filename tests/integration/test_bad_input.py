@@ -67,6 +67,32 @@ BAD_ORDERS: list[tuple[str, Any, list[str]]] = [
         {"lines": [{"product_id": i, "quantity": 1} for i in range(1, 60)]},
         ["body", "lines"],
     ),
+    # JSON types are not interchangeable: each of these placed an order before strict schemas.
+    (
+        "quantity true",
+        {"lines": [{"product_id": P, "quantity": True}]},
+        ["body", "lines", "0", "quantity"],
+    ),
+    (
+        "quantity as text",
+        {"lines": [{"product_id": P, "quantity": "2"}]},
+        ["body", "lines", "0", "quantity"],
+    ),
+    (
+        "quantity 2.0",
+        {"lines": [{"product_id": P, "quantity": 2.0}]},
+        ["body", "lines", "0", "quantity"],
+    ),
+    (
+        "product_id true",
+        {"lines": [{"product_id": True, "quantity": 1}]},
+        ["body", "lines", "0", "product_id"],
+    ),
+    (
+        "product_id as text",
+        {"lines": [{"product_id": "1", "quantity": 1}]},
+        ["body", "lines", "0", "product_id"],
+    ),
     ("body is a list", [1, 2, 3], ["body"]),
     ("body is a string", "order please", ["body"]),
 ]
@@ -147,6 +173,11 @@ BAD_PRODUCTS: list[tuple[str, dict[str, Any], str]] = [
     ("SKU too long", {"sku": "A" * 65}, "sku"),
     ("negative initial stock", {"initial_stock": -1}, "initial_stock"),
     ("image key with ..", {"image_key": "a b"}, "image_key"),
+    ("price true", {"price_cents": True}, "price_cents"),
+    ("price as text", {"price_cents": "100"}, "price_cents"),
+    ("price 1.0", {"price_cents": 1.0}, "price_cents"),
+    ("stock false", {"initial_stock": False}, "initial_stock"),
+    ("name a number", {"name": 42}, "name"),
 ]
 
 
