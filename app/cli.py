@@ -29,9 +29,13 @@ def _settings() -> Settings:
 
 
 def _run(work: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
+    from app.main import StartupProblem
+
     settings = _settings()
     try:
         return asyncio.run(work(settings))
+    except StartupProblem as exc:
+        sys.exit(f"shop: {exc}")
     except InvalidRequest as exc:
         sys.exit(f"shop: {exc.field}: {exc.message}")
     except ShopError as exc:
@@ -44,19 +48,35 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = _settings()
     if args.migrate:
         cmd_migrate(args)
+    _preflight(settings)
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host=args.host,
         port=args.port,
-        workers=None if args.reload else args.workers,
+        workers=None if args.reload else (args.workers or settings.workers),
         reload=args.reload,
         reload_dirs=["app"] if args.reload else None,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        timeout_keep_alive=settings.http_keepalive_s,
         proxy_headers=True,
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
         access_log=args.access_log,
     )
+
+
+def _preflight(settings: Settings) -> None:
+    """Open and close what the server will hold, so that a wrong database or a missing
+    migration stops `shop serve` with one clear line instead of a traceback per worker."""
+    from app.main import StartupProblem, close_resources, open_resources
+
+    async def check() -> None:
+        await close_resources(await open_resources(settings))
+
+    try:
+        asyncio.run(check())
+    except StartupProblem as exc:
+        sys.exit(f"shop: cannot start: {exc}")
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -65,12 +85,14 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
     settings = _settings()
     url = aws.resolve(settings).primary_url
+    if settings.is_embedded:
+        settings.embedded_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if args.down:
         runner.downgrade(url, args.revision)
     else:
         runner.upgrade(url, args.revision)
-    where = "embedded SQLite " + str(settings.sqlite_path) if settings.is_embedded else "database"
+    where = f"embedded SQLite {settings.embedded_path}" if settings.is_embedded else "database"
     print(f"shop: {where} migrated in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
@@ -194,7 +216,9 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--workers", type=int, default=None, help="server processes (default: $SHOP_WORKERS, 1)"
+    )
     serve.add_argument("--reload", action="store_true", help="restart on code changes (dev)")
     serve.add_argument("--migrate", action="store_true", help="apply migrations first")
     serve.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from types import FrameType
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from app.accounting.router import router as accounting_router
 from app.catalog.router import router as catalog_router
@@ -20,31 +24,69 @@ from app.core.deps import Resources, ResourcesDep
 from app.core.docs import install_docs
 from app.core.http import BodyLimit, install_error_handlers
 from app.core.openapi import operation_id
+from app.core.ratelimit import RateLimit
 from app.core.security import LocalTokens, Passwords
 from app.core.settings import Settings
 from app.customers.router import router as customers_router
+from app.customers.service import Accounts
 from app.delivery.router import router as delivery_router
+from app.migrations import runner
 from app.orders.router import router as orders_router
 
 log = logging.getLogger("shop")
 
 
+class StartupProblem(RuntimeError):
+    """The shop cannot serve with this configuration; the message says why and what to do."""
+
+
 async def open_resources(settings: Settings) -> Resources:
-    """Read secrets, open pools and clients: everything a running shop holds."""
-    resolved = await asyncio.to_thread(aws.resolve, settings)
+    """Read secrets, open pools and clients: everything a running shop holds.
+
+    Raises StartupProblem when the database is not the one the shop needs (no embedded file,
+    or a schema that is not at the latest migration), before anything is served.
+    """
+    if settings.is_embedded and not settings.embedded_path.is_file():
+        raise StartupProblem(
+            f"no shop database at {settings.embedded_path}; run `shop migrate` to create it "
+            "(or set SHOP_SQLITE_PATH or SHOP_DATABASE_URL)"
+        )
+    try:
+        resolved = await asyncio.to_thread(aws.resolve, settings)
+    except aws.SecretProblem as exc:
+        raise StartupProblem(str(exc)) from exc
     db = Database(
         resolved.primary_url,
         resolved.replica_urls,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_pool_timeout_s,
+        statement_timeout_ms=settings.database_statement_timeout_ms,
+        lock_timeout_ms=settings.database_lock_timeout_ms,
+        prepared_statements=settings.database_prepared_statements,
     )
+    try:
+        async with db.primary.connect() as conn:
+            problem = await conn.run_sync(runner.schema_problem)
+    except (OSError, DBAPIError) as exc:
+        # Unreachable now (a failover, a database still booting): serve anyway, /readyz says
+        # 503 until it answers, and the process is ready the moment it does.
+        problem = None
+        log.warning("database %s unreachable at start, schema not checked: %s", db.describe(), exc)
+    except BaseException:
+        await db.dispose()
+        raise
+    if problem:
+        await db.dispose()
+        raise StartupProblem(f"{problem} (database: {db.describe()})")
     await db.open()
     tokens = LocalTokens(
         secret=resolved.jwt_secret, issuer=settings.jwt_issuer, ttl_s=settings.jwt_ttl_s
     )
     passwords = Passwords(
-        time_cost=settings.password_time_cost, memory_kib=settings.password_memory_kib
+        time_cost=settings.password_time_cost,
+        memory_kib=settings.password_memory_kib,
+        threads=settings.password_hash_threads,
     )
     redis = Redis.from_url(resolved.redis_url) if resolved.redis_url else None
     return Resources(
@@ -53,6 +95,8 @@ async def open_resources(settings: Settings) -> Resources:
         tokens=tokens,
         verifier=tokens,
         passwords=passwords,
+        accounts=Accounts(db, ttl_s=settings.account_check_s),
+        sign_in_limit=RateLimit(name="sign-in", window_s=settings.sign_in_window_s, redis=redis),
         redis=redis,
     )
 
@@ -60,7 +104,39 @@ async def open_resources(settings: Settings) -> Resources:
 async def close_resources(resources: Resources) -> None:
     if resources.redis is not None:
         await resources.redis.aclose()
+    resources.passwords.close()
     await resources.db.dispose()
+
+
+@contextmanager
+def drain_on_sigterm(resources: Resources, drain_s: float) -> Iterator[None]:
+    """On SIGTERM, mark the process as draining at once, and hand the signal to the server
+    (which stops accepting connections and finishes the requests in flight) `drain_s` later.
+
+    /readyz answers 503 from the first moment, so a load balancer stops sending new requests
+    while this process still serves whatever arrives. A second SIGTERM stops at once. Only
+    under a server that handles SIGTERM itself (uvicorn), in the main thread.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if resources.draining or drain_s <= 0:
+            resources.draining = True
+            previous(signum, frame)
+            return
+        resources.draining = True
+        log.warning("SIGTERM: draining for %.1f s before stopping", drain_s)
+        loop.call_soon_threadsafe(loop.call_later, drain_s, previous, signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -68,11 +144,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.resources = await open_resources(settings)
         try:
-            yield
+            resources = await open_resources(settings)
+        except StartupProblem as exc:
+            log.error("shop cannot start: %s", exc)
+            raise
+        app.state.resources = resources
+        try:
+            with drain_on_sigterm(resources, settings.drain_s):
+                yield
         finally:
-            await close_resources(app.state.resources)
+            await close_resources(resources)
 
     app = FastAPI(
         title="Shop",
@@ -106,7 +188,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={503: {"description": "The database or the cache is down: see `checks`."}},
     )
     async def readyz(res: ResourcesDep) -> JSONResponse:
-        """Readiness: the database (and the cache, when configured) answer. 503 otherwise."""
+        """Readiness: the database (and the cache, when configured) answer. 503 otherwise,
+        and 503 from the moment the process is told to stop (SIGTERM) while it drains."""
+        if res.draining:
+            return JSONResponse(
+                {"status": "draining", "checks": {}},
+                status_code=503,
+                headers={"Connection": "close"},
+            )
         checks: dict[str, str] = {}
         try:
             async with res.db.read() as conn:

@@ -12,19 +12,23 @@ and one network round trip per statement to be most of an order's cost (see READ
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Json
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from sqlalchemy import Executable, Table, bindparam, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.elements import ClauseElement
@@ -46,6 +50,25 @@ def _sqlite_begin_immediate(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionRules:
+    """What every PostgreSQL connection of a process is told when it opens."""
+
+    statement_timeout_ms: int = 15_000
+    lock_timeout_ms: int = 5_000
+    prepared_statements: bool = True
+
+    def driver_options(self) -> dict[str, Any]:
+        """Keyword arguments of psycopg's connect."""
+        options = {
+            "options": f"-c statement_timeout={self.statement_timeout_ms} "
+            f"-c lock_timeout={self.lock_timeout_ms}"
+        }
+        # psycopg prepares a statement by itself after 5 runs; a transaction-pooling proxy
+        # would then find it missing on the next server connection.
+        return options if self.prepared_statements else {**options, "prepare_threshold": None}
+
+
 def make_engine(
     url: str,
     *,
@@ -54,6 +77,7 @@ def make_engine(
     pool_timeout: float = 10.0,
     writer: bool = True,
     autocommit: bool = False,
+    rules: ConnectionRules = ConnectionRules(),
 ) -> AsyncEngine:
     """An async engine; for SQLite, one that serialises writers instead of failing them."""
     options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
@@ -69,8 +93,21 @@ def make_engine(
         max_overflow=max_overflow,
         pool_timeout=pool_timeout,
         pool_recycle=1800,
+        # A connection is checked as it leaves the pool, so the connections a database restart
+        # or failover has closed are replaced instead of failing a request each.
+        pool_pre_ping=True,
+        connect_args=rules.driver_options(),
         **options,
     )
+
+
+def _is_disconnect(exc: psycopg.Error) -> bool:
+    """The connection is gone (server restarted, failed over, or shutting down); a statement
+    that timed out or waited too long for a lock is not retried."""
+    if isinstance(exc, PoolTimeout | PoolClosed):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in {"57P01", "57P02", "57P03"}
 
 
 class Database:
@@ -84,11 +121,22 @@ class Database:
         pool_size: int = 10,
         max_overflow: int = 10,
         pool_timeout: float = 10.0,
+        statement_timeout_ms: int = 15_000,
+        lock_timeout_ms: int = 5_000,
+        prepared_statements: bool = True,
     ) -> None:
+        rules = ConnectionRules(
+            statement_timeout_ms=statement_timeout_ms,
+            lock_timeout_ms=lock_timeout_ms,
+            prepared_statements=prepared_statements,
+        )
+        self._prepare = prepared_statements
+        self._dialect_ready = False
         sizes: dict[str, Any] = {
             "pool_size": pool_size,
             "max_overflow": max_overflow,
             "pool_timeout": pool_timeout,
+            "rules": rules,
         }
         self.primary = make_engine(primary_url, **sizes)
         # Reads get engines of their own in autocommit: one round trip per query, no BEGIN or
@@ -110,7 +158,7 @@ class Database:
                     min_size=1,
                     max_size=pool_size,
                     timeout=pool_timeout,
-                    kwargs={"autocommit": True, "row_factory": dict_row},
+                    kwargs={"autocommit": True, "row_factory": dict_row, **rules.driver_options()},
                     open=False,
                 )
                 for engine in self._readers
@@ -118,13 +166,27 @@ class Database:
         self._next_fast = itertools.cycle(self._fast_pools) if self._fast_pools else None
 
     async def open(self) -> None:
-        """Open the driver pools (the SQLAlchemy engines connect lazily)."""
+        """Connect to the primary once and open the driver pools.
+
+        The first connection initialises the dialect (server version and features) that
+        compiles the fast path's SQL: compiled before it, some statements come out wrong.
+        """
         for pool in self._fast_pools:
             await pool.open(wait=False)
+        with contextlib.suppress(OSError, DBAPIError):
+            await self._prepare_dialect()
+
+    async def _prepare_dialect(self) -> None:
+        async with self.primary.connect():
+            self._dialect_ready = True
 
     @property
     def dialect(self) -> str:
         return self.primary.dialect.name
+
+    def describe(self) -> str:
+        """The primary's address without its password, for messages."""
+        return self.primary.url.render_as_string(hide_password=True)
 
     @asynccontextmanager
     async def write(self, *, pipeline: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -160,9 +222,26 @@ class Database:
         if self._next_fast is None:
             async with self.read() as conn:
                 return [dict(row) for row in (await conn.execute(stmt, params)).mappings()]
+        if not self._dialect_ready:
+            await self._prepare_dialect()
         sql, defaults, _ = _compile(stmt, self.primary.dialect)
-        async with next(self._next_fast).connection() as conn:
-            cursor = await conn.execute(sql, _adapt(params, defaults), prepare=True)
+        values = _adapt(params, defaults)
+        pool = next(self._next_fast)
+        try:
+            return await self._fetch_fast(pool, sql, values)
+        except psycopg.OperationalError as exc:
+            if not _is_disconnect(exc):
+                raise
+            # The connections in the pool may all predate a restart: drop the dead ones and
+            # try once more, on the next pool when there are replicas.
+            await pool.check()
+            return await self._fetch_fast(next(self._next_fast), sql, values)
+
+    async def _fetch_fast(
+        self, pool: AsyncConnectionPool[Any], sql: str, values: dict[str, Any]
+    ) -> list[Mapping[str, Any]]:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(sql, values, prepare=self._prepare)
             return cast(list[Mapping[str, Any]], await cursor.fetchall())
 
     async def fetch_one(self, stmt: Executable, **params: Any) -> Mapping[str, Any] | None:
@@ -226,8 +305,12 @@ async def run(
         result = await conn.execute(stmt, dict(params or {}))
         return [dict(row) for row in result.mappings()] if result.returns_rows else []
     sql, defaults, returns_rows = _compile(stmt, conn.dialect)
-    cursor = _driver(conn).cursor(row_factory=dict_row)
-    await cursor.execute(sql, _adapt(params or {}, defaults), prepare=True)
+    driver = _driver(conn)
+    cursor = driver.cursor(row_factory=dict_row)
+    # prepare_threshold is None when prepared statements are turned off (ConnectionRules).
+    await cursor.execute(
+        sql, _adapt(params or {}, defaults), prepare=driver.prepare_threshold is not None
+    )
     return cast(list[Mapping[str, Any]], await cursor.fetchall()) if returns_rows else []
 
 

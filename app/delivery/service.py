@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, String, bindparam, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.db import Database, run
-from app.core.errors import NotFound
+from app.core.errors import Conflict, NotFound
 from app.core.models import UtcDateTime, utcnow
 from app.core.security import Principal
 from app.delivery.domain import (
@@ -49,6 +49,10 @@ async def _load(conn: AsyncConnection, *conditions: ColumnElement[bool]) -> list
     ]
 
 
+MOVE_ATTEMPTS = 3
+"""Compare-and-set rounds before a move gives up (each lost round means a concurrent move)."""
+
+
 async def _move(
     conn: AsyncConnection,
     *,
@@ -57,8 +61,9 @@ async def _move(
     check: Callable[[ShipmentStatus, ShipmentStatus], None],
 ) -> None:
     """Move one shipment if `check` allows it, with a compare-and-set on its status so that two
-    concurrent moves cannot both succeed from the same status."""
-    while True:
+    concurrent moves cannot both succeed from the same status. Raises Conflict when the status
+    changed under it MOVE_ATTEMPTS times in a row."""
+    for _ in range(MOVE_ATTEMPTS):
         current = (
             await conn.execute(select(Shipment.status).where(Shipment.id == shipment_id))
         ).scalar_one_or_none()
@@ -76,6 +81,9 @@ async def _move(
                 insert(ShipmentEvent).values(shipment_id=shipment_id, status=target.value, at=now)
             )
             return
+    raise Conflict(
+        f"shipment {shipment_id} kept changing while it was being moved; retry", retry=True
+    )
 
 
 _OPEN = insert(Shipment).values(

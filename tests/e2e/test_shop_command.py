@@ -35,7 +35,7 @@ def shop(
     return subprocess.run(
         [SHOP, *args],
         cwd=workdir,
-        env={**_clean_env(), **(env or {})},
+        env={**_clean_env(workdir), **(env or {})},
         input=stdin,
         capture_output=True,
         text=True,
@@ -43,10 +43,12 @@ def shop(
     )
 
 
-def _clean_env() -> dict[str, str]:
+def _clean_env(workdir: Path) -> dict[str, str]:
+    """No SHOP_* from the caller; the embedded file in the test's folder, not the project's."""
     return {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")} | {
         "SHOP_PASSWORD_TIME_COST": "1",
         "SHOP_PASSWORD_MEMORY_KIB": "1024",
+        "SHOP_SQLITE_PATH": str(workdir / "shop.db"),
     }
 
 
@@ -63,7 +65,7 @@ def server(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     process = subprocess.Popen(
         [SHOP, "serve", "--port", str(port), "--no-access-log"],
         cwd=workdir,
-        env=_clean_env() | {"SHOP_GRACEFUL_SHUTDOWN_S": "2"},
+        env=_clean_env(workdir) | {"SHOP_GRACEFUL_SHUTDOWN_S": "2"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -182,7 +184,7 @@ def test_create_admin_takes_the_password_from_stdin_or_the_environment(workdir: 
     process = subprocess.Popen(
         [SHOP, "serve", "--port", str(port), "--no-access-log"],
         cwd=workdir,
-        env=_clean_env() | db,
+        env=_clean_env(workdir) | db,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -1,0 +1,171 @@
+"""What every database connection is told (timeouts, prepared statements), that the fast path
+compiles its SQL with a connected dialect, and that retries have a bound."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from asgi_lifespan import LifespanManager
+from sqlalchemy import text
+
+from app.catalog import service as catalog
+from app.core.db import Database
+from app.core.deps import Resources
+from app.core.security import Role
+from app.main import create_app
+from tests.conftest import test_settings
+from tests.integration.conftest import make_product, make_user
+
+
+def make_database(url: str, **rules: object) -> Database:
+    return Database(url, **rules)  # type: ignore[arg-type]
+
+
+async def fetch_driver_setting(db: Database, sql: str) -> tuple[str, str]:
+    """Two text columns from a connection of the driver pool that serves the fast path."""
+    async with db._fast_pools[0].connection() as conn:
+        row = await (await conn.execute(sql)).fetchone()
+    assert row is not None
+    first, second = row.values()
+    return first, second
+
+
+async def settings_seen_by_every_pool(db: Database) -> set[tuple[str, str]]:
+    """(statement_timeout, lock_timeout) as each kind of connection reports it."""
+    seen = set()
+    show = (
+        "SELECT current_setting('statement_timeout') AS statement, "
+        "current_setting('lock_timeout') AS lock"
+    )
+    async with db.write() as conn:
+        seen.add(tuple((await conn.execute(text(show))).one()))
+    async with db.read() as conn:
+        seen.add(tuple((await conn.execute(text(show))).one()))
+    seen.add(await fetch_driver_setting(db, show))
+    return seen
+
+
+async def test_every_connection_carries_the_statement_and_lock_timeouts(
+    database_url: str,
+) -> None:
+    db = make_database(database_url, statement_timeout_ms=1234, lock_timeout_ms=567)
+    await db.open()
+    try:
+        assert await settings_seen_by_every_pool(db) == {("1234ms", "567ms")}
+    finally:
+        await db.dispose()
+
+
+async def test_a_statement_over_the_timeout_answers_503_and_the_shop_goes_on(
+    database_url: str,
+) -> None:
+    app = create_app(test_settings(database_url=database_url, database_statement_timeout_ms=200))
+    async with LifespanManager(app):
+        resources: Resources = app.state.resources
+        admin = await make_user(resources, role=Role.ADMIN)
+        product = await make_product(resources)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
+            # Hold the product's stock row so that a restock has to wait longer than allowed.
+            async with resources.db.write() as holder:
+                await holder.execute(
+                    text("SELECT 1 FROM stock_level WHERE product_id = :p FOR UPDATE"),
+                    {"p": product.id},
+                )
+                response = await client.post(
+                    f"/admin/products/{product.id}/restock",
+                    headers=admin.headers,
+                    json={"quantity": 1},
+                )
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "1"
+            assert (await client.get(f"/products/{product.id}")).json()["stock"] == product.stock
+
+
+async def test_prepared_statements_can_be_turned_off_for_a_pooling_proxy(
+    database_url: str,
+) -> None:
+    app = create_app(test_settings(database_url=database_url, database_prepared_statements=False))
+    async with LifespanManager(app):
+        resources: Resources = app.state.resources
+        product = await make_product(resources)
+        alice = await make_user(resources)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
+            for _ in range(8):  # psycopg would prepare by itself after 5 runs
+                assert (await client.get(f"/products/{product.id}")).status_code == 200
+                placed = await client.post(
+                    "/orders",
+                    headers=alice.headers,
+                    json={"lines": [{"product_id": product.id, "quantity": 1}]},
+                )
+                assert placed.status_code == 201
+        prepared = await fetch_driver_setting(
+            resources.db,
+            "SELECT count(*)::text AS prepared, '' AS nothing FROM pg_prepared_statements",
+        )
+        assert prepared[0] == "0"
+
+
+async def test_the_fast_path_compiles_its_sql_with_a_connected_dialect(
+    database_url: str, resources: Resources
+) -> None:
+    await make_product(resources, name="Blue kettle")
+    db = make_database(database_url)
+    await db.open()
+    try:
+        # Compiled from a dialect that has not met the server, the search's SQL came out
+        # wrong on some SQLAlchemy versions (500 on every call).
+        assert db.primary.dialect.server_version_info is not None
+        found = await catalog.list_products(db, text="kettle", limit=5, offset=0)
+        assert [p.name for p in found.items] == ["Blue kettle"]
+        assert db.primary.dialect.server_version_info is not None
+    finally:
+        await db.dispose()
+
+
+async def test_a_shipment_that_keeps_changing_gives_up_with_409_not_a_hang(
+    client: httpx.AsyncClient, resources: Resources
+) -> None:
+    admin = await make_user(resources, role=Role.ADMIN)
+    alice = await make_user(resources)
+    product = await make_product(resources)
+    placed = await client.post(
+        "/orders",
+        headers=alice.headers,
+        json={"lines": [{"product_id": product.id, "quantity": 1}]},
+    )
+    shipment = (
+        await client.get(f"/orders/{placed.json()['id']}/shipment", headers=alice.headers)
+    ).json()
+    # A trigger that silently skips every update: each compare-and-set round is lost, as if
+    # another move won it.
+    async with resources.db.write() as conn:
+        await conn.execute(
+            text(
+                "CREATE FUNCTION skip_update() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RETURN NULL; END $$"
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER skip_shipment_update BEFORE UPDATE ON shipment "
+                "FOR EACH ROW EXECUTE FUNCTION skip_update()"
+            )
+        )
+    try:
+        response = await asyncio.wait_for(
+            client.post(
+                f"/admin/shipments/{shipment['id']}/advance",
+                headers=admin.headers,
+                json={"to": "packed"},
+            ),
+            timeout=30,
+        )
+        assert response.status_code == 409
+        assert "retry" in response.json()["detail"]
+    finally:
+        async with resources.db.write() as conn:
+            await conn.execute(text("DROP TRIGGER skip_shipment_update ON shipment"))
+            await conn.execute(text("DROP FUNCTION skip_update()"))
