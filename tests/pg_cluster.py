@@ -69,6 +69,14 @@ class Cluster:
     port: int
 
     @property
+    def options(self) -> str:
+        """The server's options: loopback only, its socket in its folder, no durability."""
+        return (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+
+    @property
     def data(self) -> Path:
         return self.root / "data"
 
@@ -88,6 +96,15 @@ class Cluster:
         return _as_server_user(
             [str(self.bindir / "pg_ctl"), "-D", str(self.data), *args], timeout=timeout
         )
+
+    def start(self) -> None:
+        begun = self.pg_ctl("start", "-w", "-l", str(self.root / "server.log"), "-o", self.options)
+        assert begun.returncode == 0, begun.stdout + begun.stderr + _log(self.root)
+
+    def stop(self) -> None:
+        """`pg_ctl stop -m fast`: the port refuses connections until `start`."""
+        done = self.pg_ctl("stop", "-m", "fast", "-w")
+        assert done.returncode == 0, done.stdout + done.stderr
 
     def restart(self) -> None:
         """`pg_ctl restart -m fast`: every client connection is closed by the server."""
@@ -149,13 +166,8 @@ def private_cluster() -> Iterator[Cluster]:
             ]
         )
         assert made.returncode == 0, made.stdout + made.stderr
-        options = (
-            f"-p {cluster.port} -c listen_addresses=127.0.0.1 -k {root} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
         started = True
-        begun = cluster.pg_ctl("start", "-w", "-l", str(root / "server.log"), "-o", options)
-        assert begun.returncode == 0, begun.stdout + begun.stderr + _log(root)
+        cluster.start()
         yield cluster
     finally:
         if started:

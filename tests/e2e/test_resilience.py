@@ -304,6 +304,42 @@ async def test_a_database_restart_costs_the_in_process_app_no_request_once_postg
     assert_no_request_lost_once_back(await restart_under_traffic(in_process_client, cluster))
 
 
+async def test_a_database_down_at_start_is_tolerated_and_the_shop_is_ready_once_it_answers(
+    cluster: pg_cluster.Cluster, restartable_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await asyncio.to_thread(cluster.stop)
+    try:
+        settings = test_settings(database_url=restartable_database, database_pool_timeout_s=1)
+        app = create_app(settings)
+        with caplog.at_level(logging.WARNING):
+            async with LifespanManager(app):
+                transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+                async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                    assert (await client.get("/healthz")).status_code == 200
+                    assert (await client.get("/readyz")).status_code == 503
+                    assert (await client.get("/products/1")).status_code == 503
+
+                    await asyncio.to_thread(cluster.start)
+                    back = await asyncio.to_thread(cluster.wait_ready)
+                    while (await client.get("/readyz")).status_code != 200:
+                        assert time.monotonic() - back < 5, "not ready 5 s after PostgreSQL was"
+                        await asyncio.sleep(0.05)
+                    headers = await sign_in(client)
+                    product = await client.get("/products", params={"limit": 1})
+                    assert product.status_code == 200, product.text
+                    product_id = product.json()["items"][0]["id"]
+                    assert (await client.get(f"/products/{product_id}")).status_code == 200
+                    line = {"product_id": product_id, "quantity": 1}
+                    order = await client.post("/orders", headers=headers, json={"lines": [line]})
+                    assert order.status_code == 201, order.text
+    finally:
+        if not cluster.is_ready():
+            await asyncio.to_thread(cluster.start)
+    assert any("unreachable at start" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
+
+
 # --- 2. SIGTERM drains ---------------------------------------------------------------------
 
 
