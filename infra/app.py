@@ -6,6 +6,11 @@ Context (all optional; `cdk deploy -c key=value`):
   shop:mail_sender   SES sender address for stage 7 (default orders@example.com)
   shop:stages        comma-separated stage numbers or names to synthesize (default: all)
   shop:region        region to deploy to (default: $CDK_DEFAULT_REGION, else us-east-1)
+  shop:alarm_email   an e-mail address subscribed to the stage's alarm topic (SNS asks it to
+                     confirm the subscription first)
+  shop:ami           {region: AMI id} of Amazon Linux 2023, pinned per region (cdk.json holds
+                     us-east-1's); a region without one fails at synth with the command that
+                     looks the current one up
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ def main() -> None:
             stage=each,
             hosted_zone=zone,
             mail_sender=app.node.try_get_context("shop:mail_sender") or "orders@example.com",
+            alarm_email=app.node.try_get_context("shop:alarm_email"),
             env=env,
         )
     add_checks(app)

@@ -71,7 +71,9 @@ def line_items(stage: Stage, *, at_max: bool = False) -> list[Item]:
     secrets = 2  # JWT key and database credentials
     alarms = 1  # web CPU
     if stage.load_balanced:
-        alarms += 2
+        alarms += 3  # p95 latency, the app's 5xx, the load balancer's own 5xx
+    if stage.edge:
+        alarms += 1  # CloudFront 5xx rate (us-east-1, the table's region)
     if stage.database:
         db = stage.database
         copies = 2 if db.multi_az else 1

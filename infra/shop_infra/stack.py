@@ -36,20 +36,25 @@ from constructs import Construct
 
 from .constructs.cache import Cache
 from .constructs.compute import (
-    WEB_COMMAND,
     WORKER_COMMAND,
     ContainerTier,
     instances,
     scaling_group,
+    web_command,
 )
 from .constructs.database import Database
 from .constructs.edge import Edge
 from .constructs.load_balancer import LoadBalancer
 from .constructs.network import Network
-from .constructs.observability import Observability, metric, worst
+from .constructs.observability import Observability, add_cost_tag, metric, worst
 from .constructs.queue import OrderQueue
 from .nag import acknowledge
-from .stages import GRACEFUL_SHUTDOWN_S, Stage
+from .stages import (
+    GRACEFUL_SHUTDOWN_S,
+    HTTP_KEEPALIVE_S,
+    LOAD_BALANCER_IDLE_TIMEOUT_S,
+    Stage,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_EXCLUDES = [
@@ -112,6 +117,7 @@ class ShopStack(Stack):
         image_directory: Path = REPO_ROOT,
         hosted_zone: str | None = None,
         mail_sender: str = "orders@example.com",
+        alarm_email: str | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(
@@ -121,6 +127,7 @@ class ShopStack(Stack):
             **kwargs,  # type: ignore[arg-type]
         )
         self.stage = stage
+        add_cost_tag(self, stage.name)  # every taggable resource says which stage it is
         network = Network(self, "Network", nat_gateways=stage.nat_gateways)
         vpc = network.vpc
         image = ecr_assets.DockerImageAsset(
@@ -143,6 +150,9 @@ class ShopStack(Stack):
             "SHOP_AWS_REGION": Aws.REGION,
             "SHOP_JWT_SECRET_ARN": jwt_secret.secret_arn,
             "SHOP_GRACEFUL_SHUTDOWN_S": str(GRACEFUL_SHUTDOWN_S),
+            # Above the load balancer's idle timeout, so that the load balancer closes idle
+            # connections first (else a request racing the app's close is answered 502).
+            "SHOP_HTTP_KEEPALIVE_S": str(HTTP_KEEPALIVE_S),
         }
         secrets: list[secretsmanager.ISecret] = [jwt_secret]
 
@@ -244,6 +254,10 @@ class ShopStack(Stack):
                 else ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC),
                 certificate=None if stage.edge else certificate,
             )
+            # Explicit, and derived with the app's keep-alive from one constant (stages.py).
+            load_balancer.alb.set_attribute(
+                "idle_timeout.timeout_seconds", str(LOAD_BALANCER_IDLE_TIMEOUT_S)
+            )
         edge = None
         if stage.edge:
             assert load_balancer is not None and logs_bucket is not None
@@ -272,7 +286,7 @@ class ShopStack(Stack):
             vpc=vpc,
             repository=image.repository,
             environment=env,
-            command=WEB_COMMAND,
+            command=web_command(stage.fleet.workers),
             publish=True,
             on_box_secret=on_box_secret,
         )
@@ -282,7 +296,10 @@ class ShopStack(Stack):
             queue.queue.grant_send_messages(web.role)
         fleet = stage.fleet
         observability = Observability(
-            self, "Observability", title=f"Shop stage {stage.number}: {stage.name}"
+            self,
+            "Observability",
+            title=f"Shop stage {stage.number}: {stage.name}",
+            alarm_email=alarm_email,
         )
         web_cpu = []
         target_url: str
@@ -452,6 +469,8 @@ class ShopStack(Stack):
             cache=cache,
             queue=queue,
         )
+        if edge is not None:
+            observability.edge(edge.distribution)
         CfnOutput(
             self,
             "TargetUrl",
@@ -616,8 +635,13 @@ class ShopStack(Stack):
             errors = alb.http_code_target(
                 elbv2.HttpCodeTarget.TARGET_5XX_COUNT, period=Duration.minutes(1)
             )
+            # The load balancer's own 5xx (502: a target closed the connection; 503: no healthy
+            # target; 504: a target too slow) are not in the targets' count.
+            balancer_errors = alb.http_code_elb(
+                elbv2.HttpCodeElb.ELB_5XX_COUNT, period=Duration.minutes(1)
+            )
             observability.graph("Requests / min", [alb.request_count(period=Duration.minutes(1))])
-            observability.graph("Latency p95 (s) and 5xx", [p95, errors])
+            observability.graph("Latency p95 (s) and 5xx", [p95, errors, balancer_errors])
             observability.alarm(
                 "LatencyHigh",
                 p95,
@@ -629,6 +653,13 @@ class ShopStack(Stack):
                 errors,
                 threshold=10,
                 description="The app answers 5xx (10 or more a minute).",
+            )
+            observability.alarm(
+                "LoadBalancerErrors",
+                balancer_errors,
+                threshold=10,
+                description="The load balancer itself answers 5xx (10 or more a minute): "
+                "targets closing connections, none healthy, or too slow.",
             )
         if database is not None:
             primary = database.primary

@@ -16,6 +16,41 @@ balancer's deregistration delay is set to the same figure."""
 APP_PORT = 8000
 """Port the app's container listens on (the container contract)."""
 
+LOAD_BALANCER_IDLE_TIMEOUT_S = 60
+"""Seconds the load balancer keeps an idle connection to a target open (its idle timeout)."""
+
+HTTP_KEEPALIVE_S = LOAD_BALANCER_IDLE_TIMEOUT_S + 15
+"""Seconds the app keeps an idle keep-alive connection open (SHOP_HTTP_KEEPALIVE_S).
+
+Longer than the load balancer's idle timeout, so that the load balancer, not the app, closes an
+idle connection: if the app closed first, a request the load balancer sends on that connection
+at the same moment is answered with a 502."""
+
+VCPUS: dict[str, int] = {
+    "c7i.large": 2,
+    "c7i.xlarge": 4,
+    "c7i.2xlarge": 8,
+    "m7i.large": 2,
+    "m7i.xlarge": 4,
+    "m7i.2xlarge": 8,
+    "t3.micro": 2,
+    "t3.small": 2,
+    "t3.medium": 2,
+}
+"""vCPUs per EC2 instance type (AWS's published figures). The app runs one process per vCPU, so
+an instance type missing here is refused rather than given a guess."""
+
+
+def vcpus(instance_type: str) -> int:
+    """vCPUs of `instance_type`; raises ValueError for a type the catalog does not know."""
+    try:
+        return VCPUS[instance_type]
+    except KeyError:
+        raise ValueError(
+            f"unknown instance type {instance_type!r}: add its vCPU count to VCPUS in "
+            "infra/shop_infra/stages.py (the app runs one process per vCPU)"
+        ) from None
+
 
 @dataclass(frozen=True, kw_only=True)
 class Fleet:
@@ -24,16 +59,19 @@ class Fleet:
     instance_type: str
     min_size: int
     max_size: int
-    requests_per_target_per_minute: int | None = None
-    """Target tracking set point on ALBRequestCountPerTarget; None for a fixed group."""
+    requests_per_worker_per_minute: int | None = None
+    """Requests a minute one app process is expected to serve at the target utilisation; the
+    set point of target tracking on ALBRequestCountPerTarget is this times the processes per
+    instance. None for a fixed group."""
     blue_green: bool = False
     """Two colours (target groups and groups of instances) behind one weighted listener."""
     volume_gib: int = 20
 
     def __post_init__(self) -> None:
+        vcpus(self.instance_type)
         if not 1 <= self.min_size <= self.max_size:
             raise ValueError("a fleet needs 1 <= min_size <= max_size")
-        if self.auto_scaling != (self.requests_per_target_per_minute is not None):
+        if self.auto_scaling != (self.requests_per_worker_per_minute is not None):
             raise ValueError("a scaling fleet needs a target, a fixed one must not have one")
         if self.blue_green and not self.auto_scaling:
             raise ValueError("blue/green is built on Auto Scaling groups")
@@ -41,6 +79,18 @@ class Fleet:
     @property
     def auto_scaling(self) -> bool:
         return self.max_size > self.min_size
+
+    @property
+    def workers(self) -> int:
+        """App processes per instance: one per vCPU, so the app can use the whole instance."""
+        return vcpus(self.instance_type)
+
+    @property
+    def requests_per_target_per_minute(self) -> int | None:
+        """The target tracking set point per instance: every process at its expected rate."""
+        if self.requests_per_worker_per_minute is None:
+            return None
+        return self.requests_per_worker_per_minute * self.workers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +124,9 @@ class Workers:
     max_size: int
     messages_per_instance: int = 100
     """Visible messages per worker above which one more worker is added."""
+
+    def __post_init__(self) -> None:
+        vcpus(self.instance_type)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,7 +230,8 @@ _AUTO_SCALING = replace(
         instance_type=_APP,
         min_size=2,
         max_size=8,
-        requests_per_target_per_minute=15_000,
+        # 15,000 a minute was the set point of one process per instance; each process keeps it.
+        requests_per_worker_per_minute=15_000,
         blue_green=True,
     ),
     nat_gateways=2,

@@ -41,7 +41,7 @@ def test_stages_are_immutable_and_keyword_only():
 
 def test_a_fixed_fleet_cannot_carry_a_scaling_target():
     with pytest.raises(ValueError, match="target"):
-        Fleet(instance_type="c7i.large", min_size=2, max_size=2, requests_per_target_per_minute=1)
+        Fleet(instance_type="c7i.large", min_size=2, max_size=2, requests_per_worker_per_minute=1)
 
 
 def test_only_a_single_box_may_keep_its_database_on_the_instance():

@@ -32,14 +32,15 @@ EXPECTED = {
         "AWS::EC2::SecurityGroup": 1,  # the load balancer's
         "AWS::EC2::SecurityGroupIngress": 1,  # app port from the load balancer only
         "AWS::EC2::SecurityGroupEgress": 1,  # load balancer to the app port only
-        "AWS::EC2::Instance": 1,  # 1 -> 2 instances
+        "AWS::EC2::Instance": 1,  # 1 -> 2 instances, ...
+        "AWS::EC2::LaunchTemplate": 1,  # ... each booted from its launch template
         "AWS::S3::Bucket": 1,  # access logs ...
         "AWS::S3::BucketPolicy": 1,
         "Custom::S3AutoDeleteObjects": 1,  # ... emptied on destroy
         "AWS::Lambda::Function": 1,
         "AWS::IAM::Role": 1,
         "AWS::IAM::InstanceProfile": 1,
-        "AWS::CloudWatch::Alarm": 2,  # latency p95, 5xx
+        "AWS::CloudWatch::Alarm": 3,  # latency p95, the app's 5xx, the load balancer's 5xx
         **VPC_WITH_A_NAT_GATEWAY,
     },
     "3 horizontal -> 4 read-replicas: read replicas": {
@@ -66,12 +67,11 @@ EXPECTED = {
         "AWS::S3::BucketPolicy": 1,
         "Custom::S3AutoDeleteObjects": 1,
         "AWS::DynamoDB::Table": 1,
-        "AWS::CloudWatch::Alarm": 1,  # cache engine CPU
+        "AWS::CloudWatch::Alarm": 2,  # cache engine CPU, CloudFront 5xx (us-east-1 only)
     },
     "5 cache-cdn -> 6 auto-scaling: let the fleet follow demand": {
-        "AWS::EC2::Instance": -2,  # the fixed group goes, ...
-        "AWS::AutoScaling::AutoScalingGroup": 2,  # ... blue and green groups come, ...
-        "AWS::EC2::LaunchTemplate": 2,  # ... each from its launch template
+        "AWS::EC2::Instance": -2,  # the fixed group goes, blue and green groups come (each
+        "AWS::AutoScaling::AutoScalingGroup": 2,  # from a launch template, as the instances were)
         "AWS::AutoScaling::ScalingPolicy": 2,  # target tracking on requests per target
         "AWS::ElasticLoadBalancingV2::TargetGroup": 1,  # one per colour
         "AWS::CloudWatch::Alarm": 1,  # fleet at its maximum

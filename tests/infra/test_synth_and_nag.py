@@ -21,9 +21,10 @@ def test_every_stage_synthesizes_to_a_template(assembly: Path):
 
 
 def test_cdk_nag_aws_solutions_passes_on_every_stage(assembly: Path):
-    # The synth raises on an unacknowledged finding; a clean run leaves an empty report.
+    # The synth raises on an unacknowledged finding; a clean run leaves no violation in the
+    # report (a plugin whose only findings were acknowledged still lists itself).
     report = json.loads((assembly / "validation-report.json").read_text())
-    assert report["pluginReports"] == []
+    assert [v for plugin in report["pluginReports"] for v in plugin["violations"]] == []
 
 
 def test_the_nag_checks_do_fail_a_stack_that_breaks_a_rule(tmp_path: Path):
@@ -54,7 +55,8 @@ def test_every_acknowledgement_names_one_aws_solutions_rule_with_a_reason():
         keywords = {kw.arg: kw.value for kw in call.keywords}
         assert set(keywords) == {"id", "reason"}, ast.unparse(call)
         rule = ast.unparse(keywords["id"])
-        assert "AwsSolutions-" in rule, rule
+        # AwsSolutions (cdk-nag), or one of the CloudFormation Validate plugin's (W9010: pinned AMI)
+        assert "AwsSolutions-" in rule or rule == "'CloudFormation-Validate::W9010'", rule
         reason = ast.unparse(keywords["reason"])
         assert len(reason) > 80, f"{rule}: give a reason a reviewer would accept"
 

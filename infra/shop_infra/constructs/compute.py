@@ -4,14 +4,30 @@ A `ContainerTier` is what every instance of one tier shares (role, security grou
 boot script); the tier is then placed as one box, a fixed group of instances, or Auto Scaling
 groups. Nothing listens on port 22 and there is no key pair: shell access is SSM Session Manager.
 Every instance requires IMDSv2 with a hop limit of 2 (see `_metadata_options`).
+
+Deploys wait for health: every instance and Auto Scaling group has a creation policy (and every
+group a rolling update) that waits for the boot script's `cfn-signal`. The boot script retries
+each step that reaches the network, signals success only once the app answers `/healthz` on the
+instance, and signals failure from its exit trap on any error.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
-from aws_cdk import Aws, Duration, RemovalPolicy
+from aws_cdk import (
+    Aws,
+    CfnCreationPolicy,
+    CfnMapping,
+    CfnResource,
+    CfnResourceSignal,
+    Duration,
+    RemovalPolicy,
+    Stack,
+    Token,
+)
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
@@ -21,13 +37,80 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from ..nag import acknowledge
-from ..stages import GRACEFUL_SHUTDOWN_S
+from ..stages import APP_PORT, GRACEFUL_SHUTDOWN_S
 
 HOST_PORT = 80
 """The host port the container's port 8000 is published on (the box's URL, the ALB target)."""
 
-WEB_COMMAND = 'sh -c "shop migrate && exec shop serve --host 0.0.0.0 --port 8000"'
 WORKER_COMMAND = "shop worker"
+"""Stage 7's queue consumer. `shop worker` is built by a later issue: until then the worker
+container exits at once, systemd gives up restarting it, and the instance reports itself
+unhealthy so that its group replaces it (see `HEALTH_REPORT`)."""
+
+BOOT_TIMEOUT = Duration.minutes(15)
+"""How long CloudFormation waits for an instance's signal: docker install, image pull,
+migrations and the first `/healthz` take 3 to 5 minutes; the rest is room for retries."""
+
+BOOT_ATTEMPTS = 5
+"""Attempts of each boot step that reaches the network, 5, 10, 20 and 40 s apart."""
+
+HEALTH_CHECKS = 60
+HEALTH_CHECK_INTERVAL_S = 5
+"""The boot script polls `/healthz` this often, this many seconds apart, before giving up."""
+
+CRASH_LOOP_BURST = 5
+CRASH_LOOP_WINDOW_S = 600
+"""systemd stops restarting a container that exits this many times within this window; an
+instance in a group then reports itself unhealthy."""
+
+LOG_BUFFER = "4m"
+"""Docker's in-memory log buffer per container (non-blocking mode): if CloudWatch Logs is slow
+or unreachable, lines beyond it are dropped instead of blocking the app's writes to stdout."""
+
+AMI_CONTEXT_KEY = "shop:ami"
+AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+"""The public SSM parameter that names the current Amazon Linux 2023 AMI of a region."""
+
+
+def web_command(workers: int) -> str:
+    """Migrate, then serve with `workers` processes (one per vCPU of the instance)."""
+    return f'sh -c "shop migrate && exec shop serve --host 0.0.0.0 --port 8000 --workers {workers}"'
+
+
+def pinned_machine_image(scope: Construct) -> ec2.IMachineImage:
+    """The AMI pinned for the stack's region in context `shop:ami` ({region: ami-id}).
+
+    A pinned image changes only when someone moves the pin, so a deploy never replaces instances
+    because AWS published a new AMI. Raises ValueError, saying how to pin one, when the region
+    has none.
+    """
+    region = Stack.of(scope).region
+    if Token.is_unresolved(region):
+        raise ValueError("the stack needs an explicit region to pick its pinned AMI")
+    pins = scope.node.try_get_context(AMI_CONTEXT_KEY) or {}
+    if isinstance(pins, str):  # -c shop:ami='{"eu-west-1": "ami-..."}' arrives as a string
+        pins = json.loads(pins)
+    ami = pins.get(region)
+    if not ami:
+        raise ValueError(
+            f"no AMI pinned for region {region} (context {AMI_CONTEXT_KEY!r} has "
+            f"{sorted(pins) or 'none'}). Look up the current Amazon Linux 2023 AMI with\n"
+            f"  aws ssm get-parameters --names {AMI_PARAMETER} --region {region} "
+            "--query 'Parameters[0].Value' --output text\n"
+            f'and add "{region}": "<ami id>" under "{AMI_CONTEXT_KEY}" in infra/cdk.json '
+            f'(or pass -c \'{AMI_CONTEXT_KEY}={{"{region}": "<ami id>"}}\').'
+        )
+    # A mapping of every pinned region rather than the bare id: the template then says where
+    # its AMIs come from, and fails plainly if deployed to a region that has none.
+    stack = Stack.of(scope)
+    mapping = stack.node.try_find_child("PinnedAmi")
+    if not isinstance(mapping, CfnMapping):
+        mapping = CfnMapping(
+            stack, "PinnedAmi", mapping={name: {"ami": pins[name]} for name in sorted(pins)}
+        )
+    return ec2.MachineImage.generic_linux({region: mapping.find_in_map(Aws.REGION, "ami")})
+
+
 POSTGRES_IMAGE = "public.ecr.aws/docker/library/postgres:17"
 REDIS_IMAGE = "public.ecr.aws/docker/library/redis:7"
 
@@ -52,6 +135,7 @@ class ContainerTier(Construct):
         self._command = command
         self._publish = publish
         self._on_box_secret = on_box_secret
+        self.machine_image = pinned_machine_image(self)
         self.security_group = ec2.SecurityGroup(
             self,
             "SecurityGroup",
@@ -89,80 +173,239 @@ class ContainerTier(Construct):
             self.role,
             id="AwsSolutions-IAM5[Resource::*]",
             reason="ecr:GetAuthorizationToken only exists on resource '*' (the registry login); "
-            "the image pull itself is limited to the one asset repository.",
+            "the image pull itself is limited to the one asset repository. A worker's "
+            "autoscaling:SetInstanceHealth is on '*' too, but only for the group that carries "
+            "this stack's id and the group's logical id as CloudFormation tags: the group's ARN "
+            "holds a generated id, and naming it would make the role depend on the group.",
         )
 
-    def user_data(self, image_uri: str) -> ec2.UserData:
-        """The boot script: install docker, pull the image, run it under systemd."""
+    def boot(
+        self,
+        user_data: ec2.UserData,
+        *,
+        image_uri: str,
+        signal: CfnResource,
+        report_health: bool,
+    ) -> None:
+        """Write the boot script into `user_data`: docker, the image, the app under systemd.
+
+        `signal` is the resource whose creation policy (or rolling update) waits for this
+        instance. With `report_health`, a container that keeps crashing makes the instance
+        report itself unhealthy to its Auto Scaling group (there is no load balancer health
+        check to notice it), and so does a failed boot.
+        """
         region = Aws.REGION
+        resource = Stack.of(self).get_logical_id(signal)
         env_file = "\n".join(f"{key}={value}" for key, value in self._environment.items())
-        publish = f"-p {HOST_PORT}:8000 " if self._publish else ""
-        name = "shop"
         lines = [
             "set -euo pipefail",
-            "dnf install -y docker",
-            "systemctl enable --now docker",
+            "# Each step that reaches the network is retried with backoff; CloudFormation hears",
+            "# success only once the app is healthy here, and failure from the exit trap.",
+            'export PATH="$PATH:/opt/aws/bin"',
+            "# Empty on an instance; the tests walk this script with files under a scratch folder.",
+            'ROOT="${SHOP_BOOT_ROOT:-}"',
+            f"REGION='{region}'",
+            f"STACK='{Aws.STACK_NAME}'",
+            f"RESOURCE='{resource}'",
             f"IMAGE='{image_uri}'",
-            f"aws ecr get-login-password --region {region}"
-            ' | docker login --username AWS --password-stdin "${IMAGE%%/*}"',
-            'docker pull "$IMAGE"',
-            "docker network create shop || true",
-            "install -d -m 0700 /etc/shop",
+            "STEP=start",
+            _SIGNAL,
+            _on_exit(report_health),
+            "trap on_exit EXIT",
+            _RETRY,
+            _WAIT_UNTIL,
+        ]
+        if report_health:
+            lines += [
+                "STEP='install the health report'",
+                'install -d "$ROOT/usr/local/sbin" "$ROOT/etc/systemd/system"',
+                f"cat > \"$ROOT/usr/local/sbin/shop-health\" <<'HEALTH'\n"
+                f"{_health_report(region)}\nHEALTH",
+                'chmod 0755 "$ROOT/usr/local/sbin/shop-health"',
+                f"cat > \"$ROOT/etc/systemd/system/shop-health.service\" <<'UNIT'\n"
+                f"{_HEALTH_SERVICE}\nUNIT",
+                f"cat > \"$ROOT/etc/systemd/system/shop-health.timer\" <<'UNIT'\n"
+                f"{_HEALTH_TIMER}\nUNIT",
+            ]
+        lines += [
+            "STEP='install docker'",
+            "retry dnf install -y docker aws-cfn-bootstrap",
+            "retry systemctl enable --now docker",
+            "STEP='pull the app image'",
+            "ecr_login() {",
+            '  aws ecr get-login-password --region "$REGION" \\',
+            '    | docker login --username AWS --password-stdin "${IMAGE%%/*}"',
+            "}",
+            "retry ecr_login",
+            'retry docker pull "$IMAGE"',
+            "docker network inspect shop >/dev/null 2>&1 || docker network create shop",
+            "STEP='write the configuration'",
+            'install -d -m 0700 "$ROOT/etc/shop"',
             # Addresses and secret ARNs only: no password is ever in this file.
-            f"cat > /etc/shop/app.env <<'ENV'\n{env_file}\nENV",
-            "chmod 0600 /etc/shop/app.env",
+            f"cat > \"$ROOT/etc/shop/app.env\" <<'ENV'\n{env_file}\nENV",
+            'chmod 0600 "$ROOT/etc/shop/app.env"',
         ]
         if self._on_box_secret is not None:
-            lines += self._on_box_data(region, self._on_box_secret.secret_arn)
-        unit = f"""[Unit]
+            lines += self._on_box_data(self._on_box_secret.secret_arn)
+        lines += [
+            "STEP='start the app'",
+            'install -d "$ROOT/etc/systemd/system"',
+            f"cat > \"$ROOT/etc/systemd/system/shop.service\" <<'UNIT'\n"
+            f"{self._unit(image_uri, crash_loop_limit=report_health)}\nUNIT",
+            "systemctl daemon-reload",
+            "systemctl enable --now shop",
+        ]
+        if report_health:
+            lines.append("systemctl enable --now shop-health.timer")
+        if self._publish:
+            lines += [
+                "STEP='wait for /healthz'",
+                f"wait_until {HEALTH_CHECKS} {HEALTH_CHECK_INTERVAL_S} "
+                f"curl -fsS --max-time 2 -o /dev/null http://127.0.0.1:{HOST_PORT}/healthz",
+            ]
+        else:
+            # A queue worker has no HTTP port; the later issue that builds `shop worker`
+            # should give it a liveness probe and wait for it here.
+            lines += ["STEP='start the worker'", "systemctl is-active --quiet shop"]
+        lines += ['echo "boot: healthy; signalling success"', "signal 0"]
+        user_data.add_commands(*lines)
+
+    def _unit(self, image_uri: str, *, crash_loop_limit: bool) -> str:
+        region = Aws.REGION
+        name = "shop"
+        publish = f"-p {HOST_PORT}:{APP_PORT} " if self._publish else ""
+        limit = (
+            f"StartLimitIntervalSec={CRASH_LOOP_WINDOW_S}\nStartLimitBurst={CRASH_LOOP_BURST}\n"
+            if crash_loop_limit
+            else ""
+        )
+        return f"""[Unit]
 Description=shop {self.node.id.lower()} container
 After=docker.service network-online.target
 Requires=docker.service
-[Service]
+{limit}[Service]
 Restart=always
 RestartSec=5
 ExecStartPre=-/usr/bin/docker rm -f {name}
 ExecStart=/usr/bin/docker run --rm --name {name} --network shop --env-file /etc/shop/app.env \
 {publish}--log-driver awslogs --log-opt awslogs-region={region} \
 --log-opt awslogs-group={self.log_group.log_group_name} --log-opt awslogs-stream=%H \
+--log-opt mode=non-blocking --log-opt max-buffer-size={LOG_BUFFER} \
 --stop-timeout {GRACEFUL_SHUTDOWN_S + 5} {image_uri} {self._command}
 ExecStop=/usr/bin/docker stop {name}
 TimeoutStopSec={GRACEFUL_SHUTDOWN_S + 15}
 [Install]
 WantedBy=multi-user.target"""
-        lines += [
-            f"cat > /etc/systemd/system/shop.service <<'UNIT'\n{unit}\nUNIT",
-            "systemctl daemon-reload",
-            "systemctl enable --now shop",
-        ]
-        user_data = ec2.UserData.for_linux()
-        user_data.add_commands(*lines)
-        return user_data
 
     @staticmethod
-    def _on_box_data(region: str, secret_arn: str) -> list[str]:
+    def _on_box_data(secret_arn: str) -> list[str]:
         """Stage 1: PostgreSQL and Redis as containers on the same box, on the private network.
 
         The PostgreSQL password is read from Secrets Manager into a root-owned file mounted
         into the database container, so it is in no template, user data or environment.
         """
         return [
-            "install -m 0400 -o 999 -g 999 /dev/null /etc/shop/pgpass",
-            f"aws secretsmanager get-secret-value --region {region} --secret-id '{secret_arn}'"
-            " --query SecretString --output text"
-            ' | python3 -c \'import json,sys; print(json.load(sys.stdin)["password"], end="")\''
-            " > /etc/shop/pgpass",
+            "STEP='start PostgreSQL and Redis'",
+            'install -m 0400 -o 999 -g 999 /dev/null "$ROOT/etc/shop/pgpass"',
+            "database_password() {",
+            f"  aws secretsmanager get-secret-value --region \"$REGION\" --secret-id '{secret_arn}'"
+            " --query SecretString --output text \\",
+            '    | python3 -c \'import json,sys; print(json.load(sys.stdin)["password"], end="")\''
+            ' > "$ROOT/etc/shop/pgpass"',
+            "}",
+            "retry database_password",
+            f"retry docker pull {POSTGRES_IMAGE}",
+            f"retry docker pull {REDIS_IMAGE}",
             "docker run -d --name postgres --network shop --restart always"
             " -v pgdata:/var/lib/postgresql/data -v /etc/shop/pgpass:/run/secrets/pgpass:ro"
             " -e POSTGRES_USER=shop -e POSTGRES_DB=shop"
             f" -e POSTGRES_PASSWORD_FILE=/run/secrets/pgpass {POSTGRES_IMAGE}",
             "docker run -d --name redis --network shop --restart always"
             f" {REDIS_IMAGE} redis-server --save '' --appendonly no",
-            "until docker exec postgres pg_isready -U shop; do sleep 2; done",
+            "wait_until 30 2 docker exec postgres pg_isready -U shop",
         ]
 
     def grant(self, statement: iam.PolicyStatement) -> None:
         self.role.add_to_principal_policy(statement)
+
+
+_SIGNAL = """signal() {  # signal 0 | EXIT-CODE: tell CloudFormation if this instance is healthy
+  cfn-signal --stack "$STACK" --resource "$RESOURCE" --region "$REGION" --exit-code "$1" \\
+    || echo "boot: cfn-signal failed (no deploy waits for this instance?)" >&2
+}"""
+
+
+def _on_exit(report_health: bool) -> str:
+    report = '\n  "$ROOT/usr/local/sbin/shop-health" --boot-failed || true' if report_health else ""
+    return f"""on_exit() {{  # any failure (set -e) ends here: signal it, with the step that failed
+  local status=$?
+  if [ "$status" -eq 0 ]; then return 0; fi
+  echo "boot: failed to $STEP (exit $status); signalling failure" >&2
+  signal "$status"{report}
+}}"""
+
+
+_RETRY = f"""retry() {{  # retry COMMAND...: {BOOT_ATTEMPTS} attempts at most, 5, 10, 20, 40 s apart
+  local attempt=1 delay=5
+  until "$@"; do
+    if [ "$attempt" -ge {BOOT_ATTEMPTS} ]; then
+      echo "boot: '$*' failed $attempt times; giving up" >&2
+      return 1
+    fi
+    echo "boot: '$*' failed (attempt $attempt of {BOOT_ATTEMPTS}); again in $delay s" >&2
+    sleep "$delay"
+    attempt=$((attempt + 1))
+    delay=$((delay * 2))
+  done
+}}"""
+
+_WAIT_UNTIL = """wait_until() {  # wait_until TRIES SECONDS COMMAND...: poll until COMMAND succeeds
+  local tries=$1 interval=$2 try
+  shift 2
+  for ((try = 1; try <= tries; try++)); do
+    if "$@"; then return 0; fi
+    sleep "$interval"
+  done
+  echo "boot: '$*' did not succeed in $tries tries, $interval s apart" >&2
+  return 1
+}"""
+
+
+def _health_report(region: str) -> str:
+    """/usr/local/sbin/shop-health: report this instance unhealthy to its Auto Scaling group."""
+    return f"""#!/bin/bash
+# Run every minute by shop-health.timer. Once systemd has given up restarting the container
+# ({CRASH_LOOP_BURST} exits within {CRASH_LOOP_WINDOW_S} s), report this instance unhealthy:
+# its Auto Scaling group then replaces it. The boot script runs it with --boot-failed.
+set -euo pipefail
+reason="the shop container keeps crashing"
+if [ "${{1:-}}" = --boot-failed ]; then
+  reason="its boot failed"
+elif ! systemctl is-failed --quiet shop; then
+  exit 0
+fi
+token=$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \\
+  http://169.254.169.254/latest/api/token)
+instance=$(curl -fsS -H "X-aws-ec2-metadata-token: $token" \\
+  http://169.254.169.254/latest/meta-data/instance-id)
+echo "shop-health: reporting $instance unhealthy: $reason" >&2
+aws autoscaling set-instance-health --region '{region}' --instance-id "$instance" \\
+  --health-status Unhealthy --no-should-respect-grace-period"""
+
+
+_HEALTH_SERVICE = """[Unit]
+Description=Report this instance unhealthy when the shop container keeps crashing
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/shop-health"""
+
+_HEALTH_TIMER = """[Unit]
+Description=Check the shop container every minute
+[Timer]
+OnBootSec=2min
+OnUnitActiveSec=1min
+[Install]
+WantedBy=timers.target"""
 
 
 def _metadata_options(
@@ -206,20 +449,50 @@ def instances(
     chosen = vpc.select_subnets(subnet_type=subnets.subnet_type).subnets
     created = []
     for index in range(count):
+        # The boot script lives in a launch template, not in the instance's UserData: a new
+        # script makes a new template version, and a new version replaces the instance (as a
+        # changed UserData would not: it only runs at first boot). The instance keeps its
+        # logical id, which the script names in its cfn-signal. (`user_data_causes_replacement`
+        # would rename the instance after a hash of the script, so the script could not name it.)
+        user_data = ec2.UserData.for_linux()
+        boot = ec2.LaunchTemplate(
+            scope,
+            f"Instance{index + 1}Boot",
+            user_data=user_data,
+            **_metadata_options(ec2.LaunchTemplateHttpTokens),
+        )
         instance = ec2.Instance(
             scope,
             f"Instance{index + 1}",
             vpc=vpc,
             vpc_subnets=ec2.SubnetSelection(subnets=[chosen[index % len(chosen)]]),
             instance_type=ec2.InstanceType(instance_type),
-            machine_image=ec2.MachineImage.latest_amazon_linux2023(),
+            machine_image=tier.machine_image,
             role=tier.role,
             security_group=tier.security_group,
-            user_data=tier.user_data(image_uri),
-            user_data_causes_replacement=True,
+            user_data_causes_replacement=False,
             **_metadata_options(ec2.HttpTokens),
             detailed_monitoring=True,
             block_devices=[_root_volume(volume_gib)],
+            propagate_tags_to_volume_on_creation=True,
+        )
+        instance.instance.add_property_deletion_override("UserData")
+        instance.instance.launch_template = ec2.CfnInstance.LaunchTemplateSpecificationProperty(
+            launch_template_id=boot.launch_template_id,
+            version=boot.latest_version_number,
+        )
+        # A replaced instance (new image, new boot script) must answer /healthz before the
+        # deploy goes on and the old one is deleted.
+        instance.instance.cfn_options.creation_policy = CfnCreationPolicy(
+            resource_signal=CfnResourceSignal(count=1, timeout=BOOT_TIMEOUT.to_iso_string())
+        )
+        tier.boot(user_data, image_uri=image_uri, signal=instance.instance, report_health=False)
+        acknowledge(
+            instance,
+            id="CloudFormation-Validate::W9010",
+            reason="The AMI is pinned per region on purpose (context shop:ami, moved forward by "
+            "hand, see README): a deploy must not replace instances because AWS published an "
+            "image. The template takes it from a mapping; this check resolves the mapping.",
         )
         acknowledge(
             instance,
@@ -245,15 +518,22 @@ def scaling_group(
     image_uri: str,
     elb_health_check: bool,
 ) -> autoscaling.AutoScalingGroup:
-    """An Auto Scaling group over the subnets' AZs, from a launch template."""
+    """An Auto Scaling group over the subnets' AZs, from a launch template.
+
+    Creation waits for a success signal from min_size instances, and a rolling update replaces
+    one instance at a time, each new one signalling before the next is replaced. Without the
+    load balancer's health check (`elb_health_check=False`), instances report themselves
+    unhealthy when their container keeps crashing.
+    """
+    user_data = ec2.UserData.for_linux()
     template = ec2.LaunchTemplate(
         scope,
         f"{id}Template",
         instance_type=ec2.InstanceType(instance_type),
-        machine_image=ec2.MachineImage.latest_amazon_linux2023(),
+        machine_image=tier.machine_image,
         role=tier.role,
         security_group=tier.security_group,
-        user_data=tier.user_data(image_uri),
+        user_data=user_data,
         **_metadata_options(ec2.LaunchTemplateHttpTokens),
         detailed_monitoring=True,
         block_devices=[_root_volume(volume_gib)],
@@ -278,10 +558,33 @@ def scaling_group(
         cooldown=Duration.minutes(3),
         default_instance_warmup=Duration.minutes(3),
         group_metrics=[autoscaling.GroupMetrics.all()],
+        signals=autoscaling.Signals.wait_for_min_capacity(timeout=BOOT_TIMEOUT),
         update_policy=autoscaling.UpdatePolicy.rolling_update(
-            max_batch_size=1, min_instances_in_service=1
+            max_batch_size=1,
+            min_instances_in_service=1,
+            wait_on_resource_signals=True,
+            pause_time=BOOT_TIMEOUT,
         ),
     )
+    resource = group.node.default_child
+    assert isinstance(resource, CfnResource)
+    report_health = not elb_health_check
+    tier.boot(user_data, image_uri=image_uri, signal=resource, report_health=report_health)
+    if report_health:
+        tier.grant(
+            iam.PolicyStatement(
+                actions=["autoscaling:SetInstanceHealth"],
+                resources=["*"],
+                conditions={
+                    "StringEquals": {
+                        "autoscaling:ResourceTag/aws:cloudformation:stack-id": Aws.STACK_ID,
+                        "autoscaling:ResourceTag/aws:cloudformation:logical-id": Stack.of(
+                            scope
+                        ).get_logical_id(resource),
+                    }
+                },
+            )
+        )
     acknowledge(
         group,
         id="AwsSolutions-AS3",
