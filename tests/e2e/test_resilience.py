@@ -1,8 +1,8 @@
 """The shop under the failures operators meet: a database restart, a SIGTERM from the
 orchestrator, and a database that is not the one the shop needs.
 
-The restart tests run against a private PostgreSQL cluster (tests/pg_cluster.py): the shared
-server on 5432 is never restarted. The other tests use the shared server or the embedded file.
+The PostgreSQL tests run against a private cluster (tests/pg_cluster.py), which they stop and
+restart: the shared server on 5432 is never touched. The SIGTERM tests use the embedded file.
 """
 
 from __future__ import annotations
@@ -130,6 +130,16 @@ async def seed_for_traffic(database_url: str) -> None:
         )
     finally:
         await close_resources(resources)
+
+
+@asynccontextmanager
+async def in_process(database_url: str, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan, in this process; an unhandled error is a 500, as in uvicorn."""
+    app = create_app(test_settings(database_url=database_url, **settings))
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
+            yield client
 
 
 async def sign_in(client: httpx.AsyncClient) -> dict[str, str]:
@@ -289,19 +299,12 @@ async def test_a_database_restart_costs_the_server_no_request_once_postgres_is_b
     assert_no_request_lost_once_back(run, server.output())
 
 
-@pytest.fixture
-async def in_process_client(restartable_database: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(test_settings(database_url=restartable_database))
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
-            yield client
-
-
 async def test_a_database_restart_costs_the_in_process_app_no_request_once_postgres_is_back(
-    cluster: pg_cluster.Cluster, in_process_client: httpx.AsyncClient
+    cluster: pg_cluster.Cluster, restartable_database: str
 ) -> None:
-    assert_no_request_lost_once_back(await restart_under_traffic(in_process_client, cluster))
+    async with in_process(restartable_database) as client:
+        run = await restart_under_traffic(client, cluster)
+    assert_no_request_lost_once_back(run)
 
 
 async def test_a_database_down_at_start_is_tolerated_and_the_shop_is_ready_once_it_answers(
@@ -309,35 +312,30 @@ async def test_a_database_down_at_start_is_tolerated_and_the_shop_is_ready_once_
 ) -> None:
     await asyncio.to_thread(cluster.stop)
     try:
-        settings = test_settings(database_url=restartable_database, database_pool_timeout_s=1)
-        app = create_app(settings)
         with caplog.at_level(logging.WARNING):
-            async with LifespanManager(app):
-                transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-                async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                    assert (await client.get("/healthz")).status_code == 200
-                    assert (await client.get("/readyz")).status_code == 503
-                    assert (await client.get("/products/1")).status_code == 503
+            async with in_process(restartable_database, database_pool_timeout_s=1) as client:
+                assert (await client.get("/healthz")).status_code == 200
+                assert (await client.get("/readyz")).status_code == 503
+                assert (await client.get("/products/1")).status_code == 503
 
-                    await asyncio.to_thread(cluster.start)
-                    back = await asyncio.to_thread(cluster.wait_ready)
-                    while (await client.get("/readyz")).status_code != 200:
-                        assert time.monotonic() - back < 5, "not ready 5 s after PostgreSQL was"
-                        await asyncio.sleep(0.05)
-                    headers = await sign_in(client)
-                    product = await client.get("/products", params={"limit": 1})
-                    assert product.status_code == 200, product.text
-                    product_id = product.json()["items"][0]["id"]
-                    assert (await client.get(f"/products/{product_id}")).status_code == 200
-                    line = {"product_id": product_id, "quantity": 1}
-                    order = await client.post("/orders", headers=headers, json={"lines": [line]})
-                    assert order.status_code == 201, order.text
+                await asyncio.to_thread(cluster.start)
+                back = await asyncio.to_thread(cluster.wait_ready)
+                while (await client.get("/readyz")).status_code != 200:
+                    assert time.monotonic() - back < 5, "not ready 5 s after PostgreSQL was"
+                    await asyncio.sleep(0.05)
+                headers = await sign_in(client)
+                product = await client.get("/products", params={"limit": 1})
+                assert product.status_code == 200, product.text
+                product_id = product.json()["items"][0]["id"]
+                assert (await client.get(f"/products/{product_id}")).status_code == 200
+                line = {"product_id": product_id, "quantity": 1}
+                order = await client.post("/orders", headers=headers, json={"lines": [line]})
+                assert order.status_code == 201, order.text
     finally:
         if not cluster.is_ready():
             await asyncio.to_thread(cluster.start)
-    assert any("unreachable at start" in r.getMessage() for r in caplog.records), [
-        r.getMessage() for r in caplog.records
-    ]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("unreachable at start" in message for message in warned), warned
 
 
 # --- 2. SIGTERM drains ---------------------------------------------------------------------
@@ -496,33 +494,39 @@ def test_serve_on_a_database_not_at_the_latest_migration_refuses_and_names_shop_
     assert "no shop schema" in results[0].stderr
 
 
+def test_serve_on_a_configured_database_without_a_real_jwt_secret_refuses_naming_it(
+    tmp_path: Path,
+) -> None:
+    # The published default secret is for a local shop on its embedded file only.
+    url = f"postgresql://postgres@127.0.0.1:{pg_cluster.free_port()}/nowhere"
+    [result] = refused_serves(tmp_path, {"SHOP_DATABASE_URL": url})
+
+    assert result.returncode != 0
+    assert "SHOP_JWT_SECRET" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 async def test_a_table_dropped_after_start_answers_500_with_a_log_line_naming_it_not_503(
     empty_database: Callable[[], str], caplog: pytest.LogCaptureFixture
 ) -> None:
     url = empty_database()
     await asyncio.to_thread(runner.upgrade, url)
     await seed_for_traffic(url)
-    app = create_app(test_settings(database_url=url))
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
-            headers = await sign_in(client)
-            product_id = (await client.get("/products")).json()["items"][0]["id"]
-            order = await client.post(
-                "/orders",
-                headers=headers,
-                json={"lines": [{"product_id": product_id, "quantity": 1}]},
-            )
-            assert order.status_code == 201, order.text
-            tracked = f"/orders/{order.json()['id']}/shipment"
-            assert (await client.get(tracked, headers=headers)).status_code == 200
+    async with in_process(url) as client:
+        headers = await sign_in(client)
+        product_id = (await client.get("/products")).json()["items"][0]["id"]
+        line = {"product_id": product_id, "quantity": 1}
+        order = await client.post("/orders", headers=headers, json={"lines": [line]})
+        assert order.status_code == 201, order.text
+        tracked = f"/orders/{order.json()['id']}/shipment"
+        assert (await client.get(tracked, headers=headers)).status_code == 200
 
-            libpq = url.replace("postgresql+psycopg://", "postgresql://", 1)
-            async with await psycopg.AsyncConnection.connect(libpq, autocommit=True) as admin:
-                await admin.execute("DROP TABLE shipment_event CASCADE")
+        libpq = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        async with await psycopg.AsyncConnection.connect(libpq, autocommit=True) as admin:
+            await admin.execute("DROP TABLE shipment_event CASCADE")
 
-            with caplog.at_level(logging.INFO):
-                answer = await client.get(tracked, headers=headers)
+        with caplog.at_level(logging.INFO):
+            answer = await client.get(tracked, headers=headers)
 
     assert answer.status_code == 500, answer.text
     assert "retry" not in answer.text
