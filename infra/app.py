@@ -15,7 +15,10 @@ Context (all optional; `cdk deploy -c key=value`):
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
+from typing import Any
 
 import aws_cdk as cdk
 from shop_infra.nag import add_checks
@@ -23,8 +26,20 @@ from shop_infra.stack import DEFAULT_REGION, ShopStack
 from shop_infra.stages import STAGES, stage
 
 
+def _context_without_the_cli() -> dict[str, Any]:
+    """cdk.json's context (feature flags, the pinned AMIs) when app.py runs without the CDK CLI.
+
+    The CLI passes cdk.json's context in CDK_CONTEXT_JSON; `python app.py` alone would otherwise
+    synthesize without the feature flags and without any pinned AMI.
+    """
+    if "CDK_CONTEXT_JSON" in os.environ:
+        return {}
+    settings = json.loads((Path(__file__).resolve().parent / "cdk.json").read_text())
+    return dict(settings.get("context", {}))
+
+
 def main() -> None:
-    app = cdk.App()
+    app = cdk.App(context=_context_without_the_cli())
     zone = app.node.try_get_context("shop:hosted_zone")
     wanted = app.node.try_get_context("shop:stages")
     chosen = [stage(key.strip()) for key in wanted.split(",")] if wanted else list(STAGES)
