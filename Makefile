@@ -8,7 +8,7 @@ APP_STAMP := $(VENV)/.installed-app
 PORT ?= 8000
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: install run test lint types contracts compose-check unit integration synth bench clean
+.PHONY: install run test test-lowest lint types contracts compose-check unit integration synth bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,5 +57,16 @@ synth: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench
 
+## test-lowest: the app's suite (unit, integration, e2e) on the lowest versions pyproject.toml allows
+LOWEST := .venv-lowest
+test-lowest: $(STAMP)
+	rm -rf $(LOWEST)
+	$(BIN)/uv venv -q --seed -p $(PYTHON) $(LOWEST)
+	VIRTUAL_ENV=$(LOWEST) $(BIN)/uv pip install -q --resolution lowest-direct -e .
+	VIRTUAL_ENV=$(LOWEST) $(BIN)/uv pip freeze -q --exclude-editable > $(LOWEST)/lowest.txt
+	@echo "lowest allowed versions:" && grep -i -E '^(fastapi|starlette|uvicorn|sqlalchemy|psycopg|alembic|pydantic-settings|redis|pyjwt|argon2-cffi|boto3|aiosqlite)==' $(LOWEST)/lowest.txt | tr '\n' ' ' && echo
+	VIRTUAL_ENV=$(LOWEST) $(BIN)/uv pip install -q -e '.[dev,infra]' -c $(LOWEST)/lowest.txt
+	$(LOWEST)/bin/pytest -p no:cacheprovider tests/unit tests/integration tests/e2e
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache cdk.out infra/cdk.out shop.db shop.db-*
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .mypy_cache .ruff_cache cdk.out infra/cdk.out shop.db shop.db-*

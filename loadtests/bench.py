@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import statistics
@@ -94,6 +95,7 @@ def shop_env(url: str) -> dict[str, str]:
     env.update(
         SHOP_DATABASE_URL=url,
         SHOP_ENV="local",
+        SHOP_JWT_SECRET="bench-only-" + secrets.token_hex(24),
         SHOP_DATABASE_POOL_SIZE="20",
         SHOP_PASSWORD_TIME_COST="1",
     )
