@@ -210,6 +210,19 @@ def test_every_boot_script_signals_the_resource_whose_policy_waits_for_it(synthe
         assert signalled == logical_id
         policy = resources[signalled]["CreationPolicy"]["ResourceSignal"]
         assert policy["Timeout"] == "PT15M"
+        # CloudFormation evaluates no intrinsic function in a creation policy.
+        assert isinstance(policy["Count"], int) and policy["Count"] >= 1
+
+
+@pytest.mark.parametrize(
+    "each", [s for s in STAGES if s.fleet.auto_scaling], ids=lambda s: s.stack_id
+)
+def test_rolling_updates_replace_one_instance_at_a_time_and_wait_for_its_signal(synthesized, each):
+    for group in synthesized[each.number].resources("AWS::AutoScaling::AutoScalingGroup").values():
+        rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
+        assert rolling["WaitOnResourceSignals"] is True
+        assert rolling["PauseTime"] == "PT15M"
+        assert rolling["MaxBatchSize"] == 1 and rolling["MinInstancesInService"] >= 1
 
 
 def test_the_single_box_starts_its_own_database_with_the_password_from_secrets_manager(

@@ -558,7 +558,12 @@ def scaling_group(
         cooldown=Duration.minutes(3),
         default_instance_warmup=Duration.minutes(3),
         group_metrics=[autoscaling.GroupMetrics.all()],
-        signals=autoscaling.Signals.wait_for_min_capacity(timeout=BOOT_TIMEOUT),
+        # CloudFormation takes no intrinsic function in a creation policy, so a minimum that is
+        # one (blue/green: Fn::If on the live colour) waits for the first healthy instance.
+        # Rolling updates wait for every instance they replace, whatever this count.
+        signals=autoscaling.Signals.wait_for_count(1, timeout=BOOT_TIMEOUT)
+        if Token.is_unresolved(min_size)
+        else autoscaling.Signals.wait_for_min_capacity(timeout=BOOT_TIMEOUT),
         update_policy=autoscaling.UpdatePolicy.rolling_update(
             max_batch_size=1,
             min_instances_in_service=1,
