@@ -42,10 +42,13 @@ from ..stages import APP_PORT, GRACEFUL_SHUTDOWN_S
 HOST_PORT = 80
 """The host port the container's port 8000 is published on (the box's URL, the ALB target)."""
 
+POSTGRES_IMAGE = "public.ecr.aws/docker/library/postgres:17"
+REDIS_IMAGE = "public.ecr.aws/docker/library/redis:7"
+
 WORKER_COMMAND = "shop worker"
 """Stage 7's queue consumer. `shop worker` is built by a later issue: until then the worker
 container exits at once, systemd gives up restarting it, and the instance reports itself
-unhealthy so that its group replaces it (see `HEALTH_REPORT`)."""
+unhealthy so that its group replaces it (see `_health_report`)."""
 
 BOOT_TIMEOUT = Duration.minutes(15)
 """How long CloudFormation waits for an instance's signal: docker install, image pull,
@@ -109,10 +112,6 @@ def pinned_machine_image(scope: Construct) -> ec2.IMachineImage:
             stack, "PinnedAmi", mapping={name: {"ami": pins[name]} for name in sorted(pins)}
         )
     return ec2.MachineImage.generic_linux({region: mapping.find_in_map(Aws.REGION, "ami")})
-
-
-POSTGRES_IMAGE = "public.ecr.aws/docker/library/postgres:17"
-REDIS_IMAGE = "public.ecr.aws/docker/library/redis:7"
 
 
 class ContainerTier(Construct):
