@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from shop_infra.constructs.network import AZS, INTERFACE_ENDPOINTS
 from shop_infra.stages import STAGES, Stage
 
 REGION = "us-east-1"
@@ -28,6 +29,7 @@ RDS_PER_HOUR = {"m7g.large": 0.168}  # PostgreSQL, single-AZ; Multi-AZ (one stan
 ELASTICACHE_PER_HOUR = {"m7g.large": 0.158}
 ALB_PER_HOUR = 0.0225
 NAT_PER_HOUR = 0.045
+INTERFACE_ENDPOINT_PER_AZ_HOUR = 0.01  # gateway endpoints (S3, DynamoDB) are free
 PUBLIC_IPV4_PER_HOUR = 0.005
 EBS_GP3_PER_GB_MONTH = 0.08
 RDS_GP3_PER_GB_MONTH = 0.115
@@ -66,6 +68,13 @@ def line_items(stage: Stage, *, at_max: bool = False) -> list[Item]:
     items.append(Item(f"{public_ips} x public IPv4", public_ips * PUBLIC_IPV4_PER_HOUR))
     if stage.nat_gateways:
         items.append(Item(f"{stage.nat_gateways} x NAT gateway", stage.nat_gateways * NAT_PER_HOUR))
+        # Built with the NAT gateway (network.py): they take image pulls and logs off it.
+        items.append(
+            Item(
+                f"{len(INTERFACE_ENDPOINTS)} VPC interface endpoints x {AZS} AZs",
+                len(INTERFACE_ENDPOINTS) * AZS * INTERFACE_ENDPOINT_PER_AZ_HOUR,
+            )
+        )
     if stage.load_balanced:
         items.append(Item("Application Load Balancer", ALB_PER_HOUR))
     secrets = 2  # JWT key and database credentials

@@ -14,6 +14,9 @@ VPC_WITH_A_NAT_GATEWAY = {
     "AWS::EC2::RouteTable": 2,
     "AWS::EC2::SubnetRouteTableAssociation": 2,
     "AWS::EC2::Route": 2,
+    # What the instances reach without it: S3 and DynamoDB (gateways), ECR api and docker,
+    # CloudWatch Logs, Secrets Manager and SSM (interfaces, sharing one security group).
+    "AWS::EC2::VPCEndpoint": 7,
 }
 
 EXPECTED = {
@@ -29,7 +32,7 @@ EXPECTED = {
         "AWS::ElasticLoadBalancingV2::LoadBalancer": 1,
         "AWS::ElasticLoadBalancingV2::Listener": 1,
         "AWS::ElasticLoadBalancingV2::TargetGroup": 1,
-        "AWS::EC2::SecurityGroup": 1,  # the load balancer's
+        "AWS::EC2::SecurityGroup": 2,  # the load balancer's, the VPC endpoints'
         "AWS::EC2::SecurityGroupIngress": 1,  # app port from the load balancer only
         "AWS::EC2::SecurityGroupEgress": 1,  # load balancer to the app port only
         "AWS::EC2::Instance": 1,  # 1 -> 2 instances, ...

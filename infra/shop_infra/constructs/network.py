@@ -1,11 +1,41 @@
-"""The VPC: 2 AZs, public / private-with-egress / isolated subnets, flow logs."""
+"""The VPC: 2 AZs, public / private-with-egress / isolated subnets, endpoints, flow logs.
+
+Where there is a NAT gateway (stages 3+), the instances reach the AWS services they use to boot
+and serve through VPC endpoints instead: ECR (api and docker), CloudWatch Logs, Secrets Manager
+and SSM as interface endpoints, S3 (image layers, Amazon Linux packages, the assets bucket) and
+DynamoDB (carts) as free gateway endpoints. That takes image pulls and logs off the NAT
+gateway's per-GB charge, and keeps the instances of an AZ serving when the AZ that holds the
+single NAT gateway of stages 3 to 5 is lost.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from constructs import Construct
+
+AZS = 2
+CIDR = "10.0.0.0/16"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    service: ec2.InterfaceVpcEndpointAwsService
+    why: str
+
+
+INTERFACE_ENDPOINTS = (
+    Endpoint("EcrApi", ec2.InterfaceVpcEndpointAwsService.ECR, "registry login"),
+    Endpoint("EcrDocker", ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER, "image manifests"),
+    Endpoint("Logs", ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS, "container logs"),
+    Endpoint("SecretsManager", ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER, "secrets"),
+    Endpoint("Ssm", ec2.InterfaceVpcEndpointAwsService.SSM, "SSM agent"),
+)
+"""One endpoint network interface per AZ each: the cost table counts them (cost.py)."""
 
 
 class Network(Construct):
@@ -29,11 +59,13 @@ class Network(Construct):
         self.vpc = ec2.Vpc(
             self,
             "Vpc",
-            ip_addresses=ec2.IpAddresses.cidr("10.0.0.0/16"),
-            max_azs=2,
+            ip_addresses=ec2.IpAddresses.cidr(CIDR),
+            max_azs=AZS,
             nat_gateways=nat_gateways,
             subnet_configuration=subnets,
         )
+        if nat_gateways:
+            self._endpoints()
         flow_logs = logs.LogGroup(
             self,
             "FlowLogs",
@@ -45,6 +77,33 @@ class Network(Construct):
             destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs),
             traffic_type=ec2.FlowLogTrafficType.REJECT,
         )
+
+    def _endpoints(self) -> None:
+        app = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+        for service, id in (
+            (ec2.GatewayVpcEndpointAwsService.S3, "S3"),
+            (ec2.GatewayVpcEndpointAwsService.DYNAMODB, "DynamoDb"),
+        ):
+            self.vpc.add_gateway_endpoint(id, service=service, subnets=[app])
+        # HTTPS from inside the VPC only (the CIDR as a literal, which cdk-nag can check).
+        security_group = ec2.SecurityGroup(
+            self,
+            "EndpointsSecurityGroup",
+            vpc=self.vpc,
+            description="VPC interface endpoints: HTTPS from inside the VPC only",
+            allow_all_outbound=False,
+        )
+        security_group.add_ingress_rule(ec2.Peer.ipv4(CIDR), ec2.Port.tcp(443), "HTTPS")
+        for endpoint in INTERFACE_ENDPOINTS:
+            # Private DNS: the SDKs and the docker daemon use the usual names, unchanged.
+            self.vpc.add_interface_endpoint(
+                endpoint.id,
+                service=endpoint.service,
+                subnets=app,
+                private_dns_enabled=True,
+                security_groups=[security_group],
+                open=False,
+            )
 
     @property
     def app_subnets(self) -> ec2.SubnetSelection:
