@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import getpass
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
+from types import FrameType
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -46,6 +48,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     settings = _settings()
+    # uvicorn hands the stop signal back to this handler once it has shut down; a requested
+    # stop is a clean exit (0), and a SIGTERM before uvicorn starts still stops the command.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     if args.migrate:
         cmd_migrate(args)
     _preflight(settings)
@@ -63,6 +68,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
         access_log=args.access_log,
     )
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _preflight(settings: Settings) -> None:
