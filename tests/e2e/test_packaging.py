@@ -6,6 +6,9 @@ compose file is also validated against the compose specification by `make test`.
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -72,3 +75,40 @@ def test_compose_starts_the_app_only_after_its_dependencies_are_ready() -> None:
     assert "--reload" in services["app"]["command"]
     assert "shop migrate" in " ".join(services["migrate"]["command"])
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def _runtime_environment_and_command() -> tuple[dict[str, str], list[str]]:
+    """The ENV and CMD of the Dockerfile's last stage, as the container would get them."""
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    runtime = dockerfile.split("AS runtime", 1)[1]
+    env: dict[str, str] = {}
+    command: list[str] = []
+    for line in runtime.splitlines():
+        if line.startswith("ENV "):
+            env.update(pair.split("=", 1) for pair in shlex.split(line[4:]))
+        elif line.startswith("CMD "):
+            command = json.loads(line[4:])
+    return env, command
+
+
+def test_the_image_run_as_shipped_refuses_the_published_jwt_key(tmp_path: Path) -> None:
+    """The image's own environment and command, with nothing added: it must not serve with
+    the development key that anyone can read in this repository."""
+    image_env, command = _runtime_environment_and_command()
+    assert image_env["SHOP_ENV"] == "production"
+    assert command[:2] == ["shop", "serve"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
+    env.update({k: v for k, v in image_env.items() if k.startswith("SHOP_")}, HOME=str(tmp_path))
+    shop = str(Path(sys.executable).parent / "shop")
+    ran = subprocess.run(
+        [shop, *command[1:], "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode != 0
+    assert "SHOP_JWT_SECRET" in ran.stderr and "published default" in ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert list(tmp_path.iterdir()) == []  # and it made no database on the way
