@@ -10,6 +10,7 @@ tests then read what CloudFormation would have been told, and when.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -378,3 +379,32 @@ def test_no_fake_is_left_unused_by_the_web_boot(synthesized, tmp_path):
     boot = run(script, tmp_path)
     used = {call.split()[0] for call in boot.calls}
     assert used == set(FAKES) - {"sleep"}
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+@pytest.mark.parametrize("number", [1, 3, 7])
+def test_the_units_the_boot_script_writes_are_ones_systemd_accepts(synthesized, tmp_path, number):
+    scripts = boot_scripts(synthesized[number])
+    script = next(v for k, v in scripts.items() if k.startswith(("Instance1", "WorkerGroup")))
+    boot = run(script, tmp_path)
+    units = sorted((boot.root / "etc/systemd/system").iterdir())
+    assert units
+    checked = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *map(str, units)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    # docker is not installed here, and what the script installs is under its scratch root;
+    # everything else systemd would object to is a finding.
+    def installed(line: str) -> bool:
+        command = re.search(r"Command (\S+) is not executable", line)
+        return bool(command) and (boot.root / command[1].lstrip("/")).is_file()
+
+    findings = [
+        line
+        for line in (checked.stdout + checked.stderr).splitlines()
+        if line.strip() and "docker" not in line and not installed(line)
+    ]
+    assert findings == []
