@@ -1,5 +1,10 @@
 """Load off the web tier (stage 5): S3 + CloudFront for static files and cacheable pages,
-and the carts table in DynamoDB."""
+and the carts table in DynamoDB.
+
+CloudFront reaches the (internal) load balancer through a VPC origin, and the load balancer's
+security group admits that origin's interfaces only: the CDN is the one way in, and no request
+or token crosses the internet between CloudFront and the origin.
+"""
 
 from __future__ import annotations
 
