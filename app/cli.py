@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import copy
 import getpass
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
@@ -47,7 +51,15 @@ def _run(work: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    # The server processes read their settings from the environment: pass the flags on.
+    os.environ["SHOP_ACCESS_LOG"] = "true" if args.access_log else "false"
     settings = _settings()
+    workers = args.workers or settings.workers
+    if workers > 1 and not args.reload:
+        # Every worker writes its metrics here and /metrics sums them (a fresh folder per start).
+        metrics_dir = tempfile.mkdtemp(prefix="shop-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
     # uvicorn hands the stop signal back to this handler once it has shut down; a requested
     # stop is a clean exit (0), and a SIGTERM before uvicorn starts still stops the command.
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -59,15 +71,36 @@ def cmd_serve(args: argparse.Namespace) -> None:
         factory=True,
         host=args.host,
         port=args.port,
-        workers=None if args.reload else (args.workers or settings.workers),
+        workers=None if args.reload else workers,
         reload=args.reload,
         reload_dirs=["app"] if args.reload else None,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
         timeout_keep_alive=settings.http_keepalive_s,
         proxy_headers=True,
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
-        access_log=args.access_log,
+        access_log=False,  # the shop logs each request itself, as one JSON line
+        log_config=_log_config(),
     )
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, plus the shop's loggers; request lines are bare JSON on stdout."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["json_line"] = {"format": "%(message)s"}
+    config["handlers"]["json_line"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "json_line",
+        "stream": "ext://sys.stdout",
+    }
+    config["loggers"]["shop"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    config["loggers"]["shop.access"] = {
+        "handlers": ["json_line"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config
 
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager, contextmanager
 from types import FrameType
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -23,6 +23,7 @@ from app.core.db import Database
 from app.core.deps import Resources, ResourcesDep
 from app.core.docs import install_docs
 from app.core.http import BodyLimit, install_error_handlers
+from app.core.observability import Observe, metrics_document, sample_pools
 from app.core.openapi import operation_id
 from app.core.ratelimit import RateLimit
 from app.core.security import LocalTokens, Passwords
@@ -108,6 +109,13 @@ async def close_resources(resources: Resources) -> None:
     await resources.db.dispose()
 
 
+async def sample_pools_forever(resources: Resources, every_s: float = 1.0) -> None:
+    """Keep the pool gauges of this process current (each worker reports its own pools)."""
+    while True:
+        sample_pools(resources.db.pools())
+        await asyncio.sleep(every_s)
+
+
 @contextmanager
 def drain_on_sigterm(resources: Resources, drain_s: float) -> Iterator[None]:
     """On SIGTERM, mark the process as draining at once, and hand the signal to the server
@@ -150,10 +158,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("shop cannot start: %s", exc)
             raise
         app.state.resources = resources
+        sampler = asyncio.create_task(sample_pools_forever(resources)) if settings.metrics else None
         try:
             with drain_on_sigterm(resources, settings.drain_s):
                 yield
         finally:
+            if sampler is not None:
+                sampler.cancel()
             await close_resources(resources)
 
     app = FastAPI(
@@ -168,6 +179,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Outermost, so that its timings and request id cover every answer, a 413 included.
+    app.add_middleware(Observe, metrics=settings.metrics, access_log=settings.access_log)
     for router in (
         catalog_router,
         customers_router,
@@ -176,6 +189,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         delivery_router,
     ):
         app.include_router(router)
+
+    if settings.metrics:
+
+        @app.get("/metrics", tags=["operations"], response_class=Response)
+        async def metrics(res: ResourcesDep) -> Response:
+            """Prometheus metrics of every worker: request latency by route and status,
+            requests in flight, database time per request, pools, cache and replica use.
+            The stacks keep this path off the load balancer."""
+            sample_pools(res.db.pools())
+            document, media_type = metrics_document()
+            return Response(document, media_type=media_type)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.elements import ClauseElement
+
+from app.core.observability import add_time, timed
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -69,6 +72,19 @@ class ConnectionRules:
         return options if self.prepared_statements else {**options, "prepare_threshold": None}
 
 
+def _time_statements(engine: AsyncEngine) -> None:
+    """Count the time of statements SQLAlchemy executes in the request's database time."""
+
+    def before(conn: Any, *_args: Any) -> None:
+        conn.info.setdefault("shop_started", []).append(time.perf_counter())
+
+    def after(conn: Any, *_args: Any) -> None:
+        add_time("db", time.perf_counter() - conn.info["shop_started"].pop())
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    event.listen(engine.sync_engine, "after_cursor_execute", after)
+
+
 def make_engine(
     url: str,
     *,
@@ -86,8 +102,9 @@ def make_engine(
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         if writer:
             event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
+        _time_statements(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
@@ -99,6 +116,8 @@ def make_engine(
         connect_args=rules.driver_options(),
         **options,
     )
+    _time_statements(engine)
+    return engine
 
 
 def _is_disconnect(exc: psycopg.Error) -> bool:
@@ -184,6 +203,17 @@ class Database:
     def dialect(self) -> str:
         return self.primary.dialect.name
 
+    def pools(self) -> dict[str, Any]:
+        """Every connection pool of this process by name, for the metrics."""
+        found: dict[str, Any] = {"primary": self.primary.pool}
+        for number, engine in enumerate(self.replicas, start=1):
+            found[f"replica-{number}"] = engine.pool
+        if not self.replicas:
+            found["reads"] = self._readers[0].pool
+        for number, pool in enumerate(self._fast_pools, start=1):
+            found[f"fast-{number}"] = pool
+        return found
+
     def describe(self) -> str:
         """The primary's address without its password, for messages."""
         return self.primary.url.render_as_string(hide_password=True)
@@ -240,9 +270,10 @@ class Database:
     async def _fetch_fast(
         self, pool: AsyncConnectionPool[Any], sql: str, values: dict[str, Any]
     ) -> list[Mapping[str, Any]]:
-        async with pool.connection() as conn:
-            cursor = await conn.execute(sql, values, prepare=self._prepare)
-            return cast(list[Mapping[str, Any]], await cursor.fetchall())
+        with timed("db"):
+            async with pool.connection() as conn:
+                cursor = await conn.execute(sql, values, prepare=self._prepare)
+                return cast(list[Mapping[str, Any]], await cursor.fetchall())
 
     async def fetch_one(self, stmt: Executable, **params: Any) -> Mapping[str, Any] | None:
         rows = await self.fetch_all(stmt, **params)
@@ -308,10 +339,11 @@ async def run(
     driver = _driver(conn)
     cursor = driver.cursor(row_factory=dict_row)
     # prepare_threshold is None when prepared statements are turned off (ConnectionRules).
-    await cursor.execute(
-        sql, _adapt(params or {}, defaults), prepare=driver.prepare_threshold is not None
-    )
-    return cast(list[Mapping[str, Any]], await cursor.fetchall()) if returns_rows else []
+    with timed("db"):
+        await cursor.execute(
+            sql, _adapt(params or {}, defaults), prepare=driver.prepare_threshold is not None
+        )
+        return cast(list[Mapping[str, Any]], await cursor.fetchall()) if returns_rows else []
 
 
 async def run_many(
@@ -324,7 +356,8 @@ async def run_many(
         await conn.execute(stmt, [dict(r) for r in rows])
         return
     sql, defaults, _ = _compile(stmt, conn.dialect)
-    await _driver(conn).cursor().executemany(sql, [_adapt(r, defaults) for r in rows])
+    with timed("db"):
+        await _driver(conn).cursor().executemany(sql, [_adapt(r, defaults) for r in rows])
 
 
 def named_values(*columns: str) -> dict[str, Any]:

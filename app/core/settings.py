@@ -204,6 +204,12 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, le=64, description="Server processes `shop serve` starts (one per vCPU)."
     )
+    metrics: bool = Field(
+        True, description="Serve Prometheus metrics at /metrics and record them per request."
+    )
+    access_log: bool = Field(
+        True, description="One JSON log line per request (request id, route, status, durations)."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,217 @@
+"""What a load test reads from the shop: Prometheus metrics, a Server-Timing header and one JSON
+log line per request, all keyed by the route template and a request id.
+
+Time spent in the database and in the cache is summed per request in a context variable: the
+code that talks to them wraps each call in `timed("db")` / `timed("cache")`, and the middleware
+turns the sums into the `Server-Timing` header (`app`, `db`, `cache`), the log line and the
+histograms. With several uvicorn workers, Prometheus' multiprocess mode aggregates every
+worker's figures (`shop serve` sets PROMETHEUS_MULTIPROC_DIR to a fresh folder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("shop.access")
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Histogram(
+    "shop_request_duration_seconds",
+    "Time to answer a request, by route template, method and status.",
+    ["route", "method", "status"],
+    buckets=_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    "shop_requests_in_flight",
+    "Requests being answered now.",
+    multiprocess_mode="livesum",
+)
+DB_TIME = Histogram(
+    "shop_request_db_seconds",
+    "Time a request spent waiting on the database, by route template.",
+    ["route"],
+    buckets=_BUCKETS,
+)
+POOL = Gauge(
+    "shop_db_pool_connections",
+    "Connections of the database pools, by pool and state (size, in_use, waiting).",
+    ["pool", "state"],
+    multiprocess_mode="livesum",
+)
+POOL_WAIT = Gauge(
+    "shop_db_pool_wait_seconds_total",
+    "Seconds requests have waited for a free driver-pool connection since the process started.",
+    ["pool"],
+    multiprocess_mode="livesum",
+)
+CACHE = Counter("shop_cache_requests", "Cache look-ups, by result (hit, miss, error).", ["result"])
+READS = Counter(
+    "shop_db_reads", "Reads by the server that answered them (primary, replica-N).", ["target"]
+)
+REPLICA_SKIPS = Counter(
+    "shop_db_replica_skips", "Reads that skipped a replica, by reason (lag, down).", ["reason"]
+)
+
+
+@dataclass(slots=True)
+class Timings:
+    """Seconds a request spent in each resource."""
+
+    spent: dict[str, float] = field(default_factory=dict)
+
+
+_current: ContextVar[Timings | None] = ContextVar("shop_timings", default=None)
+
+
+def add_time(resource: str, seconds: float) -> None:
+    """Add `seconds` to the current request's `resource`, if there is a request."""
+    timings = _current.get()
+    if timings is not None:
+        timings.spent[resource] = timings.spent.get(resource, 0.0) + seconds
+
+
+@contextmanager
+def timed(resource: str) -> Iterator[None]:
+    """Add the time spent in the block to the current request's `resource` (db, cache)."""
+    timings = _current.get()
+    if timings is None:
+        yield
+        return
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - started
+        timings.spent[resource] = timings.spent.get(resource, 0.0) + elapsed
+
+
+def sample_pools(pools: Mapping[str, Any]) -> None:
+    """Record size, connections in use and waiting requests of each pool (SQLAlchemy's queue
+    pools and psycopg's driver pools), by name."""
+    for name, pool in pools.items():
+        if hasattr(pool, "get_stats"):  # psycopg_pool
+            stats = pool.get_stats()
+            size = stats.get("pool_size", 0)
+            in_use = size - stats.get("pool_available", 0)
+            waiting = stats.get("requests_waiting", 0)
+            POOL_WAIT.labels(name).set(stats.get("requests_wait_ms", 0) / 1000)
+        else:  # a SQLAlchemy QueuePool
+            in_use = pool.checkedout()
+            size = pool.size() + max(pool.overflow(), 0)
+            waiting = 0
+        POOL.labels(name, "size").set(size)
+        POOL.labels(name, "in_use").set(in_use)
+        POOL.labels(name, "waiting").set(waiting)
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's X-Request-ID when it is a sane token, else a new one."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _REQUEST_ID.match(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+class Observe:
+    """ASGI middleware: request id, Server-Timing, one JSON log line, request metrics."""
+
+    def __init__(self, app: ASGIApp, *, metrics: bool = True, access_log: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = request_id_from(scope["headers"])
+        timings = Timings()
+        token = _current.set(timings)
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                total_ms = (time.perf_counter() - started) * 1000
+                parts = [f"app;dur={total_ms:.1f}"]
+                parts += [f"{name};dur={s * 1000:.1f}" for name, s in timings.spent.items()]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                    (b"server-timing", ", ".join(parts).encode()),
+                ]
+            await send(message)
+
+        if self.metrics:
+            IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            _current.reset(token)
+            elapsed = time.perf_counter() - started
+            route = _route_template(scope)
+            if self.metrics:
+                IN_FLIGHT.dec()
+                REQUESTS.labels(route, scope["method"], str(status)).observe(elapsed)
+                DB_TIME.labels(route).observe(timings.spent.get("db", 0.0))
+            if self.access_log and log.isEnabledFor(logging.INFO):
+                log.info(
+                    json.dumps(
+                        {
+                            "request_id": request_id,
+                            "method": scope["method"],
+                            "route": route,
+                            "status": status,
+                            "ms": round(elapsed * 1000, 2),
+                            **{f"{k}_ms": round(v * 1000, 2) for k, v in timings.spent.items()},
+                        }
+                    )
+                )
+
+
+def _route_template(scope: Scope) -> str:
+    """`/products/{product_id}`, not `/products/42`: one series per route, not per id."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+def metrics_document() -> tuple[bytes, str]:
+    """The Prometheus exposition of this process, or of every worker in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
