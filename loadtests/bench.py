@@ -1,7 +1,8 @@
 """`make bench`: requests/s of the shop's hot routes beside a bare FastAPI route, one worker.
 
-Both servers run the same way (one uvicorn worker, uvloop + httptools, no access log, pinned to
-CPU 0) and wrk drives them from CPU 1, so the figures that matter are the ratios to the bare
+Every server (the bare app, and the shop as shipped, without metrics, and with the Redis cache)
+runs the same way (one uvicorn worker, uvloop + httptools, no access log, pinned to CPU 0) and
+wrk drives them one at a time from CPU 1, so the figures that matter are the ratios to the bare
 route measured in the same run; absolute numbers move with the machine. Each route gets a
 discarded warm-up, then `--rounds` measured runs interleaved with the bare route; medians count.
 
@@ -33,7 +34,24 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PG = os.environ.get("SHOP_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE = "shop_bench"
-TARGETS = {"product by id": 0.25, "product list (20)": None, "place order": 0.05}
+REDIS = os.environ.get("SHOP_BENCH_REDIS", "redis://127.0.0.1:6379/14")
+SERVERS = {
+    "shop": {},
+    "shop, metrics off": {"SHOP_METRICS": "false"},
+    "shop + Redis": {"SHOP_REDIS_URL": REDIS},
+}
+"""The shop's configurations measured beside the bare route: as shipped, without metrics (to price
+them), and with the Redis cache of stage 5."""
+ROUTES: dict[str, tuple[str, float | None]] = {
+    "product by id": ("shop", 0.25),
+    "product by id, metrics off": ("shop, metrics off", None),
+    "cached product by id": ("shop + Redis", 0.45),
+    "product list (20)": ("shop", None),
+    "my order": ("shop", 0.15),
+    "my orders (20)": ("shop", 0.15),
+    "place order": ("shop", 0.05),
+}
+"""Each route: the server that answers it, and its target as a ratio to the bare route."""
 
 
 @dataclass
@@ -98,6 +116,7 @@ def shop_env(url: str) -> dict[str, str]:
         SHOP_JWT_SECRET="bench-only-" + secrets.token_hex(24),
         SHOP_DATABASE_POOL_SIZE="20",
         SHOP_PASSWORD_TIME_COST="1",
+        SHOP_ACCESS_LOG="false",
     )
     return env
 
@@ -160,14 +179,29 @@ def wrk(binary: str, url: str, script: Path, seconds: int, connections: int) -> 
     return rps, int(bad.group(1)) if bad else 0
 
 
-def scripts(folder: Path, token: str, products: int) -> dict[str, Path]:
+def scripts(folder: Path, token: str, products: int, orders: list[int]) -> dict[str, Path]:
+    by_id = (
+        "math.randomseed(1)\n"
+        "request = function()\n"
+        f'  return wrk.format("GET", "/products/" .. math.random(1, {products}))\n'
+        "end"
+    )
+    signed_in = f'wrk.headers["Authorization"] = "Bearer {token}"\n'
     texts = {
         "bare": 'request = function() return wrk.format("GET", "/bare") end',
-        "product by id": (
-            "math.randomseed(1)\n"
-            "request = function()\n"
-            f'  return wrk.format("GET", "/products/" .. math.random(1, {products}))\n'
-            "end"
+        "product by id": by_id,
+        "product by id, metrics off": by_id,
+        "cached product by id": by_id,
+        "my order": (
+            "math.randomseed(4)\n"
+            + signed_in
+            + f"local ids = {{{', '.join(map(str, orders))}}}\n"
+            + "request = function()\n"
+            + '  return wrk.format("GET", "/orders/" .. ids[math.random(1, #ids)])\n'
+            + "end"
+        ),
+        "my orders (20)": (
+            signed_in + 'request = function() return wrk.format("GET", "/orders?limit=20") end'
         ),
         "product list (20)": (
             "math.randomseed(2)\n"
@@ -194,6 +228,23 @@ def scripts(folder: Path, token: str, products: int) -> dict[str, Path]:
     return paths
 
 
+def spread(values: list[float]) -> str:
+    """The lowest and highest of the measured rounds."""
+    return f"{min(values):.0f}-{max(values):.0f}"
+
+
+def place_orders(base: str, token: str, products: int, count: int = 50) -> list[int]:
+    """A customer's own orders, for the signed-in reads."""
+    ids = []
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as http:
+        for number in range(count):
+            line = {"product_id": 1 + (number * 37) % products, "quantity": 1}
+            placed = http.post("/orders", json={"lines": [line]})
+            placed.raise_for_status()
+            ids.append(int(placed.json()["id"]))
+    return ids
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=8, help="length of each measured run")
@@ -207,18 +258,24 @@ def main() -> None:
     say(f"preparing database {DATABASE} with {args.products} products")
     url = prepare_database(args.products)
     env = shop_env(url)
-    shop_port, bare_port = free_port(), free_port()
-    shop = start("app.main:create_app", shop_port, env, factory=True)
-    bare = start("loadtests.bare:app", bare_port, env, factory=False)
+    bare_port = free_port()
+    ports = {name: free_port() for name in SERVERS}
+    servers = [start("loadtests.bare:app", bare_port, env, factory=False)]
+    servers += [
+        start("app.main:create_app", ports[name], env | extra, factory=True)
+        for name, extra in SERVERS.items()
+    ]
     try:
+        shop_url = f"http://127.0.0.1:{ports['shop']}"
         token = httpx.post(
-            f"http://127.0.0.1:{shop_port}/auth/token",
+            f"{shop_url}/auth/token",
             json={"email": "customer1@example.com", "password": "demo-password-1"},
         ).json()["access_token"]
+        orders = place_orders(shop_url, token, args.products)
         with tempfile.TemporaryDirectory() as tmp:
-            paths = scripts(Path(tmp), token, args.products)
+            paths = scripts(Path(tmp), token, args.products, orders)
             targets = {"bare": f"http://127.0.0.1:{bare_port}"} | {
-                name: f"http://127.0.0.1:{shop_port}" for name in TARGETS
+                name: f"http://127.0.0.1:{ports[server]}" for name, (server, _) in ROUTES.items()
             }
             results: dict[str, list[float]] = {name: [] for name in targets}
             failures: dict[str, int] = dict.fromkeys(targets, 0)
@@ -243,10 +300,10 @@ def main() -> None:
                         results[name].append(rps)
                         failures[name] += bad
     finally:
-        shop.terminate()
-        bare.terminate()
-        shop.wait()
-        bare.wait()
+        for process in servers:
+            process.terminate()
+        for process in servers:
+            process.wait()
 
     bare_rps = statistics.median(results["bare"])
     report = {
@@ -257,10 +314,13 @@ def main() -> None:
         "routes": {},
     }
     print()
-    print(f"{'route':20} {'req/s (median)':>15} {'ratio to bare':>14} {'target':>8}  verdict")
-    print(f"{'bare FastAPI':20} {bare_rps:15.0f} {'1.00':>14}")
+    print(
+        f"{'route':28} {'req/s (median)':>15} {'spread':>13} {'ratio to bare':>14} "
+        f"{'target':>8}  verdict"
+    )
+    print(f"{'bare FastAPI':28} {bare_rps:15.0f} {spread(results['bare']):>13} {'1.00':>14}")
     ok = True
-    for name, target in TARGETS.items():
+    for name, (_, target) in ROUTES.items():
         rps = statistics.median(results[name])
         ratio = rps / bare_rps
         passed = (target is None or ratio >= target) and failures[name] == 0
@@ -273,17 +333,32 @@ def main() -> None:
             else f"{failures[name]} errors"
         )
         target_text = f">= {target:.2f}" if target else "-"
-        print(f"{name:20} {rps:15.0f} {ratio:14.2f} {target_text:>8}  {verdict}")
+        print(
+            f"{name:28} {rps:15.0f} {spread(results[name]):>13} {ratio:14.2f} "
+            f"{target_text:>8}  {verdict}"
+        )
         report["routes"][name] = {
             "rps": rps,
+            "rounds": results[name],
             "ratio": ratio,
             "target": target,
             "non_2xx": failures[name],
         }  # type: ignore[index]
     report["bare_rps"] = bare_rps
+    # What recording metrics costs: the same read with them off, in the same run.
+    priced = statistics.median(results["product by id"]) / statistics.median(
+        results["product by id, metrics off"]
+    )
+    report["metrics_on_vs_off"] = priced
+    cost_ok = priced >= 0.95
+    ok &= cost_ok
+    print(
+        f"\nproduct by id with metrics / without: {priced:.2f} (target >= 0.95)  "
+        + ("ok" if cost_ok else "BELOW TARGET")
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    print(f"\nfigures written to {args.out.relative_to(ROOT)}")
+    print(f"\nfigures written to {args.out}")
     sys.exit(0 if ok else 1)
 
 
