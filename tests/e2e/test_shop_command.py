@@ -117,8 +117,8 @@ def test_a_new_user_can_migrate_seed_serve_and_place_an_order(
 def test_the_server_stops_cleanly_on_sigterm(server: tuple[str, subprocess.Popen[str]]) -> None:
     _, process = server
     process.send_signal(signal.SIGTERM)
-    # uvicorn drains, runs the lifespan shutdown (pools closed), then re-raises the signal.
-    assert process.wait(timeout=15) in (0, -signal.SIGTERM)
+    # uvicorn drains and runs the lifespan shutdown (pools closed); a requested stop exits 0.
+    assert process.wait(timeout=15) == 0
     output = process.stdout.read() if process.stdout else ""
     assert "Application shutdown complete" in output
 
