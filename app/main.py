@@ -26,6 +26,7 @@ from app.core.http import BodyLimit, install_error_handlers
 from app.core.observability import Observe, metrics_document, sample_pools
 from app.core.openapi import operation_id
 from app.core.ratelimit import RateLimit
+from app.core.replicas import PositionTokens, ReadYourWrites
 from app.core.security import LocalTokens, Passwords
 from app.core.settings import Settings
 from app.customers.router import router as customers_router
@@ -65,6 +66,8 @@ async def open_resources(settings: Settings) -> Resources:
         statement_timeout_ms=settings.database_statement_timeout_ms,
         lock_timeout_ms=settings.database_lock_timeout_ms,
         prepared_statements=settings.database_prepared_statements,
+        replica_max_lag_s=settings.database_replica_max_lag_s,
+        replica_check_s=settings.database_replica_check_s,
     )
     try:
         async with db.primary.connect() as conn:
@@ -99,6 +102,7 @@ async def open_resources(settings: Settings) -> Resources:
         accounts=Accounts(db, ttl_s=settings.account_check_s),
         sign_in_limit=RateLimit(name="sign-in", window_s=settings.sign_in_window_s, redis=redis),
         redis=redis,
+        positions=PositionTokens(resolved.jwt_secret) if db.replicas else None,
     )
 
 
@@ -179,6 +183,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Read-your-writes: the request's position from its token, a new token when it wrote.
+    app.add_middleware(ReadYourWrites, tokens=lambda: app.state.resources.positions)
     # Outermost, so that its timings and request id cover every answer, a 413 included.
     app.add_middleware(Observe, metrics=settings.metrics, access_log=settings.access_log)
     for router in (

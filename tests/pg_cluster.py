@@ -1,8 +1,9 @@
-"""A private PostgreSQL server for tests that stop, restart or break it.
+"""A private PostgreSQL server for tests that stop, restart or break it, and its streaming replica.
 
 The shared server on 5432 is everyone's: a test that restarts PostgreSQL gets a cluster of its
 own, made with initdb in a temporary folder owned by the `postgres` user (initdb refuses to
 run as root), on a free port, and stopped and removed when the test ends, even on failure.
+`streaming_replica(primary)` adds a hot standby of it, made with `pg_basebackup -R -X stream`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -67,13 +69,16 @@ class Cluster:
     bindir: Path
     root: Path
     port: int
+    settings: tuple[str, ...] = ()
+    """More `name=value` server settings, e.g. shared_preload_libraries=pg_stat_statements."""
 
     @property
     def options(self) -> str:
         """The server's options: loopback only, its socket in its folder, no durability."""
+        extra = "".join(f" -c {setting}" for setting in self.settings)
         return (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off" + extra
         )
 
     @property
@@ -91,6 +96,13 @@ class Cluster:
         with psycopg.connect(self.libpq_url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def query(self, sql: str, database: str = "postgres") -> Any:
+        """The first column of the first row of `sql` (None without rows), in autocommit."""
+        with psycopg.connect(self.libpq_url(database), autocommit=True, connect_timeout=5) as conn:
+            cursor = conn.execute(sql.encode())
+            row = cursor.fetchone() if cursor.description else None
+        return row[0] if row else None
 
     def pg_ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return _as_server_user(
@@ -137,17 +149,25 @@ def _as_server_user(command: list[str], timeout: float = 60) -> subprocess.Compl
     )
 
 
-@contextmanager
-def private_cluster() -> Iterator[Cluster]:
-    """initdb, start on a free port, yield; then stop (immediate) and remove the folder."""
-    bindir = server_bindir()
-    assert bindir is not None, why_unavailable()
+def _server_folder(prefix: str) -> Path:
     # Not under pytest's tmp_path: its parents are root's alone, and the server user must
     # be able to reach its data folder.
-    root = Path(tempfile.mkdtemp(prefix="shop-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     user = pwd.getpwnam(SERVER_USER)
     os.chown(root, user.pw_uid, user.pw_gid)
-    cluster = Cluster(bindir=bindir, root=root, port=free_port())
+    return root
+
+
+@contextmanager
+def private_cluster(settings: tuple[str, ...] = ()) -> Iterator[Cluster]:
+    """initdb, start on a free port, yield; then stop (immediate) and remove the folder.
+
+    PostgreSQL's defaults already allow streaming replicas of it (wal_level=replica,
+    max_wal_senders=10, and initdb's pg_hba.conf lets 127.0.0.1 replicate with trust)."""
+    bindir = server_bindir()
+    assert bindir is not None, why_unavailable()
+    root = _server_folder("shop-pg-")
+    cluster = Cluster(bindir=bindir, root=root, port=free_port(), settings=settings)
     started = False
     try:
         made = _as_server_user(
@@ -172,6 +192,44 @@ def private_cluster() -> Iterator[Cluster]:
     finally:
         if started:
             cluster.pg_ctl("stop", "-m", "immediate", "-w", timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def streaming_replica(primary: Cluster) -> Iterator[Cluster]:
+    """A hot standby of `primary` on a free port, streaming from it: `pg_basebackup -R -X
+    stream` (-R writes standby.signal and primary_conninfo), then start. Stopped (immediate)
+    and removed at the end. Same server settings as the primary."""
+    root = _server_folder("shop-pg-replica-")
+    replica = Cluster(bindir=primary.bindir, root=root, port=free_port(), settings=primary.settings)
+    basebackup = primary.bindir / "pg_basebackup"
+    started = False
+    try:
+        made = _as_server_user(
+            [
+                str(basebackup) if basebackup.is_file() else "pg_basebackup",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(primary.port),
+                "-U",
+                "postgres",
+                "-D",
+                str(replica.data),
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ]
+        )
+        assert made.returncode == 0, made.stdout + made.stderr
+        started = True
+        replica.start()
+        yield replica
+    finally:
+        if started:
+            replica.pg_ctl("stop", "-m", "immediate", "-w", timeout=30)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -1,8 +1,9 @@
 """Database engines and connections, made in the app's lifespan and handed to services.
 
 `Database.write()` is a transaction on the primary; `Database.read()` is a read-only connection on
-a replica when replicas are configured (stage 4), on the primary otherwise. Services choose which
-one they need; the domains never know whether replicas exist.
+a replica when replicas are configured (stage 4) and one of them may answer this request, on the
+primary otherwise. Services choose which one they need; the domains never know whether replicas
+exist. Which replica may answer (health, lag, the client's own writes) is app/core/replicas.py.
 
 SQLAlchemy builds every statement and the schema. On the hottest paths (a product read, placing
 an order) `fetch_all` and `run` hand SQLAlchemy-compiled constants straight to psycopg, as prepared
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
+import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import psycopg
@@ -30,11 +31,21 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.elements import ClauseElement
 
-from app.core.observability import add_time, timed
+from app.core.observability import READS, REPLICA_SKIPS, add_time, timed
+from app.core.replicas import (
+    PRIMARY_POSITION_SQL,
+    ClientPosition,
+    Replica,
+    ReplicaSet,
+    current_position,
+)
+
+log = logging.getLogger("shop.db")
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -60,13 +71,17 @@ class ConnectionRules:
     statement_timeout_ms: int = 15_000
     lock_timeout_ms: int = 5_000
     prepared_statements: bool = True
+    connect_timeout_s: int | None = None
+    """Give up connecting after this long (libpq's connect_timeout); None: the OS decides."""
 
     def driver_options(self) -> dict[str, Any]:
         """Keyword arguments of psycopg's connect."""
-        options = {
+        options: dict[str, Any] = {
             "options": f"-c statement_timeout={self.statement_timeout_ms} "
             f"-c lock_timeout={self.lock_timeout_ms}"
         }
+        if self.connect_timeout_s is not None:
+            options["connect_timeout"] = self.connect_timeout_s
         # psycopg prepares a statement by itself after 5 runs; a transaction-pooling proxy
         # would then find it missing on the next server connection.
         return options if self.prepared_statements else {**options, "prepare_threshold": None}
@@ -129,8 +144,26 @@ def _is_disconnect(exc: psycopg.Error) -> bool:
     return state is None or state.startswith("08") or state in {"57P01", "57P02", "57P03"}
 
 
+# A replica that cannot hand out a connection this fast, or accept one, is passed over for the
+# primary: a replica's trouble must not hold a customer's request for the whole pool timeout.
+REPLICA_POOL_TIMEOUT_S = 2.0
+REPLICA_CONNECT_TIMEOUT_S = 2
+
+
+def _replica_failure(exc: psycopg.Error) -> bool:
+    """The replica lost the connection (stopped, restarting), or cancelled the statement for a
+    conflict with recovery (SQLSTATE 40001 on a standby): the primary can answer instead."""
+    return _is_disconnect(exc) or exc.sqlstate == "40001"
+
+
 class Database:
-    """The primary engine and the read engines; one per process, made in the lifespan."""
+    """The primary engine and the read engines; one per process, made in the lifespan.
+
+    Reads go to a healthy replica that has replayed the request's position (see
+    app/core/replicas.py), else to the primary. A read that cannot get a connection to its
+    replica, or loses it, is answered by the primary instead, and the replica is skipped until
+    its health check passes again.
+    """
 
     def __init__(
         self,
@@ -143,6 +176,8 @@ class Database:
         statement_timeout_ms: int = 15_000,
         lock_timeout_ms: int = 5_000,
         prepared_statements: bool = True,
+        replica_max_lag_s: float = 5.0,
+        replica_check_s: float = 0.5,
     ) -> None:
         rules = ConnectionRules(
             statement_timeout_ms=statement_timeout_ms,
@@ -160,32 +195,45 @@ class Database:
         self.primary = make_engine(primary_url, **sizes)
         # Reads get engines of their own in autocommit: one round trip per query, no BEGIN or
         # ROLLBACK around it, and no isolation-level reset when a connection goes back to the
-        # pool. They point at the replicas when there are any (stage 4), else at the primary.
-        self.replicas = [
-            make_engine(url, writer=False, autocommit=True, **sizes) for url in replica_urls
-        ]
-        self._readers = self.replicas or [
-            make_engine(primary_url, writer=False, autocommit=True, **sizes)
-        ]
-        self._next_reader: Iterator[AsyncEngine] = itertools.cycle(self._readers)
+        # pool. The primary has one too: it takes the reads no replica may answer.
+        self._primary_reader = make_engine(primary_url, writer=False, autocommit=True, **sizes)
+        postgres = self.dialect == "postgresql"
         # The hottest reads skip SQLAlchemy's execution layer on PostgreSQL: see fetch_all.
-        self._fast_pools: list[AsyncConnectionPool[Any]] = []
-        if self.dialect == "postgresql":
-            self._fast_pools = [
-                AsyncConnectionPool(
-                    _libpq(engine.url.render_as_string(hide_password=False)),
-                    min_size=1,
-                    max_size=pool_size,
-                    timeout=pool_timeout,
-                    kwargs={"autocommit": True, "row_factory": dict_row, **rules.driver_options()},
-                    open=False,
-                )
-                for engine in self._readers
-            ]
-        self._next_fast = itertools.cycle(self._fast_pools) if self._fast_pools else None
+        self._primary_fast = _driver_pool(primary_url, rules, pool_size, pool_timeout)
+        replica_rules = replace(rules, connect_timeout_s=REPLICA_CONNECT_TIMEOUT_S)
+        replica_sizes = {
+            **sizes,
+            "rules": replica_rules,
+            "pool_timeout": min(pool_timeout, REPLICA_POOL_TIMEOUT_S),
+        }
+        replicas = [
+            Replica(
+                name=make_url(url).render_as_string(hide_password=True),
+                url=_libpq(url),
+                engine=make_engine(url, writer=False, autocommit=True, **replica_sizes),
+                pool=_driver_pool(url, replica_rules, pool_size, REPLICA_POOL_TIMEOUT_S),
+            )
+            # Replicas are PostgreSQL streaming replicas; the embedded database has none.
+            for url in (replica_urls if postgres else ())
+        ]
+        self.replicas = ReplicaSet(
+            replicas,
+            primary_url=_libpq(primary_url),
+            max_lag_s=replica_max_lag_s,
+            check_s=replica_check_s,
+            connect_options=rules.driver_options(),
+        )
+        self._fast_pools: list[AsyncConnectionPool[Any]] = [
+            pool for pool in [self._primary_fast, *(r.pool for r in replicas)] if pool is not None
+        ]
+        self._reads_on = {
+            id(r): READS.labels(f"replica-{n}") for n, r in enumerate(replicas, start=1)
+        }
+        self._reads_on_primary = READS.labels("primary")
 
     async def open(self) -> None:
-        """Connect to the primary once and open the driver pools.
+        """Connect to the primary once, open the driver pools, and start the replicas' health
+        check (its first round is done when this returns).
 
         The first connection initialises the dialect (server version and features) that
         compiles the fast path's SQL: compiled before it, some statements come out wrong.
@@ -194,6 +242,7 @@ class Database:
             await pool.open(wait=False)
         with contextlib.suppress(OSError, DBAPIError):
             await self._prepare_dialect()
+        await self.replicas.start()
 
     async def _prepare_dialect(self) -> None:
         async with self.primary.connect():
@@ -205,11 +254,9 @@ class Database:
 
     def pools(self) -> dict[str, Any]:
         """Every connection pool of this process by name, for the metrics."""
-        found: dict[str, Any] = {"primary": self.primary.pool}
-        for number, engine in enumerate(self.replicas, start=1):
-            found[f"replica-{number}"] = engine.pool
-        if not self.replicas:
-            found["reads"] = self._readers[0].pool
+        found: dict[str, Any] = {"primary": self.primary.pool, "reads": self._primary_reader.pool}
+        for number, replica in enumerate(self.replicas.replicas, start=1):
+            found[f"replica-{number}"] = replica.engine.pool
         for number, pool in enumerate(self._fast_pools, start=1):
             found[f"fast-{number}"] = pool
         return found
@@ -226,19 +273,64 @@ class Database:
         each other; a round trip happens only when a result is read, and once more for the
         queued statements and the COMMIT together. Inside such a block every statement must go
         through `run`: SQLAlchemy's own execute cannot read results in pipeline mode.
+
+        With replicas, inside a request, the primary's WAL position just after the COMMIT is
+        added to the request's position (one more round trip), so that the client's next reads
+        see this write wherever they land (app/core/replicas.py).
         """
-        async with self.primary.begin() as conn:
-            if not (pipeline and self.dialect == "postgresql"):
-                yield conn
-                return
-            async with _driver(conn).pipeline():
-                yield conn
-                await conn.commit()
+        async with self.primary.connect() as conn:
+            async with conn.begin():
+                if pipeline and self.dialect == "postgresql":
+                    async with _driver(conn).pipeline():
+                        yield conn
+                        await conn.commit()
+                else:
+                    yield conn
+            position = current_position() if self.replicas else None
+            if position is not None:
+                await _note_commit(conn, position)
+
+    def _choose(self) -> Replica | None:
+        """The replica for this read, or None for the primary."""
+        if not self.replicas:
+            return None
+        position = current_position()
+        not_before = position.not_before if position is not None else 0
+        replica = self.replicas.choose(not_before)
+        if replica is None:
+            behind = not_before > 0 and any(r.healthy for r in self.replicas.replicas)
+            REPLICA_SKIPS.labels("behind" if behind else "unhealthy").inc()
+        return replica
+
+    def _count(self, replica: Replica | None) -> None:
+        (self._reads_on[id(replica)] if replica is not None else self._reads_on_primary).inc()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only connection on the next replica (the primary when there is none)."""
-        async with next(self._next_reader).connect() as conn:
+        """A read-only connection: on a replica that may answer this request, else the primary.
+
+        A replica that refuses the connection is skipped for the primary. A failure after the
+        block has started is not retried (the block may have done anything): use `fetch_all`
+        where a read must survive a replica stopping under it.
+        """
+        replica = self._choose()
+        if replica is not None:
+            try:
+                conn = await replica.engine.connect()
+            except (DBAPIError, OSError) as exc:
+                self.replicas.report_failure(replica, exc)
+                REPLICA_SKIPS.labels("down").inc()
+            except SQLAlchemyTimeout:
+                REPLICA_SKIPS.labels("busy").inc()
+            else:
+                self._count(replica)
+                try:
+                    yield conn
+                finally:
+                    await conn.close()
+                return
+        self._count(None)
+        async with self._primary_reader.connect() as conn:
             yield conn
 
     async def fetch_all(self, stmt: Executable, **params: Any) -> list[Mapping[str, Any]]:
@@ -247,25 +339,42 @@ class Database:
         The fast read path for the hottest routes: on PostgreSQL the statement is compiled by
         SQLAlchemy once, then run as a prepared statement on the driver's own pool, which
         saves most of the per-request cost of SQLAlchemy's execution layer. Statements must
-        take their values as named `bindparam`s and be module-level constants.
+        take their values as named `bindparam`s and be module-level constants. A read that
+        fails on a replica for want of a connection is run again on the primary.
         """
-        if self._next_fast is None:
+        if self._primary_fast is None:
             async with self.read() as conn:
                 return [dict(row) for row in (await conn.execute(stmt, params)).mappings()]
         if not self._dialect_ready:
             await self._prepare_dialect()
         sql, defaults, _ = _compile(stmt, self.primary.dialect)
         values = _adapt(params, defaults)
-        pool = next(self._next_fast)
+        replica = self._choose()
+        if replica is not None and replica.pool is not None:
+            try:
+                rows = await self._fetch_fast(replica.pool, sql, values)
+            except PoolTimeout:
+                REPLICA_SKIPS.labels("busy").inc()
+            except psycopg.OperationalError as exc:
+                if not _replica_failure(exc):
+                    raise
+                if _is_disconnect(exc):
+                    self.replicas.report_failure(replica, exc)
+                REPLICA_SKIPS.labels("down").inc()
+            else:
+                self._count(replica)
+                return rows
+        self._count(None)
+        pool = self._primary_fast
         try:
             return await self._fetch_fast(pool, sql, values)
         except psycopg.OperationalError as exc:
             if not _is_disconnect(exc):
                 raise
             # The connections in the pool may all predate a restart: drop the dead ones and
-            # try once more, on the next pool when there are replicas.
+            # try once more.
             await pool.check()
-            return await self._fetch_fast(next(self._next_fast), sql, values)
+            return await self._fetch_fast(pool, sql, values)
 
     async def _fetch_fast(
         self, pool: AsyncConnectionPool[Any], sql: str, values: dict[str, Any]
@@ -280,10 +389,51 @@ class Database:
         return rows[0] if rows else None
 
     async def dispose(self) -> None:
+        await self.replicas.stop()
         for pool in self._fast_pools:
             await pool.close()
-        for engine in [self.primary, *self._readers]:
+        engines = [self.primary, self._primary_reader, *(r.engine for r in self.replicas.replicas)]
+        for engine in engines:
             await engine.dispose()
+
+
+async def _note_commit(conn: AsyncConnection, position: ClientPosition) -> None:
+    """Add the primary's WAL insert position, read just after a COMMIT on `conn`, to `position`.
+
+    The insert position is at or past the end of the commit record even when the commit is
+    not yet flushed (synchronous_commit=off). It is read on the same connection, outside a
+    transaction, so that it costs one round trip and no BEGIN/ROLLBACK. If the primary fails
+    right then, the write stands and the request still succeeds, without the position.
+    """
+    driver = _driver(conn)
+    try:
+        await driver.set_autocommit(True)
+        try:
+            with timed("db"):
+                row = await (await driver.execute(PRIMARY_POSITION_SQL)).fetchone()
+        finally:
+            await driver.set_autocommit(False)
+    except psycopg.Error as exc:
+        log.warning("a write committed but the primary's position is unknown: %s", exc)
+        return
+    if row is not None:
+        position.advance(int(row[0]))
+
+
+def _driver_pool(
+    url: str, rules: ConnectionRules, size: int, timeout: float
+) -> AsyncConnectionPool[Any] | None:
+    """The psycopg pool of the fast read path (PostgreSQL only); opened by Database.open."""
+    if not url.startswith("postgresql"):
+        return None
+    return AsyncConnectionPool(
+        _libpq(url),
+        min_size=1,
+        max_size=size,
+        timeout=timeout,
+        kwargs={"autocommit": True, "row_factory": dict_row, **rules.driver_options()},
+        open=False,
+    )
 
 
 def _libpq(url: str) -> str:

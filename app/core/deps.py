@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from app.core.db import Database
 from app.core.errors import Forbidden, Unauthenticated
 from app.core.ratelimit import RateLimit
+from app.core.replicas import PositionTokens
 from app.core.security import AccountLookup, Passwords, Principal, TokenIssuer, TokenVerifier
 from app.core.settings import Settings
 
@@ -28,6 +29,8 @@ class Resources:
     accounts: AccountLookup
     sign_in_limit: RateLimit
     redis: Redis | None = None
+    positions: PositionTokens | None = None
+    """Signs the read-after tokens of read-your-writes; None without replicas."""
     draining: bool = False
     """Set on SIGTERM: /readyz answers 503 while the process finishes what it has."""
 

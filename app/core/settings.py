@@ -99,6 +99,21 @@ class Settings(BaseSettings):
         description="Comma-separated replica host names (or host:port) that share the "
         "credentials of database_secret_arn (RDS read replicas).",
     )
+    database_replica_max_lag_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="A replica further behind the primary than this many seconds takes no "
+        "reads until it catches up; it is also the bound on how old a read without a "
+        "read-after token (an anonymous visitor's) can be.",
+    )
+    database_replica_check_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="Seconds between two health checks of the replicas (position, lag, "
+        "reachable); a stopped replica is skipped within about this long.",
+    )
 
     # --- cache (stage 5) --------------------------------------------------------------------
     redis_url: str | None = Field(

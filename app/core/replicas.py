@@ -1,0 +1,377 @@
+"""Which server answers a read (stage 4): replica health and lag, and read-your-writes.
+
+Positions. A position is a point in the primary's write-ahead log (an LSN, as an integer). After a
+write transaction commits, `Database.write` reads the primary's WAL insert position: it is at or
+past the end of the commit record, so a replica that has replayed up to it sees the write. (A
+position read inside the transaction would come before the commit record, which is what makes
+the write visible: too early.) A replica's position is `pg_last_wal_replay_lsn()`.
+
+Read-your-writes across the fleet. The position travels with the client, never in one process's
+memory: `ReadYourWrites` (an ASGI middleware) answers a request that wrote with a signed token
+(HMAC-SHA256 with the JWT key) in the `X-Shop-Read-After` header and the `shop_read_after`
+cookie. A request that brings it back (either one, on any instance) reads only from a replica
+whose last checked position has reached it, else from the primary. The token holds nothing
+secret and cannot be forged, so a client can only ask for reads at least as fresh as its own
+writes. Keeping it per customer in Redis instead would cost a cache round trip on every
+authenticated read, and would not cover a sign-up followed by a sign-in, where no customer is
+known yet.
+
+How the position reaches the reads: a context variable (`ClientPosition`), set by the middleware
+for each request and read only by `Database`. Passing it explicitly would add a parameter to every
+service of every module (orders, delivery, accounting, the account check behind every token) and a
+return value to every write, for a concern none of them has: "not before" is a property of the
+request, like its deadline. Code outside a request (the CLI, tests) sees no position and reads as
+an anonymous visitor does.
+
+Health. `ReplicaSet.watch` polls the primary's position and each replica's every `check_s`
+seconds. A replica's lag is how long ago the primary was at the position the replica has now
+replayed (from the history of the primary's positions, so an idle primary shows no lag, unlike
+`now() - pg_last_xact_replay_timestamp()`). A replica that lags more than `max_lag_s`, fails a
+poll, or fails a read with a lost connection is skipped until a poll finds it healthy again.
+Reads without a position (anonymous visitors, the catalog) go to any healthy replica, so what
+they see is at most about `max_lag_s + check_s` old.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import contextlib
+import hashlib
+import hmac
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("shop.replicas")
+
+HEADER = "X-Shop-Read-After"
+COOKIE = "shop_read_after"
+_HEADER_KEY = HEADER.lower().encode()
+
+# Integer positions: pg_lsn minus '0/0' is the LSN as a number (numeric).
+PRIMARY_POSITION_SQL = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
+_REPLICA_POSITION_SQL = (
+    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+    "ELSE pg_current_wal_insert_lsn() END - '0/0'::pg_lsn"
+)
+
+
+# --- the request's position -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ClientPosition:
+    """What one request's reads must include: the client's own writes, as far as it told us
+    (its token), and those of this request."""
+
+    not_before: int = 0
+    wrote: bool = False
+
+    def advance(self, position: int) -> None:
+        """A write of this request committed; the primary was at `position` just after."""
+        self.not_before = max(self.not_before, position)
+        self.wrote = True
+
+
+_CURRENT: ContextVar[ClientPosition | None] = ContextVar("shop_client_position", default=None)
+
+
+def current_position() -> ClientPosition | None:
+    """The position of the request being served; None outside a request."""
+    return _CURRENT.get()
+
+
+@contextmanager
+def client_position(not_before: int = 0) -> Iterator[ClientPosition]:
+    """Reads in the block see every write committed before `not_before`, and the block's own."""
+    position = ClientPosition(not_before)
+    token = _CURRENT.set(position)
+    try:
+        yield position
+    finally:
+        _CURRENT.reset(token)
+
+
+class PositionTokens:
+    """Signs and checks the read-after token: `<position in hex>.<HMAC-SHA256, 128 bits>`."""
+
+    def __init__(self, key: str, *, max_age_s: int = 60) -> None:
+        self._key = key.encode()
+        self.max_age_s = max_age_s
+        """How long the cookie lives: a position older than the lag bound is reached by every
+        healthy replica anyway."""
+
+    def sign(self, position: int) -> str:
+        text = format(position, "x").encode()
+        return (text + b"." + self._mac(text)).decode()
+
+    def read(self, token: bytes) -> int:
+        """The position in a token; 0 (no constraint) for anything not signed by us."""
+        text, _, mac = token.strip().partition(b".")
+        if not 0 < len(text) <= 16 or not hmac.compare_digest(mac, self._mac(text)):
+            return 0
+        try:
+            return int(text, 16)
+        except ValueError:
+            return 0
+
+    def _mac(self, text: bytes) -> bytes:
+        digest = hmac.new(self._key, b"shop-read-after:" + text, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=")
+
+    def from_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> int:
+        """The newest position in the request's header or cookie (0 without one)."""
+        seen = 0
+        for name, value in headers:
+            if name == _HEADER_KEY:
+                seen = max(seen, self.read(value))
+            elif name == b"cookie" and COOKIE.encode() in value:
+                for part in value.split(b";"):
+                    key, _, token = part.strip().partition(b"=")
+                    if key == COOKIE.encode():
+                        seen = max(seen, self.read(token))
+        return seen
+
+
+class ReadYourWrites:
+    """ASGI middleware: the request's position from its token; a new token when it wrote.
+
+    `tokens` returns None when there are no replicas: then every read is on the primary, no
+    token is needed and the middleware only passes requests through.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: Callable[[], PositionTokens | None]) -> None:
+        self.app = app
+        self._tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tokens = self._tokens() if scope["type"] == "http" else None
+        if tokens is None:
+            await self.app(scope, receive, send)
+            return
+        with client_position(tokens.from_headers(scope["headers"])) as position:
+
+            async def send_position(message: Message) -> None:
+                if message["type"] == "http.response.start" and position.wrote:
+                    token = tokens.sign(position.not_before)
+                    headers = MutableHeaders(scope=message)
+                    headers.append(HEADER, token)
+                    headers.append(
+                        "Set-Cookie",
+                        f"{COOKIE}={token}; Max-Age={tokens.max_age_s}; Path=/; HttpOnly; "
+                        "SameSite=Lax",
+                    )
+                await send(message)
+
+            await self.app(scope, receive, send_position)
+
+
+# --- replicas and their health ----------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Replica:
+    """One read replica: its engines and what the last poll found."""
+
+    name: str
+    """Its address without a password, for logs and metrics."""
+    url: str
+    """libpq URL of the health poll's own connection."""
+    engine: AsyncEngine
+    pool: AsyncConnectionPool[Any] | None
+    healthy: bool = False
+    position: int = 0
+    lag_s: float | None = None
+    problem: str | None = "not checked yet"
+    _probe: psycopg.AsyncConnection[Any] | None = field(default=None, repr=False)
+
+
+class ReplicaSet:
+    """The replicas of a process, which of them may take a read, and the poll that decides it."""
+
+    def __init__(
+        self,
+        replicas: Sequence[Replica],
+        *,
+        primary_url: str,
+        max_lag_s: float = 5.0,
+        check_s: float = 0.5,
+        connect_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.replicas = list(replicas)
+        self.max_lag_s = max_lag_s
+        self.check_s = check_s
+        self._primary_url = primary_url
+        self._primary: psycopg.AsyncConnection[Any] | None = None
+        self._options = {**(connect_options or {}), "connect_timeout": 2}
+        self._options.pop("prepare_threshold", None)
+        # The primary's positions of the last max_lag_s and a bit: (monotonic time, position).
+        self._history: deque[tuple[float, int]] = deque()
+        self._turn = itertools.count()
+        self._task: asyncio.Task[None] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.replicas)
+
+    def choose(self, not_before: int = 0) -> Replica | None:
+        """The next healthy replica that has replayed `not_before`, round robin; None: use the
+        primary. Cheap: no I/O, only what the last poll found."""
+        count = len(self.replicas)
+        if not count:
+            return None
+        start = next(self._turn)
+        for step in range(count):
+            replica = self.replicas[(start + step) % count]
+            if replica.healthy and replica.position >= not_before:
+                return replica
+        return None
+
+    def report_failure(self, replica: Replica, exc: BaseException) -> None:
+        """A read lost its connection to `replica`: skip it until a poll finds it healthy."""
+        if replica.healthy:
+            log.warning("replica %s skipped after a failed read: %s", replica.name, exc)
+        replica.healthy = False
+        replica.problem = f"read failed: {type(exc).__name__}"
+
+    def status(self) -> list[dict[str, Any]]:
+        """What the last poll found, per replica (for operators and tests)."""
+        return [
+            {
+                "name": r.name,
+                "healthy": r.healthy,
+                "position": r.position,
+                "lag_s": r.lag_s,
+                "problem": r.problem,
+            }
+            for r in self.replicas
+        ]
+
+    async def start(self) -> None:
+        """Poll once (so that the first reads already know the replicas), then every check_s."""
+        if not self.replicas or self._task is not None:
+            return
+        await self.check()
+        self._task = asyncio.create_task(self._watch(), name="shop-replica-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for conn in [self._primary, *(r._probe for r in self.replicas)]:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        self._primary = None
+        for replica in self.replicas:
+            replica._probe = None
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_s)
+            try:
+                await self.check()
+            except Exception:  # the watch must outlive any surprise
+                log.exception("replica health check failed")
+
+    async def check(self) -> None:
+        """One poll: the primary's position, then every replica's, concurrently."""
+        timeout = self._poll_timeout_s
+        try:
+            self._primary, position = await asyncio.wait_for(
+                self._position(self._primary, self._primary_url, PRIMARY_POSITION_SQL), timeout
+            )
+            now = time.monotonic()
+            self._history.append((now, position))
+            while len(self._history) > 1 and self._history[0][0] < now - self.max_lag_s - 2 * (
+                self.check_s + 1
+            ):
+                self._history.popleft()
+        except Exception as exc:
+            # Without a new sample lags are measured against the last ones: a replica that
+            # has everything the primary last had still counts as caught up.
+            await _discard(self._primary)
+            self._primary = None
+            log.debug("primary position unavailable: %s", exc)
+        await asyncio.gather(*(self._check_replica(r) for r in self.replicas))
+
+    @property
+    def _poll_timeout_s(self) -> float:
+        return max(2.0, 2 * self.check_s)
+
+    async def _check_replica(self, replica: Replica) -> None:
+        try:
+            replica._probe, position = await asyncio.wait_for(
+                self._position(replica._probe, replica.url, _REPLICA_POSITION_SQL),
+                self._poll_timeout_s,
+            )
+        except Exception as exc:
+            await _discard(replica._probe)
+            replica._probe = None
+            self._mark(replica, healthy=False, problem=f"poll failed: {type(exc).__name__}")
+            return
+        replica.position = position
+        replica.lag_s = self.lag_of(position)
+        if replica.lag_s > self.max_lag_s:
+            problem = f"lag {replica.lag_s:.1f} s over {self.max_lag_s:g} s"
+            self._mark(replica, healthy=False, problem=problem)
+            return
+        if not replica.healthy and replica.pool is not None:
+            # Its pooled connections may predate a restart: drop the dead ones before reads
+            # come back, or the first reads would fail it again.
+            with contextlib.suppress(Exception):
+                await replica.pool.check()
+        self._mark(replica, healthy=True, problem=None)
+
+    def lag_of(self, position: int) -> float:
+        """Seconds since the primary was last seen at or before `position` (0 when `position`
+        is at or past the primary's last known position; infinite when older than the
+        history kept)."""
+        if not self._history or position >= self._history[-1][1]:
+            return 0.0
+        positions = [p for _, p in self._history]
+        index = bisect.bisect_right(positions, position) - 1
+        if index < 0:
+            return float("inf")
+        return time.monotonic() - self._history[index][0]
+
+    def _mark(self, replica: Replica, *, healthy: bool, problem: str | None) -> None:
+        if healthy and not replica.healthy:
+            log.info("replica %s takes reads (lag %.2f s)", replica.name, replica.lag_s or 0.0)
+        elif not healthy and replica.healthy:
+            log.warning("replica %s skipped: %s", replica.name, problem)
+        replica.healthy = healthy
+        replica.problem = problem
+
+    async def _position(
+        self, conn: psycopg.AsyncConnection[Any] | None, url: str, sql: str
+    ) -> tuple[psycopg.AsyncConnection[Any], int]:
+        if conn is None or conn.closed:
+            conn = await psycopg.AsyncConnection.connect(url, autocommit=True, **self._options)
+        try:
+            row = await (await conn.execute(sql)).fetchone()
+        except BaseException:
+            await _discard(conn)
+            raise
+        return conn, int(row[0]) if row is not None and row[0] is not None else 0
+
+
+async def _discard(conn: psycopg.AsyncConnection[Any] | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await conn.close()

@@ -1,0 +1,249 @@
+"""Stage 4 on a real streaming replica: writes go to the primary, a customer reads their own
+writes through any instance, and a lagging or stopped replica costs no request.
+
+A private primary (tests/pg_cluster.py) and a hot standby made from it with pg_basebackup; two
+shops (two create_app, no memory in common) on both. Which server answered a read is read from
+the replica's own statistics (pg_stat_statements), never from the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from app.core.deps import Resources
+from app.main import create_app
+from app.migrations import runner
+from tests import pg_cluster
+from tests.conftest import test_settings
+from tests.integration.conftest import make_product, make_user
+
+pytestmark = pytest.mark.skipif(
+    pg_cluster.why_unavailable() is not None, reason=str(pg_cluster.why_unavailable())
+)
+
+READ_AFTER = "X-Shop-Read-After"
+ORDER_READS = "%order_line%customer_order%"  # GET /orders/{id}: the order joined to its lines
+PRODUCT_READS = "%FROM product%"
+
+
+@dataclass
+class Servers:
+    primary: pg_cluster.Cluster
+    replica: pg_cluster.Cluster
+    url: str
+    replica_url: str
+
+    def reads_on_replica(self, pattern: str) -> int:
+        """Statements matching `pattern` the replica has run: its own count, not the app's."""
+        calls = self.replica.query(
+            f"SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE '{pattern}'",
+            "shop",
+        )
+        return int(calls)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Servers]:
+    settings = ("shared_preload_libraries=pg_stat_statements",)
+    with pg_cluster.private_cluster(settings=settings) as primary:
+        url = primary.create_database("shop")
+        runner.upgrade(url)
+        primary.query("CREATE EXTENSION pg_stat_statements", "shop")
+        with pg_cluster.streaming_replica(primary) as replica:
+            yield Servers(primary, replica, url, replica.url("shop"))
+
+
+@dataclass
+class Shop:
+    resources: Resources
+    http: httpx.AsyncClient
+
+
+@asynccontextmanager
+async def shop(servers: Servers, **overrides: Any) -> AsyncIterator[Shop]:
+    """One app instance on the primary and the replica, with an HTTP client of its own that
+    keeps no cookies (an API client): the read-after token goes back only where a test sends it."""
+    settings = test_settings(
+        database_url=servers.url,
+        database_replica_urls=[servers.replica_url],
+        database_replica_check_s=0.2,
+        **overrides,
+    )
+    app = create_app(settings)
+    async with LifespanManager(app, startup_timeout=20):
+        transport = httpx.ASGITransport(app=app)
+        no_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://shop.test", cookies=no_cookies
+        ) as http:
+            yield Shop(app.state.resources, http)
+
+
+async def eventually(check: Callable[[], bool], what: str, within_s: float = 10) -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, f"not in {within_s} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def caught_up(servers: Servers, *shops: Shop) -> None:
+    """Until every shop has seen the replica healthy and past everything written so far."""
+    wanted = int(servers.primary.query("SELECT pg_current_wal_insert_lsn() - '0/0'"))
+
+    def ready() -> bool:
+        return all(
+            r.healthy and r.position >= wanted
+            for s in shops
+            for r in s.resources.db.replicas.replicas
+        )
+
+    await eventually(ready, "the replica caught up and healthy")
+
+
+async def test_a_customer_reads_their_writes_through_another_instance_while_replay_is_paused(
+    servers: Servers,
+) -> None:
+    async with shop(servers, database_replica_max_lag_s=30) as one, shop(servers) as other:
+        product = await make_product(one.resources, initial_stock=5)
+        alice = await make_user(one.resources)
+        await caught_up(servers, one, other)
+        servers.replica.query("SELECT pg_wal_replay_pause()")
+        try:
+            placed = await one.http.post(
+                "/orders",
+                headers=alice.headers,
+                json={"lines": [{"product_id": product.id, "quantity": 1}]},
+            )
+            assert placed.status_code == 201
+            token = placed.headers[READ_AFTER]
+            order_id = placed.json()["id"]
+            before = servers.reads_on_replica(ORDER_READS)
+
+            with_token = {**alice.headers, READ_AFTER: token}
+            seen = await other.http.get(f"/orders/{order_id}", headers=with_token)
+            assert seen.status_code == 200
+            assert seen.json() == placed.json()
+            listed = await other.http.get("/orders", headers=with_token)
+            assert [o["id"] for o in listed.json()["items"]] == [order_id]
+            assert servers.reads_on_replica(ORDER_READS) == before  # the primary answered
+
+            # Without its token the same request lands on the paused replica, which lacks it.
+            assert (
+                await other.http.get(f"/orders/{order_id}", headers=alice.headers)
+            ).status_code == 404
+            assert servers.reads_on_replica(ORDER_READS) == before + 1
+
+            # The cookie carries the same position, for browsers.
+            assert f"shop_read_after={token};" in placed.headers["Set-Cookie"]
+            by_cookie = await other.http.get(
+                f"/orders/{order_id}",
+                headers={**alice.headers, "Cookie": f"shop_read_after={token}"},
+            )
+            assert by_cookie.status_code == 200
+            forged = {**alice.headers, READ_AFTER: "ffffffffff." + token.split(".")[1]}
+            assert (await other.http.get(f"/orders/{order_id}", headers=forged)).status_code == 404
+
+            # A cancellation on the second instance is seen on the first with the new token.
+            cancelled = await other.http.post(f"/orders/{order_id}/cancel", headers=with_token)
+            assert cancelled.status_code == 200
+            again = await one.http.get(
+                f"/orders/{order_id}",
+                headers={**alice.headers, READ_AFTER: cancelled.headers[READ_AFTER]},
+            )
+            assert again.json()["status"] == "cancelled"
+
+            # A sign-up on one instance, a sign-in on the other.
+            credentials = {"email": "new@example.com", "password": "correct-horse-42"}
+            signed_up = await one.http.post(
+                "/auth/sign-up", json={**credentials, "full_name": "New Customer"}
+            )
+            assert signed_up.status_code == 201
+            assert (await other.http.post("/auth/token", json=credentials)).status_code == 401
+            signed_in = await other.http.post(
+                "/auth/token",
+                json=credentials,
+                headers={READ_AFTER: signed_up.headers[READ_AFTER]},
+            )
+            assert signed_in.status_code == 200
+        finally:
+            servers.replica.query("SELECT pg_wal_replay_resume()")
+
+
+async def test_a_lagging_replica_is_skipped_and_rejoins_once_it_catches_up(
+    servers: Servers,
+) -> None:
+    async with shop(servers, database_replica_max_lag_s=1) as visitor:
+        await caught_up(servers, visitor)
+        (replica,) = visitor.resources.db.replicas.replicas
+        servers.replica.query("SELECT pg_wal_replay_pause()")
+        try:
+            product = await make_product(visitor.resources)
+            await eventually(lambda: not replica.healthy, "the lagging replica skipped", 5)
+            before = servers.reads_on_replica(PRODUCT_READS)
+            # An anonymous visitor, no token: the replica lacks the product, the primary has it.
+            assert (await visitor.http.get(f"/products/{product.id}")).status_code == 200
+            assert servers.reads_on_replica(PRODUCT_READS) == before
+        finally:
+            servers.replica.query("SELECT pg_wal_replay_resume()")
+        await eventually(lambda: replica.healthy, "the replica back once caught up", 5)
+        for _ in range(5):
+            assert (await visitor.http.get(f"/products/{product.id}")).status_code == 200
+        assert servers.reads_on_replica(PRODUCT_READS) == before + 5
+
+
+async def test_stopping_the_replica_loses_no_request_and_it_takes_reads_again_when_back(
+    servers: Servers,
+) -> None:
+    async with shop(servers) as one:
+        product = await make_product(one.resources, initial_stock=100)
+        alice = await make_user(one.resources)  # made outside a request: no token
+        await caught_up(servers, one)
+        placed = await one.http.post(
+            "/orders",
+            headers=alice.headers,
+            json={"lines": [{"product_id": product.id, "quantity": 1}]},
+        )
+        assert placed.status_code == 201, placed.text
+        order_id = placed.json()["id"]
+        await caught_up(servers, one)
+        (replica,) = one.resources.db.replicas.replicas
+        statuses: list[int] = []
+        stop = asyncio.Event()
+
+        async def customer() -> None:
+            while not stop.is_set():
+                for path, headers in (
+                    (f"/products/{product.id}", {}),
+                    (f"/orders/{order_id}", alice.headers),
+                    ("/orders", alice.headers),
+                ):
+                    statuses.append((await one.http.get(path, headers=headers)).status_code)
+
+        customers = [asyncio.create_task(customer()) for _ in range(8)]
+        try:
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(servers.replica.stop)
+            await eventually(lambda: not replica.healthy, "the stopped replica skipped", 5)
+            await asyncio.sleep(0.5)  # reads go on, on the primary
+        finally:
+            stop.set()
+            await asyncio.gather(*customers)
+            await asyncio.to_thread(servers.replica.start)
+        assert len(statuses) > 50
+        assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+        await eventually(lambda: replica.healthy, "the restarted replica back", 10)
+        before = servers.reads_on_replica(PRODUCT_READS)
+        for _ in range(5):
+            assert (await one.http.get(f"/products/{product.id}")).status_code == 200
+        assert servers.reads_on_replica(PRODUCT_READS) == before + 5
