@@ -199,11 +199,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics:
 
         @app.get("/metrics", tags=["operations"], response_class=Response)
-        async def metrics(res: ResourcesDep) -> Response:
+        async def metrics() -> Response:
             """Prometheus metrics of every worker: request latency by route and status,
             requests in flight, database time per request, pools, cache and replica use.
             The stacks keep this path off the load balancer."""
-            sample_pools(res.db.pools())
             document, media_type = metrics_document()
             return Response(document, media_type=media_type)
 
