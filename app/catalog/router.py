@@ -8,8 +8,7 @@ from fastapi import APIRouter, Body, Path, Query, Response, status
 
 from app.catalog import service
 from app.catalog.schemas import PriceChange, ProductCreate, ProductPage, ProductRead, Restock
-from app.core.deps import AdminDep, DatabaseDep, PageDep
-from app.core.http import model_response
+from app.core.deps import AdminDep, CacheDep, DatabaseDep, PageDep
 from app.core.openapi import conflict, errors
 from app.core.schemas import MAX_INT32, SearchText
 
@@ -46,20 +45,24 @@ Units = Annotated[
 @router.get("/products", response_model=ProductPage, responses=errors(422, 503))
 async def list_products(
     db: DatabaseDep,
+    cache: CacheDep,
     page: PageDep,
     q: Annotated[
         SearchText | None, Query(description="Only products whose name or SKU contains this.")
     ] = None,
 ) -> Response:
-    """List products by name, a page at a time."""
-    found = await service.list_products(db, text=q, limit=page.limit, offset=page.offset)
-    return model_response(found)
+    """List products by name, a page at a time. The stock shown may be a few seconds old
+    (`SHOP_CACHE_STOCK_STALENESS_S`); prices and new products show at once."""
+    body = await service.page_json(db, cache, text=q, limit=page.limit, offset=page.offset)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/products/{product_id}", response_model=ProductRead, responses=errors(404, 422, 503))
-async def get_product(db: DatabaseDep, product_id: ProductId) -> Response:
-    """One product, with the units in stock."""
-    return model_response(await service.get_product(db, product_id=product_id))
+async def get_product(db: DatabaseDep, cache: CacheDep, product_id: ProductId) -> Response:
+    """One product, with the units in stock. The stock shown may be a few seconds old
+    (`SHOP_CACHE_STOCK_STALENESS_S`); placing an order always checks the real stock."""
+    body = await service.product_json(db, cache, product_id=product_id)
+    return Response(body, media_type="application/json")
 
 
 @router.post(
@@ -68,9 +71,11 @@ async def get_product(db: DatabaseDep, product_id: ProductId) -> Response:
     status_code=status.HTTP_201_CREATED,
     responses=errors(401, 403, 413, 422, 503) | conflict("A product with this SKU exists."),
 )
-async def create_product(db: DatabaseDep, _admin: AdminDep, body: NewProduct) -> ProductRead:
+async def create_product(
+    db: DatabaseDep, cache: CacheDep, _admin: AdminDep, body: NewProduct
+) -> ProductRead:
     """Create a product (admins). 409 when the SKU exists."""
-    return await service.create_product(db, data=body)
+    return await service.create_product(db, data=body, cache=cache)
 
 
 @router.put(
@@ -79,10 +84,12 @@ async def create_product(db: DatabaseDep, _admin: AdminDep, body: NewProduct) ->
     responses=errors(401, 403, 404, 413, 422, 503),
 )
 async def change_price(
-    db: DatabaseDep, _admin: AdminDep, product_id: ProductId, body: NewPrice
+    db: DatabaseDep, cache: CacheDep, _admin: AdminDep, product_id: ProductId, body: NewPrice
 ) -> ProductRead:
     """Change a product's price (admins). Orders already placed keep their price."""
-    return await service.change_price(db, product_id=product_id, price_cents=body.price_cents)
+    return await service.change_price(
+        db, product_id=product_id, price_cents=body.price_cents, cache=cache
+    )
 
 
 @router.post(
@@ -92,7 +99,7 @@ async def change_price(
     | conflict("The stock would exceed its maximum (`max_stock`)."),
 )
 async def restock(
-    db: DatabaseDep, _admin: AdminDep, product_id: ProductId, body: Units
+    db: DatabaseDep, cache: CacheDep, _admin: AdminDep, product_id: ProductId, body: Units
 ) -> ProductRead:
     """Add units to a product's stock (admins). 409 when it would exceed the maximum."""
-    return await service.restock(db, product_id=product_id, quantity=body.quantity)
+    return await service.restock(db, product_id=product_id, quantity=body.quantity, cache=cache)

@@ -1,8 +1,19 @@
 """The catalog's public API: products, prices and stock. Each function owns its transaction,
-except `reserve_stock` / `release_stock`, which join the caller's (an order's) transaction."""
+except `reserve_stock` / `release_stock`, which join the caller's (an order's) transaction.
+
+Cache (stage 5): `product_json` and `page_json` answer from Redis when the process has a cache.
+Every cached answer sits under one catalog generation (see app/core/cache.py): each write here
+starts a new one after its commit, so a new price, a restock or a new product is visible to the
+next read. Orders take stock through `reserve_stock` inside their own transaction, which this
+module cannot see commit; they do not invalidate (an order is the hot write path, and a
+generation per order would leave nothing cached), so the stock a cached answer shows is at most
+`cache.ttl_s` (SHOP_CACHE_STOCK_STALENESS_S) old. The cache never decides a reservation: the
+conditional UPDATE in `reserve_stock` does.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,6 +31,7 @@ from app.catalog.domain import (
 )
 from app.catalog.models import Product, StockLevel
 from app.catalog.schemas import ProductCreate, ProductPage, ProductRead
+from app.core.cache import Cache
 from app.core.db import Database, run
 from app.core.errors import Conflict, NotFound
 from app.core.models import utcnow
@@ -60,6 +72,58 @@ async def _fetch(conn: AsyncConnection, product_id: int) -> ProductRead:
     return ProductRead.model_validate(row._mapping)
 
 
+# Every cached catalog answer lives under this generation: one INCR after a write kills them all.
+_GENERATION = "catalog:generation"
+
+
+async def catalog_changed(cache: Cache | None) -> None:
+    """Start a new catalog generation: every cached product and page is refilled on next read.
+
+    The writes below call it after their commit; call it after changing catalog tables any
+    other way (a bulk load, a test that empties them). When Redis is unavailable the old
+    entries die by their time to live instead.
+    """
+    if cache is not None:
+        await cache.new_generation(_GENERATION)
+
+
+async def product_json(db: Database, cache: Cache | None, *, product_id: int) -> bytes:
+    """One product with its stock, as the JSON of ProductRead; raises NotFound.
+
+    From the cache when there is one (a hit is one Redis round trip and no serialisation);
+    concurrent misses in a process cost one database query.
+    """
+
+    async def fill() -> bytes:
+        return (await get_product(db, product_id=product_id)).model_dump_json().encode()
+
+    if cache is None:
+        return await fill()
+    return await cache.read_through(
+        generation=_GENERATION, key=lambda gen: ("catalog", gen, "product", product_id), fill=fill
+    )
+
+
+async def page_json(
+    db: Database, cache: Cache | None, *, text: str | None, limit: int, offset: int
+) -> bytes:
+    """A page of products, as the JSON of ProductPage; cached like `product_json`."""
+
+    async def fill() -> bytes:
+        found = await list_products(db, text=text, limit=limit, offset=offset)
+        return found.model_dump_json().encode()
+
+    if cache is None:
+        return await fill()
+    # The search text is hashed: keys stay short and free of whatever a visitor typed.
+    searched = hashlib.sha256(text.encode()).hexdigest()[:32] if text else "-"
+    return await cache.read_through(
+        generation=_GENERATION,
+        key=lambda gen: ("catalog", gen, "page", limit, offset, searched),
+        fill=fill,
+    )
+
+
 async def get_product(db: Database, *, product_id: int) -> ProductRead:
     """One product with its stock; raises NotFound."""
     row = await db.fetch_one(_BY_ID, product_id=product_id)
@@ -81,8 +145,12 @@ async def list_products(db: Database, *, text: str | None, limit: int, offset: i
     return ProductPage(items=items, limit=limit, offset=offset, next_offset=next_offset)
 
 
-async def create_product(db: Database, *, data: ProductCreate) -> ProductRead:
-    """Create a product and its stock level; raises Conflict when the SKU exists."""
+async def create_product(
+    db: Database, *, data: ProductCreate, cache: Cache | None = None
+) -> ProductRead:
+    """Create a product and its stock level; raises Conflict when the SKU exists.
+
+    Pass the process's cache: pages that should now list the product are then refilled."""
     sku = normalise_sku(data.sku)
     try:
         async with db.write() as conn:
@@ -105,13 +173,19 @@ async def create_product(db: Database, *, data: ProductCreate) -> ProductRead:
             await conn.execute(
                 insert(StockLevel).values(product_id=product_id, quantity=data.initial_stock)
             )
-            return await _fetch(conn, product_id)
+            created = await _fetch(conn, product_id)
     except IntegrityError as exc:
         raise Conflict(f"a product with SKU {sku!r} exists", sku=sku) from exc
+    await catalog_changed(cache)
+    return created
 
 
-async def change_price(db: Database, *, product_id: int, price_cents: int) -> ProductRead:
-    """Set a new price; orders already placed keep the price they were placed at."""
+async def change_price(
+    db: Database, *, product_id: int, price_cents: int, cache: Cache | None = None
+) -> ProductRead:
+    """Set a new price; orders already placed keep the price they were placed at.
+
+    With the process's cache, the next read anywhere in the fleet shows the new price."""
     async with db.write() as conn:
         result = await conn.execute(
             update(Product)
@@ -120,11 +194,17 @@ async def change_price(db: Database, *, product_id: int, price_cents: int) -> Pr
         )
         if result.rowcount == 0:
             raise NotFound("product", product_id)
-        return await _fetch(conn, product_id)
+        changed = await _fetch(conn, product_id)
+    await catalog_changed(cache)
+    return changed
 
 
-async def restock(db: Database, *, product_id: int, quantity: int) -> ProductRead:
-    """Add units to the stock; raises NotFound, or StockLimit past the maximum."""
+async def restock(
+    db: Database, *, product_id: int, quantity: int, cache: Cache | None = None
+) -> ProductRead:
+    """Add units to the stock; raises NotFound, or StockLimit past the maximum.
+
+    With the process's cache, the next read anywhere in the fleet shows the new stock."""
     async with db.write() as conn:
         result = await conn.execute(
             update(StockLevel)
@@ -137,7 +217,9 @@ async def restock(db: Database, *, product_id: int, quantity: int) -> ProductRea
         if result.rowcount == 0:
             current = await _fetch(conn, product_id)  # raises NotFound
             raise StockLimit(product_id=product_id, current=current.stock, adding=quantity)
-        return await _fetch(conn, product_id)
+        restocked = await _fetch(conn, product_id)
+    await catalog_changed(cache)
+    return restocked
 
 
 # On PostgreSQL one statement per line: the conditional UPDATE joined to the product, returning
@@ -169,7 +251,8 @@ async def reserve_stock(conn: AsyncConnection, *, lines: Mapping[int, int]) -> l
     Each line is one conditional UPDATE (`quantity >= wanted`), so stock can never go below
     zero whatever the concurrency; it also reads the price the line is charged at. Raises
     NotFound or OutOfStock; the caller's rollback then undoes the lines already taken.
-    Returns the lines in product order.
+    Returns the lines in product order. Cached answers are not invalidated: the stock they
+    show ages by at most the cache's time to live (see the module docstring).
     """
     reserved: list[ReservedItem] = []
     returning = conn.dialect.name == "postgresql"
@@ -209,10 +292,13 @@ async def release_stock(conn: AsyncConnection, *, lines: Mapping[int, int]) -> N
         )
 
 
-async def bulk_create_products(db: Database, *, rows: Iterable[dict[str, Any]]) -> int:
+async def bulk_create_products(
+    db: Database, *, rows: Iterable[dict[str, Any]], cache: Cache | None = None
+) -> int:
     """Insert many products with their stock in one transaction (seeding); returns the count.
 
-    Each row holds the ProductCreate fields; SKUs must be new.
+    Each row holds the ProductCreate fields; SKUs must be new. Without the cache (the `shop
+    seed` command has none) cached pages show the new products within their time to live.
     """
     rows = list(rows)
     now = utcnow()
@@ -239,4 +325,5 @@ async def bulk_create_products(db: Database, *, rows: Iterable[dict[str, Any]]) 
                 [{"product_id": pid, "quantity": stock_by_sku[sku]} for pid, sku in ids],
             )
             created += len(products)
+    await catalog_changed(cache)
     return created

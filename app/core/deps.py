@@ -9,6 +9,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from redis.asyncio import Redis
 
+from app.core.cache import Cache
 from app.core.db import Database
 from app.core.errors import Forbidden, Unauthenticated
 from app.core.ratelimit import RateLimit
@@ -31,6 +32,8 @@ class Resources:
     redis: Redis | None = None
     positions: PositionTokens | None = None
     """Signs the read-after tokens of read-your-writes; None without replicas."""
+    cache: Cache | None = None
+    """The response cache (stage 5): None without SHOP_REDIS_URL."""
     draining: bool = False
     """Set on SIGTERM: /readyz answers 503 while the process finishes what it has."""
 
@@ -50,8 +53,13 @@ async def _db(request: Request) -> Database:
     return _state(request).db
 
 
+async def _cache(request: Request) -> Cache | None:
+    return _state(request).cache
+
+
 ResourcesDep = Annotated[Resources, Depends(_resources)]
 DatabaseDep = Annotated[Database, Depends(_db)]
+CacheDep = Annotated[Cache | None, Depends(_cache)]
 
 # The OAuth2 password flow is how /docs signs in (Authorize: e-mail and password); on the wire
 # it is the same bearer token. It yields the token, or None without a "Bearer" Authorization.

@@ -124,6 +124,28 @@ class Settings(BaseSettings):
         description="Secrets Manager secret holding the Redis AUTH token (ElastiCache), plain "
         "string or JSON with a 'token' key.",
     )
+    cache_stock_staleness_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Time to live of every cached catalog answer (product, page). Price and "
+        "catalog changes are visible at once (they invalidate); stock taken by orders is not "
+        "invalidated, so the stock a visitor sees is at most this many seconds old.",
+    )
+    cache_timeout_ms: int = Field(
+        50,
+        ge=1,
+        le=5000,
+        description="Longest wait for any cache call; past it the request is served from the "
+        "database and the cache is left alone for cache_backoff_s.",
+    )
+    cache_backoff_s: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        description="Seconds between background reconnect attempts after a cache failure; "
+        "requests skip the cache until one succeeds.",
+    )
 
     # --- AWS side services (stages 5 and 7) -------------------------------------------------
     aws_region: str | None = Field(None, description="Region for AWS clients.")

@@ -29,6 +29,8 @@ _numbers = itertools.count(1)
 async def empty_tables(resources: Resources) -> None:
     async with resources.db.write() as conn:
         await conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    # Ids start again at 1: what the cache remembers of product 1 is another product now.
+    await catalog.catalog_changed(resources.cache)
 
 
 @pytest.fixture
@@ -67,7 +69,9 @@ async def make_product(resources: Resources, **overrides: Any) -> ProductRead:
         "initial_stock": 10,
     }
     values.update(overrides)
-    return await catalog.create_product(resources.db, data=ProductCreate(**values))
+    return await catalog.create_product(
+        resources.db, data=ProductCreate(**values), cache=resources.cache
+    )
 
 
 @pytest.fixture

@@ -1,0 +1,301 @@
+"""A Redis cache that is never an outage: short timeouts, single-flight refills, a circuit breaker.
+
+Generic on purpose: the modules that use it own their keys and decide what invalidates them.
+Values are bytes (the serialised answer), so a hit costs one round trip and no re-serialisation.
+
+Guarantees:
+
+- Every call to Redis is bounded by `timeout_s`. A call that fails or times out trips the
+  breaker: for the next `backoff_s` seconds nothing goes to Redis (reads are misses, writes are
+  skipped) while a background task pings it; the first answered ping closes the breaker. Nothing
+  here raises because of Redis, so a caller falls back to its database and the client sees no
+  error.
+- `read_through` refills a missing key once per process however many requests want it at the same
+  moment: the first runs the fill, the others await the same task (single flight).
+- Versioned keys: a key embeds a generation number kept in Redis; a writer INCRs the generation
+  after its commit, and every key of the old generation is dead at once. A reader learns the
+  generation in the same round trip as the value (MGET of the generation and the key at the
+  generation this process saw last), and a fill is stored under the generation read before the
+  database was queried, so a fill that raced a write can never be served after that write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from app.core.observability import CACHE, timed
+
+log = logging.getLogger("shop.cache")
+
+T = TypeVar("T")
+
+_FAILURES = (RedisError, OSError, TimeoutError)
+
+
+def _bytes(value: object) -> bytes | None:
+    # The client does not decode responses: values come back as the bytes that were stored.
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).encode()
+
+
+class _Unavailable(Exception):
+    """Redis was not asked (breaker open) or did not answer in time."""
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """Counters of this process, for tests, logs and the load test's hit ratio."""
+
+    hits: int = 0
+    misses: int = 0
+    refills: int = 0
+    """Fills actually run (one per cold key per process, however many requests wanted it)."""
+    coalesced: int = 0
+    """Requests that awaited another request's fill instead of running their own."""
+    failures: int = 0
+    """Calls that failed or timed out (each one opens the breaker)."""
+    skipped: int = 0
+    """Calls not sent to Redis because the breaker was open."""
+
+
+def namespace_for(address: str) -> str:
+    """A short, stable key prefix for the data set at `address` (a database URL without its
+    password): two shops on different databases can share one Redis without reading each
+    other's answers, while every process of one fleet shares its entries."""
+    return hashlib.sha256(address.encode()).hexdigest()[:12]
+
+
+class Cache:
+    """Bytes in Redis under `shop:<namespace>:...` keys, each with a time to live."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        namespace: str,
+        ttl_s: float,
+        timeout_s: float = 0.05,
+        backoff_s: float = 2.0,
+    ) -> None:
+        self._redis = redis
+        self._prefix = f"shop:{namespace}:"
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
+        self.stats = CacheStats()
+        self._open = False
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._inflight: dict[str, asyncio.Task[Any]] = {}
+        self._generations: dict[str, int] = {}
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, namespace: str, ttl_s: float, timeout_s: float, backoff_s: float
+    ) -> Cache:
+        """A cache with a client of its own: no retries (the breaker decides when to try again)
+        and socket timeouts of the same order as `timeout_s`, so a slow or dead server costs a
+        request at most `timeout_s`."""
+        client = Redis.from_url(
+            url,
+            socket_timeout=max(timeout_s, 0.001),
+            # Connecting happens in the background reconnect as well; a TLS handshake may need
+            # longer than a command. A request still waits at most timeout_s (see _call).
+            socket_connect_timeout=max(timeout_s, 1.0),
+            retry=Retry(NoBackoff(), 0),
+        )
+        return cls(
+            client, namespace=namespace, ttl_s=ttl_s, timeout_s=timeout_s, backoff_s=backoff_s
+        )
+
+    def key(self, *parts: object) -> str:
+        return self._prefix + ":".join(str(p) for p in parts)
+
+    @property
+    def available(self) -> bool:
+        """False while the breaker is open (Redis failed recently and is being retried)."""
+        return not self._open
+
+    # --- the one way to Redis ------------------------------------------------------------------
+
+    async def _call(self, command: Callable[[], Awaitable[T]]) -> T:
+        if self._open:
+            self.stats.skipped += 1
+            raise _Unavailable
+        try:
+            with timed("cache"):
+                async with asyncio.timeout(self.timeout_s):
+                    return await command()
+        except _FAILURES as exc:
+            self._trip(exc)
+            raise _Unavailable from exc
+
+    def _trip(self, exc: BaseException) -> None:
+        self.stats.failures += 1
+        if self._open:
+            return
+        self._open = True
+        log.warning(
+            "cache unavailable (%s); serving from the database, retrying every %.1f s",
+            type(exc).__name__,
+            self.backoff_s,
+        )
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        # Connections opened before the failure are dead if the server restarted: drop them
+        # all, or each would fail one request (and trip the breaker again) after it closes.
+        with contextlib.suppress(*_FAILURES):
+            await self._redis.connection_pool.disconnect()
+        while True:
+            await asyncio.sleep(self.backoff_s)
+            try:
+                async with asyncio.timeout(max(self.timeout_s, 1.0)):
+                    await self._redis.ping()
+            except _FAILURES:
+                continue
+            self._open = False
+            log.warning("cache reachable again")
+            return
+
+    # --- plain operations: none of them raises because of Redis ---------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        """The value, or None on a miss or when Redis is unavailable."""
+        try:
+            return _bytes(await self._call(lambda: self._redis.get(key)))
+        except _Unavailable:
+            return None
+
+    async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
+        """Store `value` for `ttl_s` (default: the cache's); False when Redis is unavailable."""
+        ttl_ms = max(1, int((ttl_s if ttl_s is not None else self.ttl_s) * 1000))
+        try:
+            await self._call(lambda: self._redis.set(key, value, px=ttl_ms))
+        except _Unavailable:
+            return False
+        return True
+
+    async def delete(self, *keys: str) -> bool:
+        try:
+            await self._call(lambda: self._redis.delete(*keys))
+        except _Unavailable:
+            return False
+        return True
+
+    async def check(self) -> str:
+        """'ok', or 'degraded: <why>' (for /readyz: the shop works without its cache)."""
+        if self._open:
+            return "degraded: unavailable, retrying in the background"
+        try:
+            await self._call(self._redis.ping)
+        except _Unavailable as exc:
+            return f"degraded: {type(exc.__cause__).__name__}"
+        return "ok"
+
+    async def close(self) -> None:
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnecting
+        for task in list(self._inflight.values()):
+            task.cancel()
+        await self._redis.aclose()
+
+    # --- generations and read-through ---------------------------------------------------------
+
+    async def new_generation(self, generation: str) -> bool:
+        """Make every key of `generation` dead (call it after the commit that changed them);
+        False when Redis is unavailable (the entries then die by their time to live)."""
+        try:
+            number: int = await self._call(lambda: self._redis.incr(self.key(generation)))
+        except _Unavailable:
+            return False
+        self._generations[generation] = number
+        return True
+
+    async def _lookup(self, generation: str, key: Callable[[int], str]) -> tuple[int, bytes | None]:
+        """The current generation and the value at it, in one round trip when this process
+        already knows the generation (the usual case), two right after a write."""
+        known = self._generations.get(generation)
+        if known is None:
+            raw = await self._call(lambda: self._redis.get(self.key(generation)))
+            current = int(raw or 0)
+            value = await self._call(lambda: self._redis.get(key(current)))
+        else:
+            names = [self.key(generation), key(known)]
+            raw, value = await self._call(lambda: self._redis.mget(names))
+            current = int(raw or 0)
+            if current != known:
+                value = await self._call(lambda: self._redis.get(key(current)))
+        self._generations[generation] = current
+        return current, _bytes(value)
+
+    async def read_through(
+        self,
+        *,
+        generation: str,
+        key: Callable[[int], Sequence[object]],
+        fill: Callable[[], Awaitable[bytes]],
+        ttl_s: float | None = None,
+    ) -> bytes:
+        """The cached value of `key(generation number)`, or `fill()`'s, stored for next time.
+
+        `fill` runs once per process for concurrent misses of the same key; its exception
+        (a NotFound, say) reaches every request that waited for it, and nothing is stored.
+        When Redis is unavailable `fill` runs for each request, as if there were no cache.
+        """
+        try:
+            number, value = await self._lookup(generation, lambda n: self.key(*key(n)))
+        except _Unavailable:
+            CACHE.labels("error").inc()  # failed now, or skipped while the breaker is open
+            return await fill()
+        if value is not None:
+            self.stats.hits += 1
+            CACHE.labels("hit").inc()
+            return value
+        self.stats.misses += 1
+        CACHE.labels("miss").inc()
+        name = self.key(*key(number))
+
+        async def refill() -> bytes:
+            self.stats.refills += 1
+            body = await fill()
+            await self.set(name, body, ttl_s=ttl_s)
+            return body
+
+        return await self.single_flight(name, refill)
+
+    async def single_flight(self, name: str, fill: Callable[[], Awaitable[T]]) -> T:
+        """`fill()`, run once for every caller asking for `name` while it runs.
+
+        The fill is a task of its own: a caller that is cancelled (its client went away) does
+        not cancel it for the others.
+        """
+        task = self._inflight.get(name)
+        if task is None:
+            task = asyncio.ensure_future(fill())
+            self._inflight[name] = task
+            task.add_done_callback(lambda done: self._finished(name, done))
+        else:
+            self.stats.coalesced += 1
+        result: T = await asyncio.shield(task)
+        return result
+
+    def _finished(self, name: str, task: asyncio.Task[Any]) -> None:
+        if self._inflight.get(name) is task:
+            del self._inflight[name]
+        if not task.cancelled():
+            task.exception()  # retrieved: a fill that failed with nobody waiting is not logged

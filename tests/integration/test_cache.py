@@ -1,0 +1,359 @@
+"""The catalog cache (stage 5) against real Redis servers: the shared one (database 15) and
+servers of the tests' own, which they stop, stall and restart under a running shop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from asgi_lifespan import LifespanManager
+from redis.asyncio import Redis
+
+from app.core.cache import Cache
+from app.core.deps import Resources
+from app.main import create_app
+from tests.conftest import REDIS_URL, test_settings
+from tests.integration.conftest import User, make_product
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server of the test's own, without persistence, that it may stop and restart."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no"),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            probe = subprocess.run(
+                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True
+            )
+            if probe.stdout.strip() == "PONG":
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)  # in case a test left it stalled
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def stall(self, stalled: bool) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP if stalled else signal.SIGCONT)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@asynccontextmanager
+async def shop(database_url: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A shop of the test's own on the session's database, with these settings."""
+    app = create_app(test_settings(database_url=database_url, **overrides))
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
+            c.cache = app.state.resources.cache  # type: ignore[attr-defined]
+            yield c
+
+
+async def product_keys(redis: Redis, cache: Cache, product_id: int) -> list[bytes]:
+    """The Redis keys holding the cached answer of one product (any generation)."""
+    return [k async for k in redis.scan_iter(cache.key("catalog", "*", "product", product_id))]
+
+
+async def keyspace_hits(redis: Redis) -> int:
+    return int((await redis.info("stats"))["keyspace_hits"])
+
+
+async def set_calls(redis: Redis) -> int:
+    return int((await redis.info("commandstats")).get("cmdstat_set", {}).get("calls", 0))
+
+
+@pytest.fixture
+async def shared_redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+def session_cache(resources: Resources) -> Cache:
+    assert resources.cache is not None, "the session's shop has SHOP_REDIS_URL set"
+    return resources.cache
+
+
+# --- what is cached, and what makes it visible at once -------------------------------------------
+
+
+async def test_a_product_read_twice_is_answered_from_redis_the_second_time(
+    client: httpx.AsyncClient, resources: Resources, shared_redis: Redis
+) -> None:
+    cache = session_cache(resources)
+    product = await make_product(resources, price_cents=700)
+    before = cache.stats.hits
+
+    first = await client.get(f"/products/{product.id}")
+    assert await product_keys(shared_redis, cache, product.id)
+    second = await client.get(f"/products/{product.id}")
+
+    assert first.status_code == second.status_code == 200
+    assert second.content == first.content
+    assert second.headers["content-type"] == "application/json"
+    assert cache.stats.hits == before + 1
+
+
+async def test_a_price_change_is_visible_at_once_in_products_and_pages(
+    client: httpx.AsyncClient, admin: User
+) -> None:
+    created = await client.post(
+        "/admin/products",
+        headers=admin.headers,
+        json={"sku": "KETTLE-1", "name": "Kettle", "price_cents": 3000, "initial_stock": 4},
+    )
+    product_id = created.json()["id"]
+    for _ in range(2):  # the second read is a hit
+        assert (await client.get(f"/products/{product_id}")).json()["price_cents"] == 3000
+        assert (await client.get("/products?q=kettle")).json()["items"][0]["price_cents"] == 3000
+
+    changed = await client.put(
+        f"/admin/products/{product_id}/price", headers=admin.headers, json={"price_cents": 2500}
+    )
+
+    assert changed.status_code == 200
+    assert (await client.get(f"/products/{product_id}")).json()["price_cents"] == 2500
+    assert (await client.get("/products?q=kettle")).json()["items"][0]["price_cents"] == 2500
+
+
+async def test_a_restock_is_visible_at_once(
+    client: httpx.AsyncClient, resources: Resources, admin: User
+) -> None:
+    product = await make_product(resources, initial_stock=2)
+    for _ in range(2):
+        assert (await client.get(f"/products/{product.id}")).json()["stock"] == 2
+        assert (await client.get("/products")).json()["items"][0]["stock"] == 2
+
+    await client.post(
+        f"/admin/products/{product.id}/restock", headers=admin.headers, json={"quantity": 5}
+    )
+
+    assert (await client.get(f"/products/{product.id}")).json()["stock"] == 7
+    assert (await client.get("/products")).json()["items"][0]["stock"] == 7
+
+
+async def test_a_new_product_appears_at_once_in_a_cached_page(
+    client: httpx.AsyncClient, resources: Resources, admin: User
+) -> None:
+    await make_product(resources, name="Bowl")
+    for _ in range(2):
+        assert [p["name"] for p in (await client.get("/products")).json()["items"]] == ["Bowl"]
+
+    await client.post(
+        "/admin/products",
+        headers=admin.headers,
+        json={"sku": "CUP-1", "name": "Cup", "price_cents": 900},
+    )
+
+    assert [p["name"] for p in (await client.get("/products")).json()["items"]] == ["Bowl", "Cup"]
+
+
+async def test_an_unknown_product_still_answers_404_and_is_not_cached(
+    client: httpx.AsyncClient, resources: Resources, shared_redis: Redis
+) -> None:
+    assert (await client.get("/products/424242")).status_code == 404
+    assert await product_keys(shared_redis, session_cache(resources), 424242) == []
+    product = await make_product(resources)
+    assert (await client.get(f"/products/{product.id}")).status_code == 200
+
+
+async def test_stock_taken_by_orders_ages_within_the_bound_and_never_decides_an_order(
+    database_url: str, resources: Resources, alice: User
+) -> None:
+    product = await make_product(resources, initial_stock=1)
+    order = {"lines": [{"product_id": product.id, "quantity": 1}]}
+    async with shop(database_url, redis_url=REDIS_URL, cache_stock_staleness_s=0.5) as c:
+        assert (await c.get(f"/products/{product.id}")).json()["stock"] == 1  # now cached
+        assert (await c.post("/orders", headers=alice.headers, json=order)).status_code == 201
+
+        # Orders do not invalidate: the cached answer may show the old stock...
+        assert (await c.get(f"/products/{product.id}")).json()["stock"] == 1
+        # ...but a reservation is judged by the database, never by the cache.
+        refused = await c.post("/orders", headers=alice.headers, json=order)
+        assert refused.status_code == 409
+        assert refused.json()["available"] == 0
+
+        await asyncio.sleep(0.6)  # SHOP_CACHE_STOCK_STALENESS_S
+        assert (await c.get(f"/products/{product.id}")).json()["stock"] == 0
+
+
+# --- no stampede ---------------------------------------------------------------------------------
+
+
+async def queries_waiting_on_a_lock(dsn: str) -> int:
+    """Statements of this database that PostgreSQL shows waiting for a lock."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_concurrent_misses_of_a_cold_key_cost_one_database_query(
+    database_url: str, resources: Resources, redis_server: RedisServer
+) -> None:
+    """20 requests for a product nobody has cached: one fills, 19 wait for it. The database
+    is held (a table lock) until all 20 are waiting, so the count does not depend on timing,
+    and PostgreSQL itself shows how many queries were sent."""
+    product = await make_product(resources)
+    dsn = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    redis = Redis.from_url(redis_server.url)
+    async with shop(database_url, redis_url=redis_server.url, cache_timeout_ms=1000) as c:
+        cache: Cache = c.cache  # type: ignore[attr-defined]
+        async with await psycopg.AsyncConnection.connect(dsn) as locker:
+            await locker.execute("LOCK TABLE product IN ACCESS EXCLUSIVE MODE")
+            url = f"/products/{product.id}"
+            requests = [asyncio.ensure_future(c.get(url)) for _ in range(20)]
+
+            async def all_waiting() -> bool:
+                return cache.stats.coalesced == 19 and await queries_waiting_on_a_lock(dsn) > 0
+
+            await wait_until(all_waiting)
+            await asyncio.sleep(0.1)  # time for a second query, if one were coming
+            queries = await queries_waiting_on_a_lock(dsn)
+            await locker.rollback()
+        responses = await asyncio.gather(*requests)
+        assert {r.status_code for r in responses} == {200}
+        assert len({r.content for r in responses}) == 1
+        assert queries == 1
+        assert (cache.stats.refills, cache.stats.coalesced) == (1, 19)
+        assert await set_calls(redis) == 1
+        # And the next request is a hit: no query, no SET.
+        assert (await c.get(f"/products/{product.id}")).status_code == 200
+        assert (cache.stats.refills, await set_calls(redis)) == (1, 1)
+    await redis.aclose()
+
+
+# --- Redis down or slow is not an outage ---------------------------------------------------------
+
+
+async def test_redis_stopped_mid_loop_costs_no_request_and_fills_again_once_restarted(
+    database_url: str, resources: Resources, redis_server: RedisServer
+) -> None:
+    product = await make_product(resources, price_cents=1500)
+    async with shop(database_url, redis_url=redis_server.url, cache_backoff_s=0.2) as c:
+        cache: Cache = c.cache  # type: ignore[attr-defined]
+        statuses = []
+        for i in range(60):
+            if i == 20:
+                await asyncio.to_thread(redis_server.stop)
+            if i == 40:
+                ready = await c.get("/readyz")
+                assert ready.status_code == 200
+                assert ready.json()["checks"]["database"] == "ok"
+                assert ready.json()["checks"]["cache"].startswith("degraded")
+                assert not cache.available  # the breaker is open: requests skip Redis
+            response = await c.get(f"/products/{product.id}")
+            statuses.append(response.status_code)
+            assert response.json()["price_cents"] == 1500
+            await asyncio.sleep(0.005)
+        assert statuses == [200] * 60
+        assert cache.stats.skipped > 0
+
+        await asyncio.to_thread(redis_server.start)
+        deadline = time.monotonic() + 10
+        while not cache.available and time.monotonic() < deadline:
+            assert (await c.get(f"/products/{product.id}")).status_code == 200
+            await asyncio.sleep(0.05)
+        assert cache.available
+
+        redis = Redis.from_url(redis_server.url)
+        hits = await keyspace_hits(redis)
+        assert (await c.get(f"/products/{product.id}")).status_code == 200  # fills
+        assert await product_keys(redis, cache, product.id)
+        assert (await c.get(f"/products/{product.id}")).status_code == 200  # a hit
+        assert await keyspace_hits(redis) > hits
+        assert (await c.get("/readyz")).json()["checks"]["cache"] == "ok"
+        await redis.aclose()
+
+
+async def test_a_stalled_redis_costs_a_request_at_most_the_cache_timeout(
+    database_url: str, resources: Resources, redis_server: RedisServer
+) -> None:
+    product = await make_product(resources)
+    async with shop(database_url, redis_url=redis_server.url, cache_timeout_ms=100) as c:
+        cache: Cache = c.cache  # type: ignore[attr-defined]
+        assert (await c.get(f"/products/{product.id}")).status_code == 200  # connected
+        redis_server.stall(True)  # SIGSTOP: connections stay open, nothing answers
+        try:
+            started = time.monotonic()
+            slow = await c.get(f"/products/{product.id}")
+            took = time.monotonic() - started
+            skipped = cache.stats.skipped
+            again = await c.get(f"/products/{product.id}")
+            ready = await c.get("/readyz")
+        finally:
+            redis_server.stall(False)
+    assert slow.status_code == again.status_code == 200
+    assert slow.json() == again.json()
+    assert took < 1.0  # the timeout (0.1 s) plus the database read
+    assert cache.stats.failures == 1
+    assert cache.stats.skipped > skipped  # the breaker is open: Redis is not even asked
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["cache"].startswith("degraded")
+
+
+async def test_the_shop_starts_and_serves_when_nothing_listens_at_the_cache_address(
+    database_url: str, resources: Resources
+) -> None:
+    product = await make_product(resources)
+    nowhere = f"redis://127.0.0.1:{_free_port()}/0"
+    async with shop(database_url, redis_url=nowhere) as c:
+        for _ in range(3):
+            assert (await c.get(f"/products/{product.id}")).status_code == 200
+            assert (await c.get("/products")).status_code == 200
+        ready = await c.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "degraded"
+    assert ready.json()["checks"]["database"] == "ok"
+    assert ready.json()["checks"]["cache"].startswith("degraded")
