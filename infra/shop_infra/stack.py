@@ -47,6 +47,7 @@ from .constructs.edge import Edge
 from .constructs.load_balancer import LoadBalancer
 from .constructs.network import Network
 from .constructs.observability import Observability, add_cost_tag, metric, worst
+from .constructs.proxy import ReverseProxy
 from .constructs.queue import OrderQueue
 from .nag import acknowledge
 from .stages import (
@@ -98,13 +99,18 @@ def _protocol(stage: Stage, *, https: bool) -> str:
             f"HTTPS at CloudFront ({certificate}); the load balancer is internal and "
             "reached only through CloudFront's VPC origin"
         )
-    if https:
+    if https and stage.load_balanced:
         return "HTTPS with an ACM certificate; HTTP redirects to HTTPS"
+    if https:
+        return (
+            "HTTPS from Caddy on the box, with a Let's Encrypt certificate it obtains once the "
+            "DNS record resolves (minutes after the deploy); HTTP redirects to HTTPS"
+        )
     if stage.load_balanced:
         return "plain HTTP: pass -c shop:hosted_zone=<zone> for HTTPS"
     return (
-        "plain HTTP: a single box has no load balancer to hold an ACM certificate "
-        "(HTTPS from stage 3 with -c shop:hosted_zone=<zone>)"
+        "plain HTTP (Caddy on the box, port 80): pass -c shop:hosted_zone=<zone> for HTTPS "
+        "with a Let's Encrypt certificate"
     )
 
 
@@ -211,7 +217,8 @@ class ShopStack(Stack):
         if hosted_zone:
             zone = route53.HostedZone.from_lookup(self, "Zone", domain_name=hosted_zone)
             record_name = f"{stage.name}.{hosted_zone}"
-            # The single box (stages 1-2) has no load balancer or CDN to hold an ACM certificate.
+            # The single box (stages 1-2) has no load balancer or CDN to hold an ACM certificate:
+            # its reverse proxy gets one from Let's Encrypt (see proxy.py).
             if stage.load_balanced:
                 if stage.edge and self.region != "us-east-1":
                     raise ValueError("a CloudFront certificate must be in us-east-1")
@@ -280,6 +287,9 @@ class ShopStack(Stack):
             env["SHOP_MAIL_SENDER"] = mail_sender
 
         # --- web tier --------------------------------------------------------------------------
+        # A single box's only public listener is its reverse proxy: TLS with a hosted zone, and
+        # no /metrics (the load balancer's listener rules do that from stage 3).
+        proxy = None if stage.load_balanced else ReverseProxy(domain=record_name)
         web = ContainerTier(
             self,
             "Web",
@@ -289,6 +299,7 @@ class ShopStack(Stack):
             command=web_command(stage.fleet.workers),
             publish=True,
             on_box_secret=on_box_secret,
+            proxy=proxy,
         )
         self._grant_app(web, secrets=secrets, edge=edge)
         if queue is not None:
@@ -314,12 +325,20 @@ class ShopStack(Stack):
                 volume_gib=fleet.volume_gib,
                 image_uri=image.image_uri,
             )
-            web.security_group.add_ingress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(80), "HTTP")
+            assert proxy is not None
+            for port in proxy.ports:
+                web.security_group.add_ingress_rule(
+                    ec2.Peer.any_ipv4(),
+                    ec2.Port.tcp(port),
+                    "HTTPS (Caddy)" if port == 443 else "HTTP (Caddy)",
+                )
             acknowledge(
                 web.security_group,
                 id="AwsSolutions-EC23",
-                reason="Stages 1-2 have no load balancer: the box is the public entry point and "
-                "must take HTTP from every load-test client. Only port 80 is open.",
+                reason="Stages 1-2 have no load balancer: the box's reverse proxy is the public "
+                "entry point and must take every load-test client. Only port 80 is open, and "
+                "443 with a hosted zone (HTTPS; 80 then redirects and answers the certificate "
+                "challenge); the app's own port is bound to the instance's loopback.",
             )
             address = ec2.CfnEIP(self, "Address", domain="vpc", instance_id=box.instance_id)
             target_url = f"http://{address.ref}"
@@ -332,7 +351,7 @@ class ShopStack(Stack):
                     target=route53.RecordTarget.from_ip_addresses(address.ref),
                     ttl=Duration.minutes(1),
                 )
-                target_url = f"http://{record_name}"
+                target_url = f"https://{record_name}"
             web_cpu.append(metric("AWS/EC2", "CPUUtilization", {"InstanceId": box.instance_id}))
         else:
             web.security_group.connections.allow_from(
@@ -481,7 +500,9 @@ class ShopStack(Stack):
         CfnOutput(
             self,
             "Protocol",
-            value=_protocol(stage, https=certificate is not None),
+            value=_protocol(
+                stage, https=certificate is not None or (proxy is not None and proxy.https)
+            ),
             description="How TargetUrl is served, and how to get HTTPS where it is not",
         )
         CfnOutput(self, "Dashboard", value=observability.dashboard.dashboard_name)

@@ -16,6 +16,11 @@ balancer's deregistration delay is set to the same figure."""
 APP_PORT = 8000
 """Port the app's container listens on (the container contract)."""
 
+METRICS_PATH = "/metrics"
+"""The app's Prometheus endpoint. No stage serves it to the internet: the load balancer (stages
+3-7) and the single box's reverse proxy (stages 1-2) answer 404 for it; it is scraped from the
+instance itself (README, "Deploy a stage to AWS")."""
+
 LOAD_BALANCER_IDLE_TIMEOUT_S = 60
 """Seconds the load balancer keeps an idle connection to a target open (its idle timeout)."""
 

@@ -34,7 +34,15 @@ ALLOWED_WARNINGS = {
 
 @pytest.fixture(scope="module")
 def findings(synthesized) -> list[dict]:
-    templates = [str(each.path) for each in synthesized.values()]
+    return _lint([str(each.path) for each in synthesized.values()])
+
+
+@pytest.fixture(scope="module")
+def zone_findings(with_hosted_zone) -> list[dict]:
+    return _lint([str(each.path) for each in with_hosted_zone.values()])
+
+
+def _lint(templates: list[str]) -> list[dict]:
     run = subprocess.run(
         [str(CFN_LINT), "--format", "json", "--", *templates],
         capture_output=True,
@@ -60,6 +68,22 @@ def test_cfn_lint_warnings_are_only_the_allowed_ones(findings):
         (f["Rule"]["Id"], _resource(f), f["Message"])
         for f in findings
         if f["Level"] != "Error"
+        and not any(
+            f["Rule"]["Id"] == rule and _resource(f).startswith(prefix)
+            for rule, prefix in ALLOWED_WARNINGS
+        )
+    ]
+    assert unexpected == []
+
+
+def test_cfn_lint_finds_nothing_new_in_the_stages_with_a_hosted_zone(zone_findings):
+    # HTTPS listeners and their rules, the single box's port 443. The test's zone synth names an
+    # account without context for its availability zones, so CDK writes placeholder AZs (W3010);
+    # anything else is a finding.
+    unexpected = [
+        (f["Rule"]["Id"], _resource(f), f["Message"])
+        for f in zone_findings
+        if f["Rule"]["Id"] != "W3010"
         and not any(
             f["Rule"]["Id"] == rule and _resource(f).startswith(prefix)
             for rule, prefix in ALLOWED_WARNINGS

@@ -125,9 +125,13 @@ def test_without_a_hosted_zone_a_plain_http_stage_says_so_and_how_to_get_https(s
     assert set(_listeners(synthesized[number])) <= {80}
 
 
-def test_the_single_box_says_it_stays_plain_http_even_with_a_zone(with_hosted_zone):
+def test_with_a_hosted_zone_the_single_box_serves_https_from_its_proxy_not_acm(with_hosted_zone):
+    # No load balancer to hold an ACM certificate: Caddy on the box gets one from Let's Encrypt
+    # (tests/infra/test_private_metrics_and_tls.py walks its boot script).
     synth = with_hosted_zone[1]
-    assert synth.template["Outputs"]["Protocol"]["Value"].startswith("plain HTTP")
+    outputs = synth.template["Outputs"]
+    assert outputs["Protocol"]["Value"].startswith("HTTPS from Caddy on the box")
+    assert outputs["TargetUrl"]["Value"] == "https://single-box.shop.example.com"
     assert not synth.resources("AWS::CertificateManager::Certificate")
 
 

@@ -38,9 +38,16 @@ from constructs import Construct
 
 from ..nag import acknowledge
 from ..stages import APP_PORT, GRACEFUL_SHUTDOWN_S
+from .proxy import CADDY_IMAGE, CADDYFILE, ReverseProxy
+from .proxy import CONTAINER as PROXY_CONTAINER
 
 HOST_PORT = 80
-"""The host port the container's port 8000 is published on (the box's URL, the ALB target)."""
+"""The host port the container's port 8000 is published on behind a load balancer (its target
+port). A single box publishes no app port on it: its reverse proxy listens there."""
+
+LOOPBACK_PORT = APP_PORT
+"""Every web instance also publishes the app on 127.0.0.1:8000, reachable from the instance
+only: the single box's health check, and scraping /metrics through SSM port forwarding."""
 
 POSTGRES_IMAGE = "public.ecr.aws/docker/library/postgres:17"
 REDIS_IMAGE = "public.ecr.aws/docker/library/redis:7"
@@ -128,12 +135,15 @@ class ContainerTier(Construct):
         command: str,
         publish: bool,
         on_box_secret: secretsmanager.ISecret | None = None,
+        proxy: ReverseProxy | None = None,
     ) -> None:
         super().__init__(scope, id)
         self._environment = dict(environment)
         self._command = command
         self._publish = publish
         self._on_box_secret = on_box_secret
+        self.proxy = proxy
+        """A single box's reverse proxy (stages 1-2); None behind a load balancer."""
         self.machine_image = pinned_machine_image(self)
         self.security_group = ec2.SecurityGroup(
             self,
@@ -237,6 +247,10 @@ class ContainerTier(Construct):
             "}",
             "retry ecr_login",
             'retry docker pull "$IMAGE"',
+        ]
+        if self.proxy is not None:
+            lines.append(f"retry docker pull {CADDY_IMAGE}")
+        lines += [
             "docker network inspect shop >/dev/null 2>&1 || docker network create shop",
             "STEP='write the configuration'",
             'install -d -m 0700 "$ROOT/etc/shop"',
@@ -244,6 +258,11 @@ class ContainerTier(Construct):
             f"cat > \"$ROOT/etc/shop/app.env\" <<'ENV'\n{env_file}\nENV",
             'chmod 0600 "$ROOT/etc/shop/app.env"',
         ]
+        if self.proxy is not None:
+            lines += [
+                f"cat > \"$ROOT{CADDYFILE}\" <<'CADDY'\n{self.proxy.caddyfile()}CADDY",
+                f'chmod 0644 "$ROOT{CADDYFILE}"',
+            ]
         if self._on_box_secret is not None:
             lines += self._on_box_data(self._on_box_secret.secret_arn)
         lines += [
@@ -254,13 +273,33 @@ class ContainerTier(Construct):
             "systemctl daemon-reload",
             "systemctl enable --now shop",
         ]
+        if self.proxy is not None:
+            lines += [
+                "STEP='start the reverse proxy'",
+                f"cat > \"$ROOT/etc/systemd/system/{PROXY_CONTAINER}.service\" <<'UNIT'\n"
+                f"{self._proxy_unit(self.proxy)}\nUNIT",
+                "systemctl daemon-reload",
+                f"systemctl enable --now {PROXY_CONTAINER}",
+            ]
         if report_health:
             lines.append("systemctl enable --now shop-health.timer")
         if self._publish:
+            # The app itself, on the instance: behind a proxy, not through it (with HTTPS, its
+            # certificate can only be issued once the stack has made the DNS record).
+            port = LOOPBACK_PORT if self.proxy is not None else HOST_PORT
             lines += [
                 "STEP='wait for /healthz'",
                 f"wait_until {HEALTH_CHECKS} {HEALTH_CHECK_INTERVAL_S} "
-                f"curl -fsS --max-time 2 -o /dev/null http://127.0.0.1:{HOST_PORT}/healthz",
+                f"curl -fsS --max-time 2 -o /dev/null http://127.0.0.1:{port}/healthz",
+            ]
+        if self.proxy is not None:
+            # Then the proxy's public port: a redirect to HTTPS (any 3xx passes) when it serves a
+            # domain, else the app's answer through it.
+            host = f"-H 'Host: {self.proxy.domain}' " if self.proxy.domain else ""
+            lines += [
+                "STEP='wait for the reverse proxy'",
+                f"wait_until {HEALTH_CHECKS} {HEALTH_CHECK_INTERVAL_S} "
+                f"curl -fsS --max-time 2 -o /dev/null {host}http://127.0.0.1:80/healthz",
             ]
         else:
             # A queue worker has no HTTP port; the later issue that builds `shop worker`
@@ -272,7 +311,11 @@ class ContainerTier(Construct):
     def _unit(self, image_uri: str, *, crash_loop_limit: bool) -> str:
         region = Aws.REGION
         name = "shop"
-        publish = f"-p {HOST_PORT}:{APP_PORT} " if self._publish else ""
+        publish = ""
+        if self._publish:
+            if self.proxy is None:
+                publish = f"-p {HOST_PORT}:{APP_PORT} "
+            publish += f"-p 127.0.0.1:{LOOPBACK_PORT}:{APP_PORT} "
         limit = (
             f"StartLimitIntervalSec={CRASH_LOOP_WINDOW_S}\nStartLimitBurst={CRASH_LOOP_BURST}\n"
             if crash_loop_limit
@@ -293,6 +336,27 @@ ExecStart=/usr/bin/docker run --rm --name {name} --network shop --env-file /etc/
 --stop-timeout {GRACEFUL_SHUTDOWN_S + 5} {image_uri} {self._command}
 ExecStop=/usr/bin/docker stop {name}
 TimeoutStopSec={GRACEFUL_SHUTDOWN_S + 15}
+[Install]
+WantedBy=multi-user.target"""
+
+    def _proxy_unit(self, proxy: ReverseProxy) -> str:
+        """Caddy's container: the box's public ports, its certificates kept in a volume."""
+        name = PROXY_CONTAINER
+        ports = "".join(f"-p {port}:{port} " for port in proxy.ports)
+        return f"""[Unit]
+Description=shop reverse proxy (Caddy): the box's public ports, TLS, no /metrics
+After=docker.service network-online.target
+Requires=docker.service
+[Service]
+Restart=always
+RestartSec=5
+ExecStartPre=-/usr/bin/docker rm -f {name}
+ExecStart=/usr/bin/docker run --rm --name {name} --network shop {ports}\
+-v {CADDYFILE}:/etc/caddy/Caddyfile:ro -v caddy-data:/data -v caddy-config:/config \
+--log-driver awslogs --log-opt awslogs-region={Aws.REGION} \
+--log-opt awslogs-group={self.log_group.log_group_name} --log-opt awslogs-stream=%H-{name} \
+--log-opt mode=non-blocking --log-opt max-buffer-size={LOG_BUFFER} {CADDY_IMAGE}
+ExecStop=/usr/bin/docker stop {name}
 [Install]
 WantedBy=multi-user.target"""
 

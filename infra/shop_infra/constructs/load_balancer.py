@@ -3,6 +3,9 @@
 Public (stages 3-4: it is the shop's entry point), with HTTPS and a redirect from HTTP when the
 stack has a certificate; internal (stages 5-7: CloudFront's VPC origin is the only way in, so the
 CDN cannot be bypassed and no request crosses the internet between CloudFront and the origin).
+
+Every listener answers 404 for the app's Prometheus endpoint, ahead of its forward or redirect:
+/metrics is scraped from the instance itself (SSM port forwarding), never through the internet.
 """
 
 from __future__ import annotations
@@ -15,8 +18,19 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from ..nag import acknowledge
-from ..stages import GRACEFUL_SHUTDOWN_S
+from ..stages import GRACEFUL_SHUTDOWN_S, METRICS_PATH
 from .compute import HOST_PORT
+
+PRIVATE_METRICS_PRIORITY = 1
+PRIVATE_METRICS_PATTERNS = [METRICS_PATH, f"{METRICS_PATH}/*"]
+
+ENCODED_METRICS_PRIORITY = 2
+ENCODED_METRICS_REGEX = "^/(m|%6[dD])(e|%65)(t|%74)(r|%72)(i|%69)(c|%63)(s|%73)(/.*|%2[fF].*)?$"
+"""/metrics with any of its letters (or the slash after it) percent-encoded. The app's server
+decodes the path before routing, so /%6Detrics reaches /metrics; a listener rule compares the
+path as sent, and its plain path patterns allow no '%', so a regular expression catches these."""
+
+NOT_FOUND = "Not Found"
 
 
 class LoadBalancer(Construct):
@@ -70,6 +84,7 @@ class LoadBalancer(Construct):
         self.https = certificate is not None
         if certificate is None:
             self.listener = self.alb.add_listener("Http", port=80, open=False)
+            self.listeners = [self.listener]
         else:
             self.listener = self.alb.add_listener(
                 "Https",
@@ -78,7 +93,7 @@ class LoadBalancer(Construct):
                 ssl_policy=elbv2.SslPolicy.RECOMMENDED_TLS,
                 open=False,
             )
-            self.alb.add_listener(
+            redirect = self.alb.add_listener(
                 "Http",
                 port=80,
                 open=False,
@@ -86,6 +101,9 @@ class LoadBalancer(Construct):
                     protocol="HTTPS", port="443", permanent=True
                 ),
             )
+            self.listeners = [self.listener, redirect]
+        for listener in self.listeners:
+            _hide_metrics(listener)
 
     def target_group(self, id: str) -> elbv2.ApplicationTargetGroup:
         """A target group whose deregistration delay matches the app's graceful shutdown.
@@ -116,3 +134,38 @@ class LoadBalancer(Construct):
     def url(self) -> str:
         """The load balancer's own name (a certificate names the stage's record instead)."""
         return f"http://{self.alb.load_balancer_dns_name}"
+
+
+def _hide_metrics(listener: elbv2.ApplicationListener) -> None:
+    """Answer 404 for /metrics on `listener`, ahead of its default action (forward, redirect)."""
+    listener.add_action(
+        "PrivateMetrics",
+        priority=PRIVATE_METRICS_PRIORITY,
+        conditions=[elbv2.ListenerCondition.path_patterns(PRIVATE_METRICS_PATTERNS)],
+        action=elbv2.ListenerAction.fixed_response(
+            404, content_type="text/plain", message_body=NOT_FOUND
+        ),
+    )
+    # The L2 condition has no regular expressions: the rule is written at the CloudFormation level.
+    elbv2.CfnListenerRule(
+        listener,
+        "EncodedMetricsRule",
+        listener_arn=listener.listener_arn,
+        priority=ENCODED_METRICS_PRIORITY,
+        conditions=[
+            elbv2.CfnListenerRule.RuleConditionProperty(
+                field="path-pattern",
+                path_pattern_config=elbv2.CfnListenerRule.PathPatternConfigProperty(
+                    regex_values=[ENCODED_METRICS_REGEX]
+                ),
+            )
+        ],
+        actions=[
+            elbv2.CfnListenerRule.ActionProperty(
+                type="fixed-response",
+                fixed_response_config=elbv2.CfnListenerRule.FixedResponseConfigProperty(
+                    status_code="404", content_type="text/plain", message_body=NOT_FOUND
+                ),
+            )
+        ],
+    )
