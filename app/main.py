@@ -12,14 +12,13 @@ from types import FrameType
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from app.accounting.router import router as accounting_router
 from app.catalog.router import router as catalog_router
 from app.core import aws
-from app.core.cache import Cache, namespace_for
+from app.core.cache import Cache, bounded_client, namespace_for
 from app.core.db import Database
 from app.core.deps import Resources, ResourcesDep
 from app.core.docs import install_docs
@@ -93,8 +92,14 @@ async def open_resources(settings: Settings) -> Resources:
         memory_kib=settings.password_memory_kib,
         threads=settings.password_hash_threads,
     )
-    redis = Redis.from_url(resolved.redis_url) if resolved.redis_url else None
-    # The cache has a client of its own: its timeouts are tighter than the rate limiter's.
+    # Sign-in counts failures in Redis: a stalled server must cost it SHOP_CACHE_TIMEOUT_MS
+    # (then it counts locally), not redis-py's default of 5 s per call.
+    redis = (
+        bounded_client(resolved.redis_url, timeout_s=settings.cache_timeout_ms / 1000)
+        if resolved.redis_url
+        else None
+    )
+    # The cache has a client of its own, whose connections its breaker drops and remakes.
     cache = (
         Cache.from_url(
             resolved.redis_url,

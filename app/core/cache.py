@@ -70,6 +70,19 @@ class CacheStats:
     """Calls not sent to Redis because the breaker was open."""
 
 
+def bounded_client(url: str, *, timeout_s: float) -> Redis:
+    """A Redis client whose commands give up after about `timeout_s`, without retries: a
+    stalled server costs a caller that long, not redis-py's default of seconds per try."""
+    return Redis.from_url(
+        url,
+        socket_timeout=max(timeout_s, 0.001),
+        # Connecting happens in the cache's background reconnect as well; a TLS handshake may
+        # need longer than a command. A cache request still waits at most timeout_s (_call).
+        socket_connect_timeout=max(timeout_s, 1.0),
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
 def namespace_for(address: str) -> str:
     """A short, stable key prefix for the data set at `address` (a database URL without its
     password): two shops on different databases can share one Redis without reading each
@@ -104,19 +117,14 @@ class Cache:
     def from_url(
         cls, url: str, *, namespace: str, ttl_s: float, timeout_s: float, backoff_s: float
     ) -> Cache:
-        """A cache with a client of its own: no retries (the breaker decides when to try again)
-        and socket timeouts of the same order as `timeout_s`, so a slow or dead server costs a
-        request at most `timeout_s`."""
-        client = Redis.from_url(
-            url,
-            socket_timeout=max(timeout_s, 0.001),
-            # Connecting happens in the background reconnect as well; a TLS handshake may need
-            # longer than a command. A request still waits at most timeout_s (see _call).
-            socket_connect_timeout=max(timeout_s, 1.0),
-            retry=Retry(NoBackoff(), 0),
-        )
+        """A cache with a client of its own (see `bounded_client`): the breaker, not the
+        client, decides when to try again."""
         return cls(
-            client, namespace=namespace, ttl_s=ttl_s, timeout_s=timeout_s, backoff_s=backoff_s
+            bounded_client(url, timeout_s=timeout_s),
+            namespace=namespace,
+            ttl_s=ttl_s,
+            timeout_s=timeout_s,
+            backoff_s=backoff_s,
         )
 
     def key(self, *parts: object) -> str:

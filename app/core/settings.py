@@ -136,8 +136,9 @@ class Settings(BaseSettings):
         50,
         ge=1,
         le=5000,
-        description="Longest wait for any cache call; past it the request is served from the "
-        "database and the cache is left alone for cache_backoff_s.",
+        description="Longest wait for any Redis call. Past it a cached read is served from the "
+        "database and the cache is left alone for cache_backoff_s; sign-in counts its "
+        "failures in the process instead.",
     )
     cache_backoff_s: float = Field(
         2.0,

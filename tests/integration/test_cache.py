@@ -357,3 +357,24 @@ async def test_the_shop_starts_and_serves_when_nothing_listens_at_the_cache_addr
     assert ready.json()["status"] == "degraded"
     assert ready.json()["checks"]["database"] == "ok"
     assert ready.json()["checks"]["cache"].startswith("degraded")
+
+
+async def test_a_stalled_redis_does_not_stall_sign_in(
+    database_url: str, alice: User, redis_server: RedisServer
+) -> None:
+    """Sign-in counts failures in the same Redis: a stalled server must not hold it up."""
+    async with shop(database_url, redis_url=redis_server.url) as c:
+        redis_server.stall(True)
+        try:
+            started = time.monotonic()
+            wrong = await c.post(
+                "/auth/token", json={"email": alice.email, "password": "not-the-password"}
+            )
+            right = await c.post(
+                "/auth/token", json={"email": alice.email, "password": "correct-horse-42"}
+            )
+            took = time.monotonic() - started
+        finally:
+            redis_server.stall(False)
+    assert (wrong.status_code, right.status_code) == (401, 200)
+    assert took < 2.0
