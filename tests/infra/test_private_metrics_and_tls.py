@@ -10,12 +10,13 @@ go through it to a stand-in app.
 
 from __future__ import annotations
 
-import http.client
+import contextlib
 import http.server
 import itertools
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -214,7 +215,7 @@ def test_without_a_zone_the_box_runs_caddy_on_plain_http_and_it_404s_metrics(
     assert re.search(r"^http:// \{$", caddyfile, flags=re.MULTILINE)  # plain HTTP, any host
     assert "@metrics path /metrics /metrics/*\n\trespond @metrics 404" in caddyfile
     assert f"reverse_proxy shop:{APP_PORT}" in caddyfile
-    proxy = _unit_exec(boot, "proxy.service")
+    proxy = _unit_exec(boot, "shop-proxy.service")
     assert "--name proxy --network shop -p 80:80 " in proxy
     assert "443" not in proxy
     assert "-v /etc/shop/Caddyfile:/etc/caddy/Caddyfile:ro" in proxy
@@ -251,7 +252,7 @@ def test_with_a_zone_the_box_serves_its_record_over_https_and_opens_443(with_hos
     assert re.search(r"^single-box\.shop\.example\.com \{$", caddyfile, flags=re.MULTILINE)
     assert "http://" not in caddyfile
     assert "@metrics path /metrics /metrics/*\n\trespond @metrics 404" in caddyfile
-    proxy = _unit_exec(boot, "proxy.service")
+    proxy = _unit_exec(boot, "shop-proxy.service")
     assert "-p 80:80 -p 443:443 " in proxy
     assert _public_ports(synth) == {80, 443}
 
@@ -271,7 +272,9 @@ def test_with_a_zone_the_health_check_needs_no_certificate(with_hosted_zone, tmp
     through_proxy = [c for c in checks if "http://127.0.0.1:80/healthz" in c]
     assert len(app) == 4 and len(through_proxy) == 1
     assert "-H Host: single-box.shop.example.com" in through_proxy[0]
-    assert boot.index("systemctl enable --now shop") < boot.index("systemctl enable --now proxy")
+    assert boot.calls.index("systemctl enable --now shop") < boot.calls.index(
+        "systemctl enable --now shop-proxy"
+    )
     assert boot.index("curl", last=True) < boot.index("cfn-signal")
     assert boot.signals == [
         f"cfn-signal --stack Shop-1-single-box --resource {logical_id} --region us-east-1 "
@@ -284,7 +287,7 @@ def test_the_proxy_image_pull_is_retried_like_every_network_step(with_hosted_zon
     assert boot.returncode != 0
     [signal] = boot.signals
     assert re.search(r"--exit-code [1-9]", signal)
-    assert not boot.called("systemctl enable --now proxy")
+    assert "systemctl enable --now shop-proxy" not in boot.calls
 
 
 def test_a_box_whose_app_never_answers_signals_failure_even_with_the_proxy(synthesized, tmp_path):
@@ -361,32 +364,40 @@ def _stand_in_app(seen: list[str]) -> type[http.server.BaseHTTPRequestHandler]:
     return App
 
 
-def _get(port: int, raw_path: str) -> int:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.putrequest("GET", raw_path, skip_accept_encoding=True)
-        connection.endheaders()
-        return connection.getresponse().status
-    finally:
-        connection.close()
+def _request(
+    port: int, raw_path: str, *, host: str = "127.0.0.1", tls: bool = False
+) -> tuple[int, str]:
+    """Status and Location of GET `raw_path`, sent as is (no client-side normalisation)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+        stream: socket.socket = plain
+        if tls:  # the test CA of `local_certs`, not a public one: no verification
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            stream = context.wrap_socket(plain, server_hostname=host)
+        stream.sendall(
+            f"GET {raw_path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := stream.recv(65536):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    location = next(
+        (line.split(":", 1)[1].strip() for line in head if line.lower().startswith("location:")),
+        "",
+    )
+    return int(head[0].split()[1]), location
 
 
-@needs_caddy
-def test_caddy_serves_the_app_and_answers_404_for_every_spelling_of_metrics(synthesized, tmp_path):
-    # The box's own Caddyfile, served by the real caddy in front of a stand-in app: only the
-    # listening port and the upstream's address differ from the instance.
-    boot = _boot_in(synthesized[1], tmp_path / "boot")
+@contextlib.contextmanager
+def _served(caddyfile: str, tmp_path: Path, ports: dict[str, int]) -> Iterator[list[str]]:
+    """Run the real caddy on `caddyfile` in front of a stand-in app (at `{app}` in the text);
+    yield the paths the app received."""
     seen: list[str] = []
     app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _stand_in_app(seen))
     threading.Thread(target=app.serve_forever, daemon=True).start()
-    port = _free_port()
-    caddyfile = (
-        _caddyfile(boot)
-        .replace("http:// {", f"http://:{port} {{")
-        .replace(f"reverse_proxy shop:{APP_PORT}", f"reverse_proxy 127.0.0.1:{app.server_port}")
-    )
     config = tmp_path / "Caddyfile"
-    config.write_text(caddyfile)
+    config.write_text(caddyfile.replace(f"shop:{APP_PORT}", f"127.0.0.1:{app.server_port}"))
     assert CADDY is not None
     caddy = subprocess.Popen(
         [CADDY, "run", "--config", str(config), "--adapter", "caddyfile"],
@@ -397,22 +408,70 @@ def test_caddy_serves_the_app_and_answers_404_for_every_spelling_of_metrics(synt
     )
     try:
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                status = _get(port, "/healthz")
-                break
-            except OSError:
-                assert caddy.poll() is None, caddy.stderr.read() if caddy.stderr else ""
-                assert time.monotonic() < deadline, "caddy did not start listening"
-                time.sleep(0.1)
-        assert status == 200 and seen == ["/healthz"]
-        hidden = ["/metrics", "/metrics/", "/metrics/x", "/%6Detrics", "/%6d%65trics"]
-        hidden += ["/metric%73", "/metrics%2Fx", "/METRICS", "/metrics?format=text"]
-        for raw in hidden:
-            assert _get(port, raw) == 404, raw
-        assert seen == ["/healthz"]  # none of them reached the app
-        assert _get(port, "/products/metrics") == 200
+        for port in ports.values():
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert caddy.poll() is None, caddy.stderr.read() if caddy.stderr else ""
+                    assert time.monotonic() < deadline, "caddy did not start listening"
+                    time.sleep(0.1)
+        yield seen
     finally:
         caddy.terminate()
         caddy.wait(timeout=10)
         app.shutdown()
+
+
+HIDDEN = [
+    "/metrics",
+    "/metrics/",
+    "/metrics/x",
+    "/%6Detrics",
+    "/%6d%65trics",
+    "/metric%73",
+    "/metrics%2Fx",
+    "/METRICS",
+    "/metrics?format=text",
+]
+"""Spellings of /metrics that reach the app's metrics route (or would, in another case)."""
+
+
+@needs_caddy
+def test_caddy_serves_the_app_and_answers_404_for_every_spelling_of_metrics(synthesized, tmp_path):
+    # The box's own Caddyfile, served by the real caddy in front of a stand-in app: only the
+    # listening port and the upstream's address differ from the instance.
+    boot = _boot_in(synthesized[1], tmp_path / "boot")
+    port = _free_port()
+    caddyfile = _caddyfile(boot).replace("http:// {", f"http://:{port} {{")
+    with _served(caddyfile, tmp_path, {"http": port}) as seen:
+        assert _request(port, "/healthz") == (200, "")
+        for raw in HIDDEN:
+            assert _request(port, raw)[0] == 404, raw
+        assert _request(port, "/products/metrics")[0] == 200
+        assert seen == ["/healthz", "/products/metrics"]  # no spelling of /metrics got through
+
+
+@needs_caddy
+def test_caddy_with_a_zone_redirects_to_https_and_hides_metrics_there_too(
+    with_hosted_zone, tmp_path
+):
+    # The box's Caddyfile with a zone; for the test only, Caddy's own local CA stands in for
+    # Let's Encrypt and the ports are free ones instead of 80 and 443.
+    boot = _boot_in(with_hosted_zone[1], tmp_path / "boot")
+    domain = "single-box.shop.example.com"
+    ports = {"http": _free_port(), "https": _free_port()}
+    caddyfile = _caddyfile(boot).replace(
+        "\tadmin off\n",
+        "\tadmin off\n\tlocal_certs\n\tskip_install_trust\n"
+        f"\thttp_port {ports['http']}\n\thttps_port {ports['https']}\n",
+    )
+    with _served(caddyfile, tmp_path, ports) as seen:
+        status, location = _request(ports["http"], "/products/1", host=domain)
+        assert status in (301, 308) and location.startswith(f"https://{domain}")
+        assert _request(ports["http"], "/metrics", host=domain)[0] in (301, 308)
+        assert _request(ports["https"], "/healthz", host=domain, tls=True) == (200, "")
+        for raw in HIDDEN:
+            assert _request(ports["https"], raw, host=domain, tls=True)[0] == 404, raw
+        assert seen == ["/healthz"]

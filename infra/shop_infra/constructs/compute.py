@@ -40,6 +40,7 @@ from ..nag import acknowledge
 from ..stages import APP_PORT, GRACEFUL_SHUTDOWN_S
 from .proxy import CADDY_IMAGE, CADDYFILE, ReverseProxy
 from .proxy import CONTAINER as PROXY_CONTAINER
+from .proxy import UNIT as PROXY_UNIT
 
 HOST_PORT = 80
 """The host port the container's port 8000 is published on behind a load balancer (its target
@@ -276,10 +277,10 @@ class ContainerTier(Construct):
         if self.proxy is not None:
             lines += [
                 "STEP='start the reverse proxy'",
-                f"cat > \"$ROOT/etc/systemd/system/{PROXY_CONTAINER}.service\" <<'UNIT'\n"
+                f"cat > \"$ROOT/etc/systemd/system/{PROXY_UNIT}.service\" <<'UNIT'\n"
                 f"{self._proxy_unit(self.proxy)}\nUNIT",
                 "systemctl daemon-reload",
-                f"systemctl enable --now {PROXY_CONTAINER}",
+                f"systemctl enable --now {PROXY_UNIT}",
             ]
         if report_health:
             lines.append("systemctl enable --now shop-health.timer")

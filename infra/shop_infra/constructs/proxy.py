@@ -26,6 +26,8 @@ CADDY_IMAGE = f"public.ecr.aws/docker/library/caddy:{CADDY_VERSION}"
 PostgreSQL and Redis images, so no Docker Hub pull limit applies), pinned by version."""
 
 CONTAINER = "proxy"
+UNIT = "shop-proxy"
+"""The systemd unit that runs the proxy's container (beside `shop`, the app's)."""
 UPSTREAM = f"shop:{APP_PORT}"
 """The app's container, by name, on the `shop` docker network."""
 
