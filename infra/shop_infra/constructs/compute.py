@@ -3,6 +3,9 @@
 A `ContainerTier` is what every instance of one tier shares (role, security group, log group, the
 boot script); the tier is then placed as one box, a fixed group of instances, or Auto Scaling
 groups. Nothing listens on port 22 and there is no key pair: shell access is SSM Session Manager.
+Behind a load balancer the app's container is published on port 80 (the target port); a single
+box publishes it on its loopback only, behind a reverse proxy (`proxy.py`) that owns the public
+ports. Every web instance also has the app on 127.0.0.1:8000, for scraping /metrics from it.
 Every instance requires IMDSv2 with a hop limit of 2 (see `_metadata_options`).
 
 Deploys wait for health: every instance and Auto Scaling group has a creation policy (and every
