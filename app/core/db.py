@@ -310,8 +310,9 @@ class Database:
         """A read-only connection: on a replica that may answer this request, else the primary.
 
         A replica that refuses the connection is skipped for the primary. A failure after the
-        block has started is not retried (the block may have done anything): use `fetch_all`
-        where a read must survive a replica stopping under it.
+        block has started is not retried (the block may have done anything; the replica is
+        skipped from the next read on): use `fetch_all` where a read must survive a replica
+        stopping under it.
         """
         replica = self._choose()
         if replica is not None:
@@ -326,6 +327,13 @@ class Database:
                 self._count(replica)
                 try:
                     yield conn
+                except DBAPIError as exc:
+                    # Too late to answer from the primary, but the next reads need not fail.
+                    if exc.connection_invalidated or (
+                        isinstance(exc.orig, psycopg.Error) and _is_disconnect(exc.orig)
+                    ):
+                        self.replicas.report_failure(replica, exc)
+                    raise
                 finally:
                     await conn.close()
                 return

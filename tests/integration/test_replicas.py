@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from app.core.deps import Resources
 from app.main import create_app
@@ -76,8 +78,7 @@ async def shop(servers: Servers, **overrides: Any) -> AsyncIterator[Shop]:
     settings = test_settings(
         database_url=servers.url,
         database_replica_urls=[servers.replica_url],
-        database_replica_check_s=0.2,
-        **overrides,
+        **{"database_replica_check_s": 0.2, **overrides},
     )
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=20):
@@ -247,3 +248,19 @@ async def test_stopping_the_replica_loses_no_request_and_it_takes_reads_again_wh
         for _ in range(5):
             assert (await one.http.get(f"/products/{product.id}")).status_code == 200
         assert servers.reads_on_replica(PRODUCT_READS) == before + 5
+
+
+async def test_a_read_block_that_loses_its_replica_skips_it_from_the_next_read(
+    servers: Servers,
+) -> None:
+    async with shop(servers, database_replica_check_s=60) as one:  # no check meanwhile
+        db = one.resources.db
+        (replica,) = db.replicas.replicas
+        assert replica.healthy
+        with pytest.raises(DBAPIError):
+            async with db.read() as conn:
+                await conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        assert not replica.healthy
+        assert db.replicas.choose() is None  # the primary answers meanwhile
+        await db.replicas.check()
+        assert replica.healthy
