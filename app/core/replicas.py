@@ -23,13 +23,17 @@ return value to every write, for a concern none of them has: "not before" is a p
 request, like its deadline. Code outside a request (the CLI, tests) sees no position and reads as
 an anonymous visitor does.
 
-Health. `ReplicaSet.watch` polls the primary's position and each replica's every `check_s`
-seconds. A replica's lag is how long ago the primary was at the position the replica has now
-replayed (from the history of the primary's positions, so an idle primary shows no lag, unlike
+Health. `ReplicaSet.start` (from `Database.open`, so in the app's lifespan) checks once, then a
+background task polls the primary's position and each replica's every `check_s` seconds. A
+replica's lag is how long ago the primary was at the position the replica has now replayed (from
+the history of the primary's positions, so an idle primary shows no lag, unlike
 `now() - pg_last_xact_replay_timestamp()`). A replica that lags more than `max_lag_s`, fails a
 poll, or fails a read with a lost connection is skipped until a poll finds it healthy again.
 Reads without a position (anonymous visitors, the catalog) go to any healthy replica, so what
-they see is at most about `max_lag_s + check_s` old.
+they see is at most about `max_lag_s + check_s` old. The metrics count reads by the server that
+answered (`shop_db_reads`) and reads that passed the replicas over (`shop_db_replica_skips`:
+`behind` the client's position, `unhealthy`, `down` for a lost connection, `busy` for a replica
+pool with no free connection in time).
 """
 
 from __future__ import annotations
