@@ -77,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
         timeout_keep_alive=settings.http_keepalive_s,
         proxy_headers=True,
-        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         access_log=False,  # the shop logs each request itself, as one JSON line
         log_config=_log_config(),
     )

@@ -242,6 +242,13 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, le=64, description="Server processes `shop serve` starts (one per vCPU)."
     )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Comma-separated addresses or networks of the proxies in front (load "
+        "balancer, CDN origin, reverse proxy) whose X-Forwarded-For and X-Forwarded-Proto are "
+        "believed. The client address, which the sign-in limit counts by, is the last one in "
+        "X-Forwarded-For that is not one of them.",
+    )
     metrics: bool = Field(
         True, description="Serve Prometheus metrics at /metrics and record them per request."
     )

@@ -73,6 +73,9 @@ IMAGE_EXCLUDES = [
 ]
 """Kept out of the image build context even without a .dockerignore (synth copies the context)."""
 
+DOCKER_NETWORKS = "172.16.0.0/12"
+"""Where docker puts the box's container networks (the proxy reaches the app from there)."""
+
 COLOURS = ("blue", "green")
 CART_ACTIONS = [
     "dynamodb:GetItem",
@@ -159,6 +162,13 @@ class ShopStack(Stack):
             # Above the load balancer's idle timeout, so that the load balancer closes idle
             # connections first (else a request racing the app's close is answered 502).
             "SHOP_HTTP_KEEPALIVE_S": str(HTTP_KEEPALIVE_S),
+            # Whatever talks to the app from inside the VPC is a proxy of ours (the load
+            # balancer, CloudFront's VPC origin, Caddy on the box's docker network), so the
+            # client address is the last X-Forwarded-For entry none of them added: what the
+            # sign-in limit counts failures by, instead of one budget for the whole proxy.
+            "SHOP_FORWARDED_ALLOW_IPS": Fn.join(
+                ",", [vpc.vpc_cidr_block, DOCKER_NETWORKS, "127.0.0.1"]
+            ),
         }
         secrets: list[secretsmanager.ISecret] = [jwt_secret]
 

@@ -77,3 +77,43 @@ def test_each_request_is_one_json_line_with_the_id_the_client_saw(tmp_path: Path
     assert by_id["trace-42"]["status"] == seen.status_code == 200
     assert by_id["trace-42"]["ms"] > 0 and "db_ms" in by_id["trace-42"]
     assert by_id[made.headers["x-request-id"]]["status"] == 404
+
+
+def test_behind_a_trusted_proxy_the_sign_in_limit_counts_the_real_client(tmp_path: Path) -> None:
+    """Through a proxy every request comes from the proxy: the limit must count the address
+    the proxy forwards, or one guesser would lock everybody out."""
+    assert shop(tmp_path, "migrate").returncode == 0
+    port = _free_port()
+    process = subprocess.Popen(
+        [SHOP, "serve", "--port", str(port), "--no-access-log"],
+        cwd=tmp_path,
+        env=_clean_env(tmp_path)
+        | {"SHOP_SIGN_IN_FAILURES_PER_CLIENT": "2", "SHOP_FORWARDED_ALLOW_IPS": "127.0.0.0/8"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(f"{base}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+        def guess(client: str, number: int) -> int:
+            return httpx.post(
+                f"{base}/auth/token",
+                json={"email": f"nobody{number}@example.com", "password": "wrong-guess-0"},
+                headers={"X-Forwarded-For": client},
+                timeout=10,
+            ).status_code
+
+        assert [guess("198.51.100.7", n) for n in range(3)] == [401, 401, 429]
+        # Another client behind the same proxy is not locked out...
+        assert guess("203.0.113.20", 9) == 401
+        # ...and a forged entry before the real one does not move the count elsewhere.
+        assert guess("203.0.113.99, 198.51.100.7", 10) == 429
+    finally:
+        stop(process)

@@ -94,6 +94,18 @@ def test_the_app_keeps_idle_connections_longer_than_the_load_balancer(synthesize
         assert int(keepalive) == HTTP_KEEPALIVE_S > idle
 
 
+@pytest.mark.parametrize("each", STAGES, ids=lambda s: s.stack_id)
+def test_the_app_believes_forwarded_addresses_from_the_proxies_in_the_vpc_only(
+    synthesized, each
+):
+    """Behind a proxy the app saw one client, the proxy: one sign-in budget for everybody."""
+    synth = synthesized[each.number]
+    [vpc_id] = synth.resources("AWS::EC2::VPC")
+    for script in boot_scripts(synth).values():
+        [trusted] = re.findall(r"^SHOP_FORWARDED_ALLOW_IPS=(.+)$", script, flags=re.MULTILINE)
+        assert trusted.split(",") == [f"{vpc_id}.CidrBlock", "172.16.0.0/12", "127.0.0.1"]
+
+
 # --- the machine image is pinned ---------------------------------------------------------------
 
 
