@@ -95,9 +95,7 @@ def test_the_app_keeps_idle_connections_longer_than_the_load_balancer(synthesize
 
 
 @pytest.mark.parametrize("each", STAGES, ids=lambda s: s.stack_id)
-def test_the_app_believes_forwarded_addresses_from_the_proxies_in_the_vpc_only(
-    synthesized, each
-):
+def test_the_app_believes_forwarded_addresses_from_the_proxies_in_the_vpc_only(synthesized, each):
     """Behind a proxy the app saw one client, the proxy: one sign-in budget for everybody."""
     synth = synthesized[each.number]
     [vpc_id] = synth.resources("AWS::EC2::VPC")
