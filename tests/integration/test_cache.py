@@ -135,17 +135,20 @@ async def test_a_product_read_twice_is_answered_from_redis_the_second_time(
 
 
 async def test_a_price_change_is_visible_at_once_in_products_and_pages(
-    client: httpx.AsyncClient, admin: User
+    client: httpx.AsyncClient, resources: Resources, admin: User
 ) -> None:
+    cache = session_cache(resources)
     created = await client.post(
         "/admin/products",
         headers=admin.headers,
         json={"sku": "KETTLE-1", "name": "Kettle", "price_cents": 3000, "initial_stock": 4},
     )
     product_id = created.json()["id"]
-    for _ in range(2):  # the second read is a hit
+    hits = cache.stats.hits
+    for _ in range(2):
         assert (await client.get(f"/products/{product_id}")).json()["price_cents"] == 3000
         assert (await client.get("/products?q=kettle")).json()["items"][0]["price_cents"] == 3000
+    assert cache.stats.hits == hits + 2  # both answers are cached
 
     changed = await client.put(
         f"/admin/products/{product_id}/price", headers=admin.headers, json={"price_cents": 2500}
@@ -159,10 +162,13 @@ async def test_a_price_change_is_visible_at_once_in_products_and_pages(
 async def test_a_restock_is_visible_at_once(
     client: httpx.AsyncClient, resources: Resources, admin: User
 ) -> None:
+    cache = session_cache(resources)
     product = await make_product(resources, initial_stock=2)
+    hits = cache.stats.hits
     for _ in range(2):
         assert (await client.get(f"/products/{product.id}")).json()["stock"] == 2
         assert (await client.get("/products")).json()["items"][0]["stock"] == 2
+    assert cache.stats.hits == hits + 2
 
     await client.post(
         f"/admin/products/{product.id}/restock", headers=admin.headers, json={"quantity": 5}
@@ -175,9 +181,12 @@ async def test_a_restock_is_visible_at_once(
 async def test_a_new_product_appears_at_once_in_a_cached_page(
     client: httpx.AsyncClient, resources: Resources, admin: User
 ) -> None:
+    cache = session_cache(resources)
     await make_product(resources, name="Bowl")
+    hits = cache.stats.hits
     for _ in range(2):
         assert [p["name"] for p in (await client.get("/products")).json()["items"]] == ["Bowl"]
+    assert cache.stats.hits == hits + 1
 
     await client.post(
         "/admin/products",
@@ -215,6 +224,43 @@ async def test_stock_taken_by_orders_ages_within_the_bound_and_never_decides_an_
 
         await asyncio.sleep(0.6)  # SHOP_CACHE_STOCK_STALENESS_S
         assert (await c.get(f"/products/{product.id}")).json()["stock"] == 0
+
+
+async def test_a_fill_that_raced_a_write_is_never_served_after_it() -> None:
+    """The read-then-write race of cache-aside: a fill that read the database before a write
+    committed is stored after the write's invalidation. It must not be served."""
+    namespace = f"race-{time.time_ns()}"
+    cache = Cache.from_url(REDIS_URL, namespace=namespace, ttl_s=60, timeout_s=1, backoff_s=1)
+    # Another process of the fleet, which learnt the generation before the write.
+    other = Cache.from_url(REDIS_URL, namespace=namespace, ttl_s=60, timeout_s=1, backoff_s=1)
+    read_done = asyncio.Event()
+    may_store = asyncio.Event()
+
+    async def old_fill() -> bytes:
+        read_done.set()  # it has read the old row...
+        await may_store.wait()  # ...and is slow to store it
+        return b"old price"
+
+    async def new_fill() -> bytes:
+        return b"new price"
+
+    def key(generation: int) -> tuple[object, ...]:
+        return ("generation", generation, "product", 1)
+
+    try:
+        await other.read_through(generation="g", key=lambda n: (n, "warm-up"), fill=new_fill)
+        racing = asyncio.ensure_future(cache.read_through(generation="g", key=key, fill=old_fill))
+        await read_done.wait()
+        assert await cache.new_generation("g")  # the write commits, then invalidates
+        may_store.set()
+        assert await racing == b"old price"  # what that request read, before the write
+
+        assert await cache.read_through(generation="g", key=key, fill=new_fill) == b"new price"
+        assert await cache.read_through(generation="g", key=key, fill=old_fill) == b"new price"
+        assert await other.read_through(generation="g", key=key, fill=old_fill) == b"new price"
+    finally:
+        await cache.close()
+        await other.close()
 
 
 # --- no stampede ---------------------------------------------------------------------------------
