@@ -143,7 +143,9 @@ class Accounts:
             return known[0]
         row = await self._db.fetch_one(_ROLE, customer_id=customer_id)
         role = Role(row["role"]) if row is not None else None
-        if self._ttl_s > 0:
+        # "No such account" is not kept: read from a lagging replica, it may be an account
+        # that is only seconds old.
+        if self._ttl_s > 0 and role is not None:
             if len(self._known) >= self.max_entries:
                 self._known.clear()
             self._known[customer_id] = (role, now + self._ttl_s)

@@ -6,10 +6,11 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Path, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.accounting.schemas import EntryRead
 from app.core.deps import DatabaseDep, PageDep, PrincipalDep, ResourcesDep
+from app.core.http import model_response
 from app.core.openapi import ErrorBody, OutOfStockBody, conflict, errors
 from app.core.schemas import MAX_INT32
 from app.orders import service
@@ -90,17 +91,18 @@ async def place_order(
 
 
 @router.get("/orders", response_model=OrderPage, responses=errors(401, 422, 503))
-async def list_my_orders(db: DatabaseDep, principal: PrincipalDep, page: PageDep) -> OrderPage:
+async def list_my_orders(db: DatabaseDep, principal: PrincipalDep, page: PageDep) -> Response:
     """Your orders, newest first."""
-    return await service.list_orders(
+    found = await service.list_orders(
         db, customer_id=principal.customer_id, limit=page.limit, offset=page.offset
     )
+    return model_response(found)
 
 
 @router.get("/orders/{order_id}", response_model=OrderRead, responses=errors(401, 404, 422, 503))
-async def get_order(db: DatabaseDep, principal: PrincipalDep, order_id: OrderId) -> OrderRead:
+async def get_order(db: DatabaseDep, principal: PrincipalDep, order_id: OrderId) -> Response:
     """One of your orders. 404 for orders that are not yours."""
-    return await service.get_order(db, order_id=order_id, principal=principal)
+    return model_response(await service.get_order(db, order_id=order_id, principal=principal))
 
 
 @router.post(
