@@ -112,6 +112,8 @@ class Cache:
         self._reconnecting: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Task[Any]] = {}
         self._generations: dict[str, int] = {}
+        self._unannounced: set[str] = set()
+        """Generations whose INCR failed: sent as soon as Redis answers again."""
 
     @classmethod
     def from_url(
@@ -172,6 +174,10 @@ class Cache:
             try:
                 async with asyncio.timeout(max(self.timeout_s, 1.0)):
                     await self._redis.ping()
+                async with asyncio.timeout(max(self.timeout_s, 1.0)):
+                    for generation in sorted(self._unannounced):
+                        await self._redis.incr(self.key(generation))
+                        self._unannounced.discard(generation)
             except _FAILURES:
                 continue
             self._open = False
@@ -225,11 +231,16 @@ class Cache:
     # --- generations and read-through ---------------------------------------------------------
 
     async def new_generation(self, generation: str) -> bool:
-        """Make every key of `generation` dead (call it after the commit that changed them);
-        False when Redis is unavailable (the entries then die by their time to live)."""
+        """Make every key of `generation` dead (call it after the commit that changed them).
+
+        False when Redis is unavailable: the INCR is then sent by the background reconnect as
+        soon as Redis answers again, and until then the old entries live at most their time
+        to live (other processes may still reach Redis and serve them).
+        """
         try:
             number: int = await self._call(lambda: self._redis.incr(self.key(generation)))
         except _Unavailable:
+            self._unannounced.add(generation)
             return False
         self._generations[generation] = number
         return True

@@ -263,6 +263,43 @@ async def test_a_fill_that_raced_a_write_is_never_served_after_it() -> None:
         await other.close()
 
 
+async def test_an_invalidation_that_failed_is_sent_when_redis_answers_again(
+    redis_server: RedisServer,
+) -> None:
+    """A writer whose Redis call fails right after its commit: the other processes, which
+    still reach Redis, serve the old answer only until the writer's cache reconnects."""
+    namespace = f"late-{time.time_ns()}"
+    reader = Cache.from_url(
+        redis_server.url, namespace=namespace, ttl_s=60, timeout_s=1, backoff_s=1
+    )
+    # Every command of this one times out (1 µs); its reconnect allows itself a second.
+    writer = Cache.from_url(
+        redis_server.url, namespace=namespace, ttl_s=60, timeout_s=1e-6, backoff_s=0.05
+    )
+
+    async def fill(body: bytes) -> bytes:
+        return body
+
+    def key(generation: int) -> tuple[object, ...]:
+        return ("generation", generation, "product", 1)
+
+    try:
+        assert await reader.read_through(generation="g", key=key, fill=lambda: fill(b"old")) == (
+            b"old"
+        )
+        assert not await writer.new_generation("g")
+
+        async def reconnected() -> bool:
+            return writer.available
+
+        await wait_until(reconnected)
+        fresh = await reader.read_through(generation="g", key=key, fill=lambda: fill(b"new"))
+        assert fresh == b"new"
+    finally:
+        await reader.close()
+        await writer.close()
+
+
 # --- no stampede ---------------------------------------------------------------------------------
 
 
