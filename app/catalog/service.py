@@ -14,7 +14,8 @@ conditional UPDATE in `reserve_stock` does.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Integer, bindparam, insert, select, update
@@ -35,6 +36,7 @@ from app.core.cache import Cache
 from app.core.db import Database, run
 from app.core.errors import Conflict, NotFound
 from app.core.models import utcnow
+from app.core.replicas import client_position, current_position
 
 _READ = select(
     Product.id,
@@ -80,11 +82,28 @@ async def catalog_changed(cache: Cache | None) -> None:
     """Start a new catalog generation: every cached product and page is refilled on next read.
 
     The writes below call it after their commit; call it after changing catalog tables any
-    other way (a bulk load, a test that empties them). When Redis is unavailable the old
-    entries die by their time to live instead.
+    other way (a bulk load, a test that empties them). When Redis is unavailable it is sent
+    when Redis answers again, and the old entries die by their time to live at the latest.
+
+    With replicas (stage 4), the request's position (just past this write's commit) goes with
+    the generation: every refill anywhere in the fleet then reads from a server that has the
+    write, so a lagging replica cannot put the old price back into the cache.
     """
     if cache is not None:
-        await cache.new_generation(_GENERATION)
+        position = current_position()
+        not_before = position.not_before if position is not None else 0
+        await cache.new_generation(_GENERATION, not_before=not_before)
+
+
+@contextmanager
+def _reading_after(not_before: int) -> Iterator[None]:
+    """Reads in the block come from a server that has replayed up to `not_before`."""
+    if not_before <= 0:
+        yield
+        return
+    request = current_position()
+    with client_position(max(not_before, request.not_before if request is not None else 0)):
+        yield
 
 
 async def product_json(db: Database, cache: Cache | None, *, product_id: int) -> bytes:
@@ -94,11 +113,13 @@ async def product_json(db: Database, cache: Cache | None, *, product_id: int) ->
     concurrent misses in a process cost one database query.
     """
 
-    async def fill() -> bytes:
-        return (await get_product(db, product_id=product_id)).model_dump_json().encode()
+    async def fill(not_before: int) -> bytes:
+        with _reading_after(not_before):
+            found = await get_product(db, product_id=product_id)
+        return found.model_dump_json().encode()
 
     if cache is None:
-        return await fill()
+        return await fill(0)
     return await cache.read_through(
         generation=_GENERATION, key=lambda gen: ("catalog", gen, "product", product_id), fill=fill
     )
@@ -109,12 +130,13 @@ async def page_json(
 ) -> bytes:
     """A page of products, as the JSON of ProductPage; cached like `product_json`."""
 
-    async def fill() -> bytes:
-        found = await list_products(db, text=text, limit=limit, offset=offset)
+    async def fill(not_before: int) -> bytes:
+        with _reading_after(not_before):
+            found = await list_products(db, text=text, limit=limit, offset=offset)
         return found.model_dump_json().encode()
 
     if cache is None:
-        return await fill()
+        return await fill(0)
     # The search text is hashed: keys stay short and free of whatever a visitor typed.
     searched = hashlib.sha256(text.encode()).hexdigest()[:32] if text else "-"
     return await cache.read_through(

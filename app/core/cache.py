@@ -17,6 +17,10 @@ Guarantees:
   generation in the same round trip as the value (MGET of the generation and the key at the
   generation this process saw last), and a fill is stored under the generation read before the
   database was queried, so a fill that raced a write can never be served after that write.
+- A writer may leave a position with the new generation (an opaque integer: the database's
+  WAL position after its commit), and every fill is handed the highest one, so that it reads
+  from a server that has the write (a replica that lags would refill the cache with the old
+  answer, under the new generation).
 """
 
 from __future__ import annotations
@@ -41,6 +45,15 @@ log = logging.getLogger("shop.cache")
 T = TypeVar("T")
 
 _FAILURES = (RedisError, OSError, TimeoutError)
+
+# INCR the generation and raise its "not before" position to the writer's, in one round trip.
+_NEW_GENERATION = """
+local number = redis.call('INCR', KEYS[1])
+if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[2]) or '0') then
+    redis.call('SET', KEYS[2], ARGV[1])
+end
+return number
+"""
 
 
 def _bytes(value: object) -> bytes | None:
@@ -112,8 +125,8 @@ class Cache:
         self._reconnecting: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Task[Any]] = {}
         self._generations: dict[str, int] = {}
-        self._unannounced: set[str] = set()
-        """Generations whose INCR failed: sent as soon as Redis answers again."""
+        self._unannounced: dict[str, int] = {}
+        """Generations (and positions) whose INCR failed: sent as soon as Redis answers."""
 
     @classmethod
     def from_url(
@@ -175,9 +188,9 @@ class Cache:
                 async with asyncio.timeout(max(self.timeout_s, 1.0)):
                     await self._redis.ping()
                 async with asyncio.timeout(max(self.timeout_s, 1.0)):
-                    for generation in sorted(self._unannounced):
-                        await self._redis.incr(self.key(generation))
-                        self._unannounced.discard(generation)
+                    for generation, not_before in sorted(self._unannounced.items()):
+                        await self._announce(generation, not_before)
+                        del self._unannounced[generation]
             except _FAILURES:
                 continue
             self._open = False
@@ -230,57 +243,62 @@ class Cache:
 
     # --- generations and read-through ---------------------------------------------------------
 
-    async def new_generation(self, generation: str) -> bool:
+    async def new_generation(self, generation: str, *, not_before: int = 0) -> bool:
         """Make every key of `generation` dead (call it after the commit that changed them).
 
+        `not_before` is handed to every later fill of the generation (the highest any writer
+        left): where the fill must read from for the write to be in its answer.
         False when Redis is unavailable: the INCR is then sent by the background reconnect as
         soon as Redis answers again, and until then the old entries live at most their time
         to live (other processes may still reach Redis and serve them).
         """
         try:
-            number: int = await self._call(lambda: self._redis.incr(self.key(generation)))
+            number = await self._call(lambda: self._announce(generation, not_before))
         except _Unavailable:
-            self._unannounced.add(generation)
+            self._unannounced[generation] = max(not_before, self._unannounced.get(generation, 0))
             return False
         self._generations[generation] = number
         return True
 
-    async def _lookup(self, generation: str, key: Callable[[int], str]) -> tuple[int, bytes | None]:
-        """The current generation and the value at it, in one round trip when this process
-        already knows the generation (the usual case), two right after a write."""
-        known = self._generations.get(generation)
-        if known is None:
-            raw = await self._call(lambda: self._redis.get(self.key(generation)))
-            current = int(raw or 0)
+    async def _announce(self, generation: str, not_before: int) -> int:
+        keys = (self.key(generation), self.key(generation, "not-before"))
+        number = await self._redis.eval(_NEW_GENERATION, 2, *keys, str(not_before))
+        return int(number)
+
+    async def _lookup(
+        self, generation: str, key: Callable[[int], str]
+    ) -> tuple[int, int, bytes | None]:
+        """The current generation, its position and the value at it: one round trip when this
+        process already knows the generation (the usual case), two right after a write."""
+        known = self._generations.get(generation, -1)
+        names = [self.key(generation), self.key(generation, "not-before"), key(known)]
+        raw, position, value = await self._call(lambda: self._redis.mget(names))
+        current = int(raw or 0)
+        if current != known:
             value = await self._call(lambda: self._redis.get(key(current)))
-        else:
-            names = [self.key(generation), key(known)]
-            raw, value = await self._call(lambda: self._redis.mget(names))
-            current = int(raw or 0)
-            if current != known:
-                value = await self._call(lambda: self._redis.get(key(current)))
         self._generations[generation] = current
-        return current, _bytes(value)
+        return current, int(position or 0), _bytes(value)
 
     async def read_through(
         self,
         *,
         generation: str,
         key: Callable[[int], Sequence[object]],
-        fill: Callable[[], Awaitable[bytes]],
+        fill: Callable[[int], Awaitable[bytes]],
         ttl_s: float | None = None,
     ) -> bytes:
-        """The cached value of `key(generation number)`, or `fill()`'s, stored for next time.
+        """The cached value of `key(generation number)`, or `fill(not_before)`'s, stored for
+        next time (`not_before`: the highest position writers left, see `new_generation`).
 
         `fill` runs once per process for concurrent misses of the same key; its exception
         (a NotFound, say) reaches every request that waited for it, and nothing is stored.
-        When Redis is unavailable `fill` runs for each request, as if there were no cache.
+        When Redis is unavailable `fill(0)` runs for each request, as if there were no cache.
         """
         try:
-            number, value = await self._lookup(generation, lambda n: self.key(*key(n)))
+            number, not_before, value = await self._lookup(generation, lambda n: self.key(*key(n)))
         except _Unavailable:
             CACHE.labels("error").inc()  # failed now, or skipped while the breaker is open
-            return await fill()
+            return await fill(0)
         if value is not None:
             self.stats.hits += 1
             CACHE.labels("hit").inc()
@@ -291,7 +309,7 @@ class Cache:
 
         async def refill() -> bytes:
             self.stats.refills += 1
-            body = await fill()
+            body = await fill(not_before)
             await self.set(name, body, ttl_s=ttl_s)
             return body
 

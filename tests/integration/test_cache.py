@@ -21,9 +21,12 @@ from redis.asyncio import Redis
 
 from app.core.cache import Cache
 from app.core.deps import Resources
+from app.core.security import Role
 from app.main import create_app
+from app.migrations import runner
+from tests import pg_cluster
 from tests.conftest import REDIS_URL, test_settings
-from tests.integration.conftest import User, make_product
+from tests.integration.conftest import User, make_product, make_user
 
 
 def _free_port() -> int:
@@ -86,6 +89,7 @@ async def shop(database_url: str, **overrides: Any) -> AsyncIterator[httpx.Async
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
             c.cache = app.state.resources.cache  # type: ignore[attr-defined]
+            c.resources = app.state.resources  # type: ignore[attr-defined]
             yield c
 
 
@@ -236,12 +240,12 @@ async def test_a_fill_that_raced_a_write_is_never_served_after_it() -> None:
     read_done = asyncio.Event()
     may_store = asyncio.Event()
 
-    async def old_fill() -> bytes:
+    async def old_fill(_not_before: int) -> bytes:
         read_done.set()  # it has read the old row...
         await may_store.wait()  # ...and is slow to store it
         return b"old price"
 
-    async def new_fill() -> bytes:
+    async def new_fill(_not_before: int) -> bytes:
         return b"new price"
 
     def key(generation: int) -> tuple[object, ...]:
@@ -284,7 +288,7 @@ async def test_an_invalidation_that_failed_is_sent_when_redis_answers_again(
         return ("generation", generation, "product", 1)
 
     try:
-        assert await reader.read_through(generation="g", key=key, fill=lambda: fill(b"old")) == (
+        assert await reader.read_through(generation="g", key=key, fill=lambda _: fill(b"old")) == (
             b"old"
         )
         assert not await writer.new_generation("g")
@@ -293,7 +297,7 @@ async def test_an_invalidation_that_failed_is_sent_when_redis_answers_again(
             return writer.available
 
         await wait_until(reconnected)
-        fresh = await reader.read_through(generation="g", key=key, fill=lambda: fill(b"new"))
+        fresh = await reader.read_through(generation="g", key=key, fill=lambda _: fill(b"new"))
         assert fresh == b"new"
     finally:
         await reader.close()
@@ -461,3 +465,52 @@ async def test_a_stalled_redis_does_not_stall_sign_in(
             redis_server.stall(False)
     assert (wrong.status_code, right.status_code) == (401, 200)
     assert took < 2.0
+
+
+# --- with read replicas (stage 4 + 5) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def primary_and_replica() -> Iterator[tuple[pg_cluster.Cluster, str, str]]:
+    reason = pg_cluster.why_unavailable()
+    if reason is not None:
+        pytest.skip(str(reason))
+    with pg_cluster.private_cluster() as primary:
+        url = primary.create_database("shop")
+        runner.upgrade(url)
+        with pg_cluster.streaming_replica(primary) as replica:
+            yield replica, url, replica.url("shop")
+
+
+async def test_a_price_change_is_not_cached_from_a_replica_that_lacks_it(
+    primary_and_replica: tuple[pg_cluster.Cluster, str, str], redis_server: RedisServer
+) -> None:
+    """An admin changes a price through one instance while the replica's replay is paused; a
+    visitor of another instance (no read-after token) must see the new price, not have the
+    old one read from the replica and cached under the new generation."""
+    replica, url, replica_url = primary_and_replica
+    common = {
+        "database_replica_urls": [replica_url],
+        "database_replica_check_s": 0.1,
+        "database_replica_max_lag_s": 60,  # the paused replica stays in use
+        "redis_url": redis_server.url,
+    }
+    async with shop(url, **common) as admin_side, shop(url, **common) as visitor_side:
+        resources: Resources = admin_side.resources  # type: ignore[attr-defined]
+        admin = await make_user(resources, role=Role.ADMIN)
+        product = await make_product(resources, price_cents=1000)
+        await asyncio.sleep(0.5)  # the replica has the product, and both shops know it
+        assert (await visitor_side.get(f"/products/{product.id}")).json()["price_cents"] == 1000
+        replica.query("SELECT pg_wal_replay_pause()")
+        try:
+            changed = await admin_side.put(
+                f"/admin/products/{product.id}/price",
+                headers=admin.headers,
+                json={"price_cents": 1500},
+            )
+            assert changed.status_code == 200
+            seen = await visitor_side.get(f"/products/{product.id}")
+            again = await visitor_side.get(f"/products/{product.id}")
+        finally:
+            replica.query("SELECT pg_wal_replay_resume()")
+    assert seen.json()["price_cents"] == again.json()["price_cents"] == 1500
