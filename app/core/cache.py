@@ -47,13 +47,18 @@ T = TypeVar("T")
 _FAILURES = (RedisError, OSError, TimeoutError)
 
 # INCR the generation and raise its "not before" position to the writer's, in one round trip.
+# Both are kept for GENERATION_TTL_S after the last write, far longer than any entry lives: a
+# generation that expired starts again at 0, where no entry is left.
 _NEW_GENERATION = """
 local number = redis.call('INCR', KEYS[1])
 if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[2]) or '0') then
     redis.call('SET', KEYS[2], ARGV[1])
 end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 return number
 """
+GENERATION_TTL_S = 7 * 24 * 3600
 
 
 def _bytes(value: object) -> bytes | None:
@@ -115,6 +120,8 @@ class Cache:
         timeout_s: float = 0.05,
         backoff_s: float = 2.0,
     ) -> None:
+        if ttl_s >= GENERATION_TTL_S:
+            raise ValueError(f"entries must live less than a generation ({GENERATION_TTL_S} s)")
         self._redis = redis
         self._prefix = f"shop:{namespace}:"
         self.ttl_s = ttl_s
@@ -262,7 +269,9 @@ class Cache:
 
     async def _announce(self, generation: str, not_before: int) -> int:
         keys = (self.key(generation), self.key(generation, "not-before"))
-        number = await self._redis.eval(_NEW_GENERATION, 2, *keys, str(not_before))
+        number = await self._redis.eval(
+            _NEW_GENERATION, 2, *keys, str(not_before), str(GENERATION_TTL_S)
+        )
         return int(number)
 
     async def _lookup(

@@ -267,6 +267,22 @@ async def test_a_fill_that_raced_a_write_is_never_served_after_it() -> None:
         await other.close()
 
 
+async def test_every_key_expires_and_a_generation_outlives_its_entries(
+    client: httpx.AsyncClient, resources: Resources, shared_redis: Redis
+) -> None:
+    """Nothing stays in Redis for ever (a shop on a new database leaves its old keys to
+    expire), and a generation is kept far longer than an entry can live."""
+    cache = session_cache(resources)
+    product = await make_product(resources)  # a write: a new generation
+    await client.get(f"/products/{product.id}")
+    keys = [k async for k in shared_redis.scan_iter(cache.key("*"))]
+    assert keys
+    lives = {k: await shared_redis.ttl(k) for k in keys}
+    assert -1 not in lives.values(), lives  # -1: no expiry (-2: expired since the scan)
+    generation = await shared_redis.ttl(cache.key("catalog:generation"))
+    assert generation > 1000 * cache.ttl_s
+
+
 async def test_an_invalidation_that_failed_is_sent_when_redis_answers_again(
     redis_server: RedisServer,
 ) -> None:
