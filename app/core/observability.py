@@ -71,7 +71,9 @@ READS = Counter(
     "shop_db_reads", "Reads by the server that answered them (primary, replica-N).", ["target"]
 )
 REPLICA_SKIPS = Counter(
-    "shop_db_replica_skips", "Reads that skipped a replica, by reason (lag, down).", ["reason"]
+    "shop_db_replica_skips",
+    "Reads that passed the replicas over, by reason (behind, unhealthy, down, busy).",
+    ["reason"],
 )
 
 
