@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from types import FrameType
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -23,7 +20,8 @@ from app.core.db import Database
 from app.core.deps import Resources, ResourcesDep
 from app.core.docs import install_docs
 from app.core.http import BodyLimit, install_error_handlers
-from app.core.observability import Observe, metrics_document, sample_pools
+from app.core.lifecycle import drain_on_sigterm, sample_pools_forever
+from app.core.observability import Observe, metrics_document
 from app.core.openapi import operation_id
 from app.core.ratelimit import RateLimit
 from app.core.replicas import PositionTokens, ReadYourWrites
@@ -132,44 +130,6 @@ async def close_resources(resources: Resources) -> None:
         await resources.cache.close()
     resources.passwords.close()
     await resources.db.dispose()
-
-
-async def sample_pools_forever(resources: Resources, every_s: float = 1.0) -> None:
-    """Keep the pool gauges of this process current (each worker reports its own pools)."""
-    while True:
-        sample_pools(resources.db.pools())
-        await asyncio.sleep(every_s)
-
-
-@contextmanager
-def drain_on_sigterm(resources: Resources, drain_s: float) -> Iterator[None]:
-    """On SIGTERM, mark the process as draining at once, and hand the signal to the server
-    (which stops accepting connections and finishes the requests in flight) `drain_s` later.
-
-    /readyz answers 503 from the first moment, so a load balancer stops sending new requests
-    while this process still serves whatever arrives. A second SIGTERM stops at once. Only
-    under a server that handles SIGTERM itself (uvicorn), in the main thread.
-    """
-    previous = signal.getsignal(signal.SIGTERM)
-    if not callable(previous) or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    loop = asyncio.get_running_loop()
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        if resources.draining or drain_s <= 0:
-            resources.draining = True
-            previous(signum, frame)
-            return
-        resources.draining = True
-        log.warning("SIGTERM: draining for %.1f s before stopping", drain_s)
-        loop.call_soon_threadsafe(loop.call_later, drain_s, previous, signum, frame)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
