@@ -19,8 +19,8 @@ from app.customers import service as customers
 from app.customers.schemas import SignUp
 
 TABLES = (
-    "shipment_event, shipment, ledger_entry, order_line, customer_order, idempotency_key, "
-    "stock_level, product, customer"
+    "cart_item, cart, shipment_event, shipment, ledger_entry, order_line, customer_order, "
+    "idempotency_key, stock_level, product, customer"
 )
 _numbers = itertools.count(1)
 
