@@ -6,13 +6,17 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import boto3
+from botocore.config import Config as BotoConfig
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from app.accounting.router import router as accounting_router
+from app.carts.router import router as carts_router
 from app.catalog.router import router as catalog_router
 from app.core import aws
 from app.core.cache import Cache, bounded_client, namespace_for
@@ -38,6 +42,23 @@ log = logging.getLogger("shop")
 
 class StartupProblem(RuntimeError):
     """The shop cannot serve with this configuration; the message says why and what to do."""
+
+
+def _dynamodb_client(settings: Settings) -> Any:
+    """The carts table's client: thread-safe, shared by the worker threads that run its calls
+    (boto3 blocks), with short timeouts so that a DynamoDB hiccup costs a request seconds,
+    not minutes."""
+    return boto3.client(
+        "dynamodb",
+        region_name=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url,
+        config=BotoConfig(
+            max_pool_connections=32,
+            connect_timeout=2,
+            read_timeout=5,
+            retries={"max_attempts": 3, "mode": "standard"},
+        ),
+    )
 
 
 async def open_resources(settings: Settings) -> Resources:
@@ -120,6 +141,9 @@ async def open_resources(settings: Settings) -> Resources:
         redis=redis,
         cache=cache,
         positions=PositionTokens(resolved.jwt_secret) if db.replicas else None,
+        dynamodb=(
+            await asyncio.to_thread(_dynamodb_client, settings) if settings.carts_table else None
+        ),
     )
 
 
@@ -172,6 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         catalog_router,
         customers_router,
         orders_router,
+        carts_router,
         accounting_router,
         delivery_router,
     ):

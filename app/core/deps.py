@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from fastapi.security import OAuth2PasswordBearer
@@ -34,6 +34,8 @@ class Resources:
     """Signs the read-after tokens of read-your-writes; None without replicas."""
     cache: Cache | None = None
     """The response cache (stage 5): None without SHOP_REDIS_URL."""
+    dynamodb: Any = None
+    """boto3 DynamoDB client of the carts table (stage 5): None without SHOP_CARTS_TABLE."""
     draining: bool = False
     """Set on SIGTERM: /readyz answers 503 while the process finishes what it has."""
 

@@ -155,7 +155,19 @@ class Settings(BaseSettings):
     )
     # Set by the stage 5 and 7 stacks already; the app reads them from the issues that add
     # carts, static files and queued order work.
-    carts_table: str | None = Field(None, description="DynamoDB table of carts (stage 5).")
+    carts_table: str | None = Field(
+        None,
+        description="DynamoDB table of carts (stage 5; partition key cart_id, time to live on "
+        "expires_at). Unset: carts are kept in the shop's database.",
+    )
+    cart_ttl_days: int = Field(
+        30,
+        ge=2,
+        le=365,
+        description="Days a cart is kept after its last change; an older one reads as empty "
+        "(and DynamoDB deletes it). Longer than idempotency_ttl_h, so that a checkout's "
+        "Idempotency-Key is forgotten before its cart is.",
+    )
     assets_bucket: str | None = Field(None, description="S3 bucket of static files (stage 5).")
     assets_base_url: str | None = Field(
         None, description="Public base URL of static files, e.g. the CloudFront domain."
@@ -281,6 +293,16 @@ class Settings(BaseSettings):
                 "SHOP_ENV is 'local' and the shop runs on its embedded database; set "
                 "SHOP_JWT_SECRET (e.g. `openssl rand -hex 32`), SHOP_JWT_SECRET_FILE or "
                 "SHOP_JWT_SECRET_ARN"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _carts_outlive_idempotency_keys(self) -> Self:
+        # A forgotten cart starts again at version 1: "cart id + version" must not name a
+        # checkout whose key the orders module still remembers.
+        if self.cart_ttl_days * 24 <= self.idempotency_ttl_h:
+            raise ValueError(
+                "SHOP_CART_TTL_DAYS must be longer than SHOP_IDEMPOTENCY_TTL_H (in days)"
             )
         return self
 

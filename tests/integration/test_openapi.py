@@ -39,6 +39,9 @@ RAISED_BY_THE_SERVICE: dict[str, set[int]] = {
     "place_order": {404, 409},
     "cancel_order": {409},
     "advance_shipment": {409},
+    "set_cart_item": {409},
+    "remove_cart_item": {409},
+    "checkout_cart": {409},
 }
 
 

@@ -1,0 +1,111 @@
+"""Carts in DynamoDB (stage 5, SHOP_CARTS_TABLE): one item per cart, keyed by `cart_id`.
+
+The table is the one infra/shop_infra/constructs/edge.py defines: partition key `cart_id`
+(string), time to live on `expires_at` (epoch seconds). An item holds the whole cart:
+`customer_id`, `version`, `items` (a map of product id to quantity), the last checkout, and
+`expires_at`. Every write is conditional on the version it read (or on the item not existing),
+so of two concurrent changes one fails its condition, reads the other's result and applies
+itself again: both land. The retries are bounded (CartBusy after MAX_ATTEMPTS).
+
+boto3 blocks: each call runs in a worker thread (asyncio.to_thread); the client, made once in
+the lifespan, is thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app.carts.domain import Cart, CartBusy, as_read, cart_id_for, new_cart
+from app.core.models import utcnow
+
+MAX_ATTEMPTS = 8
+
+
+def _to_item(cart: Cart) -> dict[str, Any]:
+    assert cart.expires_at is not None
+    item: dict[str, Any] = {
+        "cart_id": {"S": cart.cart_id},
+        "customer_id": {"N": str(cart.customer_id)},
+        "version": {"N": str(cart.version)},
+        "items": {"M": {str(pid): {"N": str(q)} for pid, q in cart.items.items()}},
+        "expires_at": {"N": str(int(cart.expires_at.timestamp()))},
+    }
+    if cart.checked_out_version is not None and cart.checked_out_order_id is not None:
+        item["checked_out_version"] = {"N": str(cart.checked_out_version)}
+        item["checked_out_order_id"] = {"N": str(cart.checked_out_order_id)}
+    return item
+
+
+def _from_item(item: dict[str, Any] | None, customer_id: int) -> Cart:
+    if item is None:
+        return new_cart(customer_id)
+    checked_out_version = item.get("checked_out_version", {}).get("N")
+    checked_out_order_id = item.get("checked_out_order_id", {}).get("N")
+    return Cart(
+        cart_id=item["cart_id"]["S"],
+        customer_id=int(item["customer_id"]["N"]),
+        version=int(item["version"]["N"]),
+        items={int(pid): int(q["N"]) for pid, q in item.get("items", {}).get("M", {}).items()},
+        checked_out_version=int(checked_out_version) if checked_out_version else None,
+        checked_out_order_id=int(checked_out_order_id) if checked_out_order_id else None,
+        expires_at=datetime.fromtimestamp(int(item["expires_at"]["N"]), UTC),
+    )
+
+
+class DynamoCartStore:
+    def __init__(self, client: Any, *, table: str, ttl: timedelta) -> None:
+        self.client = client
+        self.table = table
+        self.ttl = ttl
+
+    def _read(self, customer_id: int, *, consistent: bool) -> tuple[Cart, bool]:
+        """The cart and whether an item exists for it (blocking)."""
+        answer = self.client.get_item(
+            TableName=self.table,
+            Key={"cart_id": {"S": cart_id_for(customer_id)}},
+            ConsistentRead=consistent,
+        )
+        item = answer.get("Item")
+        return as_read(_from_item(item, customer_id), utcnow()), item is not None
+
+    async def get(self, customer_id: int, *, consistent: bool = False) -> Cart:
+        cart, _ = await asyncio.to_thread(self._read, customer_id, consistent=consistent)
+        return cart
+
+    def _put(self, stored: Cart, *, exists: bool, expected_version: int) -> bool:
+        """Write the cart if nobody wrote since it was read; False when somebody did."""
+        condition: dict[str, Any]
+        if exists:
+            condition = {
+                "ConditionExpression": "#v = :expected",
+                "ExpressionAttributeNames": {"#v": "version"},
+                "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
+            }
+        else:
+            condition = {"ConditionExpression": "attribute_not_exists(cart_id)"}
+        try:
+            self.client.put_item(TableName=self.table, Item=_to_item(stored), **condition)
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    async def change(self, customer_id: int, mutate: Callable[[Cart], Cart]) -> Cart:
+        for attempt in range(MAX_ATTEMPTS):
+            current, exists = await asyncio.to_thread(self._read, customer_id, consistent=True)
+            changed = mutate(current)
+            if changed == current:
+                return current
+            stored = replace(changed, version=current.version + 1, expires_at=utcnow() + self.ttl)
+            written = await asyncio.to_thread(
+                self._put, stored, exists=exists, expected_version=current.version
+            )
+            if written:
+                return stored
+            # Someone else changed the cart in between: back off a little, read it again.
+            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise CartBusy(MAX_ATTEMPTS)
