@@ -16,6 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from app.accounting.router import router as accounting_router
+from app.carts.domain import CartStoreUnavailable
+from app.carts.router import cart_store_unavailable
 from app.carts.router import router as carts_router
 from app.catalog.router import router as catalog_router
 from app.core import aws
@@ -187,6 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_docs(app)
     install_error_handlers(app)
+    app.add_exception_handler(CartStoreUnavailable, cart_store_unavailable)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # Read-your-writes: the request's position from its token, a new token when it wrote.
     app.add_middleware(ReadYourWrites, tokens=lambda: app.state.resources.positions)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from app.core.errors import Conflict
+from app.core.errors import Conflict, ShopError
 
 MAX_ITEMS = 50
 """Distinct products in a cart: an order has at most as many lines."""
@@ -69,6 +69,17 @@ class CartBusy(Conflict):
             f"the cart changed under this request {attempts} times in a row; retry",
             attempts=attempts,
         )
+
+
+class CartStoreUnavailable(ShopError):
+    """The cart store did not answer (unreachable, throttled, timed out): the client may
+    retry; answers 503 with Retry-After."""
+
+    status_code = 503
+    retry_after_s = 1
+
+    def __init__(self) -> None:
+        super().__init__("the cart store is busy or unavailable; retry shortly")
 
 
 def cart_id_for(customer_id: int) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, status
+from fastapi import APIRouter, Body, Depends, Path, Request, status
 from fastapi.responses import JSONResponse, Response
 
 from app.carts import service
+from app.carts.domain import CartStoreUnavailable
 from app.carts.schemas import CartCheckout, CartItemSet, CartRead
 from app.carts.store import CartStore, store_for
 from app.core.deps import PrincipalDep, ResourcesDep
@@ -27,6 +28,18 @@ async def cart_store(res: ResourcesDep) -> CartStore:
 
 
 CartStoreDep = Annotated[CartStore, Depends(cart_store)]
+
+
+def cart_store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """The exception handler of CartStoreUnavailable (installed by create_app): 503 with
+    Retry-After, like an unavailable database."""
+    assert isinstance(exc, CartStoreUnavailable)
+    return JSONResponse(
+        {"detail": exc.message},
+        status_code=exc.status_code,
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
+
 
 ProductId = Annotated[int, Path(ge=1, le=MAX_INT32, description="Product id.")]
 ItemQuantity = Annotated[

@@ -15,15 +15,46 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from app.carts.domain import Cart, CartBusy, as_read, cart_id_for, new_cart
+from botocore.exceptions import BotoCoreError, ClientError
+
+from app.carts.domain import (
+    Cart,
+    CartBusy,
+    CartStoreUnavailable,
+    as_read,
+    cart_id_for,
+    new_cart,
+)
 from app.core.models import utcnow
 
 MAX_ATTEMPTS = 8
+# Answers that mean "not now" (botocore has already retried them): 503, which a client may
+# retry. Anything else (a missing table, denied access) is the operator's to fix: a 500.
+_NOT_NOW = {
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+}
+
+
+@contextmanager
+def _unavailable_as_503() -> Iterator[None]:
+    try:
+        yield
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in _NOT_NOW:
+            raise CartStoreUnavailable() from exc
+        raise
+    except BotoCoreError as exc:  # unreachable, timed out, connection dropped
+        raise CartStoreUnavailable() from exc
 
 
 def _to_item(cart: Cart) -> dict[str, Any]:
@@ -65,11 +96,12 @@ class DynamoCartStore:
 
     def _read(self, customer_id: int, *, consistent: bool) -> tuple[Cart, bool]:
         """The cart and whether an item exists for it (blocking)."""
-        answer = self.client.get_item(
-            TableName=self.table,
-            Key={"cart_id": {"S": cart_id_for(customer_id)}},
-            ConsistentRead=consistent,
-        )
+        with _unavailable_as_503():
+            answer = self.client.get_item(
+                TableName=self.table,
+                Key={"cart_id": {"S": cart_id_for(customer_id)}},
+                ConsistentRead=consistent,
+            )
         item = answer.get("Item")
         return as_read(_from_item(item, customer_id), utcnow()), item is not None
 
@@ -89,7 +121,8 @@ class DynamoCartStore:
         else:
             condition = {"ConditionExpression": "attribute_not_exists(cart_id)"}
         try:
-            self.client.put_item(TableName=self.table, Item=_to_item(stored), **condition)
+            with _unavailable_as_503():
+                self.client.put_item(TableName=self.table, Item=_to_item(stored), **condition)
         except self.client.exceptions.ConditionalCheckFailedException:
             return False
         return True

@@ -511,3 +511,67 @@ async def test_a_deleted_account_takes_its_cart_with_it(resources: Resources) ->
         left = await conn.scalar(text("SELECT count(*) FROM cart_item"))
     assert left == 0
     assert replace(await store.get(user.id), expires_at=None).version == 0
+
+
+async def test_an_unreachable_dynamodb_answers_503_with_retry_after(
+    app: Any, client: AsyncClient, alice: User
+) -> None:
+    from botocore.config import Config
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    nowhere = boto3.client(
+        "dynamodb",
+        region_name="us-east-1",
+        endpoint_url=f"http://127.0.0.1:{closed_port}",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(connect_timeout=1, retries={"max_attempts": 1}),
+    )
+    unreachable = DynamoCartStore(nowhere, table="carts", ttl=TTL)
+
+    async def the_store() -> CartStore:
+        return unreachable
+
+    app.dependency_overrides[cart_store] = the_store
+    try:
+        response = await client.get("/cart", headers=alice.headers)
+    finally:
+        app.dependency_overrides.pop(cart_store, None)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+
+
+async def test_with_shop_carts_table_set_the_shop_keeps_carts_in_dynamodb(
+    settings: Any, resources: Resources, dynamodb: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asgi_lifespan import LifespanManager
+    from httpx import ASGITransport
+
+    from app.main import create_app
+    from tests.conftest import test_settings
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    table = make_carts_table(dynamodb)
+    shop = create_app(
+        test_settings(
+            database_url=settings.database_url,
+            carts_table=table,
+            aws_region="us-east-1",
+            aws_endpoint_url=dynamodb.meta.endpoint_url,
+        )
+    )
+    user = await make_user(resources)
+    product = await make_product(resources)
+    async with LifespanManager(shop):
+        transport = ASGITransport(app=shop)
+        async with AsyncClient(transport=transport, base_url="http://shop.test") as http:
+            response = await put_item(http, user, product.id, 2)
+    assert response.status_code == 200
+    item = dynamodb.get_item(TableName=table, Key={"cart_id": {"S": f"customer-{user.id}"}})
+    assert item["Item"]["items"]["M"] == {str(product.id): {"N": "2"}}
+    assert int(item["Item"]["expires_at"]["N"]) > 0
+    async with resources.db.read() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM cart_item")) == 0
