@@ -106,7 +106,9 @@ class DynamoCartStore:
         return as_read(_from_item(item, customer_id), utcnow()), item is not None
 
     async def get(self, customer_id: int, *, consistent: bool = False) -> Cart:
-        cart, _ = await asyncio.to_thread(self._read, customer_id, consistent=consistent)
+        # Always a strongly consistent read: a customer who just added an item and looks at
+        # the cart must see it (an eventually consistent read may not, and saves little here).
+        cart, _ = await asyncio.to_thread(self._read, customer_id, consistent=True)
         return cart
 
     def _put(self, stored: Cart, *, exists: bool, expected_version: int) -> bool:
