@@ -244,6 +244,32 @@ def cmd_purge_keys(args: argparse.Namespace) -> None:
     print(f"shop: forgot {_run(work)} idempotency keys", file=sys.stderr)
 
 
+def cmd_assets_publish(args: argparse.Namespace) -> None:
+    from app.core import assets
+
+    settings = _settings()
+    if not settings.assets_bucket:
+        sys.exit(
+            "shop: assets publish: SHOP_ASSETS_BUCKET is not set (without a bucket the app "
+            "serves its static files itself)"
+        )
+    found = assets.static_files()
+    if args.dry_run:
+        for item in found.values():
+            print(f"{assets.PREFIX}{item.name}")
+        return
+    started = time.perf_counter()
+    published = assets.publish_static(assets.s3_client(settings), settings.assets_bucket, found)
+    for key in published.uploaded:
+        print(key)
+    print(
+        f"shop: published {len(published.uploaded) - 1} new static files and the manifest to "
+        f"s3://{settings.assets_bucket}/{assets.PREFIX} ({len(published.unchanged)} already "
+        f"there) in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+
+
 def _count(text: str) -> int:
     """A whole number from 0 to 10 million, or argparse's usage error."""
     if not text.isdigit() or int(text) > 10_000_000:
@@ -295,6 +321,18 @@ def parser() -> argparse.ArgumentParser:
     purge = sub.add_parser("purge-keys", help="forget idempotency keys older than the TTL")
     purge.add_argument("--hours", type=int, default=24)
     purge.set_defaults(func=cmd_purge_keys)
+
+    assets = sub.add_parser("assets", help="the app's static files (stage 5: S3 and the CDN)")
+    assets_sub = assets.add_subparsers(dest="assets_command", required=True)
+    publish = assets_sub.add_parser(
+        "publish",
+        help="upload the static files to SHOP_ASSETS_BUCKET under fingerprinted names, "
+        "with a manifest",
+    )
+    publish.add_argument(
+        "--dry-run", action="store_true", help="print the keys it would write, and stop"
+    )
+    publish.set_defaults(func=cmd_assets_publish)
     return p
 
 

@@ -19,13 +19,15 @@ from app.accounting.router import router as accounting_router
 from app.carts.domain import CartStoreUnavailable
 from app.carts.router import cart_store_unavailable
 from app.carts.router import router as carts_router
+from app.catalog.router import IMAGE_UPLOAD
 from app.catalog.router import router as catalog_router
 from app.core import aws
+from app.core.assets import Assets, install_static
 from app.core.cache import Cache, bounded_client, namespace_for
 from app.core.db import Database
 from app.core.deps import Resources, ResourcesDep
-from app.core.docs import install_docs
-from app.core.http import BodyLimit, install_error_handlers
+from app.core.docs import ASSETS_URL, install_docs
+from app.core.http import BodyLimit, DefaultCacheControl, install_error_handlers
 from app.core.lifecycle import drain_on_sigterm, sample_pools_forever
 from app.core.observability import Observe, metrics_document
 from app.core.openapi import operation_id
@@ -132,9 +134,12 @@ async def open_resources(settings: Settings) -> Resources:
         if resolved.redis_url
         else None
     )
+    # The S3 client (stage 5) is made here, once per process: making one costs tens of ms.
+    assets = await Assets.from_settings(settings)
     return Resources(
         settings=settings,
         db=db,
+        assets=assets,
         tokens=tokens,
         verifier=tokens,
         passwords=passwords,
@@ -155,6 +160,7 @@ async def close_resources(resources: Resources) -> None:
     if resources.cache is not None:
         await resources.cache.close()
     resources.passwords.close()
+    resources.assets.close()
     await resources.db.dispose()
 
 
@@ -188,11 +194,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     install_docs(app)
+    install_static(app)
     install_error_handlers(app)
     app.add_exception_handler(CartStoreUnavailable, cart_store_unavailable)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        larger=[("PUT", IMAGE_UPLOAD, settings.image_max_bytes)],
+    )
     # Read-your-writes: the request's position from its token, a new token when it wrote.
     app.add_middleware(ReadYourWrites, tokens=lambda: app.state.resources.positions)
+    # Every answer that did not choose its Cache-Control (errors, a 413 included, and anything
+    # signed in) is private; the docs' assets are revalidated by their ETag.
+    app.add_middleware(DefaultCacheControl, revalidate=[ASSETS_URL + "/"])
     # Outermost, so that its timings and request id cover every answer, a 413 included.
     app.add_middleware(Observe, metrics=settings.metrics, access_log=settings.access_log)
     for router in (

@@ -1,8 +1,11 @@
-"""Realistic demo data: products with names, prices and stock; customers who can sign in."""
+"""Realistic demo data: products with names, prices, stock and a placeholder image; customers
+who can sign in."""
 
 from __future__ import annotations
 
 import random
+import struct
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +13,7 @@ from sqlalchemy import select
 
 from app.catalog import service as catalog
 from app.catalog.models import Product
+from app.core.assets import static_name
 from app.core.db import Database
 from app.core.security import Passwords
 from app.customers import service as customers
@@ -115,6 +119,60 @@ _LAST = (
     "Wirth",
 )
 
+# The colour of each material's placeholder image (app/static/placeholders/<material>.png).
+PLACEHOLDER_COLOURS: dict[str, tuple[int, int, int]] = {
+    "Oak": (176, 131, 79),
+    "Steel": (128, 136, 144),
+    "Cotton": (240, 236, 226),
+    "Bamboo": (196, 178, 108),
+    "Leather": (122, 72, 40),
+    "Ceramic": (222, 214, 200),
+    "Wool": (200, 190, 176),
+    "Glass": (170, 210, 220),
+    "Copper": (184, 115, 51),
+    "Linen": (230, 220, 196),
+    "Aluminium": (190, 196, 200),
+    "Walnut": (94, 62, 40),
+    "Cork": (200, 160, 110),
+    "Canvas": (210, 196, 160),
+    "Granite": (110, 110, 112),
+}
+PLACEHOLDER_SIZE = 64
+
+
+def placeholder_pixels(rgb: tuple[int, int, int], *, size: int = PLACEHOLDER_SIZE) -> bytes:
+    """The raw RGB rows of a placeholder: the colour, with a darker frame of 4 pixels."""
+    dark = bytes(c * 3 // 4 for c in rgb)
+    fill = bytes(rgb)
+    frame_row = dark * size
+    inner_row = dark * 4 + fill * (size - 8) + dark * 4
+    return b"".join(frame_row if y < 4 or y >= size - 4 else inner_row for y in range(size))
+
+
+def placeholder_png(rgb: tuple[int, int, int], *, size: int = PLACEHOLDER_SIZE) -> bytes:
+    """A small PNG of one colour (no imaging library: PNG is zlib-compressed rows in chunks)."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+
+    pixels = placeholder_pixels(rgb, size=size)
+    stride = size * 3
+    rows = b"".join(b"\x00" + pixels[y * stride : (y + 1) * stride] for y in range(size))
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def placeholder_file(material: str) -> str:
+    """The logical name of a material's placeholder among the app's static files."""
+    return f"placeholders/{material.lower()}.png"
+
+
 Progress = Callable[[str, int, int], None]
 
 
@@ -126,7 +184,8 @@ def product_row(n: int, rng: random.Random) -> dict[str, Any]:
         "name": f"{adjective} {material} {noun}",
         "description": f"A {adjective.lower()} {noun.lower()} made of {material.lower()}.",
         "price_cents": max(99, min(price, 5_000_00)),
-        "image_key": f"products/{n:07d}.jpg",
+        # A fingerprinted static file: served by the app, or by the CDN once published.
+        "image_key": static_name(placeholder_file(material)),
         "initial_stock": rng.choice((0, 5, 20, 50, 100, 250, 1000)),
     }
 

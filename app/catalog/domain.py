@@ -1,8 +1,11 @@
-"""Catalog rules: what a stock level may become, and what a shortage reports."""
+"""Catalog rules: what a stock level may become, what a shortage reports, what an image is."""
 
 from __future__ import annotations
 
-from app.core.errors import Conflict
+import hashlib
+from dataclasses import dataclass
+
+from app.core.errors import Conflict, InvalidRequest, ShopError
 
 MAX_STOCK = 1_000_000_000
 
@@ -51,3 +54,45 @@ class ReservedItem:
         self.name = name
         self.unit_price_cents = unit_price_cents
         self.quantity = quantity
+
+
+@dataclass(frozen=True, slots=True)
+class ImageKind:
+    extension: str
+    media_type: str
+
+
+PNG = ImageKind("png", "image/png")
+JPEG = ImageKind("jpg", "image/jpeg")
+WEBP = ImageKind("webp", "image/webp")
+
+
+class ImageTooLarge(ShopError):
+    status_code = 413
+
+    def __init__(self, *, size: int, max_bytes: int) -> None:
+        super().__init__(f"the image has {size} bytes; at most {max_bytes} are accepted")
+
+
+def image_kind(data: bytes) -> ImageKind | None:
+    """PNG, JPEG or WebP by their first bytes (what the file is, whatever its name claims)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PNG
+    if data.startswith(b"\xff\xd8\xff"):
+        return JPEG
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return WEBP
+    return None
+
+
+def checked_image(data: bytes, *, max_bytes: int) -> tuple[str, ImageKind]:
+    """The content-hashed name of an upload (`images/<16 hex of sha256>.<ext>`) and its kind.
+
+    Raises ImageTooLarge (413) past `max_bytes`, InvalidRequest (422) for anything that is not
+    a PNG, JPEG or WebP image."""
+    if len(data) > max_bytes:
+        raise ImageTooLarge(size=len(data), max_bytes=max_bytes)
+    kind = image_kind(data)
+    if kind is None:
+        raise InvalidRequest("body", "not a PNG, JPEG or WebP image (checked by its first bytes)")
+    return f"images/{hashlib.sha256(data).hexdigest()[:16]}.{kind.extension}", kind

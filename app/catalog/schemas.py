@@ -39,6 +39,9 @@ class ProductRead(ReadSchema):
     description: str
     price_cents: int
     image_key: str | None
+    image_url: str | None = Field(
+        None, description="Where the image is served (a CDN URL at stage 5); null without one."
+    )
     stock: int
     updated_at: datetime
 

@@ -27,11 +27,13 @@ from app.catalog.domain import (
     OutOfStock,
     ReservedItem,
     StockLimit,
+    checked_image,
     normalise_sku,
     reservation_order,
 )
 from app.catalog.models import Product, StockLevel
 from app.catalog.schemas import ProductCreate, ProductPage, ProductRead
+from app.core.assets import Assets
 from app.core.cache import Cache
 from app.core.db import Database, run
 from app.core.errors import Conflict, NotFound
@@ -67,11 +69,20 @@ def _contains_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-async def _fetch(conn: AsyncConnection, product_id: int) -> ProductRead:
+def _product(row: Any, assets: Assets | None) -> ProductRead:
+    product = ProductRead.model_validate(row)
+    if product.image_key is not None:
+        product.image_url = (
+            assets.url(product.image_key) if assets is not None else f"/static/{product.image_key}"
+        )
+    return product
+
+
+async def _fetch(conn: AsyncConnection, product_id: int, assets: Assets | None) -> ProductRead:
     row = (await conn.execute(_BY_ID, {"product_id": product_id})).one_or_none()
     if row is None:
         raise NotFound("product", product_id)
-    return ProductRead.model_validate(row._mapping)
+    return _product(row._mapping, assets)
 
 
 # Every cached catalog answer lives under this generation: one INCR after a write kills them all.
@@ -106,7 +117,9 @@ def _reading_after(not_before: int) -> Iterator[None]:
         yield
 
 
-async def product_json(db: Database, cache: Cache | None, *, product_id: int) -> bytes:
+async def product_json(
+    db: Database, cache: Cache | None, *, product_id: int, assets: Assets | None = None
+) -> bytes:
     """One product with its stock, as the JSON of ProductRead; raises NotFound.
 
     From the cache when there is one (a hit is one Redis round trip and no serialisation);
@@ -115,7 +128,7 @@ async def product_json(db: Database, cache: Cache | None, *, product_id: int) ->
 
     async def fill(not_before: int) -> bytes:
         with _reading_after(not_before):
-            found = await get_product(db, product_id=product_id)
+            found = await get_product(db, product_id=product_id, assets=assets)
         return found.model_dump_json().encode()
 
     if cache is None:
@@ -126,13 +139,19 @@ async def product_json(db: Database, cache: Cache | None, *, product_id: int) ->
 
 
 async def page_json(
-    db: Database, cache: Cache | None, *, text: str | None, limit: int, offset: int
+    db: Database,
+    cache: Cache | None,
+    *,
+    text: str | None,
+    limit: int,
+    offset: int,
+    assets: Assets | None = None,
 ) -> bytes:
     """A page of products, as the JSON of ProductPage; cached like `product_json`."""
 
     async def fill(not_before: int) -> bytes:
         with _reading_after(not_before):
-            found = await list_products(db, text=text, limit=limit, offset=offset)
+            found = await list_products(db, text=text, limit=limit, offset=offset, assets=assets)
         return found.model_dump_json().encode()
 
     if cache is None:
@@ -146,15 +165,25 @@ async def page_json(
     )
 
 
-async def get_product(db: Database, *, product_id: int) -> ProductRead:
-    """One product with its stock; raises NotFound."""
+async def get_product(
+    db: Database, *, product_id: int, assets: Assets | None = None
+) -> ProductRead:
+    """One product with its stock; raises NotFound. Image URLs are `assets`' (else paths
+    on the app)."""
     row = await db.fetch_one(_BY_ID, product_id=product_id)
     if row is None:
         raise NotFound("product", product_id)
-    return ProductRead.model_validate(row)
+    return _product(row, assets)
 
 
-async def list_products(db: Database, *, text: str | None, limit: int, offset: int) -> ProductPage:
+async def list_products(
+    db: Database,
+    *,
+    text: str | None,
+    limit: int,
+    offset: int,
+    assets: Assets | None = None,
+) -> ProductPage:
     """Products by name, optionally only those whose name or SKU contains `text`."""
     if text:
         rows = await db.fetch_all(
@@ -162,13 +191,13 @@ async def list_products(db: Database, *, text: str | None, limit: int, offset: i
         )
     else:
         rows = await db.fetch_all(_PAGE, limit=limit + 1, offset=offset)
-    items = [ProductRead.model_validate(r) for r in rows[:limit]]
+    items = [_product(r, assets) for r in rows[:limit]]
     next_offset = offset + limit if len(rows) > limit else None
     return ProductPage(items=items, limit=limit, offset=offset, next_offset=next_offset)
 
 
 async def create_product(
-    db: Database, *, data: ProductCreate, cache: Cache | None = None
+    db: Database, *, data: ProductCreate, cache: Cache | None = None, assets: Assets | None = None
 ) -> ProductRead:
     """Create a product and its stock level; raises Conflict when the SKU exists.
 
@@ -195,7 +224,7 @@ async def create_product(
             await conn.execute(
                 insert(StockLevel).values(product_id=product_id, quantity=data.initial_stock)
             )
-            created = await _fetch(conn, product_id)
+            created = await _fetch(conn, product_id, assets)
     except IntegrityError as exc:
         raise Conflict(f"a product with SKU {sku!r} exists", sku=sku) from exc
     await catalog_changed(cache)
@@ -203,7 +232,12 @@ async def create_product(
 
 
 async def change_price(
-    db: Database, *, product_id: int, price_cents: int, cache: Cache | None = None
+    db: Database,
+    *,
+    product_id: int,
+    price_cents: int,
+    cache: Cache | None = None,
+    assets: Assets | None = None,
 ) -> ProductRead:
     """Set a new price; orders already placed keep the price they were placed at.
 
@@ -216,13 +250,18 @@ async def change_price(
         )
         if result.rowcount == 0:
             raise NotFound("product", product_id)
-        changed = await _fetch(conn, product_id)
+        changed = await _fetch(conn, product_id, assets)
     await catalog_changed(cache)
     return changed
 
 
 async def restock(
-    db: Database, *, product_id: int, quantity: int, cache: Cache | None = None
+    db: Database,
+    *,
+    product_id: int,
+    quantity: int,
+    cache: Cache | None = None,
+    assets: Assets | None = None,
 ) -> ProductRead:
     """Add units to the stock; raises NotFound, or StockLimit past the maximum.
 
@@ -237,11 +276,43 @@ async def restock(
             .values(quantity=StockLevel.quantity + quantity)
         )
         if result.rowcount == 0:
-            current = await _fetch(conn, product_id)  # raises NotFound
+            current = await _fetch(conn, product_id, assets)  # raises NotFound
             raise StockLimit(product_id=product_id, current=current.stock, adding=quantity)
-        restocked = await _fetch(conn, product_id)
+        restocked = await _fetch(conn, product_id, assets)
     await catalog_changed(cache)
     return restocked
+
+
+async def set_image(
+    db: Database,
+    *,
+    product_id: int,
+    data: bytes,
+    max_bytes: int,
+    assets: Assets,
+    cache: Cache | None = None,
+) -> ProductRead:
+    """Store `data` as the product's image and point the product at it.
+
+    Raises ImageTooLarge (413) past `max_bytes`, InvalidRequest (422) unless it is a PNG, JPEG
+    or WebP image, NotFound. The image is stored (under its content hash) before the product
+    names it, so a product never points at a missing file; the next read anywhere in the fleet
+    has the new URL (the catalog generation moves on, as for any catalog write).
+    """
+    name, kind = checked_image(data, max_bytes=max_bytes)
+    await get_product(db, product_id=product_id)  # 404 before storing anything
+    await assets.put(name, data, media_type=kind.media_type)
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(Product)
+            .where(Product.id == product_id)
+            .values(image_key=name, updated_at=utcnow())
+        )
+        if result.rowcount == 0:
+            raise NotFound("product", product_id)
+        changed = await _fetch(conn, product_id, assets)
+    await catalog_changed(cache)
+    return changed
 
 
 # On PostgreSQL one statement per line: the conditional UPDATE joined to the product, returning

@@ -9,6 +9,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from redis.asyncio import Redis
 
+from app.core.assets import Assets
 from app.core.cache import Cache
 from app.core.db import Database
 from app.core.errors import Forbidden, Unauthenticated
@@ -29,6 +30,8 @@ class Resources:
     passwords: Passwords
     accounts: AccountLookup
     sign_in_limit: RateLimit
+    assets: Assets
+    """Where uploaded images go (S3 or a local folder) and the URLs of /static/ files."""
     redis: Redis | None = None
     positions: PositionTokens | None = None
     """Signs the read-after tokens of read-your-writes; None without replicas."""
@@ -59,9 +62,14 @@ async def _cache(request: Request) -> Cache | None:
     return _state(request).cache
 
 
+async def _assets(request: Request) -> Assets:
+    return _state(request).assets
+
+
 ResourcesDep = Annotated[Resources, Depends(_resources)]
 DatabaseDep = Annotated[Database, Depends(_db)]
 CacheDep = Annotated[Cache | None, Depends(_cache)]
+AssetsDep = Annotated[Assets, Depends(_assets)]
 
 # The OAuth2 password flow is how /docs signs in (Authorize: e-mail and password); on the wire
 # it is the same bearer token. It yields the token, or None without a "Bearer" Authorization.

@@ -3,8 +3,11 @@ response serialised in one pass."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -29,6 +32,65 @@ def model_response(model: BaseModel, status_code: int = 200) -> Response:
     Keep `response_model` on the route for the OpenAPI docs.
     """
     return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110 If-None-Match: `*`, or a list of tags compared weakly (W/ ignored)."""
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
+
+
+def public_response(
+    body: bytes,
+    *,
+    max_age_s: int,
+    if_none_match: str | None,
+    media_type: str = "application/json",
+) -> Response:
+    """An answer every visitor gets alike, which a CDN and browsers may keep `max_age_s`
+    seconds: `Cache-Control: public`, a strong ETag (a hash of the body), and 304 with no body
+    to an If-None-Match naming it."""
+    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    headers = {"cache-control": f"public, max-age={max_age_s}", "etag": etag}
+    if if_none_match is not None and etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+PRIVATE = b"private, no-store"
+"""The Cache-Control of every answer that does not choose its own."""
+
+
+class DefaultCacheControl:
+    """ASGI middleware: an answer without Cache-Control gets `private, no-store` (errors,
+    anything signed in), so a CDN or a shared cache never keeps what a route did not mark
+    cacheable. Answers under `revalidate` other than errors get `no-cache` instead (kept, but
+    checked each time)."""
+
+    def __init__(self, app: ASGIApp, *, revalidate: Sequence[str] = ()) -> None:
+        self.app = app
+        self.revalidate = tuple(revalidate)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_default(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                for name, _ in headers:
+                    if name == b"cache-control":
+                        break
+                else:
+                    path: str = scope["path"]
+                    revalidate = message["status"] < 400 and path.startswith(self.revalidate)
+                    value = b"no-cache" if revalidate else PRIVATE
+                    message["headers"] = [*headers, (b"cache-control", value)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_default)
 
 
 def _shop_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -109,20 +171,34 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """Answer 413 to bodies over `max_bytes`, whether announced by Content-Length or streamed."""
+    """Answer 413 to bodies over `max_bytes`, whether announced by Content-Length or streamed.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `larger` gives some routes a limit of their own: (method, path pattern, max bytes), such
+    as an image upload."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        larger: Sequence[tuple[str, re.Pattern[str], int]] = (),
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = tuple(larger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.max_bytes
+        for method, pattern, limit in self.larger:
+            if scope["method"] == method and pattern.match(scope["path"]):
+                max_bytes = limit
+                break
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._too_large(send)
+                if not value.isdigit() or int(value) > max_bytes:
+                    await self._too_large(send, max_bytes)
                     return
                 break
         received = 0
@@ -133,10 +209,10 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes and not rejected:
+                if received > max_bytes and not rejected:
                     # Answer now and tell the app the client left; whatever it answers is dropped.
                     rejected = True
-                    await self._too_large(send)
+                    await self._too_large(send, max_bytes)
                     return {"type": "http.disconnect"}
             return message
 
@@ -146,9 +222,9 @@ class BodyLimit:
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, max_bytes: int) -> None:
         response = JSONResponse(
-            {"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413
+            {"detail": f"request body larger than {max_bytes} bytes"}, status_code=413
         )
         await send(
             {

@@ -177,6 +177,27 @@ class Settings(BaseSettings):
     )
     mail_sender: str | None = Field(None, description="SES sender address (stage 7).")
 
+    # --- static files and images (stage 5) --------------------------------------------------
+    assets_dir: Path | None = Field(
+        None,
+        description="Folder of uploaded product images when no assets_bucket is set (the app "
+        "serves them under /static/images/). Unset: shop-assets beside the project in a source "
+        "checkout, else $XDG_DATA_HOME/shop/assets.",
+    )
+    image_max_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1024,
+        le=50 * 1024 * 1024,
+        description="Largest product image an admin may upload; larger answers 413.",
+    )
+    catalog_max_age_s: int = Field(
+        10,
+        ge=0,
+        le=3600,
+        description="Cache-Control max-age of the public catalog answers (GET /products, GET "
+        "/products/{id}): how long a CDN or browser may reuse one without asking.",
+    )
+
     # --- auth -----------------------------------------------------------------------------
     jwt_secret: str = Field(
         LOCAL_JWT_SECRET, min_length=32, description="HS256 signing key of issued tokens."
@@ -323,6 +344,13 @@ class Settings(BaseSettings):
         return default_sqlite_path()
 
     @cached_property
+    def assets_path(self) -> Path:
+        """The absolute folder of uploaded images kept on local disk (see assets_dir)."""
+        if self.assets_dir is not None:
+            return self.assets_dir.expanduser().resolve()
+        return default_assets_path()
+
+    @cached_property
     def primary_url(self) -> str:
         """The async SQLAlchemy URL of the primary database (embedded SQLite when unset)."""
         if self.database_url:
@@ -337,6 +365,15 @@ def default_sqlite_path() -> Path:
         return checkout / "shop.db"
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home).resolve() / "shop" / "shop.db"
+
+
+def default_assets_path() -> Path:
+    """shop-assets beside the project in a source checkout, else in the user's data folder."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "app" / "main.py").is_file():
+        return checkout / "shop-assets"
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home).resolve() / "shop" / "assets"
 
 
 def to_async_url(url: str) -> str:
