@@ -1,4 +1,5 @@
-"""The `shop` command: serve, migrate, seed, create an admin, forget old idempotency keys."""
+"""The `shop` command: serve, migrate, seed, create an admin, run the queue worker, forget old
+idempotency keys."""
 
 from __future__ import annotations
 
@@ -229,6 +230,24 @@ def cmd_create_admin(args: argparse.Namespace) -> None:
     print(f"shop: {_run(work)}", file=sys.stderr)
 
 
+def cmd_worker(args: argparse.Namespace) -> None:
+    import logging
+
+    from app.core.settings import WorkerSettings
+    from app.worker import WorkerProblem, serve
+
+    # A worker signs and checks no token: it needs no JWT key (the stack gives it none).
+    try:
+        settings = WorkerSettings()
+    except ValidationError as exc:
+        sys.exit(f"shop: invalid settings:\n{exc}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except WorkerProblem as exc:
+        sys.exit(f"shop: worker: {exc}")
+
+
 def cmd_purge_keys(args: argparse.Namespace) -> None:
     from app.main import close_resources, open_resources
     from app.orders import service
@@ -317,6 +336,11 @@ def parser() -> argparse.ArgumentParser:
     )
     admin.add_argument("--name", default="Shop Admin")
     admin.set_defaults(func=cmd_create_admin)
+
+    worker = sub.add_parser(
+        "worker", help="finish placed orders from the queue (stage 7; needs SHOP_QUEUE_URL)"
+    )
+    worker.set_defaults(func=cmd_worker)
 
     purge = sub.add_parser("purge-keys", help="forget idempotency keys older than the TTL")
     purge.add_argument("--hours", type=int, default=24)

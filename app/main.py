@@ -29,8 +29,11 @@ from app.core.deps import Resources, ResourcesDep
 from app.core.docs import ASSETS_URL, install_docs
 from app.core.http import BodyLimit, DefaultCacheControl, install_error_handlers
 from app.core.lifecycle import drain_on_sigterm, sample_pools_forever
+from app.core.mail import mailer_for
 from app.core.observability import Observe, metrics_document
 from app.core.openapi import operation_id
+from app.core.outbox import Relay
+from app.core.queue import Queue
 from app.core.ratelimit import RateLimit
 from app.core.replicas import PositionTokens, ReadYourWrites
 from app.core.security import LocalTokens, Passwords
@@ -134,10 +137,25 @@ async def open_resources(settings: Settings) -> Resources:
         if resolved.redis_url
         else None
     )
+    relay = (
+        Relay(
+            db,
+            Queue(
+                settings.queue_url,
+                region=settings.aws_region,
+                endpoint_url=settings.aws_endpoint_url,
+            ),
+            sweep_after_s=settings.outbox_sweep_s,
+        )
+        if settings.queue_url
+        else None
+    )
     # The S3 client (stage 5) is made here, once per process: making one costs tens of ms.
     assets = await Assets.from_settings(settings)
     return Resources(
         settings=settings,
+        relay=relay,
+        mailer=mailer_for(settings),
         db=db,
         assets=assets,
         tokens=tokens,
@@ -176,12 +194,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.resources = resources
         sampler = asyncio.create_task(sample_pools_forever(resources)) if settings.metrics else None
+        if resources.relay is not None:
+            await resources.relay.start()
         try:
             with drain_on_sigterm(resources, settings.drain_s):
                 yield
         finally:
             if sampler is not None:
                 sampler.cancel()
+            if resources.relay is not None:
+                await resources.relay.stop()
             await close_resources(resources)
 
     app = FastAPI(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
@@ -13,6 +13,8 @@ from app.core.assets import Assets
 from app.core.cache import Cache
 from app.core.db import Database
 from app.core.errors import Forbidden, Unauthenticated
+from app.core.mail import LogMailer, Mailer
+from app.core.outbox import Relay
 from app.core.ratelimit import RateLimit
 from app.core.replicas import PositionTokens
 from app.core.security import AccountLookup, Passwords, Principal, TokenIssuer, TokenVerifier
@@ -39,6 +41,10 @@ class Resources:
     """The response cache (stage 5): None without SHOP_REDIS_URL."""
     dynamodb: Any = None
     """boto3 DynamoDB client of the carts table (stage 5): None without SHOP_CARTS_TABLE."""
+    relay: Relay | None = None
+    """Publishes outbox events to the queue (stage 7): None without SHOP_QUEUE_URL."""
+    mailer: Mailer = field(default_factory=LogMailer)
+    """Outgoing e-mail: SES with SHOP_MAIL_SENDER, the log otherwise."""
     draining: bool = False
     """Set on SIGTERM: /readyz answers 503 while the process finishes what it has."""
 

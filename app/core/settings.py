@@ -11,7 +11,7 @@ import os
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, ClassVar, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SHOP_", env_file=".env", extra="ignore", frozen=True
     )
+    issues_tokens: ClassVar[bool] = True
+    """Whether this process signs or checks tokens: see WorkerSettings."""
 
     env: Environment = Field(
         Environment.LOCAL,
@@ -197,6 +199,30 @@ class Settings(BaseSettings):
         description="Cache-Control max-age of the public catalog answers (GET /products, GET "
         "/products/{id}): how long a CDN or browser may reuse one without asking.",
     )
+    outbox_sweep_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="With a queue: every this many seconds, each server process publishes the "
+        "order events older than this that are still unpublished (a process that died between "
+        "its commit and its publish, a queue that did not answer).",
+    )
+    worker_batch_size: int = Field(
+        10, ge=1, le=10, description="Messages `shop worker` receives per call (SQS: 1-10)."
+    )
+    worker_wait_s: int = Field(
+        10,
+        ge=0,
+        le=20,
+        description="Long-polling wait of `shop worker` for its next messages; on SIGTERM it "
+        "finishes this wait and the batch it brings, then exits.",
+    )
+    worker_metrics_port: int = Field(
+        9102,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus metrics of `shop worker` (0: none).",
+    )
 
     # --- auth -----------------------------------------------------------------------------
     jwt_secret: str = Field(
@@ -308,7 +334,7 @@ class Settings(BaseSettings):
             and self.jwt_secret_arn is None
             and self.jwt_secret_file is None
         )
-        if uses_default and not self.is_local:
+        if uses_default and not self.is_local and self.issues_tokens:
             raise ValueError(
                 "SHOP_JWT_SECRET still has its published default, which is only accepted when "
                 "SHOP_ENV is 'local' and the shop runs on its embedded database; set "
@@ -391,3 +417,11 @@ def to_sync_url(url: str) -> str:
     if url.startswith("sqlite+aiosqlite://"):
         return "sqlite://" + url[len("sqlite+aiosqlite://") :]
     return url
+
+
+class WorkerSettings(Settings):
+    """The settings of `shop worker`, which neither signs nor checks a token: the stack gives
+    workers no JWT key, so the published default is not refused here, and the worker never
+    makes a token issuer or verifier with it."""
+
+    issues_tokens: ClassVar[bool] = False

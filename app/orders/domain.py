@@ -19,6 +19,22 @@ class OrderStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class Fulfilment(StrEnum):
+    """Whether an order's follow-up work (ledger posting, shipment) is done."""
+
+    PENDING = "pending"
+    """Recorded as an event; a worker will do it (stage 7)."""
+    DONE = "done"
+    SKIPPED = "skipped"
+    """Cancelled before a worker reached it: there was nothing to post and nothing to ship."""
+
+
+def fulfilment(*, status: OrderStatus, fulfilled: bool) -> Fulfilment:
+    if fulfilled:
+        return Fulfilment.DONE
+    return Fulfilment.SKIPPED if status is OrderStatus.CANCELLED else Fulfilment.PENDING
+
+
 @dataclass(frozen=True, slots=True)
 class Totals:
     subtotal_cents: int

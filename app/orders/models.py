@@ -24,6 +24,9 @@ class CustomerOrder(Base):
     total_cents: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     cancelled_at: Mapped[datetime | None]
+    # When the ledger was posted and the shipment opened: in the placing transaction without a
+    # queue, by `shop worker` with one (NULL until then; stays NULL if cancelled before).
+    fulfilled_at: Mapped[datetime | None]
 
 
 class OrderLine(Base):

@@ -76,8 +76,10 @@ async def place_order(
     body: NewOrder,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
-    """Place an order: stock is reserved, the ledger posted and a shipment opened, or nothing
-    happens at all. 404 names an unknown product; 409 one short of stock."""
+    """Place an order: stock is reserved and the order recorded, or nothing happens at all.
+    The ledger posting and the shipment follow: in the same transaction (`fulfilment: done`),
+    or, where a queue takes that work off the request, shortly after (`fulfilment: pending`
+    until then). 404 names an unknown product; 409 one short of stock."""
     result = await service.place_order(
         res.db,
         customer_id=principal.customer_id,
@@ -85,6 +87,8 @@ async def place_order(
         tax_rate_bp=res.settings.tax_rate_bp,
         idempotency_key=idempotency_key,
         idempotency_ttl=timedelta(hours=res.settings.idempotency_ttl_h),
+        relay=res.relay,
+        mailer=res.mailer,
     )
     headers = {"Idempotent-Replayed": "true"} if result.replayed else None
     return JSONResponse(result.body, status_code=result.status_code, headers=headers)

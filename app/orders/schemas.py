@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import Field, field_validator
 
 from app.core.schemas import Id, Page, Quantity, ReadSchema, Schema
-from app.orders.domain import MAX_LINES, OrderStatus, lines_problem
+from app.orders.domain import MAX_LINES, Fulfilment, OrderStatus, lines_problem
 
 
 class OrderLineCreate(Schema):
@@ -47,12 +47,19 @@ class OrderRead(ReadSchema):
     total_cents: int
     created_at: datetime
     cancelled_at: datetime | None
+    fulfilment: Fulfilment = Field(
+        Fulfilment.DONE,
+        description="Whether the ledger is posted and the shipment opened: `done`; `pending` "
+        "while a worker has yet to do it (stage 7, with a queue); `skipped` when the order was "
+        "cancelled before that.",
+    )
     lines: list[OrderLineRead]
 
 
 class OrderSummary(ReadSchema):
     id: int
     status: OrderStatus
+    fulfilment: Fulfilment = Fulfilment.DONE
     total_cents: int
     created_at: datetime
 

@@ -1,5 +1,6 @@
 """The orders module's public API. Placing and cancelling an order are one transaction each,
-spanning catalog (stock), accounting (ledger) and delivery (shipment) through their services."""
+spanning catalog (stock), accounting (ledger) and delivery (shipment) through their services;
+with a queue (stage 7) the ledger and shipment follow through the outbox (see flows.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,20 @@ from app.accounting.schemas import EntryRead
 from app.catalog import service as catalog
 from app.core.db import Database, insert_or_ignore, named_values, run, run_many
 from app.core.errors import Conflict, InvalidRequest, NotFound
+from app.core.mail import Mailer
 from app.core.models import UtcDateTime, utcnow
+from app.core.outbox import Event, Relay
 from app.core.security import Principal
 from app.delivery import service as delivery
-from app.orders.domain import OrderStatus, check_cancellable, fingerprint, price
+from app.orders import flows
+from app.orders.domain import (
+    Fulfilment,
+    OrderStatus,
+    check_cancellable,
+    fingerprint,
+    fulfilment,
+    price,
+)
 from app.orders.models import CustomerOrder, IdempotencyKey, OrderLine
 from app.orders.schemas import OrderCreate, OrderLineRead, OrderPage, OrderRead, OrderSummary
 
@@ -35,6 +46,7 @@ _ORDER_WITH_LINES = (
         CustomerOrder.total_cents,
         CustomerOrder.created_at,
         CustomerOrder.cancelled_at,
+        CustomerOrder.fulfilled_at,
         OrderLine.product_id,
         OrderLine.sku,
         OrderLine.name,
@@ -72,6 +84,7 @@ _PAGE = (
         CustomerOrder.status,
         CustomerOrder.total_cents,
         CustomerOrder.created_at,
+        CustomerOrder.fulfilled_at,
     )
     .where(CustomerOrder.customer_id == bindparam("customer_id"))
     .order_by(CustomerOrder.id.desc())
@@ -89,6 +102,10 @@ class PlaceResult:
     replayed: bool
 
 
+def _fulfilment(row: Mapping[str, Any]) -> Fulfilment:
+    return fulfilment(status=OrderStatus(row["status"]), fulfilled=row["fulfilled_at"] is not None)
+
+
 def _order_query(order_id: int, principal: Principal | None) -> tuple[Any, dict[str, Any]]:
     """The statement and parameters that read an order the principal may see (None: any)."""
     if principal is None or principal.is_admin:
@@ -104,6 +121,7 @@ def _order_from_rows(order_id: int, rows: Sequence[Mapping[str, Any]]) -> OrderR
     return OrderRead.model_validate(
         {
             **{name: first[name] for name in _ORDER_FIELDS},
+            "fulfilment": _fulfilment(first),
             "lines": [
                 {name: row[name] for name in _LINE_FIELDS}
                 for row in rows
@@ -146,6 +164,7 @@ _INSERT_ORDER = (
             "tax_cents",
             "total_cents",
             "created_at",
+            "fulfilled_at",
         )
     )
     .returning(CustomerOrder.id)
@@ -202,14 +221,23 @@ async def place_order(
     tax_rate_bp: int,
     idempotency_key: str | None = None,
     idempotency_ttl: timedelta = timedelta(hours=24),
+    relay: Relay | None = None,
+    mailer: Mailer | None = None,
 ) -> PlaceResult:
-    """Reserve stock, record the order, post the ledger and open the shipment, all or nothing.
+    """Reserve stock and record the order, all or nothing; then its follow-up work.
+
+    Without `relay`, the same transaction posts the ledger and opens the shipment (the answer
+    says `fulfilment: done`), and the confirmation goes to `mailer` after the commit. With a
+    relay (stage 7), the transaction records an `order.placed` outbox event instead, the relay
+    publishes it after the commit, and the answer says `fulfilment: pending` until `shop worker`
+    has done the rest (flows.py).
 
     Raises NotFound (unknown product), OutOfStock (409, nothing reserved), or InvalidRequest
     (an Idempotency-Key reused with a different body). On PostgreSQL the transaction is
     pipelined: three round trips (reserve, order id, the rest with the COMMIT) for one line.
     """
     pairs = data.as_pairs()
+    event: Event | None = None
     async with db.write(pipeline=True) as conn:
         if idempotency_key is not None:
             replay = await _claim_key(
@@ -236,6 +264,7 @@ async def place_order(
                 "tax_cents": totals.tax_cents,
                 "total_cents": totals.total_cents,
                 "created_at": created_at,
+                "fulfilled_at": None if relay is not None else created_at,
             },
         )
         order_id: int = inserted[0]["id"]
@@ -253,14 +282,16 @@ async def place_order(
         await run_many(
             conn, _INSERT_LINE, [{"order_id": order_id, **line.model_dump()} for line in lines]
         )
-        await accounting.post_order_placed(
-            conn,
-            order_id=order_id,
-            customer_id=customer_id,
-            subtotal_cents=totals.subtotal_cents,
-            tax_cents=totals.tax_cents,
-        )
-        await delivery.open_shipment(conn, order_id=order_id, customer_id=customer_id)
+        follow_up = {
+            "order_id": order_id,
+            "customer_id": customer_id,
+            "subtotal_cents": totals.subtotal_cents,
+            "tax_cents": totals.tax_cents,
+        }
+        if relay is not None:
+            event = await flows.record_placed(conn, **follow_up)
+        else:
+            await flows.fulfil(conn, **follow_up)
         body = OrderRead(
             id=order_id,
             status=OrderStatus.PLACED,
@@ -269,6 +300,7 @@ async def place_order(
             total_cents=totals.total_cents,
             created_at=created_at,
             cancelled_at=None,
+            fulfilment=Fulfilment.PENDING if relay is not None else Fulfilment.DONE,
             lines=lines,
         ).model_dump(mode="json")
         if idempotency_key is not None:
@@ -282,6 +314,10 @@ async def place_order(
                     "b_response_body": body,
                 },
             )
+    if relay is not None and event is not None:
+        relay.publish_soon([event])
+    elif mailer is not None:
+        await flows.send_confirmation(db, mailer, order_id=order_id)
     return PlaceResult(status_code=201, body=body, replayed=False)
 
 
@@ -308,7 +344,9 @@ async def list_orders(db: Database, *, customer_id: int, limit: int, offset: int
     """A customer's orders, newest first (one round trip, on the driver's fast path)."""
     rows = await db.fetch_all(_PAGE, customer_id=customer_id, limit=limit + 1, offset=offset)
     return OrderPage(
-        items=[OrderSummary.model_validate(r) for r in rows[:limit]],
+        items=[
+            OrderSummary.model_validate({**r, "fulfilment": _fulfilment(r)}) for r in rows[:limit]
+        ],
         limit=limit,
         offset=offset,
         next_offset=offset + limit if len(rows) > limit else None,
@@ -318,10 +356,14 @@ async def list_orders(db: Database, *, customer_id: int, limit: int, offset: int
 async def cancel_order(db: Database, *, order_id: int, principal: Principal) -> OrderRead:
     """Cancel an order that has not shipped: the shipment is cancelled, the stock returns and
     the ledger posts the reversal, in one transaction. Raises NotFound, or Conflict when the
-    order is already cancelled or its shipment has left (naming what is allowed)."""
+    order is already cancelled or its shipment has left (naming what is allowed).
+
+    An order whose follow-up work is still pending (stage 7) has no entries and no shipment
+    yet: its stock returns and it is cancelled; the worker, which locks the same row, then
+    finds it cancelled and posts and ships nothing (flows.py)."""
     async with db.write() as conn:
         stmt = (
-            select(CustomerOrder.customer_id, CustomerOrder.status)
+            select(CustomerOrder.customer_id, CustomerOrder.status, CustomerOrder.fulfilled_at)
             .where(CustomerOrder.id == order_id)
             .with_for_update()
         )
@@ -331,14 +373,17 @@ async def cancel_order(db: Database, *, order_id: int, principal: Principal) -> 
         if order is None:
             raise NotFound("order", order_id)
         check_cancellable(OrderStatus(order.status))
-        await delivery.cancel_for_order(conn, order_id=order_id)
+        fulfilled = order.fulfilled_at is not None
+        if fulfilled:
+            await delivery.cancel_for_order(conn, order_id=order_id)
         lines = await conn.execute(
             select(OrderLine.product_id, OrderLine.quantity).where(OrderLine.order_id == order_id)
         )
         await catalog.release_stock(conn, lines={r.product_id: r.quantity for r in lines})
-        await accounting.post_order_cancelled(
-            conn, order_id=order_id, customer_id=order.customer_id
-        )
+        if fulfilled:
+            await accounting.post_order_cancelled(
+                conn, order_id=order_id, customer_id=order.customer_id
+            )
         await conn.execute(
             update(CustomerOrder)
             .where(CustomerOrder.id == order_id)

@@ -77,6 +77,29 @@ def test_compose_starts_the_app_only_after_its_dependencies_are_ready() -> None:
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
+def test_compose_runs_the_worker_on_a_local_queue_made_like_the_stacks() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["moto"]["image"].startswith("motoserver/moto")
+    assert "healthcheck" in services["moto"]
+    worker, app, queues = services["worker"], services["app"], services["queues"]
+    assert worker["command"] == ["shop", "worker"]
+    for name in ("migrate", "queues"):
+        assert worker["depends_on"][name]["condition"] == "service_completed_successfully"
+        assert app["depends_on"][name]["condition"] == "service_completed_successfully"
+    assert queues["depends_on"]["moto"]["condition"] == "service_healthy"
+    # The server publishes to the queue the job makes, the worker consumes it, SES is moto's.
+    made = " ".join(queues["command"])
+    for service in (app, worker):
+        env = service["environment"]
+        assert env["SHOP_QUEUE_URL"].startswith("http://moto:5000/")
+        assert env["SHOP_QUEUE_URL"].endswith("/" + "shop-orders")
+        assert env["SHOP_AWS_ENDPOINT_URL"] == "http://moto:5000"
+        assert f'"{env["SHOP_MAIL_SENDER"]}"' in made
+    # The dead-letter queue after 5 receives, as infra/shop_infra/constructs/queue.py has it.
+    assert '"maxReceiveCount": "5"' in made and "shop-orders-dead" in made
+
+
 def _runtime_environment_and_command() -> tuple[dict[str, str], list[str]]:
     """The ENV and CMD of the Dockerfile's last stage, as the container would get them."""
     dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")

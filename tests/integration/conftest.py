@@ -20,7 +20,7 @@ from app.customers.schemas import SignUp
 
 TABLES = (
     "cart_item, cart, shipment_event, shipment, ledger_entry, order_line, customer_order, "
-    "idempotency_key, stock_level, product, customer"
+    "idempotency_key, stock_level, product, customer, outbox_event, processed_event"
 )
 _numbers = itertools.count(1)
 

@@ -1,0 +1,65 @@
+"""Outgoing e-mail: through Amazon SES when a sender is configured (stage 7), else to the log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import boto3
+
+from app.core.settings import Settings
+
+log = logging.getLogger("shop.mail")
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    to: str
+    subject: str
+    text: str
+
+
+class Mailer(Protocol):
+    async def send(self, mail: Mail) -> None:
+        """Hand the message over for delivery; raises when it was not accepted."""
+
+
+class LogMailer:
+    """Writes each message to the log (logger `shop.mail`): development and stages 1-6."""
+
+    async def send(self, mail: Mail) -> None:
+        log.info("mail to %s: %s\n%s", mail.to, mail.subject, mail.text)
+
+
+class SesMailer:
+    """Sends through SES from one verified sender address."""
+
+    def __init__(
+        self, sender: str, *, region: str | None = None, endpoint_url: str | None = None
+    ) -> None:
+        self.sender = sender
+        self._client: Any = boto3.client("ses", region_name=region, endpoint_url=endpoint_url)
+
+    async def send(self, mail: Mail) -> None:
+        await asyncio.to_thread(
+            self._client.send_email,
+            Source=self.sender,
+            Destination={"ToAddresses": [mail.to]},
+            Message={
+                "Subject": {"Data": mail.subject, "Charset": "UTF-8"},
+                "Body": {"Text": {"Data": mail.text, "Charset": "UTF-8"}},
+            },
+        )
+
+
+def mailer_for(settings: Settings) -> Mailer:
+    """SES when SHOP_MAIL_SENDER is set, the log otherwise."""
+    if settings.mail_sender:
+        return SesMailer(
+            settings.mail_sender,
+            region=settings.aws_region,
+            endpoint_url=settings.aws_endpoint_url,
+        )
+    return LogMailer()

@@ -1,0 +1,231 @@
+"""The transactional outbox (stage 7): events written in the transaction that caused them, relayed
+to the queue after its commit, and applied by a worker at most once per event and step.
+
+Nothing is lost: an event is a row committed with the work that caused it, so it exists exactly
+when that work does. The relay publishes it right after the commit and marks it published; a
+sweep publishes whatever is still unpublished a few seconds later (a process that died between
+its commit and its publish, a queue that did not answer). So an event may be published twice,
+and a worker may receive it twice: `claim` makes each step of its handler run at most once,
+because the claim is a row of `processed_event` written in the handler's own transaction.
+
+This module knows no domain: what an event means is the business of the module that writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import JSON, Index, String, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Database, insert_or_ignore, named_values, run
+from app.core.models import Base, UtcDateTime, utcnow
+from app.core.queue import Queue
+
+log = logging.getLogger("shop.outbox")
+
+
+class OutboxEvent(Base):
+    __tablename__ = "outbox_event"
+    # The sweep looks for unpublished events by age.
+    __table_args__ = (
+        Index("ix_outbox_event_published_at_created_at", "published_at", "created_at"),
+    )
+
+    # Made by the writer, not the database: the INSERT needs no round trip of its own in a
+    # pipelined transaction, and the id names the event on the queue and in processed_event.
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    published_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class ProcessedEvent(Base):
+    __tablename__ = "processed_event"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    step: Mapped[str] = mapped_column(String(32), primary_key=True)
+    processed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One outbox event, as written and as it travels on the queue."""
+
+    id: uuid.UUID
+    kind: str
+    payload: dict[str, Any]
+
+    def to_message(self) -> str:
+        return json.dumps({"id": str(self.id), "kind": self.kind, "payload": self.payload})
+
+    @classmethod
+    def from_message(cls, body: str) -> Event:
+        """The event a queue message carries; ValueError when it carries none."""
+        try:
+            data = json.loads(body)
+            return cls(id=uuid.UUID(data["id"]), kind=str(data["kind"]), payload=data["payload"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"not an outbox event: {body[:200]!r}") from exc
+
+
+_INSERT_EVENT = insert(OutboxEvent).values(named_values("id", "kind", "payload", "created_at"))
+
+
+async def record(conn: AsyncConnection, *, kind: str, payload: Mapping[str, Any]) -> Event:
+    """Write an event in the caller's transaction (pipelined blocks included); it exists if and
+    only if that transaction commits. Hand it to `Relay.publish_soon` after the commit."""
+    event = Event(id=uuid.uuid4(), kind=kind, payload=dict(payload))
+    await run(
+        conn,
+        _INSERT_EVENT,
+        {"id": event.id, "kind": kind, "payload": event.payload, "created_at": utcnow()},
+    )
+    return event
+
+
+async def claim(conn: AsyncConnection, *, event_id: uuid.UUID, step: str) -> bool:
+    """Claim one step of an event's handling for the caller's transaction: True the first time,
+    False once a committed transaction has claimed it. A concurrent claim of the same step (the
+    same event delivered twice at once) waits for the first and then answers False; a claim
+    rolled back (a failure, a killed worker) is free again."""
+    return await insert_or_ignore(
+        conn,
+        ProcessedEvent.__table__,  # type: ignore[arg-type]
+        {"event_id": event_id, "step": step, "processed_at": utcnow()},
+    )
+
+
+_MARK_PUBLISHED = (
+    update(OutboxEvent)
+    .where(OutboxEvent.id.in_(bindparam("ids", expanding=True)), OutboxEvent.published_at.is_(None))
+    .values(published_at=bindparam("now", type_=UtcDateTime()))
+)
+
+PUBLISH_BATCH = 10
+"""Messages per SendMessageBatch: SQS's maximum."""
+
+
+class Relay:
+    """Publishes outbox events to the queue and marks them published.
+
+    `publish_soon` takes the events a request has just committed and returns at once: a
+    background task sends them (up to 10 per call). A second task, the sweep, publishes every
+    `sweep_after_s` the events that are older than that and still unpublished. Failures are
+    logged and left to the sweep: an event is published at least once, never dropped.
+    """
+
+    def __init__(self, db: Database, queue: Queue, *, sweep_after_s: float = 5.0) -> None:
+        self._db = db
+        self._queue = queue
+        self._sweep_after = timedelta(seconds=sweep_after_s)
+        self._pending: asyncio.Queue[Event] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def publish_soon(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self._pending.put_nowait(event)
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._publish_forever(), name="outbox-publish"),
+            asyncio.create_task(self._sweep_forever(), name="outbox-sweep"),
+        ]
+
+    async def flush(self) -> None:
+        """Wait until every event handed to `publish_soon` so far was sent (or failed)."""
+        await self._pending.join()
+
+    async def stop(self, *, timeout_s: float = 5.0) -> None:
+        """Send what is pending (for at most `timeout_s`), then stop; what is left is swept
+        by the next process that starts."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def publish(self, events: Sequence[Event]) -> int:
+        """Send events to the queue, then mark those it accepted published; how many."""
+        sent: list[uuid.UUID] = []
+        for start in range(0, len(events), PUBLISH_BATCH):
+            chunk = events[start : start + PUBLISH_BATCH]
+            failed = await self._queue.send({str(e.id): e.to_message() for e in chunk})
+            for name, reason in failed.items():
+                log.warning("outbox event %s not published (%s); the sweep retries", name, reason)
+            sent += [e.id for e in chunk if str(e.id) not in failed]
+        if sent:
+            async with self._db.write() as conn:
+                await conn.execute(_MARK_PUBLISHED, {"ids": sent, "now": utcnow()})
+        return len(sent)
+
+    async def sweep(self, *, limit: int = 100) -> int:
+        """Publish unpublished events older than `sweep_after_s`, oldest first; how many.
+
+        The rows stay locked while they are sent (SKIP LOCKED: the sweeps of other processes
+        take other rows), so two sweeps do not publish the same event twice.
+        """
+        cutoff = utcnow() - self._sweep_after
+        stmt = (
+            select(OutboxEvent.id, OutboxEvent.kind, OutboxEvent.payload)
+            .where(OutboxEvent.published_at.is_(None), OutboxEvent.created_at < cutoff)
+            .order_by(OutboxEvent.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        async with self._db.write() as conn:
+            rows = (await conn.execute(stmt)).all()
+            events = [Event(id=r.id, kind=r.kind, payload=r.payload) for r in rows]
+            if not events:
+                return 0
+            sent: list[uuid.UUID] = []
+            for start in range(0, len(events), PUBLISH_BATCH):
+                chunk = events[start : start + PUBLISH_BATCH]
+                failed = await self._queue.send({str(e.id): e.to_message() for e in chunk})
+                sent += [e.id for e in chunk if str(e.id) not in failed]
+            if sent:
+                await conn.execute(_MARK_PUBLISHED, {"ids": sent, "now": utcnow()})
+        if len(sent) < len(events):
+            log.warning(
+                "outbox sweep: %d of %d events not published", len(events) - len(sent), len(events)
+            )
+        elif sent:
+            log.info("outbox sweep: published %d events left behind", len(sent))
+        return len(sent)
+
+    async def _publish_forever(self) -> None:
+        while True:
+            batch = [await self._pending.get()]
+            while len(batch) < PUBLISH_BATCH and not self._pending.empty():
+                batch.append(self._pending.get_nowait())
+            try:
+                await self.publish(batch)
+            except Exception as exc:
+                log.warning(
+                    "outbox: %d events not published (%s); the sweep retries", len(batch), exc
+                )
+            finally:
+                for _ in batch:
+                    self._pending.task_done()
+
+    async def _sweep_forever(self) -> None:
+        interval = self._sweep_after.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("outbox sweep failed (%s); retrying in %.0f s", exc, interval)

@@ -1,0 +1,99 @@
+"""The work queue (stage 7): Amazon SQS through boto3, its blocking calls run in threads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received message: its body, the handle that deletes it, and how it has fared."""
+
+    id: str
+    receipt: str
+    body: str
+    receive_count: int
+    """How many times it has been received, this time included (SQS's ApproximateReceiveCount)."""
+    sent_at: float
+    """When it was first sent, in seconds since the epoch."""
+
+    @property
+    def age_s(self) -> float:
+        return max(0.0, time.time() - self.sent_at)
+
+
+class Queue:
+    """One SQS queue. Standard queues deliver at least once: consumers must be idempotent."""
+
+    def __init__(
+        self, url: str, *, region: str | None = None, endpoint_url: str | None = None
+    ) -> None:
+        self.url = url
+        self._client: Any = boto3.client("sqs", region_name=region, endpoint_url=endpoint_url)
+
+    async def send(self, bodies: Mapping[str, str]) -> dict[str, str]:
+        """Send up to 10 messages, keyed by a batch entry id; the ids that failed, with why."""
+        if not bodies:
+            return {}
+        entries = [{"Id": key, "MessageBody": body} for key, body in bodies.items()]
+        answer = await asyncio.to_thread(
+            self._client.send_message_batch, QueueUrl=self.url, Entries=entries
+        )
+        return {f["Id"]: f.get("Message", f.get("Code", "?")) for f in answer.get("Failed", [])}
+
+    async def receive(self, *, max_messages: int = 10, wait_s: int = 10) -> list[Message]:
+        """Up to `max_messages`, waiting up to `wait_s` for the first (long polling)."""
+        answer = await asyncio.to_thread(
+            self._client.receive_message,
+            QueueUrl=self.url,
+            MaxNumberOfMessages=max_messages,
+            WaitTimeSeconds=wait_s,
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+        )
+        return [
+            Message(
+                id=m["MessageId"],
+                receipt=m["ReceiptHandle"],
+                body=m["Body"],
+                receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+                sent_at=int(m.get("Attributes", {}).get("SentTimestamp", time.time() * 1000))
+                / 1000,
+            )
+            for m in answer.get("Messages", [])
+        ]
+
+    async def delete(self, receipts: list[str]) -> None:
+        """Delete handled messages, 10 per call."""
+        for start in range(0, len(receipts), 10):
+            chunk = receipts[start : start + 10]
+            await asyncio.to_thread(
+                self._client.delete_message_batch,
+                QueueUrl=self.url,
+                Entries=[{"Id": str(n), "ReceiptHandle": r} for n, r in enumerate(chunk)],
+            )
+
+    async def max_receive_count(self) -> int | None:
+        """Receives after which SQS moves a message to the dead-letter queue; None without one."""
+        answer = await asyncio.to_thread(
+            self._client.get_queue_attributes,
+            QueueUrl=self.url,
+            AttributeNames=["RedrivePolicy"],
+        )
+        policy = answer.get("Attributes", {}).get("RedrivePolicy")
+        return int(json.loads(policy)["maxReceiveCount"]) if policy else None
+
+    async def depth(self) -> int:
+        """Messages waiting (approximate, as SQS counts them)."""
+        answer = await asyncio.to_thread(
+            self._client.get_queue_attributes,
+            QueueUrl=self.url,
+            AttributeNames=["ApproximateNumberOfMessages"],
+        )
+        return int(answer.get("Attributes", {}).get("ApproximateNumberOfMessages", 0))

@@ -1,0 +1,403 @@
+"""Orders through a queue (stage 7): the outbox, the relay, and the worker's handler, on the real
+PostgreSQL and moto's SQS and SES (a threaded moto server, as the app would reach AWS).
+
+Without a queue (the session's app) the follow-up work is done in the request; with one (an app
+of this module's own, on the same database) the order is answered at once, `fulfilment:
+pending`, and the event is applied by the handler `shop worker` runs, at most once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from sqlalchemy import text
+
+from app.core.deps import Resources
+from app.core.mail import Mail
+from app.core.outbox import Event
+from app.core.queue import Queue
+from app.core.security import Role
+from app.orders import flows
+from app.worker import Worker
+from tests.conftest import REDIS_URL, test_settings
+from tests.integration.conftest import User, make_product, make_user
+
+REGION = "us-east-1"
+SENDER = "orders@shop.test"
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    # The app's own clients find credentials where boto3 looks for them.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def sqs(endpoint: str) -> Any:
+    return boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
+
+
+def make_queue(endpoint: str, *, max_receive_count: int = 5, visibility_s: int = 60) -> str:
+    """A queue with a dead-letter queue, as infra/shop_infra/constructs/queue.py makes them."""
+    client = sqs(endpoint)
+    name = f"orders-{uuid.uuid4().hex[:8]}"
+    dead = client.create_queue(QueueName=f"{name}-dead")["QueueUrl"]
+    dead_arn = client.get_queue_attributes(QueueUrl=dead, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    return str(
+        client.create_queue(
+            QueueName=name,
+            Attributes={
+                "VisibilityTimeout": str(visibility_s),
+                "RedrivePolicy": json.dumps(
+                    {"deadLetterTargetArn": dead_arn, "maxReceiveCount": str(max_receive_count)}
+                ),
+            },
+        )["QueueUrl"]
+    )
+
+
+def drain(endpoint: str, url: str) -> list[dict[str, Any]]:
+    """Every message waiting on a queue (received, not deleted)."""
+    found: list[dict[str, Any]] = []
+    while True:
+        got = sqs(endpoint).receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=30
+        )
+        if not got.get("Messages"):
+            return found
+        found += [json.loads(m["Body"]) for m in got["Messages"]]
+
+
+class RecordingMailer:
+    def __init__(self) -> None:
+        self.sent: list[Mail] = []
+
+    async def send(self, mail: Mail) -> None:
+        self.sent.append(mail)
+
+
+@pytest.fixture(scope="module")
+def queue_url(moto_endpoint: str) -> str:
+    return make_queue(moto_endpoint)
+
+
+@pytest.fixture
+async def queued(
+    database_url: str, moto_endpoint: str, queue_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[httpx.AsyncClient, Resources]]:
+    """An app like the session's, on the same database, with SHOP_QUEUE_URL set."""
+    from asgi_lifespan import LifespanManager
+
+    from app.main import create_app
+
+    drain(moto_endpoint, queue_url)
+    settings = test_settings(
+        database_url=database_url,
+        redis_url=REDIS_URL,
+        queue_url=queue_url,
+        aws_region=REGION,
+        aws_endpoint_url=moto_endpoint,
+        outbox_sweep_s=60,
+    )
+    application = create_app(settings)
+    async with LifespanManager(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
+            yield c, application.state.resources
+
+
+async def place(client: httpx.AsyncClient, user: User, product_id: int, quantity: int = 1) -> Any:
+    response = await client.post(
+        "/orders",
+        headers=user.headers,
+        json={"lines": [{"product_id": product_id, "quantity": quantity}]},
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def counts(resources: Resources, order_id: int) -> tuple[int, int]:
+    """(ledger entries, shipments) of an order."""
+    async with resources.db.read() as conn:
+        entries = (
+            await conn.execute(
+                text("SELECT count(*) FROM ledger_entry WHERE order_id = :o"), {"o": order_id}
+            )
+        ).scalar_one()
+        shipments = (
+            await conn.execute(
+                text("SELECT count(*) FROM shipment WHERE order_id = :o"), {"o": order_id}
+            )
+        ).scalar_one()
+    return int(entries), int(shipments)
+
+
+async def event_of(resources: Resources, order_id: int) -> Event:
+    async with resources.db.read() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT id, kind, payload FROM outbox_event "
+                    "WHERE (payload->>'order_id')::int = :o"
+                ),
+                {"o": order_id},
+            )
+        ).one()
+    return Event(id=row.id, kind=row.kind, payload=row.payload)
+
+
+async def balanced(client: httpx.AsyncClient, resources: Resources) -> bool:
+    admin = await make_user(resources, role=Role.ADMIN)
+    answer = (await client.get("/admin/ledger/trial-balance", headers=admin.headers)).json()
+    return bool(answer["balanced"])
+
+
+# --- without a queue: as before, plus the e-mail -------------------------------------------------
+
+
+async def test_without_a_queue_the_order_is_fulfilled_in_the_request_and_mailed_after_it(
+    client: httpx.AsyncClient, resources: Resources, alice: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    product = await make_product(resources, name="Blue mug", price_cents=1250)
+
+    with caplog.at_level(logging.INFO, logger="shop.mail"):
+        order = await place(client, alice, product.id, 2)
+
+    assert order["status"] == "placed"
+    assert order["fulfilment"] == "done"
+    assert await counts(resources, order["id"]) == (3, 1)
+    [mail] = [r.getMessage() for r in caplog.records if r.name == "shop.mail"]
+    assert f"mail to alice@example.com: Your order #{order['id']}" in mail
+    assert "2 x Blue mug: 25.00" in mail and "Total (tax included): 30.00" in mail
+    async with resources.db.read() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM outbox_event"))).scalar_one() == 0
+
+
+# --- with a queue -------------------------------------------------------------------------------
+
+
+async def test_with_a_queue_the_order_is_answered_pending_and_its_event_is_published(
+    queued: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, queue_url: str, alice: User
+) -> None:
+    client, resources = queued
+    product = await make_product(resources, initial_stock=5)
+
+    order = await place(client, alice, product.id, 2)
+
+    assert (order["status"], order["fulfilment"]) == ("placed", "pending")
+    assert (await client.get(f"/products/{product.id}")).json()["stock"] == 3
+    assert await counts(resources, order["id"]) == (0, 0)
+    again = (await client.get(f"/orders/{order['id']}", headers=alice.headers)).json()
+    assert again["fulfilment"] == "pending"
+    assert resources.relay is not None
+    await resources.relay.flush()
+    [message] = drain(moto_endpoint, queue_url)
+    assert message["kind"] == "order.placed"
+    assert message["payload"]["order_id"] == order["id"]
+    async with resources.db.read() as conn:
+        published = (await conn.execute(text("SELECT published_at FROM outbox_event"))).scalar()
+    assert published is not None
+
+
+async def test_an_event_the_relay_did_not_publish_is_swept_later(
+    queued: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, queue_url: str, alice: User
+) -> None:
+    """A process killed between its commit and its publish: the event is still in the table."""
+    client, resources = queued
+    assert resources.relay is not None
+    product = await make_product(resources)
+    order = await place(client, alice, product.id)
+    await resources.relay.flush()
+    drain(moto_endpoint, queue_url)
+    async with resources.db.write() as conn:  # as if the publish had never happened
+        await conn.execute(
+            text(
+                "UPDATE outbox_event SET published_at = NULL, "
+                "created_at = created_at - interval '1 hour'"
+            )
+        )
+
+    assert await resources.relay.sweep() == 1
+
+    [message] = drain(moto_endpoint, queue_url)
+    assert message["payload"]["order_id"] == order["id"]
+    assert await resources.relay.sweep() == 0
+
+
+async def test_an_event_applied_twice_or_at_once_twice_posts_ships_and_mails_once(
+    queued: tuple[httpx.AsyncClient, Resources], alice: User
+) -> None:
+    client, resources = queued
+    product = await make_product(resources, price_cents=500)
+    order = await place(client, alice, product.id, 4)
+    event = await event_of(resources, order["id"])
+    mailer = RecordingMailer()
+
+    await asyncio.gather(
+        *(
+            flows.handle_order_placed(
+                resources.db, mailer, event_id=event.id, payload=event.payload
+            )
+            for _ in range(3)
+        )
+    )
+    await flows.handle_order_placed(resources.db, mailer, event_id=event.id, payload=event.payload)
+
+    assert await counts(resources, order["id"]) == (3, 1)
+    assert [m.to for m in mailer.sent] == ["alice@example.com"]
+    seen = (await client.get(f"/orders/{order['id']}", headers=alice.headers)).json()
+    assert seen["fulfilment"] == "done"
+    listed = (await client.get("/orders", headers=alice.headers)).json()["items"][0]
+    assert listed["fulfilment"] == "done"
+    tracking = await client.get(f"/orders/{order['id']}/shipment", headers=alice.headers)
+    assert tracking.json()["status"] == "pending"
+    assert await balanced(client, resources)
+
+
+async def test_a_failed_mail_is_retried_without_posting_or_shipping_again(
+    queued: tuple[httpx.AsyncClient, Resources], alice: User
+) -> None:
+    client, resources = queued
+    product = await make_product(resources)
+    order = await place(client, alice, product.id)
+    event = await event_of(resources, order["id"])
+
+    class Refusing:
+        async def send(self, mail: Mail) -> None:
+            raise RuntimeError("SES said no")
+
+    with pytest.raises(RuntimeError):
+        await flows.handle_order_placed(
+            resources.db, Refusing(), event_id=event.id, payload=event.payload
+        )
+    assert await counts(resources, order["id"]) == (3, 1)  # the fulfilment step stands
+
+    mailer = RecordingMailer()
+    await flows.handle_order_placed(resources.db, mailer, event_id=event.id, payload=event.payload)
+
+    assert await counts(resources, order["id"]) == (3, 1)
+    assert len(mailer.sent) == 1
+
+
+async def test_cancelling_before_the_worker_returns_the_stock_and_leaves_nothing_to_post(
+    queued: tuple[httpx.AsyncClient, Resources], alice: User
+) -> None:
+    client, resources = queued
+    product = await make_product(resources, initial_stock=10)
+    order = await place(client, alice, product.id, 4)
+
+    cancelled = await client.post(f"/orders/{order['id']}/cancel", headers=alice.headers)
+
+    assert cancelled.status_code == 200, cancelled.text
+    assert (cancelled.json()["status"], cancelled.json()["fulfilment"]) == ("cancelled", "skipped")
+    assert (await client.get(f"/products/{product.id}")).json()["stock"] == 10
+    # The worker comes later: it finds the order cancelled and posts, ships and mails nothing.
+    event = await event_of(resources, order["id"])
+    mailer = RecordingMailer()
+    await flows.handle_order_placed(resources.db, mailer, event_id=event.id, payload=event.payload)
+    assert await counts(resources, order["id"]) == (0, 0)
+    assert mailer.sent == []
+    assert (await client.get(f"/products/{product.id}")).json()["stock"] == 10
+    assert await balanced(client, resources)
+    again = await client.post(f"/orders/{order['id']}/cancel", headers=alice.headers)
+    assert again.status_code == 409
+
+
+async def test_cancelling_after_the_worker_reverses_the_entries_and_the_shipment(
+    queued: tuple[httpx.AsyncClient, Resources], alice: User
+) -> None:
+    client, resources = queued
+    product = await make_product(resources, initial_stock=10)
+    order = await place(client, alice, product.id, 4)
+    event = await event_of(resources, order["id"])
+    await flows.handle_order_placed(
+        resources.db, RecordingMailer(), event_id=event.id, payload=event.payload
+    )
+
+    cancelled = await client.post(f"/orders/{order['id']}/cancel", headers=alice.headers)
+
+    assert (cancelled.json()["status"], cancelled.json()["fulfilment"]) == ("cancelled", "done")
+    assert await counts(resources, order["id"]) == (6, 1)
+    assert (await client.get(f"/products/{product.id}")).json()["stock"] == 10
+    tracking = await client.get(f"/orders/{order['id']}/shipment", headers=alice.headers)
+    assert tracking.json()["status"] == "cancelled"
+    assert await balanced(client, resources)
+
+
+async def test_a_cancellation_racing_the_worker_leaves_the_books_balanced(
+    queued: tuple[httpx.AsyncClient, Resources], alice: User
+) -> None:
+    client, resources = queued
+    product = await make_product(resources, initial_stock=100)
+    orders = [await place(client, alice, product.id, 1) for _ in range(10)]
+    events = [await event_of(resources, o["id"]) for o in orders]
+
+    await asyncio.gather(
+        *(
+            flows.handle_order_placed(
+                resources.db, RecordingMailer(), event_id=e.id, payload=e.payload
+            )
+            for e in events
+        ),
+        *(client.post(f"/orders/{o['id']}/cancel", headers=alice.headers) for o in orders),
+    )
+
+    assert (await client.get(f"/products/{product.id}")).json()["stock"] == 100
+    for order in orders:
+        entries, shipments = await counts(resources, order["id"])
+        assert (entries, shipments) in {(0, 0), (6, 1)}
+    assert await balanced(client, resources)
+
+
+async def test_a_message_that_keeps_failing_goes_to_the_dead_letter_queue_and_is_logged(
+    resources: Resources, moto_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = make_queue(moto_endpoint, max_receive_count=2, visibility_s=1)
+    queue = Queue(url, region=REGION, endpoint_url=moto_endpoint)
+    worker = Worker(resources.db, queue, RecordingMailer(), wait_s=1)
+    worker.max_receives = await queue.max_receive_count()
+    await queue.send(
+        {"1": Event(id=uuid.uuid4(), kind="order.unheard-of", payload={}).to_message()}
+    )
+
+    with caplog.at_level(logging.WARNING, logger="shop.worker"):
+        for _ in range(3):
+            await worker.run_once()
+            await asyncio.sleep(1.1)
+
+    dead_url = url + "-dead"
+    assert len(drain(moto_endpoint, dead_url)) == 1
+    assert drain(moto_endpoint, url) == []
+    assert any("dead-letter queue" in r.getMessage() for r in caplog.records)
+
+
+def test_a_worker_needs_no_jwt_key_where_a_server_refuses_the_published_one() -> None:
+    from pydantic import ValidationError
+
+    from app.core.settings import Settings, WorkerSettings
+
+    deployed = {"env": "production", "database_url": "postgresql://db/shop", "_env_file": None}
+    with pytest.raises(ValidationError, match="published default"):
+        Settings(**deployed)  # type: ignore[arg-type]
+    assert WorkerSettings(**deployed).queue_url is None  # type: ignore[arg-type]
