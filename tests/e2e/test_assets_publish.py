@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,17 @@ def test_without_a_bucket_publish_says_what_to_set(s3: Any, tmp_path: Path) -> N
     result = publish(s3, tmp_path, bucket=None)
     assert result.returncode != 0
     assert "SHOP_ASSETS_BUCKET" in result.stderr
+
+
+def test_the_wheel_carries_the_static_files(tmp_path: Path) -> None:
+    """The image installs the wheel: `shop assets publish` and /static/ need the files there."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."],
+        cwd=Path(__file__).resolve().parents[2],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    wheel = next(tmp_path.glob("shop-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"app/static/{logical}" for logical in static_files()} <= names
