@@ -52,7 +52,8 @@ FAILED = Counter(
 )
 DEAD_LETTERED = Counter(
     "shop_worker_events_dead_lettered",
-    "Messages whose last allowed attempt failed: SQS moves them to the dead-letter queue.",
+    "Messages whose last allowed attempt failed, by kind: SQS moves them to the dead-letter queue.",
+    ["kind"],
     registry=REGISTRY,
 )
 QUEUE_AGE = Gauge(
@@ -105,7 +106,7 @@ class Worker:
             FAILED.labels(kind).inc()
             last = self.max_receives is not None and message.receive_count >= self.max_receives
             if last:
-                DEAD_LETTERED.inc()
+                DEAD_LETTERED.labels(kind).inc()
                 log.error(
                     "message %s (%s) failed on its last attempt (%d of %d): it goes to the "
                     "dead-letter queue: %s",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import boto3
+from botocore.config import Config
 
 from app.core.settings import Settings
 
@@ -40,7 +41,14 @@ class SesMailer:
         self, sender: str, *, region: str | None = None, endpoint_url: str | None = None
     ) -> None:
         self.sender = sender
-        self._client: Any = boto3.client("ses", region_name=region, endpoint_url=endpoint_url)
+        self._client: Any = boto3.client(
+            "ses",
+            region_name=region,
+            endpoint_url=endpoint_url,
+            config=Config(
+                connect_timeout=2, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"}
+            ),
+        )
 
     async def send(self, mail: Mail) -> None:
         await asyncio.to_thread(

@@ -10,6 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+from botocore.config import Config
+
+# A queue that does not answer must not hold a publish (or a shutdown) for boto3's default
+# 60 s per attempt; the read timeout stays above the longest long poll (20 s).
+CLIENT_CONFIG = Config(
+    connect_timeout=2, read_timeout=25, retries={"max_attempts": 3, "mode": "standard"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +43,9 @@ class Queue:
         self, url: str, *, region: str | None = None, endpoint_url: str | None = None
     ) -> None:
         self.url = url
-        self._client: Any = boto3.client("sqs", region_name=region, endpoint_url=endpoint_url)
+        self._client: Any = boto3.client(
+            "sqs", region_name=region, endpoint_url=endpoint_url, config=CLIENT_CONFIG
+        )
 
     async def send(self, bodies: Mapping[str, str]) -> dict[str, str]:
         """Send up to 10 messages, keyed by a batch entry id; the ids that failed, with why."""
@@ -88,12 +97,3 @@ class Queue:
         )
         policy = answer.get("Attributes", {}).get("RedrivePolicy")
         return int(json.loads(policy)["maxReceiveCount"]) if policy else None
-
-    async def depth(self) -> int:
-        """Messages waiting (approximate, as SQS counts them)."""
-        answer = await asyncio.to_thread(
-            self._client.get_queue_attributes,
-            QueueUrl=self.url,
-            AttributeNames=["ApproximateNumberOfMessages"],
-        )
-        return int(answer.get("Attributes", {}).get("ApproximateNumberOfMessages", 0))

@@ -317,7 +317,14 @@ async def place_order(
     if relay is not None and event is not None:
         relay.publish_soon([event])
     elif mailer is not None:
-        await flows.send_confirmation(db, mailer, order_id=order_id)
+        await flows.send_confirmation(
+            db,
+            mailer,
+            order_id=order_id,
+            customer_id=customer_id,
+            lines=[(line.name, line.quantity, line.line_total_cents) for line in lines],
+            total_cents=totals.total_cents,
+        )
     return PlaceResult(status_code=201, body=body, replayed=False)
 
 

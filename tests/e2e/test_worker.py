@@ -136,8 +136,10 @@ def _env(database: str, moto_endpoint: str, queue_url: str, metrics_port: int) -
     return env
 
 
-async def _place_orders(database: str, moto_endpoint: str, queue_url: str) -> list[int]:
-    """ORDERS orders through the app with a queue; half their events published twice."""
+async def _place_orders(
+    database: str, moto_endpoint: str, queue_url: str, *, count: int = ORDERS, twice: bool = True
+) -> list[int]:
+    """Orders through the app with a queue; with `twice`, half their events published twice."""
     import httpx
     from asgi_lifespan import LifespanManager
 
@@ -159,7 +161,7 @@ async def _place_orders(database: str, moto_endpoint: str, queue_url: str) -> li
         transport = httpx.ASGITransport(app=app)
         ids = []
         async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
-            for n in range(ORDERS):
+            for n in range(count):
                 answer = await client.post(
                     "/orders",
                     headers=buyers[n % 4].headers,
@@ -169,6 +171,8 @@ async def _place_orders(database: str, moto_endpoint: str, queue_url: str) -> li
                 assert answer.json()["fulfilment"] == "pending"
                 ids.append(answer.json()["id"])
         await resources.relay.flush()
+        if not twice:
+            return ids
         # The relay publishes at least once: half the events go out a second time.
         async with resources.db.write() as conn:
             await conn.execute(
@@ -178,7 +182,7 @@ async def _place_orders(database: str, moto_endpoint: str, queue_url: str) -> li
                     "WHERE (payload->>'order_id')::int % 2 = 0"
                 )
             )
-        assert await resources.relay.sweep() == ORDERS // 2
+        assert await resources.relay.sweep() == count // 2
         await make_user(resources, role=Role.ADMIN)
     return ids
 
@@ -274,3 +278,40 @@ def test_the_worker_needs_a_queue(database: str) -> None:
     ran = subprocess.run([SHOP, "worker"], env=env, capture_output=True, text=True, timeout=60)
     assert ran.returncode != 0
     assert "SHOP_QUEUE_URL" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_sigterm_lets_the_worker_finish_its_batch_before_it_exits(
+    database: str, moto_endpoint: str
+) -> None:
+    queue_url, _ = _queue(moto_endpoint, visibility_s=60)
+    _client("ses", moto_endpoint).verify_email_identity(EmailAddress=SENDER)
+    ids = asyncio.run(_place_orders(database, moto_endpoint, queue_url, count=6, twice=False))
+    libpq = database.replace("postgresql+psycopg://", "postgresql://")
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+
+    with psycopg.connect(libpq) as blocker:
+        blocker.execute("SELECT id FROM customer_order WHERE id = %s FOR UPDATE", (ids[2],))
+        worker = _worker(_env(database, moto_endpoint, queue_url, _free_port()))
+        try:
+            _wait(lambda: _scalar(libpq, waiting) > 0, 30, "the worker to wait on order 3")
+            worker.send_signal(signal.SIGTERM)
+            time.sleep(1)
+            assert worker.poll() is None  # still finishing its batch
+            blocker.rollback()
+            assert worker.wait(timeout=15) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+    output = worker.stdout.read() if worker.stdout else ""
+
+    fulfilled = "SELECT count(*) FROM customer_order WHERE fulfilled_at IS NOT NULL"
+    assert _scalar(libpq, fulfilled) == 6, output
+    remaining = _client("sqs", moto_endpoint).get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert set(remaining.values()) == {"0"}  # handled and deleted before the exit
+    assert "stopped after finishing its batch" in output

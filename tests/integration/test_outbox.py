@@ -401,3 +401,36 @@ def test_a_worker_needs_no_jwt_key_where_a_server_refuses_the_published_one() ->
     with pytest.raises(ValidationError, match="published default"):
         Settings(**deployed)  # type: ignore[arg-type]
     assert WorkerSettings(**deployed).queue_url is None  # type: ignore[arg-type]
+
+
+async def test_with_a_queue_fifty_simultaneous_orders_for_ten_sell_ten_and_record_ten_events(
+    queued: tuple[httpx.AsyncClient, Resources],
+) -> None:
+    client, resources = queued
+    product = await make_product(resources, price_cents=1999, initial_stock=10)
+    buyers = [await make_user(resources) for _ in range(50)]
+
+    answers = await asyncio.gather(
+        *(
+            client.post(
+                "/orders",
+                headers=b.headers,
+                json={"lines": [{"product_id": product.id, "quantity": 1}]},
+            )
+            for b in buyers
+        )
+    )
+
+    assert sorted(a.status_code for a in answers).count(201) == 10
+    assert (await client.get(f"/products/{product.id}")).json()["stock"] == 0
+    placed = [a.json()["id"] for a in answers if a.status_code == 201]
+    for order_id in placed:
+        event = await event_of(resources, order_id)
+        await flows.handle_order_placed(
+            resources.db, RecordingMailer(), event_id=event.id, payload=event.payload
+        )
+        assert await counts(resources, order_id) == (3, 1)
+    async with resources.db.read() as conn:
+        events = (await conn.execute(text("SELECT count(*) FROM outbox_event"))).scalar_one()
+    assert events == 10
+    assert await balanced(client, resources)
