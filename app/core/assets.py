@@ -203,6 +203,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+            os.fchmod(out.fileno(), 0o644)  # mkstemp's 0600 would hide it from a web server
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -70,6 +70,7 @@ async def test_an_uploaded_image_is_kept_under_its_hash_and_served_by_the_app(
     assert response.json()["image_url"] == f"/static/{key}"
     assert local_assets.folder is not None
     assert (local_assets.folder / key).read_bytes() == PNG
+    assert (local_assets.folder / key).stat().st_mode & 0o777 == 0o644  # a web server reads it
     served = await client.get(f"/static/{key}")
     assert served.status_code == 200
     assert served.content == PNG

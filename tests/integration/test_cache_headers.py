@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from httpx import AsyncClient
 from starlette.routing import BaseRoute, Mount, Route
 
-from app.core.assets import IMMUTABLE, static_name
+from app.core.assets import IMMUTABLE, Assets, static_name
 from app.core.deps import Resources
 from app.seed import placeholder_png
 from tests.integration.conftest import User, make_product
@@ -106,6 +108,16 @@ def _request_for(
     return request
 
 
+@pytest.fixture
+def local_assets(resources: Resources, tmp_path: Path) -> Iterator[Assets]:
+    """The upload this test makes goes to a folder of its own, not the project's."""
+    original = resources.assets
+    resources.assets = Assets(base_url=None, folder=tmp_path / "assets")
+    yield resources.assets
+    resources.assets = original
+
+
+@pytest.mark.usefixtures("local_assets")
 async def test_every_route_answers_with_the_cache_control_of_its_class(
     app: FastAPI, client: AsyncClient, resources: Resources, admin: User, alice: User
 ) -> None:
