@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -50,10 +54,16 @@ def database_url(fresh_database) -> str:  # type: ignore[no-untyped-def]
     return url
 
 
+ASSETS_DIR = Path(tempfile.mkdtemp(prefix="shop-test-assets-"))
+"""Where test apps keep uploaded images: never the project's own shop-assets/ folder."""
+atexit.register(shutil.rmtree, ASSETS_DIR, ignore_errors=True)
+
+
 def test_settings(**overrides: object):  # type: ignore[no-untyped-def]
     from app.core.settings import Settings
 
     values: dict[str, object] = {
+        "assets_dir": ASSETS_DIR,
         "env": "test",
         "jwt_secret": "test-secret-" + "x" * 40,
         "password_time_cost": 1,

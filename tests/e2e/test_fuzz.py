@@ -30,6 +30,7 @@ def server(
 ) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")} | {
         "SHOP_DATABASE_URL": fresh_database(),
+        "SHOP_ASSETS_DIR": str(tmp_path_factory.mktemp("assets")),
         "SHOP_JWT_SECRET": "fuzz-" + "k" * 40,
         "SHOP_PASSWORD_TIME_COST": "1",
         "SHOP_PASSWORD_MEMORY_KIB": "1024",
