@@ -151,6 +151,8 @@ async def checkout_cart(
         version=body.version,
         tax_rate_bp=res.settings.tax_rate_bp,
         idempotency_ttl=timedelta(hours=res.settings.idempotency_ttl_h),
+        relay=res.relay,
+        mailer=res.mailer,
     )
     headers = {"Idempotent-Replayed": "true"} if result.replayed else None
     return JSONResponse(result.body, status_code=result.status_code, headers=headers)

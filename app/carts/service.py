@@ -26,6 +26,8 @@ from app.carts.store import CartStore
 from app.catalog import service as catalog
 from app.core.db import Database
 from app.core.errors import Conflict, NotFound
+from app.core.mail import Mailer
+from app.core.outbox import Relay
 from app.core.security import Principal, Role
 from app.orders import service as orders
 from app.orders.schemas import OrderCreate
@@ -131,10 +133,13 @@ async def checkout(
     version: int,
     tax_rate_bp: int,
     idempotency_ttl: timedelta,
+    relay: Relay | None = None,
+    mailer: Mailer | None = None,
 ) -> CheckoutResult:
     """Order the cart as it was at `version`, through orders.place_order (stock, ledger and
     shipment, all or nothing), under the Idempotency-Key "cart:<cart_id>:v<version>"; then
-    take the ordered units out of the cart.
+    take the ordered units out of the cart. `relay` and `mailer` finish the order as POST
+    /orders does (through the queue at stage 7, in the request otherwise).
 
     A retry of a checkout that succeeded answers its order (replayed) and orders nothing. Raises
     CartChanged (the cart moved past `version`), CartEmpty, OutOfStock, or Conflict naming a
@@ -163,6 +168,8 @@ async def checkout(
             tax_rate_bp=tax_rate_bp,
             idempotency_key=checkout_key(cart),
             idempotency_ttl=idempotency_ttl,
+            relay=relay,
+            mailer=mailer,
         )
     except NotFound as exc:
         product_id = exc.extra.get("id")

@@ -434,3 +434,21 @@ async def test_with_a_queue_fifty_simultaneous_orders_for_ten_sell_ten_and_recor
         events = (await conn.execute(text("SELECT count(*) FROM outbox_event"))).scalar_one()
     assert events == 10
     assert await balanced(client, resources)
+
+
+async def test_a_cart_checkout_is_finished_through_the_queue_like_any_order(
+    queued: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, queue_url: str, alice: User
+) -> None:
+    client, resources = queued
+    product = await make_product(resources, initial_stock=5)
+    put = await client.put(f"/cart/items/{product.id}", headers=alice.headers, json={"quantity": 2})
+    assert put.status_code == 200, put.text
+    version = (await client.get("/cart", headers=alice.headers)).json()["version"]
+    checkout = await client.post("/cart/checkout", headers=alice.headers, json={"version": version})
+    assert checkout.status_code == 201, checkout.text
+    order = checkout.json()
+    assert (order["status"], order["fulfilment"]) == ("placed", "pending")
+    assert resources.relay is not None
+    await resources.relay.flush()
+    [message] = drain(moto_endpoint, queue_url)
+    assert message["payload"]["order_id"] == order["id"]
