@@ -57,9 +57,9 @@ POSTGRES_IMAGE = "public.ecr.aws/docker/library/postgres:17"
 REDIS_IMAGE = "public.ecr.aws/docker/library/redis:7"
 
 WORKER_COMMAND = "shop worker"
-"""Stage 7's queue consumer. `shop worker` is built by a later issue: until then the worker
-container exits at once, systemd gives up restarting it, and the instance reports itself
-unhealthy so that its group replaces it (see `_health_report`)."""
+"""Stage 7's queue consumer. A worker that keeps crashing makes systemd give up restarting it,
+and the instance then reports itself unhealthy so that its group replaces it (see
+`_health_report`)."""
 
 BOOT_TIMEOUT = Duration.minutes(15)
 """How long CloudFormation waits for an instance's signal: docker install, image pull,
@@ -306,8 +306,8 @@ class ContainerTier(Construct):
                 f"curl -fsS --max-time 2 -o /dev/null {host}http://127.0.0.1:80/healthz",
             ]
         else:
-            # A queue worker has no HTTP port; the later issue that builds `shop worker`
-            # should give it a liveness probe and wait for it here.
+            # A queue worker has no HTTP port; its signal says the container started. (It
+            # serves metrics on SHOP_WORKER_METRICS_PORT, which a later change can wait for.)
             lines += ["STEP='start the worker'", "systemctl is-active --quiet shop"]
         lines += ['echo "boot: healthy; signalling success"', "signal 0"]
         user_data.add_commands(*lines)
