@@ -1,10 +1,12 @@
 """`make bench`: requests/s of the shop's hot routes beside a bare FastAPI route, one worker.
 
-Every server (the bare app, and the shop as shipped, without metrics, and with the Redis cache)
-runs the same way (one uvicorn worker, uvloop + httptools, no access log, pinned to CPU 0) and
-wrk drives them one at a time from CPU 1, so the figures that matter are the ratios to the bare
-route measured in the same run; absolute numbers move with the machine. Each route gets a
-discarded warm-up, then `--rounds` measured runs interleaved with the bare route; medians count.
+Every server (the bare app, and the shop as shipped, without metrics, with the Redis cache, and
+with the order queue on moto's server) runs the same way (one uvicorn worker, uvloop + httptools,
+no access log, pinned to CPU 0) and wrk drives them one at a time from CPU 1, so the figures that
+matter are the ratios to the bare route measured in the same run; absolute numbers move with the
+machine. Each route gets a discarded warm-up, then `--rounds` measured runs interleaved with the
+bare route; medians count. A cart checkout (PUT an item, POST the checkout) is driven by an async
+client from CPU 1 beside POST /orders driven the same way, and reported as their ratio.
 
 Needs the local PostgreSQL (SHOP_BENCH_PG, default postgresql://postgres@127.0.0.1:5432/postgres)
 and wrk (installed with apt-get when missing and running as root).
@@ -13,6 +15,7 @@ and wrk (installed with apt-get when missing and running as root).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -26,6 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -35,10 +39,14 @@ BIN = Path(sys.executable).parent
 PG = os.environ.get("SHOP_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE = "shop_bench"
 REDIS = os.environ.get("SHOP_BENCH_REDIS", "redis://127.0.0.1:6379/14")
+CUSTOMERS = 8
+"""Demo customers signed in for the checkout driver, one cart each."""
+QUEUE = "bench-orders"
 SERVERS = {
     "shop": {},
     "shop, metrics off": {"SHOP_METRICS": "false"},
     "shop + Redis": {"SHOP_REDIS_URL": REDIS},
+    "shop + queue": {},  # SHOP_QUEUE_URL and the moto endpoint are added once moto runs
 }
 """The shop's configurations measured beside the bare route: as shipped, without metrics (to price
 them), and with the Redis cache of stage 5."""
@@ -50,6 +58,7 @@ ROUTES: dict[str, tuple[str, float | None]] = {
     "my order": ("shop", 0.15),
     "my orders (20)": ("shop", 0.15),
     "place order": ("shop", 0.05),
+    "place order, queue on": ("shop + queue", None),
 }
 """Each route: the server that answers it, and its target as a ratio to the bare route."""
 
@@ -97,7 +106,7 @@ def prepare_database(products: int) -> str:
     env = shop_env(url)
     for args in (
         ["migrate"],
-        ["seed", "--products", str(products), "--customers", "1"],
+        ["seed", "--products", str(products), "--customers", str(CUSTOMERS)],
     ):
         subprocess.run([str(BIN / "shop"), *args], env=env, check=True, cwd=ROOT)
     with psycopg.connect(url.replace("+psycopg", "")) as conn:
@@ -220,12 +229,94 @@ def scripts(folder: Path, token: str, products: int, orders: list[int]) -> dict[
             "end"
         ),
     }
+    texts["place order, queue on"] = texts["place order"]
     paths = {}
     for name, text in texts.items():
         path = folder / (re.sub(r"\W+", "_", name) + ".lua")
         path.write_text(text + "\n")
         paths[name] = path
     return paths
+
+
+def start_queue() -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """moto's server as SQS (pinned beside wrk: it stands for AWS, not for the shop) and a
+    queue; the settings that point the shop at it."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["taskset", "-c", "1", str(BIN / "moto_server"), "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+    for _ in range(200):
+        try:
+            httpx.get(endpoint, timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    import boto3
+
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    )
+    queue_url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
+    return process, aws | {
+        "SHOP_QUEUE_URL": queue_url,
+        "SHOP_AWS_ENDPOINT_URL": endpoint,
+        "SHOP_AWS_REGION": "us-east-1",
+    }
+
+
+async def _loop(seconds: float, tokens: list[str], one: Any) -> float:
+    """Operations per second of `one(client, token)` run back to back by one task per token."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def customer(token: str) -> None:
+        nonlocal done
+        async with httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as client:
+            while time.perf_counter() < deadline:
+                await one(client, token)
+                done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(customer(t) for t in tokens))
+    return done / (time.perf_counter() - started)
+
+
+def checkout_and_order_rates(base: str, tokens: list[str], seconds: float) -> tuple[float, float]:
+    """Checkouts of a one-line cart, and plain one-line orders, per second: the same customers
+    and the same driver, one after the other, so their ratio is what the cart costs."""
+
+    async def checkout(client: httpx.AsyncClient, _token: str) -> None:
+        cart = await client.put(f"{base}/cart/items/1", json={"quantity": 1})
+        cart.raise_for_status()
+        placed = await client.post(
+            f"{base}/cart/checkout", json={"version": cart.json()["version"]}
+        )
+        placed.raise_for_status()
+
+    async def order(client: httpx.AsyncClient, _token: str) -> None:
+        placed = await client.post(
+            f"{base}/orders", json={"lines": [{"product_id": 1, "quantity": 1}]}
+        )
+        placed.raise_for_status()
+
+    os.sched_setaffinity(0, {1})  # the driver shares wrk's core, never the shop's
+    try:
+        return (
+            asyncio.run(_loop(seconds, tokens, checkout)),
+            asyncio.run(_loop(seconds, tokens, order)),
+        )
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
 
 
 def spread(values: list[float]) -> str:
@@ -260,17 +351,27 @@ def main() -> None:
     env = shop_env(url)
     bare_port = free_port()
     ports = {name: free_port() for name in SERVERS}
+    moto, queue_env = start_queue()
     servers = [start("loadtests.bare:app", bare_port, env, factory=False)]
     servers += [
-        start("app.main:create_app", ports[name], env | extra, factory=True)
+        start(
+            "app.main:create_app",
+            ports[name],
+            env | extra | (queue_env if name == "shop + queue" else {}),
+            factory=True,
+        )
         for name, extra in SERVERS.items()
     ]
     try:
         shop_url = f"http://127.0.0.1:{ports['shop']}"
-        token = httpx.post(
-            f"{shop_url}/auth/token",
-            json={"email": "customer1@example.com", "password": "demo-password-1"},
-        ).json()["access_token"]
+        tokens = [
+            httpx.post(
+                f"{shop_url}/auth/token",
+                json={"email": f"customer{n}@example.com", "password": "demo-password-1"},
+            ).json()["access_token"]
+            for n in range(1, CUSTOMERS + 1)
+        ]
+        token = tokens[0]
         orders = place_orders(shop_url, token, args.products)
         with tempfile.TemporaryDirectory() as tmp:
             paths = scripts(Path(tmp), token, args.products, orders)
@@ -299,11 +400,15 @@ def main() -> None:
                     if round_:
                         results[name].append(rps)
                         failures[name] += bad
+            say(f"checkout of a one-line cart beside POST /orders, {args.seconds} s each")
+            checkouts, orders_rate = checkout_and_order_rates(shop_url, tokens, args.seconds)
     finally:
         for process in servers:
             process.terminate()
         for process in servers:
             process.wait()
+        moto.terminate()  # last: the queued shop publishes what it still holds as it stops
+        moto.wait()
 
     bare_rps = statistics.median(results["bare"])
     report = {
@@ -346,6 +451,17 @@ def main() -> None:
         }  # type: ignore[index]
     report["bare_rps"] = bare_rps
     # What recording metrics costs: the same read with them off, in the same run.
+    queued = statistics.median(results["place order, queue on"]) / statistics.median(
+        results["place order"]
+    )
+    report["queue_on_vs_off"] = queued
+    report["checkout_per_s"] = checkouts
+    report["order_per_s_same_driver"] = orders_rate
+    print(
+        f"\nPOST /orders with the queue on / off: {queued:.2f}"
+        f"\ncheckout of a one-line cart: {checkouts:.0f}/s, POST /orders with the same driver: "
+        f"{orders_rate:.0f}/s (ratio {checkouts / orders_rate:.2f})"
+    )
     priced = statistics.median(results["product by id"]) / statistics.median(
         results["product by id, metrics off"]
     )
