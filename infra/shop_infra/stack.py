@@ -306,7 +306,7 @@ class ShopStack(Stack):
             vpc=vpc,
             repository=image.repository,
             environment=env,
-            command=web_command(stage.fleet.workers),
+            command=web_command(stage.fleet.workers, publish_assets=stage.edge),
             publish=True,
             on_box_secret=on_box_secret,
             proxy=proxy,
@@ -545,6 +545,10 @@ class ShopStack(Stack):
                     actions=["s3:GetObject", "s3:PutObject"],
                     resources=[edge.assets.arn_for_objects("*")],
                 )
+            )
+            # `shop assets publish` lists what is already there, at every boot.
+            tier.grant(
+                iam.PolicyStatement(actions=["s3:ListBucket"], resources=[edge.assets.bucket_arn])
             )
             acknowledge(
                 tier.role,

@@ -222,7 +222,17 @@ def test_the_web_role_uses_carts_by_key_and_the_assets_objects(synthesized, numb
     for action in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"):
         assert _allows(web, action)
     assert _allows(web, "s3:GetObject") and _allows(web, "s3:PutObject")
+    assert _allows(web, "s3:ListBucket")  # `shop assets publish` skips what is there
     assert not _allows(web, "dynamodb:Query") and not _allows(web, "dynamodb:BatchWriteItem")
+
+
+@pytest.mark.parametrize("number", range(1, 8))
+def test_web_instances_publish_the_static_files_where_the_cdn_serves_them(synthesized, number):
+    """From stage 5 CloudFront serves /static/* from the bucket: each web instance publishes
+    (idempotently) before it serves; before stage 5 the app serves them itself."""
+    template = json.dumps(synthesized[number].template)
+    publishes = "shop migrate && shop assets publish && exec shop serve" in template
+    assert publishes == (number in BEHIND_CLOUDFRONT)
 
 
 def test_stage_7_web_role_enqueues_orders_but_does_not_consume_them(synthesized):

@@ -1,6 +1,7 @@
 """What defines each stage is there, with its key properties, sized from the catalog."""
 
 import json
+import re
 
 import pytest
 from aws_cdk.assertions import Match
@@ -44,7 +45,10 @@ def test_the_app_runs_in_production_mode_with_its_secrets_by_arn(synthesized, st
     for setting in ("SHOP_ENV=production", "SHOP_JWT_SECRET_ARN=", "SHOP_DATABASE_SECRET_ARN="):
         assert setting in script
     assert f"SHOP_GRACEFUL_SHUTDOWN_S={GRACEFUL_SHUTDOWN_S}" in script
-    assert "shop migrate && exec shop serve --host 0.0.0.0 --port 8000" in script
+    assert re.search(
+        r"shop migrate && (shop assets publish && )?exec shop serve --host 0\.0\.0\.0 --port 8000",
+        script,
+    )
 
 
 def test_stage_1_is_one_box_with_an_elastic_ip_running_postgres_and_redis(synthesized):

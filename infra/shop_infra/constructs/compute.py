@@ -86,9 +86,13 @@ AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-
 """The public SSM parameter that names the current Amazon Linux 2023 AMI of a region."""
 
 
-def web_command(workers: int) -> str:
-    """Migrate, then serve with `workers` processes (one per vCPU of the instance)."""
-    return f'sh -c "shop migrate && exec shop serve --host 0.0.0.0 --port 8000 --workers {workers}"'
+def web_command(workers: int, *, publish_assets: bool = False) -> str:
+    """Migrate, publish the static files to the assets bucket when there is one (stage 5 on:
+    CloudFront serves them from there; files already published are skipped), then serve with
+    `workers` processes (one per vCPU of the instance)."""
+    publish = "shop assets publish && " if publish_assets else ""
+    serve = f"exec shop serve --host 0.0.0.0 --port 8000 --workers {workers}"
+    return f'sh -c "shop migrate && {publish}{serve}"'
 
 
 def pinned_machine_image(scope: Construct) -> ec2.IMachineImage:
@@ -305,7 +309,7 @@ class ContainerTier(Construct):
                 f"wait_until {HEALTH_CHECKS} {HEALTH_CHECK_INTERVAL_S} "
                 f"curl -fsS --max-time 2 -o /dev/null {host}http://127.0.0.1:80/healthz",
             ]
-        else:
+        elif not self._publish:
             # A queue worker has no HTTP port; its signal says the container started. (It
             # serves metrics on SHOP_WORKER_METRICS_PORT, which a later change can wait for.)
             lines += ["STEP='start the worker'", "systemctl is-active --quiet shop"]
