@@ -106,9 +106,21 @@ async def claim(conn: AsyncConnection, *, event_id: uuid.UUID, step: str) -> boo
     )
 
 
+# Rows another transaction holds (a sweep sending the same events) are skipped, not waited
+# for: that sweep marks them itself, and waiting would cost the relay a lock timeout each time.
 _MARK_PUBLISHED = (
     update(OutboxEvent)
-    .where(OutboxEvent.id.in_(bindparam("ids", expanding=True)), OutboxEvent.published_at.is_(None))
+    .where(
+        OutboxEvent.id.in_(
+            select(OutboxEvent.id)
+            .where(
+                OutboxEvent.id.in_(bindparam("ids", expanding=True)),
+                OutboxEvent.published_at.is_(None),
+            )
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    )
     .values(published_at=bindparam("now", type_=UtcDateTime()))
 )
 

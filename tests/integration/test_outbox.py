@@ -452,3 +452,25 @@ async def test_a_cart_checkout_is_finished_through_the_queue_like_any_order(
     await resources.relay.flush()
     [message] = drain(moto_endpoint, queue_url)
     assert message["payload"]["order_id"] == order["id"]
+
+
+async def test_the_relay_does_not_wait_for_rows_a_sweep_is_sending(
+    queued: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, queue_url: str, alice: User
+) -> None:
+    """Under a backlog the sweep and the relay send the same old events; the relay used to wait
+    on the sweep's row locks until lock_timeout, once per batch."""
+    client, resources = queued
+    assert resources.relay is not None
+    product = await make_product(resources)
+    await place(client, alice, product.id)
+    await resources.relay.flush()
+    drain(moto_endpoint, queue_url)
+    async with resources.db.read() as conn:
+        rows = (await conn.execute(text("SELECT id, kind, payload FROM outbox_event"))).all()
+    events = [Event(id=r.id, kind=r.kind, payload=r.payload) for r in rows]
+    async with resources.db.write() as conn:  # still unpublished, as under a backlog
+        await conn.execute(text("UPDATE outbox_event SET published_at = NULL"))
+    async with resources.db.write() as sweep:  # a sweep holding the row while it sends
+        await sweep.execute(text("SELECT id FROM outbox_event FOR UPDATE"))
+        assert await asyncio.wait_for(resources.relay.publish(events), timeout=3) == 1
+    drain(moto_endpoint, queue_url)
