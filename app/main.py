@@ -13,7 +13,6 @@ from botocore.config import Config as BotoConfig
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 
 from app.accounting.router import router as accounting_router
 from app.carts.domain import CartStoreUnavailable
@@ -96,20 +95,9 @@ async def open_resources(settings: Settings) -> Resources:
         replica_check_s=settings.database_replica_check_s,
     )
     try:
-        async with db.primary.connect() as conn:
-            problem = await conn.run_sync(runner.schema_problem)
-    except (OSError, DBAPIError) as exc:
-        # Unreachable now (a failover, a database still booting): serve anyway, /readyz says
-        # 503 until it answers, and the process is ready the moment it does.
-        problem = None
-        log.warning("database %s unreachable at start, schema not checked: %s", db.describe(), exc)
-    except BaseException:
-        await db.dispose()
-        raise
-    if problem:
-        await db.dispose()
-        raise StartupProblem(f"{problem} (database: {db.describe()})")
-    await db.open()
+        await runner.open_checked(db)
+    except runner.SchemaProblem as exc:
+        raise StartupProblem(str(exc)) from exc
     tokens = LocalTokens(
         secret=resolved.jwt_secret, issuer=settings.jwt_issuer, ttl_s=settings.jwt_ttl_s
     )

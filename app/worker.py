@@ -181,15 +181,9 @@ async def open_database(settings: WorkerSettings) -> Database:
         prepared_statements=settings.database_prepared_statements,
     )
     try:
-        async with db.primary.connect() as conn:
-            problem = await conn.run_sync(runner.schema_problem)
-    except (OSError, DBAPIError) as exc:
-        problem = None
-        log.warning("database %s unreachable at start: %s", db.describe(), exc)
-    if problem:
-        await db.dispose()
-        raise WorkerProblem(f"{problem} (database: {db.describe()})")
-    await db.open()
+        await runner.open_checked(db)
+    except runner.SchemaProblem as exc:
+        raise WorkerProblem(str(exc)) from exc
     return db
 
 

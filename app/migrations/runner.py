@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -9,8 +10,12 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
+from app.core.db import Database
 from app.core.settings import to_sync_url
+
+log = logging.getLogger("shop")
 
 HERE = Path(__file__).parent
 
@@ -49,3 +54,26 @@ def schema_problem(connection: Connection) -> str | None:
         f"the database is at migration {', '.join(sorted(current))} and this shop needs "
         f"{', '.join(sorted(heads))}; run `shop migrate`"
     )
+
+
+class SchemaProblem(RuntimeError):
+    """The database's schema is not the one this shop needs; the message says what to run."""
+
+
+async def open_checked(db: Database) -> None:
+    """Check the schema, then open the database's pools; raises SchemaProblem (with the pools
+    closed) when it is not at head. A database that does not answer yet is not a problem: a
+    process starts anyway and is ready the moment it answers."""
+    try:
+        async with db.primary.connect() as conn:
+            problem = await conn.run_sync(schema_problem)
+    except (OSError, DBAPIError) as exc:
+        problem = None
+        log.warning("database %s unreachable at start, schema not checked: %s", db.describe(), exc)
+    except BaseException:
+        await db.dispose()
+        raise
+    if problem:
+        await db.dispose()
+        raise SchemaProblem(f"{problem} (database: {db.describe()})")
+    await db.open()
