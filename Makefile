@@ -8,7 +8,7 @@ APP_STAMP := $(VENV)/.installed-app
 PORT ?= 8000
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: install run test test-lowest lint types contracts compose-check unit integration synth bench clean
+.PHONY: system-packages install run test test-lowest lint types contracts compose-check unit integration synth bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(APP_STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	@touch $(APP_STAMP)
 
+# Debian packages some tests and the ladder need (scripts/system-packages.txt); quick when present.
+system-packages:
+	@./scripts/system-packages.sh
+
 ## install: a .venv with the shop, its test tools, the CDK toolchain and Locust (idempotent)
 install: $(STAMP)
 
@@ -33,7 +37,7 @@ run: $(APP_STAMP)
 	$(BIN)/shop serve --host 127.0.0.1 --port $(PORT)
 
 ## test: lint, types, module contracts, compose check, then the whole suite
-test: $(STAMP) lint types contracts compose-check
+test: $(STAMP) system-packages lint types contracts compose-check
 	$(BIN)/pytest
 
 lint: $(STAMP)
