@@ -42,6 +42,7 @@ from app.customers.service import Accounts
 from app.delivery.router import router as delivery_router
 from app.migrations import runner
 from app.orders.router import router as orders_router
+from app.storefront import router as storefront
 
 log = logging.getLogger("shop")
 
@@ -210,7 +211,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.max_body_bytes,
-        larger=[("PUT", IMAGE_UPLOAD, settings.image_max_bytes)],
+        larger=[
+            ("PUT", IMAGE_UPLOAD, settings.image_max_bytes),
+            ("POST", storefront.IMAGE_UPLOAD, settings.image_max_bytes),
+        ],
     )
     # Read-your-writes: the request's position from its token, a new token when it wrote.
     app.add_middleware(ReadYourWrites, tokens=lambda: app.state.resources.positions)
@@ -228,6 +232,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         delivery_router,
     ):
         app.include_router(router)
+    # The pages at / and /shop/..., with error pages of their own; after every other handler.
+    storefront.install(app)
 
     if settings.metrics:
 

@@ -21,6 +21,8 @@ from tests.integration.conftest import User, make_product
 
 PRIVATE = "private, no-store"
 PUBLIC_READS = {("GET", "/products"), ("GET", "/products/{product_id}")}
+# The storefront's home and catalog pages, to a visitor with no cookie (the pages hold no form).
+PUBLIC_READS |= {("GET", "/"), ("GET", "/shop/products")}
 
 
 def every_route(app: FastAPI) -> list[BaseRoute]:
