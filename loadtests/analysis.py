@@ -1,0 +1,172 @@
+"""The figures a load test is judged by: percentiles over a window, the knee, the bottleneck.
+
+Pure functions over plain data (the per-step lines and the per-stage results of the interface in
+README "Load tests"), so they are tested on recorded runs without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+SATURATED = 0.85
+"""A component using at least this share of its CPU budget counts as saturated."""
+
+NO_BOTTLENECK = "none (load generator or latency-bound)"
+
+
+def percentile(histogram: Mapping[int, int], fraction: float) -> float:
+    """The response time (ms) below which `fraction` of the requests in `histogram`
+    ({rounded ms: count}, Locust's `response_times`) fall; 0.0 for an empty histogram."""
+    total = sum(count for count in histogram.values() if count > 0)
+    if total == 0:
+        return 0.0
+    wanted = fraction * total
+    seen = 0
+    for ms in sorted(histogram):
+        count = histogram[ms]
+        if count <= 0:
+            continue
+        seen += count
+        if seen >= wanted:
+            return float(ms)
+    return float(max(histogram))  # pragma: no cover - seen reaches total
+
+
+def histogram_delta(later: Mapping[int, int], earlier: Mapping[int, int]) -> dict[int, int]:
+    """The requests recorded between two snapshots of one cumulative histogram."""
+    delta = {ms: count - earlier.get(ms, 0) for ms, count in later.items()}
+    return {ms: count for ms, count in delta.items() if count > 0}
+
+
+def error_ratio(step: Mapping[str, Any]) -> float:
+    requests = int(step.get("requests") or 0)
+    return 0.0 if requests == 0 else int(step.get("failures") or 0) / requests
+
+
+def meets_objective(step: Mapping[str, Any], *, p95_ms: float, max_error_ratio: float) -> bool:
+    """A step meets the objective when it served something, its p95 is under the bound and
+    under `max_error_ratio` of its requests failed."""
+    return (
+        int(step.get("requests") or 0) > 0
+        and float(step["p95_ms"]) < p95_ms
+        and error_ratio(step) < max_error_ratio
+    )
+
+
+def knee(
+    steps: Sequence[Mapping[str, Any]], *, p95_ms: float, max_error_ratio: float = 0.01
+) -> int | None:
+    """Index (into `steps`) of the highest-throughput step that meets the objective: p95 under
+    `p95_ms` and fewer than `max_error_ratio` of its requests failed. None when no step does."""
+    best: int | None = None
+    for index, step in enumerate(steps):
+        if not meets_objective(step, p95_ms=p95_ms, max_error_ratio=max_error_ratio):
+            continue
+        if best is None or float(step["rps"]) > float(steps[best]["rps"]):
+            best = index
+    return best
+
+
+@dataclass(frozen=True)
+class Bottleneck:
+    """The component named as the limit at a step, how much of its budget it used, and the
+    figures that say so, in words."""
+
+    component: str
+    utilisation: float
+    evidence: str
+
+
+def utilisations(step: Mapping[str, Any], budgets: Mapping[str, float]) -> dict[str, float]:
+    """CPU used over budget per component that has both (a budget of 0 or less is skipped)."""
+    cpu: Mapping[str, float] = step.get("cpu") or {}
+    return {
+        name: float(cpu[name]) / float(budget)
+        for name, budget in budgets.items()
+        if name in cpu and cpu[name] is not None and float(budget) > 0
+    }
+
+
+def _signals_text(step: Mapping[str, Any]) -> str:
+    signals: Mapping[str, Any] = step.get("signals") or {}
+    parts = []
+    if signals.get("db_share") is not None:
+        parts.append(f"db {float(signals['db_share']):.0%} of request time")
+    if signals.get("pool_wait_ms") is not None:
+        parts.append(f"pool wait {float(signals['pool_wait_ms']):.1f} ms")
+    if signals.get("cache_hit_ratio") is not None:
+        parts.append(f"cache hits {float(signals['cache_hit_ratio']):.0%}")
+    if signals.get("replica_lag_s") is not None:
+        parts.append(f"replica lag {float(signals['replica_lag_s']):.2f} s")
+    if signals.get("queue_depth") is not None:
+        parts.append(f"queue depth {float(signals['queue_depth']):.0f}")
+    return "; ".join(parts)
+
+
+def bottleneck(step: Mapping[str, Any], budgets: Mapping[str, float]) -> Bottleneck:
+    """The component whose CPU used over its budget is highest at `step` (the knee). When none
+    reaches SATURATED (85 %) of its budget, the component is NO_BOTTLENECK: the limit is then
+    the load generator, or latency (locks, pools, waits), not a CPU budget."""
+    shares = utilisations(step, budgets)
+    cpu: Mapping[str, float] = step.get("cpu") or {}
+    signals = _signals_text(step)
+    if not shares:
+        evidence = "no CPU figures for any budgeted component"
+        return Bottleneck(NO_BOTTLENECK, 0.0, f"{evidence}; {signals}" if signals else evidence)
+    name = max(shares, key=lambda component: (shares[component], component))
+    share = shares[name]
+    figure = f"{name} {float(cpu[name]):.2f} of {float(budgets[name]):g} CPU ({share:.0%})"
+    if share < SATURATED:
+        evidence = f"no component at {SATURATED:.0%} of its budget; highest: {figure}"
+        return Bottleneck(NO_BOTTLENECK, share, f"{evidence}; {signals}" if signals else evidence)
+    return Bottleneck(name, share, f"{figure}; {signals}" if signals else figure)
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """One row of the report: a stage's knee and its bottleneck, or why it has none."""
+
+    stage: int
+    name: str
+    knee_rps: float | None
+    knee_users: int | None
+    p95_at_knee_ms: float | None
+    bottleneck: Bottleneck | None
+    note: str
+
+
+def summarise(result: Mapping[str, Any]) -> StageSummary:
+    """The report row of one per-stage result (`ladder-results/stage-<n>.json`)."""
+    stage, name = int(result["stage"]), str(result["name"])
+    if result.get("missing"):
+        return StageSummary(stage, name, None, None, None, None, f"not run: {result['missing']}")
+    steps: Sequence[Mapping[str, Any]] = result.get("steps") or []
+    objective = float(result.get("p95_objective_ms") or 500.0)
+    notes = []
+    invariants = result.get("invariants") or {}
+    if invariants and not invariants.get("ok", False):
+        broken = [k for k, v in (invariants.get("checks") or {}).items() if not v.get("ok")]
+        notes.append(f"invariants violated: {', '.join(broken) or 'see the run'}")
+    if not result.get("budgets_enforced", False):
+        notes.append("CPU budgets not enforced: utilisation is of a notional budget")
+    at = knee(steps, p95_ms=objective)
+    if at is None:
+        notes.append(
+            f"no step met p95 < {objective:g} ms with under 1 % errors"
+            if steps
+            else "no steps recorded"
+        )
+        return StageSummary(stage, name, None, None, None, None, "; ".join(notes))
+    step = steps[at]
+    found = bottleneck(step, result.get("budgets") or {})
+    return StageSummary(
+        stage,
+        name,
+        float(step["rps"]),
+        int(step["users"]),
+        float(step["p95_ms"]),
+        found,
+        "; ".join(notes),
+    )

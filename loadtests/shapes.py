@@ -1,0 +1,206 @@
+"""Load shapes of the suite: a step ramp that finds the knee, the daily curve, a spike.
+
+`SHOP_LOAD_SHAPE` (step, daily or spike) picks one in locustfile.py; each shape reads its knobs
+from the environment when Locust makes it. Every shape also says which measuring window a moment
+of the run belongs to (`window_at`), so that the per-step figures are measured over the same
+windows the shape drives.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+from locust import LoadTestShape
+
+RAMP_DISCARD_S = 3.0
+"""Seconds at the start of each step that are not measured: users are still being started."""
+
+DAILY_SLICE_S = 10.0
+"""The daily curve is measured in slices of this many seconds."""
+
+
+def _env_number(name: str, default: float, *, minimum: float) -> float:
+    """A numeric knob from the environment; a clear error for a value that is not one."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def _env_int(name: str, default: int, *, minimum: int) -> int:
+    value = _env_number(name, default, minimum=minimum)
+    if value != int(value):
+        raise ValueError(f"{name} must be a whole number, not {value:g}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Window:
+    """One measured step: its index, the users the shape asks for, and when (in seconds of run
+    time) its measurement starts and ends."""
+
+    step: int
+    users: int
+    measure_from_s: float
+    ends_at_s: float
+
+
+class MeasuredShape(LoadTestShape):
+    """A shape that also names its measuring windows."""
+
+    abstract: ClassVar[bool] = True
+
+    def window_at(self, run_time_s: float) -> Window | None:
+        """The window that `run_time_s` falls in; None once the shape has ended."""
+        raise NotImplementedError
+
+    def users_at(self, run_time_s: float) -> int | None:
+        raise NotImplementedError
+
+    def tick(self) -> tuple[int, float] | None:
+        users = self.users_at(self.get_run_time())
+        if users is None:
+            return None
+        return users, self.spawn_rate
+
+    spawn_rate: float = 50.0
+
+
+class StepRamp(MeasuredShape):
+    """Adds the same number of users at each step and holds it, to find the knee.
+
+    Knobs: `SHOP_LOAD_STEP_USERS` users added per step (default 10), `SHOP_LOAD_STEP_S` seconds
+    per step (default 20), `SHOP_LOAD_STEPS` number of steps (default 8), `SHOP_LOAD_SPAWN_RATE`
+    users started per second (default 50). Step i (from 0) runs (i + 1) x STEP_USERS users; its
+    first 3 seconds are not measured.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step_users = _env_int("SHOP_LOAD_STEP_USERS", 10, minimum=1)
+        self.step_s = _env_number("SHOP_LOAD_STEP_S", 20.0, minimum=RAMP_DISCARD_S + 1)
+        self.steps = _env_int("SHOP_LOAD_STEPS", 8, minimum=1)
+        self.spawn_rate = _env_number("SHOP_LOAD_SPAWN_RATE", 50.0, minimum=0.1)
+
+    def window_at(self, run_time_s: float) -> Window | None:
+        step = int(run_time_s // self.step_s)
+        if step >= self.steps:
+            return None
+        start = step * self.step_s
+        return Window(
+            step, (step + 1) * self.step_users, start + RAMP_DISCARD_S, start + self.step_s
+        )
+
+    def users_at(self, run_time_s: float) -> int | None:
+        window = self.window_at(run_time_s)
+        return None if window is None else window.users
+
+
+DAILY_PHASES: tuple[tuple[float, float], ...] = (
+    (0.00, 0.10),  # midnight: a tenth of the peak
+    (0.20, 0.05),  # small hours: the lowest
+    (0.30, 0.15),  # before work
+    (0.40, 0.60),  # morning ramp
+    (0.55, 0.85),
+    (0.70, 1.00),  # peak
+    (0.80, 0.90),
+    (0.90, 0.45),  # evening
+    (1.00, 0.10),  # back to night
+)
+"""The compressed day as (fraction of the day, fraction of the peak users); linear in between."""
+
+
+class DailyCurve(MeasuredShape):
+    """A day compressed into a few minutes: night, morning ramp, peak, evening (stage 6).
+
+    Knobs: `SHOP_LOAD_DAILY_PEAK_USERS` users at the peak (default 60), `SHOP_LOAD_DAILY_S` length
+    of the whole day in seconds (default 300), `SHOP_LOAD_SPAWN_RATE` (default 50). Measured in
+    10-second slices, none discarded (the load changes all the time).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak_users = _env_int("SHOP_LOAD_DAILY_PEAK_USERS", 60, minimum=1)
+        self.day_s = _env_number("SHOP_LOAD_DAILY_S", 300.0, minimum=DAILY_SLICE_S)
+        self.spawn_rate = _env_number("SHOP_LOAD_SPAWN_RATE", 50.0, minimum=0.1)
+
+    def users_at(self, run_time_s: float) -> int | None:
+        if run_time_s >= self.day_s:
+            return None
+        at = run_time_s / self.day_s
+        for (x0, y0), (x1, y1) in itertools.pairwise(DAILY_PHASES):
+            if x0 <= at <= x1:
+                fraction = y0 + (y1 - y0) * (at - x0) / (x1 - x0)
+                return max(1, round(fraction * self.peak_users))
+        return None  # pragma: no cover - the phases cover [0, 1]
+
+    def window_at(self, run_time_s: float) -> Window | None:
+        users = self.users_at(run_time_s)
+        if users is None:
+            return None
+        index = int(run_time_s // DAILY_SLICE_S)
+        start = index * DAILY_SLICE_S
+        return Window(index, users, start, min(start + DAILY_SLICE_S, self.day_s))
+
+
+class Spike(MeasuredShape):
+    """A calm baseline, a sudden spike of ten times the users, then the calm again: does the
+    shop recover, and how many errors does the spike cost?
+
+    Knobs: `SHOP_LOAD_STEP_USERS` baseline users (default 10), `SHOP_LOAD_STEP_S` seconds per
+    phase (default 20), `SHOP_LOAD_SPAWN_RATE` (default 50; the spike starts its users at 10
+    times that). Three measured steps: baseline, spike, recovery.
+    """
+
+    SPIKE_FACTOR: ClassVar[int] = 10
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base_users = _env_int("SHOP_LOAD_STEP_USERS", 10, minimum=1)
+        self.phase_s = _env_number("SHOP_LOAD_STEP_S", 20.0, minimum=RAMP_DISCARD_S + 1)
+        self.spawn_rate = _env_number("SHOP_LOAD_SPAWN_RATE", 50.0, minimum=0.1)
+
+    def window_at(self, run_time_s: float) -> Window | None:
+        phase = int(run_time_s // self.phase_s)
+        if phase >= 3:
+            return None
+        users = self.base_users * (self.SPIKE_FACTOR if phase == 1 else 1)
+        start = phase * self.phase_s
+        return Window(phase, users, start + RAMP_DISCARD_S, start + self.phase_s)
+
+    def users_at(self, run_time_s: float) -> int | None:
+        window = self.window_at(run_time_s)
+        return None if window is None else window.users
+
+    def tick(self) -> tuple[int, float] | None:
+        window = self.window_at(self.get_run_time())
+        if window is None:
+            return None
+        rate = self.spawn_rate * (self.SPIKE_FACTOR if window.step == 1 else 1)
+        return window.users, rate
+
+
+SHAPES: dict[str, type[MeasuredShape]] = {"step": StepRamp, "daily": DailyCurve, "spike": Spike}
+
+
+def chosen(name: str | None) -> type[MeasuredShape] | None:
+    """The shape class `SHOP_LOAD_SHAPE` names (None when unset); ValueError for another name."""
+    if name is None or not name.strip():
+        return None
+    try:
+        return SHAPES[name.strip().lower()]
+    except KeyError:
+        raise ValueError(
+            f"SHOP_LOAD_SHAPE={name!r} is not a shape: use one of {', '.join(SHAPES)} "
+            "(or leave it unset to use -u/-r/-t)"
+        ) from None

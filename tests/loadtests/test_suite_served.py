@@ -1,0 +1,119 @@
+"""The Locust suite against a shop served on a fresh PostgreSQL database, run as a user runs it
+(`locust --headless -f loadtests/locustfile.py`): no failures, the invariants hold, and the
+step and invariant files have the shape the ladder and the report read."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.test_shop_command import _free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+ADMIN_EMAIL = "restocker@example.com"
+ADMIN_PASSWORD = "restock-the-shelves-7"
+STEP_KEYS = {
+    "step", "users", "started_at", "ended_at", "requests", "failures",
+    "rps", "p50_ms", "p95_ms", "p99_ms", "by_name",
+}  # fmt: skip
+
+
+def _shop_env(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOP_", "LOCUST_"))}
+    return env | {
+        "SHOP_DATABASE_URL": database_url,
+        "SHOP_JWT_SECRET": secrets.token_urlsafe(48),
+        "SHOP_PASSWORD_TIME_COST": "1",
+        "SHOP_PASSWORD_MEMORY_KIB": "1024",
+        "SHOP_DATABASE_POOL_SIZE": "3",
+        "SHOP_DATABASE_MAX_OVERFLOW": "2",
+    }
+
+
+@pytest.fixture
+def served_shop(fresh_database, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    env = _shop_env(fresh_database())
+
+    def shop(*args: str, stdin: str | None = None) -> None:
+        done = subprocess.run(
+            [str(BIN / "shop"), *args],
+            cwd=tmp_path, env=env, input=stdin, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    shop("migrate")
+    shop("seed", "--products", "60", "--customers", "1")
+    shop("create-admin", "--email", ADMIN_EMAIL, "--password-stdin", stdin=ADMIN_PASSWORD + "\n")
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BIN / "shop"), "serve", "--port", str(port), "--no-access-log"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the shop did not start")
+        yield base
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+
+
+def test_a_short_headless_run_fails_nothing_and_keeps_the_invariants(
+    served_shop: str, tmp_path: Path
+) -> None:
+    steps_out, invariants_out = tmp_path / "steps.jsonl", tmp_path / "invariants.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOP_", "LOCUST_"))} | {
+        "SHOP_LOAD_ADMIN_EMAIL": ADMIN_EMAIL,
+        "SHOP_LOAD_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "SHOP_LOAD_STEPS_OUT": str(steps_out),
+        "SHOP_LOAD_INVARIANTS_OUT": str(invariants_out),
+        "SHOP_LOAD_THINK_S": "0.2",
+    }
+    run = subprocess.run(
+        [str(BIN / "locust"), "--headless", "-f", "loadtests/locustfile.py",
+         "--host", served_shop, "-u", "5", "-r", "5", "-t", "8s", "--only-summary"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    report = json.loads(invariants_out.read_text())
+    assert report["ok"] is True, report
+    assert set(report["checks"]) == {
+        "stock_never_negative",
+        "units_sold_equal_units_ordered",
+        "trial_balance_balances",
+        "no_order_without_lines",
+    }
+    assert all(set(check) == {"ok", "detail"} for check in report["checks"].values())
+
+    lines = [json.loads(line) for line in steps_out.read_text().splitlines()]
+    assert len(lines) == 1  # no shape: the whole run after its ramp is one step
+    step = lines[0]
+    assert set(step) == STEP_KEYS
+    assert step["users"] == 5
+    assert step["requests"] > 20 and step["failures"] == 0
+    assert step["ended_at"] > step["started_at"]
+    assert 0 < step["p50_ms"] <= step["p95_ms"] <= step["p99_ms"]
+    assert "GET /products/[id]" in step["by_name"]  # grouped by route, not one row per id
+    assert not any(
+        name.startswith("GET /products/") and name[14:].isdigit() for name in step["by_name"]
+    )
+    assert all(set(v) == {"requests", "failures", "p95_ms"} for v in step["by_name"].values())
