@@ -23,6 +23,7 @@ import re
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,44 @@ class Catalog:
 
 TALLY = invariants.Tally()
 """The orders this process placed and the units it restocked, for the invariant checks."""
+
+
+@dataclass(frozen=True)
+class Replay:
+    """An order request sent but not answered yet: what sends it again, retry-safely."""
+
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+PENDING: dict[str, Replay] = {}
+"""Order requests in flight. A user stopped at the end of a run can leave one that the shop
+completes after the user has gone: at test stop it is sent again (the same Idempotency-Key or
+cart version), which answers the order the first one made, or makes it now, so that the tally
+knows every order of the run."""
+
+
+def replay_pending(host: str, *, deadline_s: float = 15.0) -> None:
+    """Send every pending order request again until it has a final answer; tally the orders."""
+    deadline = time.monotonic() + deadline_s
+    with requests.Session() as http:
+        for key, replay in list(PENDING.items()):
+            while True:
+                try:
+                    answer = http.post(
+                        host + replay.path, json=replay.body, headers=replay.headers, timeout=15
+                    )
+                except requests.RequestException as exc:
+                    log.error("replaying %s failed: %s", replay.path, exc)
+                    break
+                if answer.status_code == 201:
+                    TALLY.orders.add(int(answer.json()["id"]))
+                in_progress = answer.status_code == 409 and "in progress" in answer.text
+                if not in_progress or time.monotonic() > deadline:
+                    break
+                gevent.sleep(0.2)
+            PENDING.pop(key, None)
 
 
 def _think() -> Any:
@@ -195,10 +234,20 @@ class Customer(FastHttpUser):
         products = {Catalog.pick() for _ in range(random.choice((1, 1, 2, 3)))}
         return [{"product_id": pid, "quantity": random.choice((1, 1, 2))} for pid in products]
 
-    def _placed(self, response: Any) -> None:
-        order_id = int(response.json()["id"])
-        TALLY.orders.add(order_id)
-        self.orders.append(order_id)
+    def _order(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> None:
+        """Place an order (POST /orders or a cart checkout); 409 (out of stock, or the cart
+        changed since it was read) is an expected answer. Pending until answered."""
+        key = uuid.uuid4().hex
+        auth = {"Authorization": self.client.auth_header or ""}
+        PENDING[key] = Replay(path, body, {**headers, **auth})
+        with self.client.post(path, json=body, headers=headers, catch_response=True) as response:
+            placed = _expect(response, (201,), (409,))
+        # Not reached when the user is stopped mid-request: the request stays pending.
+        del PENDING[key]
+        if placed:
+            order_id = int(response.json()["id"])
+            TALLY.orders.add(order_id)
+            self.orders.append(order_id)
 
     @task(3)
     def open_product(self) -> None:
@@ -223,26 +272,11 @@ class Customer(FastHttpUser):
             cart = response.json()
         if not cart["lines"]:
             return
-        with self.client.post(
-            "/cart/checkout",
-            json={"version": cart["version"]},
-            catch_response=True,
-        ) as response:
-            # 409: a line short of stock, or the cart changed since it was read.
-            if _expect(response, (201,), (409,)):
-                self._placed(response)
+        self._order("/cart/checkout", {"version": cart["version"]}, {})
 
     @task(3)
     def place_order(self) -> None:
-        with self.client.post(
-            "/orders",
-            json={"lines": self._lines()},
-            headers={"Idempotency-Key": uuid.uuid4().hex},
-            catch_response=True,
-        ) as response:
-            # 409: out of stock; nothing was reserved, which is what the shop promises.
-            if _expect(response, (201,), (409,)):
-                self._placed(response)
+        self._order("/orders", {"lines": self._lines()}, {"Idempotency-Key": uuid.uuid4().hex})
 
     @task(2)
     def my_orders(self) -> None:
@@ -313,6 +347,9 @@ class Admin(FastHttpUser):
         self.offset = page.get("next_offset") or 0
         low = [product for product in page["items"] if product["stock"] < LOW_STOCK]
         for product in low[:RESTOCKS_PER_VISIT]:
+            # Counted before it is sent: a restock cut off by the end of the run is most likely
+            # done by the shop all the same (it has no Idempotency-Key to ask with).
+            TALLY.restocked[int(product["id"])] += RESTOCK_UNITS
             with self.client.post(
                 f"/admin/products/{product['id']}/restock",
                 json={"quantity": RESTOCK_UNITS},
@@ -320,8 +357,8 @@ class Admin(FastHttpUser):
                 catch_response=True,
             ) as answer:
                 # 409: the stock would pass its maximum; nothing was added.
-                if _expect(answer, (200,), (409,)):
-                    TALLY.restocked[int(product["id"])] += RESTOCK_UNITS
+                if not _expect(answer, (200,), (409,)):
+                    TALLY.restocked[int(product["id"])] -= RESTOCK_UNITS
 
     @task(1)
     def advance_shipments(self) -> None:
@@ -517,6 +554,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
         raise RuntimeError(f"--host must be an http:// or https:// URL, not {host!r}")
     TALLY.orders.clear()
     TALLY.restocked.clear()
+    PENDING.clear()
     if not isinstance(environment.runner, MasterRunner):
         Catalog.load(host)
     if not _measuring(environment):
@@ -534,6 +572,8 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
 
 @events.test_stop.add_listener
 def _on_test_stop(environment: Environment, **_: Any) -> None:
+    if not isinstance(environment.runner, MasterRunner):
+        replay_pending((environment.host or "").rstrip("/"))
     if isinstance(environment.runner, WorkerRunner):
         # Sent before the worker tells the master it stopped, so the master has every tally
         # before its own test_stop.
