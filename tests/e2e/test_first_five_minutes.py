@@ -124,3 +124,17 @@ def test_the_readme_signs_in_lists_products_places_an_order_and_sees_it(
     _, again, orders_again, _ = run_readme(shop_as_make_run_starts_it)
     assert again == order
     assert [o["id"] for o in orders_again["items"]] == [order["id"]]
+
+
+def test_the_shop_make_run_starts_opens_on_the_storefront(shop_as_make_run_starts_it: str) -> None:
+    home = httpx.get(shop_as_make_run_starts_it + "/", timeout=10)
+    assert home.status_code == 200
+    assert home.headers["content-type"].startswith("text/html")
+    assert "Featured products" in home.text and 'href="/shop/products/' in home.text
+    # A product page answers from the embedded database, its image from the app's static files.
+    product = re.search(r'href="(/shop/products/\d+)"', home.text)
+    image = re.search(r'<img src="(/static/[^"]+)"', home.text)
+    assert product is not None and image is not None
+    assert httpx.get(shop_as_make_run_starts_it + product.group(1), timeout=10).status_code == 200
+    assert httpx.get(shop_as_make_run_starts_it + image.group(1), timeout=10).status_code == 200
+    assert httpx.get(shop_as_make_run_starts_it + "/docs", timeout=10).status_code == 200
