@@ -8,7 +8,7 @@ APP_STAMP := $(VENV)/.installed-app
 PORT ?= 8000
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: system-packages install run test test-lowest lint types contracts compose-check unit integration synth bench clean
+.PHONY: system-packages install run test test-lowest lint types contracts compose-check unit integration synth bench ladder clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ synth: $(STAMP)
 ## bench: requests/s of the shop's hot routes beside a bare FastAPI route, one worker
 bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench
+
+## ladder: each stage built natively under CPU budgets, loaded by Locust, measured, torn down;
+## results in ladder-results/, report in docs/ladder/ (STAGES=3,4 for some; about 20 min for all)
+ladder: $(STAMP) system-packages
+	$(BIN)/python -m loadtests.ladder $(if $(STAGES),--stages $(STAGES))
 
 ## test-lowest: the app's suite (unit, integration, e2e) on the lowest versions pyproject.toml allows
 LOWEST := .venv-lowest

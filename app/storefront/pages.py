@@ -158,15 +158,20 @@ def install_error_pages(app: FastAPI) -> None:
                 answer = original(request, exc)
                 return await answer if isinstance(answer, Awaitable) else answer
             status_code = default_status
+            retry_after: str | None = None
             if original is not None:
                 answer = original(request, exc)
                 json_answer = await answer if isinstance(answer, Awaitable) else answer
                 status_code = json_answer.status_code
+                retry_after = json_answer.headers.get("retry-after")
             elif isinstance(exc, StarletteHTTPException):
                 status_code = exc.status_code
             if status_code >= 500 and status_code != 503:
                 log.error("storefront error on %s", request.url.path, exc_info=exc)
-            return await error_page(request, status_code, _message(exc, status_code))
+            page = await error_page(request, status_code, _message(exc, status_code))
+            if retry_after is not None:  # 429 and 503 say when to come back, as the API does
+                page.headers["retry-after"] = retry_after
+            return page
 
         return handle
 

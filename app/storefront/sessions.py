@@ -75,6 +75,8 @@ class Visit:
     cart_changed: bool = False
     signed_out: bool = False
     issued: tuple[str, int] | None = None
+    plain_http_secure_cookies: bool = False
+    """Cookies are Secure but this request came over plain HTTP (as the proxy headers say)."""
 
     @property
     def signed_in(self) -> bool:
@@ -105,6 +107,12 @@ class Visit:
 
     def check_csrf(self, sent: object) -> None:
         """Raises CsrfRefused unless `sent` is this session's token."""
+        if self.new_csrf and self.plain_http_secure_cookies:
+            # The browser kept no cookie of ours: over plain HTTP it drops Secure ones.
+            raise CsrfRefused(
+                "this shop's cookies are Secure outside local and test (SHOP_ENV), so its "
+                "forms need HTTPS; open it over https://"
+            )
         if (
             self.new_csrf
             or not isinstance(sent, str)
@@ -179,4 +187,5 @@ async def visit_of(request: Request, resources: Resources) -> Visit:
         new_csrf=new_csrf,
         cart=parse_cart(request.cookies.get(CART)),
         signed_out=signed_out,
+        plain_http_secure_cookies=_secure(resources) and request.url.scheme != "https",
     )

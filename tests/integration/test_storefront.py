@@ -8,14 +8,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import Response
 
 from app.core.deps import Resources
 from app.core.security import Principal, Role
 from app.core.settings import Environment
 from app.customers import service as customers
-from app.storefront.sessions import CSRF, SESSION, parse_cart, set_cookie
+from app.seed import placeholder_png
+from app.storefront.sessions import CSRF, SESSION, CsrfRefused, Visit, parse_cart, set_cookie
 from tests.integration.conftest import User, make_product, make_user
+from tests.integration.test_cache_headers import local_assets as local_assets  # a fixture
 
 HTML = "text/html; charset=utf-8"
 
@@ -364,3 +367,41 @@ async def test_an_admin_made_after_sign_in_sees_admin_pages_on_the_next_load(
     assert (await client.get("/shop/admin/ledger")).status_code == 403
     await customers.set_role(resources.db, email=user.email, role=Role.ADMIN)
     assert (await client.get("/shop/admin/ledger")).status_code == 200
+
+
+def test_a_form_over_plain_http_with_secure_cookies_says_https_is_needed() -> None:
+    visit = Visit(
+        principal=None,
+        token=None,
+        csrf="fresh",
+        cart={},
+        new_csrf=True,
+        plain_http_secure_cookies=True,
+    )
+    with pytest.raises(CsrfRefused, match="need HTTPS"):
+        visit.check_csrf("anything")
+
+
+async def test_an_admin_uploads_an_image_from_the_product_page(
+    client: httpx.AsyncClient, resources: Resources, admin: User, local_assets: Any
+) -> None:
+    product = await make_product(resources)
+    await signed_in(client, admin)
+    page = await client.get(f"/shop/admin/products/{product.id}")
+    uploaded = await client.post(
+        f"/shop/admin/products/{product.id}/image",
+        data={"csrf_token": csrf_of(page)},
+        files={"image": ("lamp.png", placeholder_png((200, 120, 40)), "image/png")},
+    )
+    assert uploaded.status_code == 303, uploaded.text
+    shown = await client.get(uploaded.headers["location"])
+    assert "Saved: the new image." in shown.text
+    image = re.search(r'<img src="(/static/images/[0-9a-f]{16}\.png)"', shown.text)
+    assert image is not None
+    assert (await client.get(image.group(1))).status_code == 200
+    refused = await client.post(
+        f"/shop/admin/products/{product.id}/image",
+        data={"csrf_token": csrf_of(page)},
+        files={"image": ("notes.txt", b"not an image", "text/plain")},
+    )
+    assert refused.status_code == 422 and refused.headers["content-type"] == HTML

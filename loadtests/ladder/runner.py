@@ -1,0 +1,456 @@
+"""Run one stage: build its topology, put every component under its CPU budget, warm up, drive
+the Locust suite through it while sampling CPU and signals every second, write
+ladder-results/stage-<n>.json (the interface analysis.py and report.py read), tear down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loadtests.ladder.cgroups import Budgets, CpuSampler, cpu_per_component
+from loadtests.ladder.components import ROOT, Topology, jwt_secret
+from loadtests.ladder.signals import Metrics, merge_step, parse_metrics
+from loadtests.ladder.stages import Stage
+
+LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+PRODUCTS = 1000
+CUSTOMERS = 20
+ADMIN_EMAIL = "ladder-admin@example.com"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Load:
+    """The step ramp (and stage 6's compressed day) every stage gets."""
+
+    step_s: float = 15
+    steps: int = 8
+    step_users: int = 20
+    spawn_rate: int = 50
+    p95_ms: float = 500
+    warmup_s: float = 10
+    daily_s: float = 240
+    daily_peak_users: int = 0
+    """0: as many users as the step ramp's last step."""
+    locustfile: Path = LOCUSTFILE
+    products: int = PRODUCTS
+    """Products seeded before the run."""
+
+    def env(self, shape: str) -> dict[str, str]:
+        return {
+            "SHOP_LOAD_SHAPE": shape,
+            "SHOP_LOAD_STEP_USERS": str(self.step_users),
+            "SHOP_LOAD_STEP_S": str(self.step_s),
+            "SHOP_LOAD_STEPS": str(self.steps),
+            "SHOP_LOAD_SPAWN_RATE": str(self.spawn_rate),
+            "SHOP_LOAD_DAILY_PEAK_USERS": str(
+                self.daily_peak_users or self.step_users * self.steps
+            ),
+            "SHOP_LOAD_DAILY_S": str(self.daily_s),
+            "SHOP_LOAD_P95_MS": str(self.p95_ms),
+        }
+
+
+def say(message: str) -> None:
+    print(f"ladder: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Sampler:
+    """Every second: CPU per group, each app's /metrics, replica lag, queue depth."""
+
+    topology: Topology
+    cpu: CpuSampler
+    cache: bool
+    metrics: list[tuple[float, dict[str, Metrics]]] = field(default_factory=list)
+    lag: list[tuple[float, float]] | None = None
+    depth: list[tuple[float, float]] | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.topology.replica is not None:
+            self.lag = []
+        if self.topology.queue_url is not None:
+            self.depth = []
+            import boto3
+
+            self._sqs = boto3.client(
+                "sqs",
+                endpoint_url=self.topology.moto_url,
+                region_name="us-east-1",
+                aws_access_key_id="ladder-local",
+                aws_secret_access_key="ladder-local",
+            )
+
+    def once(self) -> None:
+        self.cpu.sample()
+        now = time.time()
+        scraped: dict[str, Metrics] = {}
+        for app in list(self.topology.apps):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{app.port}/metrics", timeout=2) as r:
+                    scraped[str(app.port)] = parse_metrics(r.read().decode())
+            except OSError:
+                pass
+        self.metrics.append((now, scraped))
+        if self.lag is not None and self.topology.primary is not None:
+            try:
+                lag = self.topology.primary.query(
+                    "SELECT COALESCE(EXTRACT(EPOCH FROM max(replay_lag)), 0)::float8"
+                    " FROM pg_stat_replication"
+                )
+                self.lag.append((now, float(lag or 0.0)))
+            except Exception:  # a sample lost under load is not worth stopping the run
+                pass
+        if self.depth is not None:
+            try:
+                attributes = self._sqs.get_queue_attributes(
+                    QueueUrl=self.topology.queue_url,
+                    AttributeNames=["ApproximateNumberOfMessages"],
+                )["Attributes"]
+                self.depth.append((now, float(attributes["ApproximateNumberOfMessages"])))
+            except Exception:
+                pass
+        for hook in self.hooks:
+            hook()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            self.once()
+            self.stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
+
+
+@dataclass
+class Autoscaler:
+    """Stage 6 locally: target tracking on the app processes' mean CPU against their budget,
+    adding a process behind nginx above `high`, removing one below `low` (after a cool-down),
+    as an Auto Scaling group with a target tracking policy does, in seconds instead of minutes."""
+
+    topology: Topology
+    budgets: Budgets
+    stage: Stage
+    cpu: CpuSampler
+    high: float = 0.75
+    low: float = 0.3
+    cooldown_s: float = 8
+    instances: list[tuple[float, int]] = field(default_factory=list)
+    _last_change: float = 0.0
+    _busy: bool = False
+
+    def __post_init__(self) -> None:
+        self.instances.append((time.time(), len(self.topology.apps)))
+
+    def utilisation(self) -> float | None:
+        now = time.time()
+        groups = {name: g.component for name, g in self.budgets.groups.items()}
+        used = cpu_per_component(self.cpu.samples, groups, now - 5, now)
+        if "app" not in used:
+            return None
+        return used["app"] / (self.stage.app_cpus * len(self.topology.apps))
+
+    def check(self) -> None:
+        if self._busy or time.time() - self._last_change < self.cooldown_s:
+            return
+        level = self.utilisation()
+        count = len(self.topology.apps)
+        if level is None:
+            return
+        if level > self.high and count < self.stage.max_app_processes:
+            self._busy = True
+            threading.Thread(target=self._add, daemon=True).start()
+        elif level < self.low and count > self.stage.app_processes:
+            self._remove()
+
+    def _add(self) -> None:
+        try:
+            index = max(int(a.name.split("-")[1]) for a in self.topology.apps) + 1
+            group = f"app-{index}"
+            self.budgets.group(group, "app", self.stage.app_cpus)
+            app = self.topology.start_app(index, group)
+            self.budgets.add(group, app.pid)
+            self.topology.reload_balancer()
+            self._changed()
+        finally:
+            self._busy = False
+
+    def _remove(self) -> None:
+        app = self.topology.apps[-1]
+        self.topology.apps.remove(app)
+        self.topology.reload_balancer()
+        self._changed()
+        threading.Timer(2.0, app.stop).start()  # in-flight requests finish first
+
+    def _changed(self) -> None:
+        self._last_change = time.time()
+        self.instances.append((self._last_change, len(self.topology.apps)))
+        say(f"  autoscaler: {len(self.topology.apps)} app processes")
+
+    def count_at(self, at: float) -> int:
+        count = self.instances[0][1]
+        for when, number in self.instances:
+            if when <= at:
+                count = number
+        return count
+
+
+def build(stage: Stage, topology: Topology, budgets: Budgets, *, products: int = PRODUCTS) -> None:
+    """Start the stage's components, migrate and seed, then put each under its budget (the
+    set-up runs unbudgeted: seeding under 0.1 CPU would take minutes)."""
+    box = "box" if stage.single_box else None
+    topology.env |= {
+        "SHOP_ENV": "test",
+        "SHOP_JWT_SECRET": jwt_secret(),
+        "SHOP_ACCESS_LOG": "false",
+        # Cheap password hashing: the run measures the shop's paths, not argon2.
+        "SHOP_PASSWORD_TIME_COST": "1",
+        "SHOP_PASSWORD_MEMORY_KIB": "1024",
+        "SHOP_DATABASE_POOL_SIZE": str(stage.pool_size),
+        "SHOP_DATABASE_MAX_OVERFLOW": str(stage.max_overflow),
+        "SHOP_SIGN_IN_FAILURES_PER_CLIENT": "100000",
+        "SHOP_ASSETS_DIR": str(topology.folder / "assets"),
+    } | stage.settings
+    say("  starting PostgreSQL" + (" and its streaming replica" if stage.replica else ""))
+    topology.start_postgres(replica=stage.replica)
+    if stage.cache:
+        topology.start_redis(box or "redis")
+    if stage.aws:
+        topology.start_moto("moto", queue=stage.queue)
+    say(f"  migrating and seeding {products} products")
+    topology.shop("migrate")
+    topology.shop("seed", "--products", str(products), "--customers", str(CUSTOMERS))
+    password = secrets.token_urlsafe(18)
+    topology.shop("create-admin", "--email", ADMIN_EMAIL, "--password-stdin", stdin=password)
+    topology.env["_ADMIN_PASSWORD"] = password
+    for index in range(stage.app_processes):
+        topology.start_app(index, box or f"app-{index}")
+    for index in range(stage.worker_processes):
+        topology.start_worker(index, f"worker-{index}")
+    topology.target = f"http://127.0.0.1:{topology.apps[0].port}"
+    if stage.balancer:
+        topology.target = topology.start_balancer("nginx")
+    if stage.cdn:
+        topology.target = topology.start_cdn("cdn", topology.target)
+
+    # Budgets: one group per component, one per process for app and worker.
+    if box:
+        budgets.group("box", "box", stage.box_cpus)
+    for name, component, cpus in (
+        ("postgres", "postgres", stage.postgres_cpus),
+        ("replica", "replica", stage.replica_cpus),
+        ("redis", "redis", stage.redis_cpus),
+        ("nginx", "nginx", stage.nginx_cpus),
+        ("cdn", "cdn", stage.cdn_cpus),
+        ("moto", "moto", stage.moto_cpus),
+    ):
+        if cpus > 0:
+            budgets.group(name, component, cpus)
+    if not box:
+        for index in range(stage.app_processes):
+            budgets.group(f"app-{index}", "app", stage.app_cpus)
+        for index in range(stage.worker_processes):
+            budgets.group(f"worker-{index}", "worker", stage.worker_cpus)
+    assert topology.primary is not None
+    budgets.add(box or "postgres", topology.postmaster_pid(topology.primary))
+    if topology.replica is not None:
+        budgets.add("replica", topology.postmaster_pid(topology.replica))
+    for process in topology.processes:
+        budgets.add(process.group, process.pid)
+
+
+def locust(
+    topology: Topology, load: Load, shape: str | None, folder: Path, *, seconds: float = 0
+) -> tuple[subprocess.Popen[bytes], dict[str, Path]]:
+    """Start the suite headless against the stage (outside every budget)."""
+    outputs = {"steps": folder / "steps.jsonl", "invariants": folder / "invariants.json"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
+    env |= load.env(shape or "") | {
+        "SHOP_LOAD_ADMIN_EMAIL": ADMIN_EMAIL,
+        "SHOP_LOAD_ADMIN_PASSWORD": topology.env["_ADMIN_PASSWORD"],
+    }
+    if shape is None:
+        del env["SHOP_LOAD_SHAPE"]
+    else:
+        env |= {
+            "SHOP_LOAD_STEPS_OUT": str(outputs["steps"]),
+            "SHOP_LOAD_INVARIANTS_OUT": str(outputs["invariants"]),
+        }
+    command = [
+        str(Path(sys.executable).parent / "locust"),
+        "-f", str(load.locustfile), "--headless", "--host", topology.target,
+        "--only-summary", "--loglevel", "WARNING",
+    ]  # fmt: skip
+    if shape is None:
+        command += ["-u", "10", "-r", "10", "-t", f"{seconds:.0f}s"]
+    log = (folder / f"locust-{shape or 'warmup'}.log").open("ab")
+    process = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    log.close()
+    return process, outputs
+
+
+def _stop_locust(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def describe(step: dict[str, Any], budgets: dict[str, float]) -> str:
+    """One progress line: users, rps, p95 and CPU per component against its budget."""
+    cpu = " ".join(
+        f"{name} {used:.2f}/{budgets[name]:.2f}" if name in budgets else f"{name} {used:.2f}"
+        for name, used in sorted(step.get("cpu", {}).items())
+    )
+    failures = f" {step['failures']} failed" if step.get("failures") else ""
+    return (
+        f"  step {step['step']}: {step['users']:4d} users {step['rps']:7.1f} req/s "
+        f"p95 {step['p95_ms']:6.0f} ms{failures}  cpu {cpu}"
+    )
+
+
+def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> dict[str, Any]:
+    """Build, warm up, measure and tear down one stage; write and return its result."""
+    if not load.locustfile.is_file():
+        raise FileNotFoundError(f"no Locust suite at {load.locustfile}")
+    run_id = f"{stage.number}-{uuid.uuid4().hex[:8]}"
+    folder = Path(f"/tmp/shop-ladder-{run_id}")
+    folder.mkdir(parents=True)
+    budgets = Budgets(run_id, enforce=enforce)
+    with ExitStack() as stack:
+        stack.callback(budgets.close)
+        topology = Topology(folder=folder, stack=stack)
+        how = ("enforced, " if budgets.enforced else "NOT enforced: ") + budgets.how
+        say(f"stage {stage.number} ({stage.name}): building; budgets {stage.budgets()} ({how})")
+        build(stage, topology, budgets, products=load.products)
+        cpu = CpuSampler(budgets)
+        sampler = Sampler(topology, cpu, cache=stage.cache)
+        groups = {name: group.component for name, group in budgets.groups.items()}
+
+        say(f"  warm-up {load.warmup_s:.0f} s against {topology.target} (discarded)")
+        warm, _ = locust(topology, load, None, folder, seconds=load.warmup_s)
+        stack.callback(_stop_locust, warm)
+        warm.wait(load.warmup_s + 60)
+
+        shape = stage.shape
+        scaler = None
+        if stage.max_app_processes:
+            scaler = Autoscaler(topology, budgets, stage, cpu)
+            sampler.hooks.append(scaler.check)
+        thread = threading.Thread(target=sampler.run, daemon=True)
+        children_before = os.times()
+        process, outputs = locust(topology, load, shape, folder)
+        stack.callback(_stop_locust, process)
+        started = time.time()
+        thread.start()
+        merged: list[dict[str, Any]] = []
+        seen = 0
+        while True:
+            finished = process.poll() is not None
+            lines = _lines(outputs["steps"])
+            for line in lines[seen:]:
+                time.sleep(1.2 if not finished else 0)  # the sample after the step's end
+                groups = {name: group.component for name, group in budgets.groups.items()}
+                step = merge_step(
+                    line,
+                    cpu_samples=cpu.samples,
+                    groups=groups,
+                    metric_samples=sampler.metrics,
+                    lag_samples=sampler.lag,
+                    depth_samples=sampler.depth,
+                    cache=stage.cache,
+                )
+                merged.append(step)
+                count = scaler.count_at(step["ended_at"]) if scaler else stage.app_processes
+                say(describe(step, stage.budgets(count)))
+            seen = len(lines)
+            if finished:
+                break
+            time.sleep(0.5)
+        ended = time.time()
+        sampler.stop.set()
+        thread.join(10)
+        children_after = os.times()  # Locust has been waited for: its CPU time is in here
+        invariants = _invariants(outputs["invariants"], process.returncode)
+        daily: list[dict[str, Any]] = []
+        if scaler is not None:
+            daily = [
+                {
+                    "t_s": round(step["ended_at"] - started, 1),
+                    "users": step["users"],
+                    "instances": scaler.count_at(step["ended_at"]),
+                    "rps": step["rps"],
+                    "p95_ms": step["p95_ms"],
+                }
+                for step in merged
+            ]
+        peak_apps = max((n for _, n in scaler.instances), default=0) if scaler else 0
+        result = {
+            "stage": stage.number,
+            "name": stage.name,
+            "source": "local",
+            "budgets_enforced": budgets.enforced,
+            "budgets": stage.budgets(peak_apps or None),
+            "steps": merged,
+            "invariants": invariants,
+            "daily": daily,
+            "missing": None if merged else f"the suite wrote no step (see {folder})",
+            "p95_objective_ms": load.p95_ms,
+            "loadgen_cpu": _loadgen_cpu(children_before, children_after, ended - started),
+        }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"stage-{stage.number}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    found = []
+    for text in path.read_text().splitlines():
+        try:
+            found.append(json.loads(text))
+        except json.JSONDecodeError:
+            break  # a line still being written
+    return found
+
+
+def _invariants(path: Path, returncode: int | None) -> dict[str, Any]:
+    if path.is_file():
+        try:
+            found: dict[str, Any] = json.loads(path.read_text())
+            return found
+        except json.JSONDecodeError:
+            pass
+    return {
+        "ok": False,
+        "checks": {"suite": {"ok": False, "detail": f"no invariants written (exit {returncode})"}},
+    }
+
+
+def _loadgen_cpu(before: os.times_result, after: os.times_result, seconds: float) -> float | None:
+    """Mean CPUs of the load generator: the CPU time of children reaped during the run."""
+    if seconds <= 0:
+        return None
+    spent = (after.children_user + after.children_system) - (
+        before.children_user + before.children_system
+    )
+    return round(spent / seconds, 3)

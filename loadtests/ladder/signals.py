@@ -1,0 +1,130 @@
+"""The evidence beside CPU: what the shop's /metrics, PostgreSQL and SQS say during a step, and
+the merge of every timestamped sample into the suite's per-step lines.
+
+Each app process's /metrics is scraped about once a second; a step's figure is the difference
+of the counters between the samples nearest its two ends, summed over the processes present at
+both (a process added mid-step counts from its first sample). Replica lag and queue depth are
+gauges: their mean over the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import statistics
+from collections.abc import Mapping
+from typing import Any
+
+from loadtests.ladder.cgroups import cpu_per_component
+
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\S+)?$")
+"""name{labels} value [timestamp]; label values may hold braces (route templates)."""
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+COUNTERS = {
+    "request_s": ("shop_request_duration_seconds_sum", None),
+    "requests": ("shop_request_duration_seconds_count", None),
+    "db_s": ("shop_request_db_seconds_sum", None),
+    "pool_wait_s": ("shop_db_pool_wait_seconds_total", None),
+    "cache_hit": ("shop_cache_requests_total", ("result", "hit")),
+    "cache_miss": ("shop_cache_requests_total", ("result", "miss")),
+}
+"""What is read from each /metrics: a name for it, the metric, and an optional label filter."""
+
+Metrics = dict[str, float]
+
+
+def parse_metrics(text: str) -> Metrics:
+    """The sums of COUNTERS in one Prometheus text document (missing ones are 0)."""
+    found = dict.fromkeys(COUNTERS, 0.0)
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _LINE.match(line)
+        if not match:
+            continue
+        name, labels, value = match.group(1), match.group(3) or "", match.group(4)
+        for key, (metric, label) in COUNTERS.items():
+            if name != metric:
+                continue
+            if label is not None and dict(_LABEL.findall(labels)).get(label[0]) != label[1]:
+                continue
+            with contextlib.suppress(ValueError):
+                found[key] += float(value)
+    return found
+
+
+def _window(samples: list[tuple[float, Any]], started_at: float, ended_at: float) -> list[Any]:
+    return [s for s in samples if started_at - 0.75 <= s[0] <= ended_at + 0.75]
+
+
+def metric_deltas(
+    samples: list[tuple[float, Mapping[str, Metrics]]], started_at: float, ended_at: float
+) -> Metrics | None:
+    """Counter increases over the step, summed over app processes (keyed by their address)."""
+    inside = _window(samples, started_at, ended_at)
+    if len(inside) < 2:
+        return None
+    first, last = inside[0][1], inside[-1][1]
+    total = dict.fromkeys(COUNTERS, 0.0)
+    for process, figures in last.items():
+        before = first.get(process)
+        if before is None:  # started inside the step: from its first sample
+            before = next((s[1][process] for s in inside if process in s[1]), figures)
+        for key in total:
+            total[key] += max(0.0, figures.get(key, 0.0) - before.get(key, 0.0))
+    return total
+
+
+def gauge_mean(
+    samples: list[tuple[float, float]], started_at: float, ended_at: float
+) -> float | None:
+    inside = [value for at, value in samples if started_at <= at <= ended_at]
+    return round(statistics.fmean(inside), 4) if inside else None
+
+
+def signals_of(
+    deltas: Metrics | None,
+    *,
+    cache: bool,
+    lag: float | None,
+    depth: float | None,
+) -> dict[str, float | None]:
+    """The interface's `signals` of one step from its counter increases and gauges."""
+    db_share = pool_wait_ms = hit_ratio = None
+    if deltas is not None and deltas["requests"] > 0:
+        if deltas["request_s"] > 0:
+            db_share = round(min(1.0, deltas["db_s"] / deltas["request_s"]), 4)
+        pool_wait_ms = round(1000 * deltas["pool_wait_s"] / deltas["requests"], 3)
+        looked_up = deltas["cache_hit"] + deltas["cache_miss"]
+        if cache and looked_up > 0:
+            hit_ratio = round(deltas["cache_hit"] / looked_up, 4)
+    return {
+        "db_share": db_share,
+        "pool_wait_ms": pool_wait_ms,
+        "cache_hit_ratio": hit_ratio,
+        "replica_lag_s": lag,
+        "queue_depth": depth,
+    }
+
+
+def merge_step(
+    step: dict[str, Any],
+    *,
+    cpu_samples: list[tuple[float, dict[str, float]]],
+    groups: Mapping[str, str],
+    metric_samples: list[tuple[float, Mapping[str, Metrics]]],
+    lag_samples: list[tuple[float, float]] | None,
+    depth_samples: list[tuple[float, float]] | None,
+    cache: bool,
+) -> dict[str, Any]:
+    """One suite step line plus `cpu` (CPUs per component over its window) and `signals`."""
+    started, ended = float(step["started_at"]), float(step["ended_at"])
+    lag = gauge_mean(lag_samples, started, ended) if lag_samples is not None else None
+    depth = gauge_mean(depth_samples, started, ended) if depth_samples is not None else None
+    return step | {
+        "cpu": cpu_per_component(cpu_samples, dict(groups), started, ended),
+        "signals": signals_of(
+            metric_deltas(metric_samples, started, ended), cache=cache, lag=lag, depth=depth
+        ),
+    }

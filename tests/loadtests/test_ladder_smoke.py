@@ -1,0 +1,51 @@
+"""The stage-3 topology (nginx, two app processes, a private PostgreSQL, each under its CPU
+budget) built natively and driven by the Locust suite at low load for 20 s, as `make ladder`
+does: no failed request, the shop's invariants hold, and the result file has the shape the
+report reads. The full ladder is a benchmark (`make ladder`), not a test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from loadtests.ladder.runner import Load, run_stage
+from loadtests.ladder.stages import STAGES
+from tests import pg_cluster
+
+STEP_KEYS = {"step", "users", "started_at", "ended_at", "requests", "failures", "rps",
+             "p50_ms", "p95_ms", "p99_ms", "by_name", "cpu", "signals"}  # fmt: skip
+SIGNALS = {"db_share", "pool_wait_ms", "cache_hit_ratio", "replica_lag_s", "queue_depth"}
+
+pytestmark = [
+    pytest.mark.skipif(pg_cluster.why_unavailable() is not None, reason="no private PostgreSQL"),
+    pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed"),
+]
+
+
+def test_stage_three_at_low_load_serves_without_errors_and_keeps_invariants(
+    tmp_path: Path,
+) -> None:
+    load = Load(step_s=10, steps=2, step_users=3, spawn_rate=10, warmup_s=3, products=100)
+    result = run_stage(STAGES[3], load, tmp_path)
+
+    assert result["invariants"]["ok"], result["invariants"]
+    assert [step["failures"] for step in result["steps"]] == [0, 0]
+    assert all(step["requests"] > 0 for step in result["steps"])
+
+    written = json.loads((tmp_path / "stage-3.json").read_text())
+    assert written["stage"] == 3 and written["name"] == "horizontal"
+    assert written["source"] == "local" and written["missing"] is None
+    assert written["budgets"] == {"app": 0.5, "postgres": 0.12, "nginx": 0.1}
+    assert written["daily"] == [] and written["p95_objective_ms"] == 500
+    for step in written["steps"]:
+        assert set(step) >= STEP_KEYS
+        assert set(step["signals"]) == SIGNALS
+        # Every component did some work, and none beyond its budget (10 % for sampling).
+        assert set(step["cpu"]) == {"app", "postgres", "nginx"}
+        for component, used in step["cpu"].items():
+            if written["budgets_enforced"]:
+                assert 0 < used <= written["budgets"][component] * 1.1, (component, used)
+        assert step["signals"]["db_share"] is not None

@@ -1,0 +1,196 @@
+"""The ladder's data and arithmetic, on recorded figures: budgets, stage choice, cgroup
+detection, and the merge of CPU samples and /metrics scrapes into the suite's steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtests.ladder.cgroups import Budgets, cpu_per_component, detect, quota_and_period
+from loadtests.ladder.signals import merge_step, metric_deltas, parse_metrics
+from loadtests.ladder.stages import COMPONENTS, STAGES, parse_stages
+
+STAGES_MD = ["single-box", "separate-db", "horizontal", "read-replicas", "cache-cdn",
+             "auto-scaling", "service-oriented"]  # fmt: skip
+
+
+def test_every_stage_of_stages_md_is_declared_in_order() -> None:
+    assert [stage.name for stage in STAGES.values()] == STAGES_MD
+    assert list(STAGES) == list(range(1, 8))
+
+
+@pytest.mark.parametrize("stage", STAGES.values(), ids=lambda s: s.name)
+def test_a_stage_leaves_the_load_generator_a_core(stage) -> None:  # type: ignore[no-untyped-def]
+    assert 0 < stage.total_cpus() < 1.0
+    assert set(stage.budgets()) <= set(COMPONENTS)
+
+
+def test_each_stage_adds_what_stages_md_says() -> None:
+    assert set(STAGES[1].budgets()) == {"box"}
+    assert set(STAGES[2].budgets()) == {"app", "postgres"}
+    assert set(STAGES[3].budgets()) == {"app", "postgres", "nginx"}
+    assert set(STAGES[4].budgets()) == {"app", "postgres", "replica", "nginx"}
+    assert set(STAGES[5].budgets()) >= {"redis", "cdn", "moto", "replica"}
+    assert STAGES[6].shape == "daily" and STAGES[6].max_app_processes > STAGES[6].app_processes
+    assert "worker" in STAGES[7].budgets()
+
+
+def test_stage_three_doubles_the_app_of_stage_two_on_the_same_database() -> None:
+    two, three = STAGES[2].budgets(), STAGES[3].budgets()
+    assert three["app"] == 2 * two["app"]
+    assert three["postgres"] == two["postgres"]
+
+
+def test_the_app_budget_follows_the_autoscaler() -> None:
+    assert STAGES[6].budgets(3)["app"] == pytest.approx(3 * STAGES[6].app_cpus)
+
+
+def test_stages_are_chosen_by_number_list_or_range() -> None:
+    assert [s.number for s in parse_stages("3,4")] == [3, 4]
+    assert [s.number for s in parse_stages("2-4")] == [2, 3, 4]
+    assert [s.number for s in parse_stages("")] == list(range(1, 8))
+    with pytest.raises(ValueError, match="no stage 9"):
+        parse_stages("9")
+    with pytest.raises(ValueError, match="not a stage number"):
+        parse_stages("three")
+
+
+def test_cgroup_v1_is_found_with_its_usage_hierarchy(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (tmp_path / "cpuacct").mkdir()
+    (tmp_path / "cpuacct" / "cpuacct.usage").write_text("0\n")
+    controller, how = detect(tmp_path)
+    assert controller is not None and controller.version == 1, how
+    assert controller.usage == tmp_path / "cpuacct"
+
+
+def test_cgroup_v2_is_found_by_cpu_max(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    controller, _ = detect(tmp_path)
+    assert controller is not None and controller.version == 2
+
+
+def test_without_a_cpu_controller_the_ladder_runs_unbudgeted_and_says_why(tmp_path: Path) -> None:
+    controller, how = detect(tmp_path)
+    assert controller is None and "no cgroup cpu controller" in how
+    budgets = Budgets("test", root=tmp_path)
+    assert not budgets.enforced
+    budgets.group("app-0", "app", 0.25)
+    assert budgets.usage_s() == {"app-0": 0}
+
+
+def test_a_v1_group_gets_its_quota_and_period(tmp_path: Path) -> None:
+    for hierarchy, marker in (("cpu", "cpu.cfs_quota_us"), ("cpuacct", "cpuacct.usage")):
+        (tmp_path / hierarchy).mkdir()
+        (tmp_path / hierarchy / marker).write_text("0\n")
+    budgets = Budgets("t1", root=tmp_path)
+    assert budgets.enforced
+    group = budgets.group("postgres", "postgres", 0.12)
+    assert (group.folders[0] / "cpu.cfs_quota_us").read_text() == "1200"
+    assert (group.folders[0] / "cpu.cfs_period_us").read_text() == "10000"
+    (group.folders[1] / "cpuacct.usage").write_text("1500000000\n")
+    assert budgets.usage_s() == {"postgres": 1.5}
+
+
+def test_a_small_budget_gets_a_longer_period_not_a_larger_quota() -> None:
+    assert quota_and_period(0.25) == (2500, 10_000)
+    assert quota_and_period(0.03) == (1000, 33_334)
+    quota, period = quota_and_period(0.05)
+    assert quota / period == pytest.approx(0.05) and quota >= 1000
+
+
+# Cumulative CPU seconds per group, one sample a second (recorded from a stage-3 run).
+SAMPLES = [
+    (100.0, {"app-0": 10.0, "app-1": 12.0, "postgres": 3.0}),
+    (101.0, {"app-0": 10.25, "app-1": 12.24, "postgres": 3.1}),
+    (102.0, {"app-0": 10.5, "app-1": 12.49, "postgres": 3.2}),
+    (103.0, {"app-0": 10.75, "app-1": 12.74, "postgres": 3.3, "app-2": 0.1}),
+    (104.0, {"app-0": 11.0, "app-1": 12.99, "postgres": 3.41, "app-2": 0.3}),
+]
+GROUPS = {"app-0": "app", "app-1": "app", "app-2": "app", "postgres": "postgres"}
+
+
+def test_cpu_of_a_step_sums_the_processes_of_a_component() -> None:
+    cpu = cpu_per_component(SAMPLES[:3], GROUPS, 100.0, 102.0)
+    assert cpu == {"app": pytest.approx(0.495), "postgres": pytest.approx(0.1)}
+
+
+def test_a_process_added_during_a_step_counts_from_zero() -> None:
+    cpu = cpu_per_component(SAMPLES, GROUPS, 100.0, 104.0)
+    assert cpu["app"] == pytest.approx((1.0 + 0.99 + 0.3) / 4)
+
+
+def test_a_step_without_two_samples_has_no_cpu_figure() -> None:
+    assert cpu_per_component(SAMPLES, GROUPS, 200.0, 210.0) == {}
+
+
+METRICS_TEXT = """\
+# HELP shop_request_duration_seconds Time to answer a request
+shop_request_duration_seconds_count{method="GET",route="/products/{product_id}",status="200"} 90.0
+shop_request_duration_seconds_sum{method="GET",route="/products/{product_id}",status="200"} 4.5
+shop_request_duration_seconds_count{method="POST",route="/orders",status="201"} 10.0
+shop_request_duration_seconds_sum{method="POST",route="/orders",status="201"} 1.5
+shop_request_db_seconds_sum{route="/products/{product_id}"} 2.0
+shop_request_db_seconds_sum{route="/orders"} 1.0
+shop_db_pool_wait_seconds_total{pool="primary"} 0.25
+shop_cache_requests_total{result="hit"} 60.0
+shop_cache_requests_total{result="miss"} 20.0
+shop_cache_requests_created{result="hit"} 1.7e9
+"""
+
+
+def test_metrics_are_summed_over_routes_and_labels() -> None:
+    figures = parse_metrics(METRICS_TEXT)
+    assert figures == {
+        "request_s": 6.0,
+        "requests": 100.0,
+        "db_s": 3.0,
+        "pool_wait_s": 0.25,
+        "cache_hit": 60.0,
+        "cache_miss": 20.0,
+    }
+
+
+def test_signals_of_a_step_come_from_counter_increases() -> None:
+    zero = dict.fromkeys(parse_metrics(METRICS_TEXT), 0.0)
+    after = parse_metrics(METRICS_TEXT)
+    metric_samples = [(100.0, {"8001": zero}), (110.0, {"8001": after})]
+    assert metric_deltas(metric_samples, 100.0, 110.0) == after
+    step = {"step": 0, "users": 10, "started_at": 100.0, "ended_at": 110.0, "rps": 10.0}
+    merged = merge_step(
+        step,
+        cpu_samples=[(100.0, {"app-0": 1.0}), (110.0, {"app-0": 3.5})],
+        groups={"app-0": "app"},
+        metric_samples=metric_samples,
+        lag_samples=[(101.0, 0.002), (105.0, 0.004)],
+        depth_samples=None,
+        cache=True,
+    )
+    assert merged["cpu"] == {"app": 0.25}
+    assert merged["signals"] == {
+        "db_share": 0.5,
+        "pool_wait_ms": 2.5,
+        "cache_hit_ratio": 0.75,
+        "replica_lag_s": 0.003,
+        "queue_depth": None,
+    }
+    assert merged["step"] == 0 and merged["rps"] == 10.0
+
+
+def test_a_stage_without_a_cache_reports_no_hit_ratio() -> None:
+    after = parse_metrics(METRICS_TEXT)
+    zero = dict.fromkeys(after, 0.0)
+    merged = merge_step(
+        {"started_at": 0.0, "ended_at": 10.0},
+        cpu_samples=[],
+        groups={},
+        metric_samples=[(0.0, {"a": zero}), (10.0, {"a": after})],
+        lag_samples=None,
+        depth_samples=None,
+        cache=False,
+    )
+    assert merged["signals"]["cache_hit_ratio"] is None
+    assert merged["cpu"] == {}
