@@ -151,6 +151,9 @@ def summarise(result: Mapping[str, Any]) -> StageSummary:
         notes.append(f"invariants violated: {', '.join(broken) or 'see the run'}")
     if not result.get("budgets_enforced", False):
         notes.append("CPU budgets not enforced: utilisation is of a notional budget")
+    loadgen = result.get("loadgen_cpu")
+    if loadgen is not None and float(loadgen) >= SATURATED:
+        notes.append(f"the load generator used {float(loadgen):.2f} of a core: it may be the limit")
     at = knee(steps, p95_ms=objective)
     if at is None:
         notes.append(

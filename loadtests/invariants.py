@@ -234,7 +234,7 @@ def check_run(
     else:
         checks["trial_balance_balances"] = check_trial_balance(client.trial_balance())
         if tally is None:
-            skipped["no_order_without_lines"] = no_record
+            skipped["no_order_without_lines"] = "needs the ids of a run's orders"
         else:
             orders = read_orders(client, tally.orders)
             checks["no_order_without_lines"] = check_order_lines(orders)

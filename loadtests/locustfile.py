@@ -56,7 +56,7 @@ ASSET_LINK = re.compile(r"""(?:href|src)=["']([^"']*/static/[^"'?#]+)""")
 _shape_class = shapes.chosen(os.environ.get("SHOP_LOAD_SHAPE"))
 if _shape_class is not None:
     # The one LoadTestShape subclass Locust finds here: the one SHOP_LOAD_SHAPE names.
-    ChosenShape = type("ChosenShape", (_shape_class,), {"__doc__": _shape_class.__doc__})
+    ChosenShape = shapes.locust_shape(_shape_class)
 
 
 class Catalog:

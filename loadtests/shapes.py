@@ -1,9 +1,12 @@
 """Load shapes of the suite: a step ramp that finds the knee, the daily curve, a spike.
 
-`SHOP_LOAD_SHAPE` (step, daily or spike) picks one in locustfile.py; each shape reads its knobs
-from the environment when Locust makes it. Every shape also says which measuring window a moment
-of the run belongs to (`window_at`), so that the per-step figures are measured over the same
-windows the shape drives.
+`SHOP_LOAD_SHAPE` (step, daily or spike) picks one in locustfile.py, which makes it Locust's
+LoadTestShape with `locust_shape`; each shape reads its knobs from the environment when it is
+made. Every shape also says which measuring window a moment of the run belongs to
+(`window_at`), so that the per-step figures are measured over the windows the shape drives.
+
+This module does not import Locust (importing it monkey-patches the whole process for gevent),
+so the shapes are tested, and read by the ladder, like any other code.
 """
 
 from __future__ import annotations
@@ -12,9 +15,7 @@ import itertools
 import math
 import os
 from dataclasses import dataclass
-from typing import ClassVar
-
-from locust import LoadTestShape
+from typing import Any, ClassVar
 
 RAMP_DISCARD_S = 3.0
 """Seconds at the start of each step that are not measured: users are still being started."""
@@ -55,10 +56,11 @@ class Window:
     ends_at_s: float
 
 
-class MeasuredShape(LoadTestShape):
-    """A shape that also names its measuring windows."""
+class MeasuredShape:
+    """A load shape that also names its measuring windows. `locust_shape` turns it into a
+    Locust LoadTestShape, which provides `get_run_time`."""
 
-    abstract: ClassVar[bool] = True
+    spawn_rate: float = 50.0
 
     def window_at(self, run_time_s: float) -> Window | None:
         """The window that `run_time_s` falls in; None once the shape has ended."""
@@ -68,12 +70,11 @@ class MeasuredShape(LoadTestShape):
         raise NotImplementedError
 
     def tick(self) -> tuple[int, float] | None:
-        users = self.users_at(self.get_run_time())
+        run_time: float = self.get_run_time()  # type: ignore[attr-defined]
+        users = self.users_at(run_time)
         if users is None:
             return None
         return users, self.spawn_rate
-
-    spawn_rate: float = 50.0
 
 
 class StepRamp(MeasuredShape):
@@ -86,7 +87,6 @@ class StepRamp(MeasuredShape):
     """
 
     def __init__(self) -> None:
-        super().__init__()
         self.step_users = _env_int("SHOP_LOAD_STEP_USERS", 10, minimum=1)
         self.step_s = _env_number("SHOP_LOAD_STEP_S", 20.0, minimum=RAMP_DISCARD_S + 1)
         self.steps = _env_int("SHOP_LOAD_STEPS", 8, minimum=1)
@@ -129,7 +129,6 @@ class DailyCurve(MeasuredShape):
     """
 
     def __init__(self) -> None:
-        super().__init__()
         self.peak_users = _env_int("SHOP_LOAD_DAILY_PEAK_USERS", 60, minimum=1)
         self.day_s = _env_number("SHOP_LOAD_DAILY_S", 300.0, minimum=DAILY_SLICE_S)
         self.spawn_rate = _env_number("SHOP_LOAD_SPAWN_RATE", 50.0, minimum=0.1)
@@ -165,7 +164,6 @@ class Spike(MeasuredShape):
     SPIKE_FACTOR: ClassVar[int] = 10
 
     def __init__(self) -> None:
-        super().__init__()
         self.base_users = _env_int("SHOP_LOAD_STEP_USERS", 10, minimum=1)
         self.phase_s = _env_number("SHOP_LOAD_STEP_S", 20.0, minimum=RAMP_DISCARD_S + 1)
         self.spawn_rate = _env_number("SHOP_LOAD_SPAWN_RATE", 50.0, minimum=0.1)
@@ -183,7 +181,8 @@ class Spike(MeasuredShape):
         return None if window is None else window.users
 
     def tick(self) -> tuple[int, float] | None:
-        window = self.window_at(self.get_run_time())
+        run_time: float = self.get_run_time()  # type: ignore[attr-defined]
+        window = self.window_at(run_time)
         if window is None:
             return None
         rate = self.spawn_rate * (self.SPIKE_FACTOR if window.step == 1 else 1)
@@ -191,6 +190,21 @@ class Spike(MeasuredShape):
 
 
 SHAPES: dict[str, type[MeasuredShape]] = {"step": StepRamp, "daily": DailyCurve, "spike": Spike}
+
+
+def locust_shape(shape: type[MeasuredShape]) -> type[Any]:
+    """`shape` as a Locust LoadTestShape subclass of the same name and docstring. Import
+    Locust's side (and its monkey-patching) only here, in the process that runs Locust."""
+    from locust import LoadTestShape
+
+    class Shape(shape, LoadTestShape):  # type: ignore[valid-type,misc]
+        def __init__(self) -> None:
+            LoadTestShape.__init__(self)
+            shape.__init__(self)
+
+    Shape.__name__ = Shape.__qualname__ = shape.__name__
+    Shape.__doc__ = shape.__doc__
+    return Shape
 
 
 def chosen(name: str | None) -> type[MeasuredShape] | None:

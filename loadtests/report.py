@@ -1,0 +1,322 @@
+"""The ladder report: one Markdown table and three PNG charts from the per-stage results.
+
+    python -m loadtests.report ladder-results docs/ladder
+
+reads `ladder-results/stage-<n>.json` (written by the ladder runner or loadtests.deployed) and
+writes `docs/ladder/README.md`, `throughput.png` (throughput and p95 against users, every stage
+on one chart), `cpu-at-knee.png` (CPU per component at the knee, against its budget) and
+`daily.png` (stage 6's daily curve against the instance count). Each stage's knee and bottleneck
+come from the rules in loadtests/analysis.py, never from a hand-written label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from loadtests import analysis
+
+COST_PER_HOUR_USD: dict[int, float] = {
+    1: 0.1155,
+    2: 0.2731,
+    3: 0.7136,
+    4: 1.0560,
+    5: 1.3728,
+    6: 1.5144,
+    7: 1.6064,
+}
+"""What each stage's AWS stack costs by the hour at its minimum size (us-east-1 list prices),
+as infra/cost.py computes it from the stage catalog. Copied here because that module imports
+aws_cdk, which a load generator need not have; a test checks that the two agree."""
+
+PREDICTED_BOTTLENECK: dict[int, str] = {
+    1: "box",
+    2: "app",
+    3: "postgres",
+    4: "replica",
+    5: "app",
+    6: "app",
+    7: "postgres",
+}
+"""The component STAGES.md says saturates first at each stage, in the results' component names:
+stage 4's hot repeated reads land on the replica; at stages 5-6 a fixed fleet (the app) meets
+a changing curve; at stage 7 the single write primary."""
+
+CHARTS = ("throughput.png", "cpu-at-knee.png", "daily.png")
+
+
+class ResultError(ValueError):
+    """A per-stage result that cannot be read; the message names the file and the problem."""
+
+
+REQUIRED = ("stage", "name", "steps", "budgets", "p95_objective_ms")
+
+
+def load_results(folder: Path) -> list[dict[str, Any]]:
+    """Every `stage-<n>.json` in `folder`, by stage number."""
+    if not folder.is_dir():
+        raise ResultError(f"{folder} is not a folder of stage-<n>.json results")
+    results = []
+    for path in sorted(folder.glob("stage-*.json")):
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ResultError(f"{path}: not readable JSON ({exc})") from None
+        if not isinstance(result, dict):
+            raise ResultError(f"{path}: expected a JSON object")
+        missing = [key for key in REQUIRED if key not in result]
+        if missing and not result.get("missing"):
+            raise ResultError(f"{path}: lacks {', '.join(missing)}")
+        results.append(result)
+    if not results:
+        raise ResultError(f"{folder} holds no stage-<n>.json")
+    return sorted(results, key=lambda result: int(result["stage"]))
+
+
+def _cost(stage: int) -> str:
+    cost = COST_PER_HOUR_USD.get(stage)
+    return "" if cost is None else f"{cost:.2f}"
+
+
+def _figure(value: float | None, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def story(summaries: Sequence[analysis.StageSummary]) -> list[str]:
+    """Whether the figures tell the talk's story, in plain sentences: the knee rises from stage
+    2 to 5, and each stage's bottleneck is the one STAGES.md predicts."""
+    by_stage = {s.stage: s for s in summaries}
+    lines = []
+    ladder = [by_stage[n] for n in (2, 3, 4, 5) if n in by_stage]
+    for lower, upper in itertools.pairwise(ladder):
+        if lower.knee_rps is None or upper.knee_rps is None:
+            lines.append(
+                f"Stage {lower.stage} to {upper.stage}: not compared, "
+                "a knee is missing (see its note)."
+            )
+        elif upper.knee_rps > lower.knee_rps:
+            lines.append(
+                f"Stage {lower.stage} to {upper.stage}: the knee rises from "
+                f"{lower.knee_rps:.0f} to {upper.knee_rps:.0f} requests/s."
+            )
+        else:
+            lines.append(
+                f"Stage {lower.stage} to {upper.stage}: the knee does NOT rise "
+                f"({lower.knee_rps:.0f} to {upper.knee_rps:.0f} requests/s)."
+            )
+    for summary in summaries:
+        predicted = PREDICTED_BOTTLENECK.get(summary.stage)
+        if summary.bottleneck is None or predicted is None:
+            continue
+        found = summary.bottleneck.component
+        if found == predicted:
+            lines.append(
+                f"Stage {summary.stage}: the bottleneck is {found}, as STAGES.md predicts."
+            )
+        else:
+            lines.append(
+                f"Stage {summary.stage}: the bottleneck named is {found}, "
+                f"not {predicted} as STAGES.md predicts."
+            )
+    return lines
+
+
+def table(summaries: Sequence[analysis.StageSummary]) -> str:
+    """The report's one table, in Markdown."""
+    lines = [
+        "| # | stage | knee (requests/s) | users at knee | p95 at knee (ms) | bottleneck | "
+        "evidence | AWS $/hour |",
+        "|---|---|---:|---:|---:|---|---|---:|",
+    ]
+    for s in summaries:
+        neck = s.bottleneck
+        if neck is not None:
+            evidence = neck.evidence
+            component = neck.component
+        else:
+            evidence, component = s.note, "-"
+        if neck is not None and s.note:
+            evidence = f"{evidence} ({s.note})"
+        lines.append(
+            f"| {s.stage} | {s.name} | {_figure(s.knee_rps, '{:.0f}')} | "
+            f"{_figure(s.knee_users, '{:d}')} | {_figure(s.p95_at_knee_ms, '{:.0f}')} | "
+            f"{component} | {evidence.replace('|', '/')} | {_cost(s.stage)} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> str:
+    summaries = [analysis.summarise(result) for result in results]
+    objectives = sorted({float(r.get("p95_objective_ms") or 500.0) for r in results})
+    sources = sorted({str(r.get("source", "local")) for r in results})
+    parts = [
+        "# The stage ladder, measured",
+        "",
+        "Written by `python -m loadtests.report` from the per-stage results of one run "
+        f"(source: {', '.join(sources)}). The knee is the step with the highest throughput "
+        f"whose p95 stays under {' / '.join(f'{o:g}' for o in objectives)} ms with under 1 % "
+        "errors; the bottleneck is the component whose CPU used over its budget is highest at "
+        f"the knee, and none when no component reaches {analysis.SATURATED:.0%} of its budget "
+        "(the limit is then the load generator, or latency: locks, pools, waits). "
+        "AWS $/hour: the stage's stack at its minimum size (infra/cost.py).",
+        "",
+        table(summaries),
+        "",
+    ]
+    told = story(summaries)
+    if told:
+        parts += ["## Does it tell the talk's story?", "", *[f"- {line}" for line in told], ""]
+    notes = [s for s in summaries if s.note]
+    if notes:
+        parts += ["## Notes", "", *[f"- Stage {s.stage} ({s.name}): {s.note}." for s in notes], ""]
+    titles = {
+        "throughput.png": "Throughput and p95 against users, every stage",
+        "cpu-at-knee.png": "CPU per component at the knee, against its budget",
+        "daily.png": "Stage 6: the daily curve against the instance count",
+    }
+    for chart in charts:
+        parts += [
+            f"## {titles.get(chart, chart)}",
+            "",
+            f"![{titles.get(chart, chart)}]({chart})",
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def _plot_throughput(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results if r.get("steps") and not r.get("missing")]
+    if not runs:
+        return False
+    figure, (rps_axis, p95_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for result in runs:
+        steps = result["steps"]
+        label = f"{result['stage']} {result['name']}"
+        users = [int(step["users"]) for step in steps]
+        (line,) = rps_axis.plot(users, [float(s["rps"]) for s in steps], marker="o", label=label)
+        p95_axis.plot(users, [float(s["p95_ms"]) for s in steps], marker="o", label=label)
+        at = analysis.knee(steps, p95_ms=float(result.get("p95_objective_ms") or 500.0))
+        if at is not None:
+            rps_axis.plot(
+                [users[at]], [float(steps[at]["rps"])], marker="*", markersize=16,
+                color=line.get_color(), markeredgecolor="black",
+            )  # fmt: skip
+    for objective in sorted({float(r.get("p95_objective_ms") or 500.0) for r in runs}):
+        p95_axis.axhline(objective, color="grey", linestyle="--", linewidth=1)
+    rps_axis.set(xlabel="users", ylabel="requests/s", title="Throughput (star: the knee)")
+    p95_axis.set(xlabel="users", ylabel="p95 (ms)", title="p95 latency (dashed: objective)")
+    p95_axis.set_yscale("log")
+    rps_axis.legend(fontsize="small")
+    for axis in (rps_axis, p95_axis):
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def _plot_cpu(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for result in results:
+        steps = result.get("steps") or []
+        at = analysis.knee(steps, p95_ms=float(result.get("p95_objective_ms") or 500.0))
+        if at is None or result.get("missing"):
+            continue
+        shares = analysis.utilisations(steps[at], result.get("budgets") or {})
+        if shares:
+            rows.append((f"{result['stage']} {result['name']}", shares))
+    if not rows:
+        return False
+    components = sorted({name for _, shares in rows for name in shares})
+    width = 0.8 / len(components)
+    figure, axis = plt.subplots(figsize=(12, 4.5))
+    for index, component in enumerate(components):
+        xs = [i + index * width for i in range(len(rows))]
+        axis.bar(
+            xs, [100 * shares.get(component, 0.0) for _, shares in rows], width, label=component
+        )
+    axis.axhline(100 * analysis.SATURATED, color="red", linestyle="--", linewidth=1)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [label for label, _ in rows])
+    axis.set(ylabel="CPU used, % of budget", title="CPU per component at the knee (dashed: 85 %)")
+    axis.legend(fontsize="small", ncol=min(len(components), 5))
+    axis.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def _plot_daily(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    daily = next((r.get("daily") for r in results if int(r["stage"]) == 6 and r.get("daily")), None)
+    if not daily:
+        return False
+    ts = [float(point["t_s"]) for point in daily]
+    figure, load_axis = plt.subplots(figsize=(12, 4.5))
+    load_axis.plot(ts, [int(p["users"]) for p in daily], label="users", color="tab:blue")
+    load_axis.plot(ts, [float(p["rps"]) for p in daily], label="requests/s", color="tab:green")
+    load_axis.set(xlabel="seconds into the compressed day", ylabel="users, requests/s")
+    instances_axis = load_axis.twinx()
+    instances_axis.step(
+        ts, [int(p["instances"]) for p in daily], where="post", color="tab:red", label="instances"
+    )
+    instances_axis.set_ylabel("app instances")
+    instances_axis.set_ylim(bottom=0)
+    handles = load_axis.get_legend_handles_labels()
+    more = instances_axis.get_legend_handles_labels()
+    load_axis.legend(handles[0] + more[0], handles[1] + more[1], fontsize="small")
+    load_axis.set_title("Stage 6: the daily curve and the fleet that follows it")
+    load_axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def write_report(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
+    """Write README.md and the charts that have data into `out`; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    charts = []
+    for name, plot in zip(CHARTS, (_plot_throughput, _plot_cpu, _plot_daily), strict=True):
+        if plot(results, out / name):
+            charts.append(name)
+            written.append(out / name)
+        else:
+            (out / name).unlink(missing_ok=True)  # no stale chart from an earlier run
+    readme = out / "README.md"
+    readme.write_text(markdown(results, charts=charts) + "\n", encoding="utf-8")
+    return [readme, *written]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.report", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("results", type=Path, help="folder of stage-<n>.json (ladder-results)")
+    parser.add_argument("out", type=Path, help="folder to write README.md and the charts into")
+    args = parser.parse_args(argv)
+    try:
+        results = load_results(args.results)
+    except ResultError as exc:
+        print(f"python -m loadtests.report: {exc}", file=sys.stderr)
+        return 2
+    for path in write_report(results, args.out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The knee and bottleneck rules on a recorded run (tests/loadtests/data: three stages made from
+a real short step run against a served shop, with CPU figures set by hand) and their edges."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtests import analysis
+
+DATA = Path(__file__).parent / "data"
+
+
+def recorded(stage: int) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((DATA / f"stage-{stage}.json").read_text())
+    return result
+
+
+def step(**overrides: Any) -> dict[str, Any]:
+    base = {"users": 10, "requests": 1000, "failures": 0, "rps": 100.0, "p95_ms": 100.0}
+    return base | overrides
+
+
+def test_percentiles_come_from_the_histogram_of_the_window() -> None:
+    histogram = {10: 50, 20: 40, 100: 9, 900: 1}
+    assert analysis.percentile(histogram, 0.5) == 10
+    assert analysis.percentile(histogram, 0.95) == 100
+    assert analysis.percentile(histogram, 0.999) == 900
+    assert analysis.percentile({}, 0.95) == 0.0
+    later, earlier = {10: 60, 20: 40, 30: 5}, {10: 50, 20: 40}
+    assert analysis.histogram_delta(later, earlier) == {10: 10, 30: 5}
+
+
+def test_the_knee_is_the_busiest_step_within_the_objective() -> None:
+    steps = recorded(2)["steps"]
+    at = analysis.knee(steps, p95_ms=500)
+    assert at == 2  # steps 3 and 4 serve as much or more, but over 500 ms at p95
+    assert steps[at]["p95_ms"] < 500
+    assert analysis.knee(steps, p95_ms=1000) == 3  # a looser objective moves the knee up
+
+
+def test_a_step_with_over_one_percent_errors_is_never_the_knee() -> None:
+    steps = recorded(4)["steps"]
+    last = steps[-1]
+    assert last["p95_ms"] < 500 and last["rps"] > steps[3]["rps"]
+    assert last["failures"] / last["requests"] > 0.01
+    assert analysis.knee(steps, p95_ms=500) == 3
+    assert analysis.knee([step(failures=9)], p95_ms=500) == 0  # 0.9 %: within
+    assert analysis.knee([step(failures=10)], p95_ms=500) is None  # 1 %: not under 1 %
+
+
+def test_no_knee_when_no_step_meets_the_objective() -> None:
+    assert analysis.knee([step(p95_ms=800), step(p95_ms=1200)], p95_ms=500) is None
+    assert analysis.knee([step(requests=0, rps=0.0, p95_ms=0.0)], p95_ms=500) is None
+    assert analysis.knee([], p95_ms=500) is None
+    result = recorded(2) | {"p95_objective_ms": 50.0}
+    summary = analysis.summarise(result)
+    assert summary.knee_rps is None and summary.bottleneck is None
+    assert "no step met p95 < 50 ms" in summary.note
+
+
+def test_each_recorded_stage_names_the_component_that_reached_its_budget() -> None:
+    named = {}
+    for stage in (2, 3, 4):
+        summary = analysis.summarise(recorded(stage))
+        assert summary.bottleneck is not None
+        named[stage] = summary.bottleneck.component
+        assert summary.bottleneck.utilisation >= analysis.SATURATED
+    assert named == {2: "app", 3: "postgres", 4: "replica"}
+    evidence = analysis.summarise(recorded(3)).bottleneck.evidence  # type: ignore[union-attr]
+    assert evidence.startswith("postgres 0.46 of 0.5 CPU (92%)")
+    assert "pool wait 6.5 ms" in evidence
+
+
+def test_below_85_percent_of_every_budget_nothing_is_named() -> None:
+    found = analysis.bottleneck(
+        {"cpu": {"app": 0.7, "postgres": 0.2}}, {"app": 1.0, "postgres": 0.5}
+    )
+    assert found.component == analysis.NO_BOTTLENECK
+    assert found.utilisation == pytest.approx(0.7)
+    assert "highest: app 0.70 of 1 CPU (70%)" in found.evidence
+    empty = analysis.bottleneck({"cpu": {}}, {"app": 1.0})
+    assert empty.component == analysis.NO_BOTTLENECK
+    # A component without a budget (or a zero one) is not judged against one.
+    assert analysis.bottleneck({"cpu": {"moto": 3.0}}, {"moto": 0.0}).utilisation == 0.0
+
+
+def test_the_bottleneck_is_judged_by_share_of_budget_not_by_cpu_used() -> None:
+    found = analysis.bottleneck({"cpu": {"app": 1.8, "nginx": 0.24}}, {"app": 2.0, "nginx": 0.25})
+    assert found.component == "nginx"  # 96 % of its budget against the app's 90 %
+
+
+def test_the_summary_says_when_budgets_were_not_enforced_or_a_stage_did_not_run() -> None:
+    loose = copy.deepcopy(recorded(3)) | {"budgets_enforced": False}
+    assert "CPU budgets not enforced" in analysis.summarise(loose).note
+    missing = {"stage": 5, "name": "cache-cdn", "missing": "no carts table yet", "steps": []}
+    summary = analysis.summarise(missing)
+    assert summary.knee_rps is None and summary.note == "not run: no carts table yet"
+    broken = copy.deepcopy(recorded(3))
+    broken["invariants"] = {"ok": False, "checks": {"stock_never_negative": {"ok": False}}}
+    assert "invariants violated: stock_never_negative" in analysis.summarise(broken).note
+    busy_generator = copy.deepcopy(recorded(3)) | {"loadgen_cpu": 0.97}
+    assert "load generator used 0.97" in analysis.summarise(busy_generator).note

@@ -1,0 +1,137 @@
+"""The ladder report renders the table and the charts a reader sees, from recorded results."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtests import report
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[2]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def results() -> list[dict[str, Any]]:
+    return report.load_results(DATA)
+
+
+def daily_stage() -> dict[str, Any]:
+    """A stage-6 result with a compressed day: the fleet grows with the peak and shrinks."""
+    points = []
+    for i in range(30):
+        users = 6 + int(54 * max(0.0, 1 - abs(i - 21) / 9))
+        instances = 2 if users < 30 else 3 if users < 50 else 4
+        points.append(
+            {"t_s": 10.0 * i, "users": users, "instances": instances, "rps": users * 1.9,
+             "p95_ms": 180.0 + 4 * users}
+        )  # fmt: skip
+    stage6: dict[str, Any] = json.loads((DATA / "stage-4.json").read_text())
+    return stage6 | {"stage": 6, "name": "auto-scaling", "daily": points}
+
+
+def assert_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert width >= 600 and height >= 300
+
+
+def test_the_report_has_one_row_per_stage_with_its_knee_bottleneck_and_cost(
+    tmp_path: Path,
+) -> None:
+    written = report.write_report(results(), tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert tmp_path / "README.md" in written
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0].startswith("| # | stage | knee (requests/s)")
+    assert rows[1].startswith("| 2 | separate-db | 60 | 18 | 380 | app | app 0.47 of 0.5 CPU")
+    assert rows[2].startswith("| 3 | horizontal | 95 | 24 | 420 | postgres | postgres 0.46")
+    assert rows[3].startswith("| 4 | read-replicas | 100 | 24 | 260 | replica | replica 0.45")
+    assert rows[1].endswith("| 0.27 |") and rows[3].endswith("| 1.06 |")
+    assert "Stage 2 to 3: the knee rises from 60 to 95 requests/s." in text
+    assert "Stage 4: the bottleneck is replica, as STAGES.md predicts." in text
+    assert "![Throughput and p95 against users, every stage](throughput.png)" in text
+
+
+def test_the_charts_are_real_images_and_the_daily_one_needs_stage_6(tmp_path: Path) -> None:
+    report.write_report(results(), tmp_path)
+    assert_png(tmp_path / "throughput.png")
+    assert_png(tmp_path / "cpu-at-knee.png")
+    assert not (tmp_path / "daily.png").exists()
+
+    report.write_report([*results(), daily_stage()], tmp_path)
+    assert_png(tmp_path / "daily.png")
+    assert "(daily.png)" in (tmp_path / "README.md").read_text()
+
+
+def test_a_stage_that_could_not_run_says_why_and_the_story_says_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    missing = {"stage": 5, "name": "cache-cdn", "missing": "the CDN stand-in is not built yet"}
+    report.write_report([*results(), missing], tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "| 5 | cache-cdn | - | - | - | - | not run: the CDN stand-in is not built yet |" in text
+    assert "Stage 4 to 5: not compared, a knee is missing" in text
+
+
+def test_a_knee_that_does_not_rise_is_said_plainly(tmp_path: Path) -> None:
+    flat = results()
+    flat[1]["steps"] = flat[0]["steps"]  # stage 3 measured no better than stage 2
+    report.write_report(flat, tmp_path)
+    assert (
+        "Stage 2 to 3: the knee does NOT rise (60 to 60 requests/s)."
+        in (tmp_path / "README.md").read_text()
+    )
+
+
+def test_bad_results_get_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "stage-3.json").write_text("{not json")
+    for folder, message in (
+        (tmp_path / "nowhere", "is not a folder"),
+        (empty, "holds no stage-<n>.json"),
+        (tmp_path / "broken", "stage-3.json: not readable JSON"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "loadtests.report", str(folder), str(tmp_path / "out")],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 2 and message in run.stderr
+        assert "Traceback" not in run.stderr
+
+
+def test_the_cli_writes_the_report_where_it_is_told(tmp_path: Path) -> None:
+    source = tmp_path / "ladder-results"
+    shutil.copytree(DATA, source)
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtests.report", str(source), str(tmp_path / "docs")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert {p.name for p in (tmp_path / "docs").iterdir()} == {
+        "README.md",
+        "throughput.png",
+        "cpu-at-knee.png",
+    }
+
+
+@pytest.mark.skipif(importlib.util.find_spec("aws_cdk") is None, reason="needs the infra extra")
+def test_the_cost_per_hour_is_the_infra_catalogs() -> None:
+    sys.path.insert(0, str(ROOT / "infra"))
+    try:
+        import cost  # infra/cost.py: imports aws_cdk, hence the copy in loadtests/report.py
+    finally:
+        sys.path.remove(str(ROOT / "infra"))
+    catalog = {stage.number: round(cost.hourly(stage), 4) for stage in cost.STAGES}
+    assert catalog == report.COST_PER_HOUR_USD

@@ -1,0 +1,75 @@
+"""The load shapes drive and measure the windows their docstrings promise, from their knobs."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtests import shapes
+
+
+def test_the_step_ramp_adds_users_per_step_and_skips_each_steps_ramp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOP_LOAD_STEP_USERS", "5")
+    monkeypatch.setenv("SHOP_LOAD_STEP_S", "10")
+    monkeypatch.setenv("SHOP_LOAD_STEPS", "3")
+    ramp = shapes.StepRamp()
+    assert [ramp.users_at(t) for t in (0, 9.9, 10, 25, 29.9)] == [5, 5, 10, 15, 15]
+    assert ramp.users_at(30) is None  # the run ends after the last step
+    assert ramp.window_at(12) == shapes.Window(1, 10, 13.0, 20.0)
+
+
+def test_the_step_ramps_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SHOP_LOAD_STEP_USERS", "SHOP_LOAD_STEP_S", "SHOP_LOAD_STEPS"):
+        monkeypatch.delenv(name, raising=False)
+    ramp = shapes.StepRamp()
+    assert (ramp.step_users, ramp.step_s, ramp.steps, ramp.spawn_rate) == (10, 20.0, 8, 50.0)
+    assert ramp.users_at(159) == 80 and ramp.users_at(160) is None
+
+
+def test_the_daily_curve_has_a_night_a_peak_and_an_evening(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOP_LOAD_DAILY_PEAK_USERS", "100")
+    monkeypatch.setenv("SHOP_LOAD_DAILY_S", "200")
+    day = shapes.DailyCurve()
+    users = [day.users_at(t) or 0 for t in range(0, 200, 2)]
+    assert max(users) == 100 and users.index(100) == 70  # the peak at 70 % of the day
+    assert day.users_at(40) == 5  # small hours
+    assert day.users_at(180) == 45  # evening
+    assert day.users_at(200) is None
+    assert day.window_at(35) == shapes.Window(3, day.users_at(35), 30.0, 40.0)
+
+
+def test_the_spike_multiplies_the_users_then_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_LOAD_STEP_USERS", "4")
+    monkeypatch.setenv("SHOP_LOAD_STEP_S", "10")
+    spike = shapes.Spike()
+    assert [spike.users_at(t) for t in (5, 15, 25, 30)] == [4, 40, 4, None]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SHOP_LOAD_STEP_USERS", "ten", "is not a number"),
+        ("SHOP_LOAD_STEP_USERS", "0", "must be at least 1"),
+        ("SHOP_LOAD_STEPS", "2.5", "must be a whole number"),
+        ("SHOP_LOAD_STEP_S", "2", "must be at least 4"),
+        ("SHOP_LOAD_SPAWN_RATE", "nan", "must be at least"),
+    ],
+)
+def test_a_bad_knob_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name) as refused:
+        shapes.StepRamp()
+    assert message in str(refused.value)
+
+
+def test_the_shape_is_chosen_by_name() -> None:
+    assert shapes.chosen(None) is None and shapes.chosen(" ") is None
+    assert shapes.chosen("Step") is shapes.StepRamp
+    assert shapes.chosen("daily") is shapes.DailyCurve
+    with pytest.raises(ValueError, match="use one of step, daily, spike"):
+        shapes.chosen("ramp")
