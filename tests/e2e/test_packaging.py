@@ -40,6 +40,9 @@ def test_the_wheel_carries_the_migrations(tmp_path: Path) -> None:
     assert "app/migrations/env.py" in names
     assert "app/migrations/script.py.mako" in names
     assert any(n.startswith("app/migrations/versions/0001_") for n in names)
+    # The storefront's templates and stylesheet: an installed shop renders its pages.
+    assert "app/storefront/templates/base.html" in names
+    assert "app/static/css/storefront.css" in names
     assert not any(n.startswith(("tests/", "infra/", "loadtests/")) for n in names)
 
 
