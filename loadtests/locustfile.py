@@ -158,7 +158,7 @@ class Visitor(FastHttpUser):
     """Browses, searches and opens products without signing in; loads the storefront's pages
     and their static files when the shop has a storefront."""
 
-    weight = 1
+    weight = 2
     wait_time = _think()
 
     def on_start(self) -> None:
@@ -208,7 +208,7 @@ class Customer(FastHttpUser):
     """Signs up and in, fills a cart and checks it out, places orders directly, reads its
     orders and their tracking, and sometimes cancels one."""
 
-    weight = 1
+    weight = 3  # with the visitors: about 70 % reads, 30 % writes
     wait_time = _think()
 
     def on_start(self) -> None:
