@@ -410,7 +410,10 @@ class StepRecorder:
 
     def run_time(self) -> float:
         shape = self.shape()
-        return shape.get_run_time() if shape is not None else time.perf_counter() - self.started
+        if shape is None:
+            return time.perf_counter() - self.started
+        run_time: float = shape.get_run_time()  # type: ignore[attr-defined]  # Locust's side
+        return run_time
 
     def window_now(self) -> shapes.Window | None:
         shape = self.shape()

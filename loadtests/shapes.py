@@ -144,12 +144,14 @@ class DailyCurve(MeasuredShape):
         return None  # pragma: no cover - the phases cover [0, 1]
 
     def window_at(self, run_time_s: float) -> Window | None:
-        users = self.users_at(run_time_s)
-        if users is None:
+        """The 10-s slice `run_time_s` falls in, with the users the curve asks for at its
+        middle (the curve moves within a slice)."""
+        if self.users_at(run_time_s) is None:
             return None
         index = int(run_time_s // DAILY_SLICE_S)
         start = index * DAILY_SLICE_S
-        return Window(index, users, start, min(start + DAILY_SLICE_S, self.day_s))
+        end = min(start + DAILY_SLICE_S, self.day_s)
+        return Window(index, self.users_at((start + end) / 2) or 1, start, end)
 
 
 class Spike(MeasuredShape):
