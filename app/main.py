@@ -122,6 +122,8 @@ async def open_resources(settings: Settings) -> Resources:
             ttl_s=settings.cache_stock_staleness_s,
             timeout_s=settings.cache_timeout_ms / 1000,
             backoff_s=settings.cache_backoff_s,
+            local_s=settings.cache_local_copy_s,
+            local_entries=settings.cache_local_entries,
         )
         if resolved.redis_url
         else None

@@ -21,6 +21,14 @@ Guarantees:
   WAL position after its commit), and every fill is handed the highest one, so that it reads
   from a server that has the write (a replica that lags would refill the cache with the old
   answer, under the new generation).
+- An optional in-process layer in front of Redis (`local_s` > 0) keeps each answer at most
+  `local_s` seconds, under the same versioned key. A writer PUBLISHes every new generation in
+  the same script as its INCR; every process listens, and a heard generation makes the older
+  copies unreachable at once. The layer is used only while that subscription is up and the
+  breaker closed, never for a request that carries a position of its own write (stage 4's
+  read-your-writes token), and never for what changed while the process was not listening
+  (it starts empty at each (re)subscription). Redis keeps entries `ttl_s - local_s`, so an
+  answer's age stays within `ttl_s` whichever layer serves it.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,6 +48,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.core.observability import CACHE, timed
+from app.core.replicas import current_position
 
 log = logging.getLogger("shop.cache")
 
@@ -56,6 +66,7 @@ if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[2]) or '0') then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. number)
 return number
 """
 GENERATION_TTL_S = 7 * 24 * 3600
@@ -78,6 +89,8 @@ class CacheStats:
 
     hits: int = 0
     misses: int = 0
+    local_hits: int = 0
+    """Hits answered by the in-process layer, without a round trip (also counted in hits)."""
     refills: int = 0
     """Fills actually run (one per cold key per process, however many requests wanted it)."""
     coalesced: int = 0
@@ -119,10 +132,24 @@ class Cache:
         ttl_s: float,
         timeout_s: float = 0.05,
         backoff_s: float = 2.0,
+        local_s: float = 0.0,
+        local_entries: int = 10_000,
+        subscriber: Redis | None = None,
     ) -> None:
         if ttl_s >= GENERATION_TTL_S:
             raise ValueError(f"entries must live less than a generation ({GENERATION_TTL_S} s)")
+        if local_s and (subscriber is None or local_s >= ttl_s):
+            raise ValueError("an in-process layer needs a subscriber and local_s < ttl_s")
         self._redis = redis
+        self.local_s = local_s
+        self._local_entries = local_entries
+        self._local: dict[str, tuple[float, bytes]] = {}
+        self._subscriber = subscriber
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = False
+        self._heard = 0
+        """Generations heard (and resubscriptions): a look-up that saw it change meanwhile
+        may have read an older generation, and leaves the in-process layer alone."""
         self._prefix = f"shop:{namespace}:"
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
@@ -137,16 +164,33 @@ class Cache:
 
     @classmethod
     def from_url(
-        cls, url: str, *, namespace: str, ttl_s: float, timeout_s: float, backoff_s: float
+        cls,
+        url: str,
+        *,
+        namespace: str,
+        ttl_s: float,
+        timeout_s: float,
+        backoff_s: float,
+        local_s: float = 0.0,
+        local_entries: int = 10_000,
     ) -> Cache:
         """A cache with a client of its own (see `bounded_client`): the breaker, not the
-        client, decides when to try again."""
+        client, decides when to try again. With `local_s`, a second connection listens for
+        new generations (it waits on the server without a timeout: idle is its normal state)."""
+        subscriber = (
+            Redis.from_url(url, socket_connect_timeout=max(timeout_s, 1.0), socket_keepalive=True)
+            if local_s
+            else None
+        )
         return cls(
             bounded_client(url, timeout_s=timeout_s),
             namespace=namespace,
             ttl_s=ttl_s,
             timeout_s=timeout_s,
             backoff_s=backoff_s,
+            local_s=local_s,
+            local_entries=local_entries,
+            subscriber=subscriber,
         )
 
     def key(self, *parts: object) -> str:
@@ -173,6 +217,8 @@ class Cache:
 
     def _trip(self, exc: BaseException) -> None:
         self.stats.failures += 1
+        # What this process holds may be invalidated while it cannot hear about it.
+        self._local.clear()
         if self._open:
             return
         self._open = True
@@ -214,8 +260,9 @@ class Cache:
             return None
 
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
-        """Store `value` for `ttl_s` (default: the cache's); False when Redis is unavailable."""
-        ttl_ms = max(1, int((ttl_s if ttl_s is not None else self.ttl_s) * 1000))
+        """Store `value` for `ttl_s` (default: the cache's, less what an in-process copy may
+        add); False when Redis is unavailable."""
+        ttl_ms = max(1, int(((ttl_s if ttl_s is not None else self.ttl_s) - self.local_s) * 1000))
         try:
             await self._call(lambda: self._redis.set(key, value, px=ttl_ms))
         except _Unavailable:
@@ -240,13 +287,16 @@ class Cache:
         return "ok"
 
     async def close(self) -> None:
-        if self._reconnecting is not None:
-            self._reconnecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reconnecting
+        for background in (self._reconnecting, self._listener):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         for task in list(self._inflight.values()):
             task.cancel()
         await self._redis.aclose()
+        if self._subscriber is not None:
+            await self._subscriber.aclose()
 
     # --- generations and read-through ---------------------------------------------------------
 
@@ -269,10 +319,83 @@ class Cache:
 
     async def _announce(self, generation: str, not_before: int) -> int:
         keys = (self.key(generation), self.key(generation, "not-before"))
+        self._heard += 1
+        self._local.clear()  # this process's own write: at once, whatever the subscription does
         number = await self._redis.eval(
-            _NEW_GENERATION, 2, *keys, str(not_before), str(GENERATION_TTL_S)
+            _NEW_GENERATION,
+            2,
+            *keys,
+            str(not_before),
+            str(GENERATION_TTL_S),
+            self._channel,
+            generation,
         )
+        # Until its own message comes back, nothing read before the INCR may be kept.
+        self._heard += 1
+        self._local.clear()
         return int(number)
+
+    # --- the in-process layer -------------------------------------------------------------------
+
+    @property
+    def listening(self) -> bool:
+        """True while this process hears new generations (the in-process layer may serve)."""
+        return self._listening
+
+    @property
+    def _channel(self) -> str:
+        return self.key("generations")
+
+    def _local_usable(self) -> bool:
+        """Whether this request may be answered from (and fill) the in-process layer."""
+        if not self.local_s:
+            return False
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        if not self._listening or self._open:
+            return False
+        position = current_position()
+        return position is None or position.not_before <= 0
+
+    def _remember(self, name: str, value: bytes, heard: int) -> None:
+        if heard != self._heard:
+            return  # a generation was announced meanwhile: `name` may be an old one
+        if len(self._local) >= self._local_entries:
+            now = time.monotonic()
+            for stale in [k for k, (until, _) in self._local.items() if until <= now]:
+                del self._local[stale]
+            while len(self._local) >= self._local_entries:
+                del self._local[next(iter(self._local))]
+        self._local[name] = (time.monotonic() + self.local_s, value)
+
+    async def _listen(self) -> None:
+        """Hear every new generation of the fleet; resubscribe after a failure."""
+        assert self._subscriber is not None
+        while True:
+            pubsub = self._subscriber.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                async for message in pubsub.listen():
+                    if message["type"] == "subscribe":
+                        # What changed while nobody listened is unknown: start empty.
+                        self._local.clear()
+                        self._generations.clear()
+                        self._heard += 1
+                        self._listening = True
+                    elif message["type"] == "message":
+                        text = (_bytes(message["data"]) or b"").decode()
+                        generation, _, number = text.rpartition(" ")
+                        self._heard += 1
+                        self._generations[generation] = int(number)
+                        self._local.clear()
+            except _FAILURES:
+                pass
+            finally:
+                self._listening = False
+                self._local.clear()
+                with contextlib.suppress(*_FAILURES):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(self.backoff_s)
 
     async def _lookup(
         self, generation: str, key: Callable[[int], str]
@@ -280,12 +403,14 @@ class Cache:
         """The current generation, its position and the value at it: one round trip when this
         process already knows the generation (the usual case), two right after a write."""
         known = self._generations.get(generation, -1)
+        heard = self._heard
         names = [self.key(generation), self.key(generation, "not-before"), key(known)]
         raw, position, value = await self._call(lambda: self._redis.mget(names))
         current = int(raw or 0)
         if current != known:
             value = await self._call(lambda: self._redis.get(key(current)))
-        self._generations[generation] = current
+        if heard == self._heard:  # else a newer one was heard while this one travelled
+            self._generations[generation] = current
         return current, int(position or 0), _bytes(value)
 
     async def read_through(
@@ -303,18 +428,31 @@ class Cache:
         (a NotFound, say) reaches every request that waited for it, and nothing is stored.
         When Redis is unavailable `fill(0)` runs for each request, as if there were no cache.
         """
+        local = self._local_usable()
+        if local:
+            known = self._generations.get(generation)
+            if known is not None:
+                entry = self._local.get(self.key(*key(known)))
+                if entry is not None and entry[0] > time.monotonic():
+                    self.stats.hits += 1
+                    self.stats.local_hits += 1
+                    CACHE.labels("hit").inc()
+                    return entry[1]
+        heard = self._heard
         try:
             number, not_before, value = await self._lookup(generation, lambda n: self.key(*key(n)))
         except _Unavailable:
             CACHE.labels("error").inc()  # failed now, or skipped while the breaker is open
             return await fill(0)
+        name = self.key(*key(number))
         if value is not None:
             self.stats.hits += 1
             CACHE.labels("hit").inc()
+            if local:
+                self._remember(name, value, heard)
             return value
         self.stats.misses += 1
         CACHE.labels("miss").inc()
-        name = self.key(*key(number))
 
         async def refill() -> bytes:
             self.stats.refills += 1
@@ -322,7 +460,10 @@ class Cache:
             await self.set(name, body, ttl_s=ttl_s)
             return body
 
-        return await self.single_flight(name, refill)
+        body = await self.single_flight(name, refill)
+        if local:
+            self._remember(name, body, heard)
+        return body
 
     async def single_flight(self, name: str, fill: Callable[[], Awaitable[T]]) -> T:
         """`fill()`, run once for every caller asking for `name` while it runs.

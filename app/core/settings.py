@@ -134,6 +134,19 @@ class Settings(BaseSettings):
         "catalog changes are visible at once (they invalidate); stock taken by orders is not "
         "invalidated, so the stock a visitor sees is at most this many seconds old.",
     )
+    cache_local_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="Seconds a process keeps a cached catalog answer in its own memory, in front "
+        "of Redis (0: off). A change is heard at once over Redis pub/sub and drops those copies "
+        "fleet-wide; the layer is off while that subscription or Redis is down, and for a "
+        "request carrying its own write's position. At most half of "
+        "cache_stock_staleness_s is used: that bound still holds for the stock a visitor sees.",
+    )
+    cache_local_entries: int = Field(
+        10_000, ge=1, le=1_000_000, description="Most answers one process keeps in memory."
+    )
     cache_timeout_ms: int = Field(
         50,
         ge=1,
@@ -352,6 +365,11 @@ class Settings(BaseSettings):
                 "SHOP_CART_TTL_DAYS must be longer than SHOP_IDEMPOTENCY_TTL_H (in days)"
             )
         return self
+
+    @property
+    def cache_local_copy_s(self) -> float:
+        """The in-process layer's time to live: cache_local_s within half the staleness bound."""
+        return min(self.cache_local_s, self.cache_stock_staleness_s / 2)
 
     @property
     def is_embedded(self) -> bool:

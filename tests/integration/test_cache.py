@@ -98,8 +98,9 @@ async def product_keys(redis: Redis, cache: Cache, product_id: int) -> list[byte
     return [k async for k in redis.scan_iter(cache.key("catalog", "*", "product", product_id))]
 
 
-async def keyspace_hits(redis: Redis) -> int:
-    return int((await redis.info("stats"))["keyspace_hits"])
+async def mget_calls(redis: Redis) -> int:
+    """MGETs the server has answered: one per cached read that went to Redis."""
+    return int((await redis.info("commandstats")).get("cmdstat_mget", {}).get("calls", 0))
 
 
 async def set_calls(redis: Redis) -> int:
@@ -320,6 +321,135 @@ async def test_an_invalidation_that_failed_is_sent_when_redis_answers_again(
         await writer.close()
 
 
+# --- the in-process layer in front of Redis ---------------------------------------------------
+
+
+async def test_a_hot_product_is_answered_from_process_memory_without_a_round_trip(
+    database_url: str, resources: Resources, redis_server: RedisServer
+) -> None:
+    product = await make_product(resources, price_cents=1200)
+    redis = Redis.from_url(redis_server.url)
+    async with shop(database_url, redis_url=redis_server.url) as c:
+        cache: Cache = c.cache  # type: ignore[attr-defined]
+        await listening(c, product.id)
+        before = await mget_calls(redis)
+        for _ in range(20):
+            assert (await c.get(f"/products/{product.id}")).json()["price_cents"] == 1200
+        assert await mget_calls(redis) == before  # not one of them asked Redis
+        assert cache.stats.local_hits >= 20
+        # Redis keeps the entry for the staleness bound less what a copy in memory may add.
+        (key,) = await product_keys(redis, cache, product.id)
+        assert 0 < await redis.pttl(key) <= (5.0 - 1.0) * 1000
+    await redis.aclose()
+
+
+async def test_a_price_changed_by_another_process_drops_this_process_copy_at_once(
+    database_url: str, resources: Resources, redis_server: RedisServer, admin: User
+) -> None:
+    """Two processes of one fleet: the copy one keeps in memory dies when the other writes,
+    long before its time to live (30 s here)."""
+    product = await make_product(resources, price_cents=1000)
+    settings = {"redis_url": redis_server.url, "cache_local_s": 30, "cache_stock_staleness_s": 60}
+    async with shop(database_url, **settings) as reader, shop(database_url, **settings) as writer:
+        await listening(reader, product.id)
+        await listening(writer, product.id)
+        changed = await writer.put(
+            f"/admin/products/{product.id}/price",
+            headers=admin.headers,
+            json={"price_cents": 800},
+        )
+        assert changed.status_code == 200
+        seen = []
+        deadline = time.monotonic() + 0.5  # a pub/sub message on one machine: well under 1 ms
+        while time.monotonic() < deadline:
+            seen.append((await reader.get(f"/products/{product.id}")).json()["price_cents"])
+            if seen[-1] == 800:
+                break
+            await asyncio.sleep(0.001)
+        assert seen[-1] == 800, seen
+        assert (await reader.get("/products?limit=100")).json()["items"][0]["price_cents"] == 800
+
+
+async def test_without_its_subscription_a_process_keeps_nothing_in_memory(
+    database_url: str, resources: Resources, redis_server: RedisServer, admin: User
+) -> None:
+    """A process that cannot hear new generations must not trust its copies: reads go to
+    Redis until it has subscribed again, and a change made meanwhile is seen at once."""
+    product = await make_product(resources, price_cents=1000)
+    redis = Redis.from_url(redis_server.url)
+    async with (
+        shop(database_url, redis_url=redis_server.url, cache_backoff_s=2) as reader,
+        shop(database_url, redis_url=redis_server.url) as writer,
+    ):
+        cache: Cache = reader.cache  # type: ignore[attr-defined]
+        await listening(reader, product.id)
+        await listening(writer, product.id)
+        killed = await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        assert killed == 2
+
+        async def deaf() -> bool:
+            return not cache.listening
+
+        await wait_until(deaf)
+        # A write the reader cannot hear about.
+        changed = await writer.put(
+            f"/admin/products/{product.id}/price", headers=admin.headers, json={"price_cents": 700}
+        )
+        assert changed.status_code == 200
+        local = cache.stats.local_hits
+        before = await mget_calls(redis)
+        for _ in range(5):
+            assert (await reader.get(f"/products/{product.id}")).json()["price_cents"] == 700
+        assert cache.stats.local_hits == local
+        assert await mget_calls(redis) >= before + 5
+
+        await listening(reader, product.id)  # subscribed again: memory serves once more
+    await redis.aclose()
+
+
+async def test_a_request_carrying_its_own_write_position_skips_the_memory_copy() -> None:
+    """Read-your-writes (stage 4): a customer whose token says "after my write" is answered
+    from Redis or the database, never from a copy this process took before hearing of it."""
+    from app.core.replicas import client_position
+
+    namespace = f"position-{time.time_ns()}"
+    cache = Cache.from_url(
+        REDIS_URL, namespace=namespace, ttl_s=5, timeout_s=1, backoff_s=1, local_s=1
+    )
+
+    async def fill(_not_before: int) -> bytes:
+        return b"answer"
+
+    def key(generation: int) -> tuple[object, ...]:
+        return ("generation", generation, "product", 1)
+
+    try:
+        for _ in range(50):
+            await cache.read_through(generation="g", key=key, fill=fill)
+            if cache.stats.local_hits:
+                break
+            await asyncio.sleep(0.02)
+        assert cache.stats.local_hits, "the layer never started"
+        local = cache.stats.local_hits
+        with client_position(42):
+            assert await cache.read_through(generation="g", key=key, fill=fill) == b"answer"
+        assert cache.stats.local_hits == local
+    finally:
+        await cache.close()
+
+
+async def listening(c: httpx.AsyncClient, product_id: int) -> None:
+    """Read until the process answers from memory: its subscription is up and it has a copy."""
+    cache: Cache = c.cache  # type: ignore[attr-defined]
+
+    async def from_memory() -> bool:
+        before = cache.stats.local_hits
+        assert (await c.get(f"/products/{product_id}")).status_code == 200
+        return cache.stats.local_hits > before
+
+    await wait_until(from_memory)
+
+
 # --- no stampede ---------------------------------------------------------------------------------
 
 
@@ -411,11 +541,11 @@ async def test_redis_stopped_mid_loop_costs_no_request_and_fills_again_once_rest
         assert cache.available
 
         redis = Redis.from_url(redis_server.url)
-        hits = await keyspace_hits(redis)
+        hits = cache.stats.hits
         assert (await c.get(f"/products/{product.id}")).status_code == 200  # fills
         assert await product_keys(redis, cache, product.id)
         assert (await c.get(f"/products/{product.id}")).status_code == 200  # a hit
-        assert await keyspace_hits(redis) > hits
+        assert cache.stats.hits > hits
         assert (await c.get("/readyz")).json()["checks"]["cache"] == "ok"
         await redis.aclose()
 
