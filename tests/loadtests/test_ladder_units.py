@@ -194,3 +194,72 @@ def test_a_stage_without_a_cache_reports_no_hit_ratio() -> None:
     )
     assert merged["signals"]["cache_hit_ratio"] is None
     assert merged["cpu"] == {}
+
+
+class _Topology:
+    """What the autoscaler touches of a topology: its app processes and the balancer."""
+
+    def __init__(self, apps: int) -> None:
+        self.apps = [_App(f"app-{n}") for n in range(apps)]
+        self.reloads = 0
+
+    def start_app(self, index: int, group: str) -> _App:
+        app = _App(f"app-{index}")
+        self.apps.append(app)
+        return app
+
+    def reload_balancer(self) -> None:
+        self.reloads += 1
+
+
+class _App:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pid = 0
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def _scaler(apps: int, used_per_app: float, tmp_path: Path):  # type: ignore[no-untyped-def]
+    import time
+
+    from loadtests.ladder.cgroups import CpuSampler
+    from loadtests.ladder.runner import Autoscaler
+
+    budgets = Budgets("t", root=tmp_path)  # no controller: groups without quotas
+    for n in range(apps):
+        budgets.group(f"app-{n}", "app", STAGES[6].app_cpus)
+    sampler = CpuSampler(budgets)
+    now = time.time()
+    sampler.samples = [
+        (now - 5, {f"app-{n}": 0.0 for n in range(apps)}),
+        (now, {f"app-{n}": 5 * used_per_app for n in range(apps)}),
+    ]
+    topology = _Topology(apps)
+    scaler = Autoscaler(topology, budgets, STAGES[6], sampler, cooldown_s=0)  # type: ignore[arg-type]
+    return scaler, topology
+
+
+def test_the_autoscaler_adds_a_process_above_its_target(tmp_path: Path) -> None:
+    import time
+
+    scaler, topology = _scaler(1, 0.19, tmp_path)  # 95 % of a 0.2 budget
+    scaler.check()
+    deadline = time.time() + 5
+    while scaler._busy and time.time() < deadline:
+        time.sleep(0.01)
+    assert [a.name for a in topology.apps] == ["app-0", "app-1"]
+    assert topology.reloads == 1 and scaler.instances[-1][1] == 2
+
+
+def test_the_autoscaler_removes_a_process_when_idle_but_keeps_the_minimum(
+    tmp_path: Path,
+) -> None:
+    scaler, topology = _scaler(2, 0.02, tmp_path)
+    scaler.check()
+    assert len(topology.apps) == 1 and topology.reloads == 1
+    scaler, topology = _scaler(1, 0.0, tmp_path)
+    scaler.check()
+    assert len(topology.apps) == 1 and topology.reloads == 0
