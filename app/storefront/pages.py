@@ -82,7 +82,7 @@ def render(
         **context,
     )
     response = HTMLResponse(body, status_code=status_code)
-    if public and status_code == 200 and not visit.signed_in and not visit.cart:
+    if public and status_code == 200 and not (visit.signed_in or visit.cart or visit.signed_out):
         response.headers["cache-control"] = (
             f"public, max-age={resources.settings.catalog_max_age_s}"
         )

@@ -83,11 +83,12 @@ def served_shop(fresh_database: Any, tmp_path_factory: pytest.TempPathFactory) -
     _run(env, "seed", "--products", "40", "--customers", "2")
     _run(env, "create-admin", "--email", ADMIN_EMAIL, "--password-stdin", stdin=ADMIN_PASSWORD)
     port = _free_port()
+    log = workdir / "serve.log"  # a file, not a pipe: nobody reads a pipe while tests run
     process = subprocess.Popen(
         [SHOP, "serve", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
         cwd=workdir,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=(out := log.open("w")),
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -99,24 +100,28 @@ def served_shop(fresh_database: Any, tmp_path_factory: pytest.TempPathFactory) -
         except httpx.TransportError:
             pass
         if process.poll() is not None:
-            raise AssertionError(f"the shop did not start: {process.communicate()[0]}")
+            raise AssertionError(f"the shop did not start: {log.read_text()}")
         time.sleep(0.1)
     else:
         process.kill()
-        raise AssertionError(f"the shop did not answer: {process.communicate()[0]}")
+        process.wait()
+        raise AssertionError(f"the shop did not answer: {log.read_text()}")
     try:
         yield Shop(base=base, env=env)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            process.communicate(timeout=30)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.communicate()
+            process.wait()
+        out.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module. Not for the session: while Playwright's sync API is open it
+    keeps an event loop running in this thread, and the async tests that follow could not run."""
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).is_file():

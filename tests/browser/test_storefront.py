@@ -54,7 +54,8 @@ def test_a_visitor_browses_searches_signs_up_at_checkout_orders_and_cancels(
 ) -> None:
     page.goto(served_shop.url("/"))
     expect(page.get_by_role("heading", name="Featured products")).to_be_visible()
-    expect(page.locator(".card img").first).to_have_attribute("alt", re.compile(r"\w"))
+    # Each card's link is named by the product; its picture adds nothing a reader needs.
+    expect(page.locator(".card img").first).to_have_attribute("alt", "")
     shot("home")
 
     page.get_by_role("link", name="Browse the catalog").click()
