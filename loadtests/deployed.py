@@ -411,6 +411,12 @@ def step_evidence(topology: Topology, values: dict[str, list[float]]) -> dict[st
     }
 
 
+def web_instances(topology: Topology, values: dict[str, list[float]]) -> int:
+    """Web instances in service in a window: the groups' largest sizes, or the fixed instances."""
+    sizes = [max(series) for series in _prefixed(values, "web_size").values() if series]
+    return round(sum(sizes)) if sizes else len(topology.web_instances)
+
+
 def budgets(
     topology: Topology, values_per_step: Sequence[dict[str, list[float]]]
 ) -> dict[str, float]:
@@ -459,7 +465,8 @@ def _read_steps(path: Path) -> list[dict[str, Any]]:
 
 def _read_invariants(path: Path | None) -> dict[str, Any]:
     if path is None:
-        return {"ok": False, "checks": {}}
+        detail = "no --invariants file was given: the invariants of this run were not read"
+        return {"ok": False, "checks": {"not_checked": {"ok": False, "detail": detail}}}
     try:
         invariants = json.loads(path.read_text())
     except OSError as error:
@@ -480,12 +487,31 @@ def evidence(
     steps: list[dict[str, Any]],
     invariants: dict[str, Any],
     p95_objective_ms: float = DEFAULT_P95_OBJECTIVE_MS,
+    daily: bool = False,
 ) -> dict[str, Any]:
-    """The per-stage result (source "aws") for a run whose steps were measured by the suite."""
+    """The per-stage result (source "aws") for a run whose steps were measured by the suite.
+
+    With `daily`, the steps are the daily curve's slices, and `daily` holds each slice with the
+    web instances in service then (the figure stage 6's chart sets against the load).
+    """
     topology = discover(session, stack_name)
     cloudwatch = session.client("cloudwatch")
     series = queries(topology)
     per_step = [read_window(cloudwatch, series, s["started_at"], s["ended_at"]) for s in steps]
+    curve = (
+        [
+            {
+                "t_s": round(step["started_at"] - steps[0]["started_at"], 1),
+                "users": step["users"],
+                "instances": web_instances(topology, values),
+                "rps": step["rps"],
+                "p95_ms": step["p95_ms"],
+            }
+            for step, values in zip(steps, per_step, strict=True)
+        ]
+        if daily
+        else []
+    )
     return {
         "stage": topology.stage,
         "name": topology.name,
@@ -497,7 +523,7 @@ def evidence(
             {**step, **step_evidence(topology, v)} for step, v in zip(steps, per_step, strict=True)
         ],
         "invariants": invariants,
-        "daily": [],
+        "daily": curve,
         "missing": None,
         "p95_objective_ms": p95_objective_ms,
         "loadgen_cpu": None,
@@ -522,6 +548,11 @@ def _parser() -> argparse.ArgumentParser:
     found.add_argument("--invariants", type=Path, help="SHOP_LOAD_INVARIANTS_OUT's file")
     found.add_argument("--out", type=Path, required=True, help="ladder-results/stage-<n>.json")
     found.add_argument("--p95-ms", type=float, default=DEFAULT_P95_OBJECTIVE_MS)
+    found.add_argument(
+        "--daily",
+        action="store_true",
+        help="the steps are the daily curve's slices (SHOP_LOAD_SHAPE=daily): fill `daily`",
+    )
     return parser
 
 
@@ -541,6 +572,7 @@ def main(argv: Sequence[str] | None = None, *, endpoint_url: str | None = None) 
             steps=steps,
             invariants=invariants,
             p95_objective_ms=options.p95_ms,
+            daily=options.daily,
         )
         options.out.parent.mkdir(parents=True, exist_ok=True)
         options.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -212,7 +212,7 @@ def stage_4(endpoint: str) -> dict[str, str]:
     return names
 
 
-def _evidence(endpoint: str, tmp_path: Path, stack: str, steps: int) -> dict[str, Any]:
+def _evidence(endpoint: str, tmp_path: Path, stack: str, steps: int, *extra: str) -> dict[str, Any]:
     out = tmp_path / "ladder-results" / "stage.json"
     code = deployed.main(
         [
@@ -226,6 +226,7 @@ def _evidence(endpoint: str, tmp_path: Path, stack: str, steps: int) -> dict[str
             str(_invariants_file(tmp_path)),
             "--out",
             str(out),
+            *extra,
         ],
         endpoint_url=endpoint,
     )
@@ -263,7 +264,9 @@ def test_evidence_reads_each_step_from_its_own_window(endpoint, stage_4, tmp_pat
     assert first["signals"]["db_share"] is None  # CloudWatch has no per-request DB time
 
 
-def test_an_auto_scaling_fleet_counts_every_instance_in_service(endpoint, tmp_path):
+@pytest.fixture(scope="module")
+def stage_6(endpoint: str) -> str:
+    """A stage-6-shaped stack: one web Auto Scaling group of c7i.xlarge, 2 then 4 in service."""
     ec2 = _client(endpoint, "ec2")
     ami = ec2.describe_images()["Images"][0]["ImageId"]
     subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
@@ -295,15 +298,30 @@ def test_an_auto_scaling_fleet_counts_every_instance_in_service(endpoint, tmp_pa
     dims = {"AutoScalingGroupName": group}
     _put(endpoint, "AWS/EC2", "CPUUtilization", dims, [50, 50, 75, 75])
     _put(endpoint, "AWS/AutoScaling", "GroupInServiceInstances", dims, [2, 2, 4, 4])
+    return group
+
+
+def test_an_auto_scaling_fleet_counts_every_instance_in_service(endpoint, stage_6, tmp_path):
     first, second = _evidence(endpoint, tmp_path, "Shop-6-auto-scaling", steps=2)["steps"]
     # c7i.xlarge: 4 vCPUs. 50 % of 2 instances, then 75 % of 4.
     assert first["cpu"]["app"] == 4.0
     assert second["cpu"]["app"] == 12.0
 
 
-def test_the_budget_of_a_scaling_fleet_is_its_largest_size_in_the_run(endpoint, tmp_path):
+def test_the_budget_of_a_scaling_fleet_is_its_largest_size_in_the_run(endpoint, stage_6, tmp_path):
     result = _evidence(endpoint, tmp_path, "Shop-6-auto-scaling", steps=2)
     assert result["budgets"] == {"app": 16.0}  # 4 instances x 4 vCPUs
+
+
+def test_a_daily_run_sets_each_slice_against_the_instances_in_service(
+    endpoint, stage_4, stage_6, tmp_path
+):
+    result = _evidence(endpoint, tmp_path, "Shop-6-auto-scaling", 2, "--daily")
+    assert [(d["t_s"], d["users"], d["instances"]) for d in result["daily"]] == [
+        (0.0, 10, 2),
+        (STEP_S, 20, 4),
+    ]
+    assert _evidence(endpoint, tmp_path, "Shop-4-read-replicas", 2)["daily"] == []
 
 
 def test_cache_hit_ratio_and_engine_cpu_come_from_every_node(endpoint):
@@ -410,3 +428,13 @@ def test_a_stack_that_is_not_a_stage_is_refused(endpoint, tmp_path, capsys):
     )
     assert code == 2
     assert "is not a stage stack name" in capsys.readouterr().err
+
+
+def test_a_run_without_its_invariants_file_is_not_reported_as_sound(endpoint, stage_4, tmp_path):
+    out = tmp_path / "stage-4.json"
+    steps = str(_steps_file(tmp_path, 1))
+    argv = ["evidence", "Shop-4-read-replicas", "--steps", steps, "--out", str(out)]
+    assert deployed.main(argv, endpoint_url=endpoint) == 0
+    invariants = json.loads(out.read_text())["invariants"]
+    assert invariants["ok"] is False
+    assert "not read" in invariants["checks"]["not_checked"]["detail"]
