@@ -405,3 +405,23 @@ async def test_an_admin_uploads_an_image_from_the_product_page(
         files={"image": ("notes.txt", b"not an image", "text/plain")},
     )
     assert refused.status_code == 422 and refused.headers["content-type"] == HTML
+
+
+async def test_at_stage_5_pages_link_static_files_on_the_assets_base_url(
+    client: httpx.AsyncClient, resources: Resources, tmp_path: Any
+) -> None:
+    from app.core.assets import Assets
+
+    await make_product(resources, name="Glass Vase", image_key="images/" + "a" * 16 + ".png")
+    original = resources.assets
+    resources.assets = Assets(base_url="https://cdn.example.net", folder=tmp_path)
+    try:
+        home = await client.get("/")
+    finally:
+        resources.assets = original
+    assert re.search(
+        r'<link rel="stylesheet" href="https://cdn\.example\.net/static/css/storefront\.'
+        r'[0-9a-f]{12}\.css">',
+        home.text,
+    )
+    assert '<img src="https://cdn.example.net/static/images/aaaaaaaaaaaaaaaa.png"' in home.text
