@@ -4,7 +4,8 @@
 Context (all optional; `cdk deploy -c key=value`):
   shop:hosted_zone   a Route 53 hosted zone name: adds <stage>.<zone> records (needs account/region)
   shop:mail_sender   SES sender address for stage 7 (default orders@example.com)
-  shop:stages        comma-separated stage numbers or names to synthesize (default: all)
+  shop:stages        comma-separated stage numbers or names to synthesize (default: all, and
+                     the optional load generator Shop-LoadGen; `loadgen` names it)
   shop:region        region to deploy to (default: $CDK_DEFAULT_REGION, else us-east-1)
   shop:alarm_email   an e-mail address subscribed to the stage's alarm topic (SNS asks it to
                      confirm the subscription first)
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aws_cdk as cdk
+from shop_infra.loadgen import LoadGenStack
 from shop_infra.nag import add_checks
 from shop_infra.stack import DEFAULT_REGION, ShopStack
 from shop_infra.stages import STAGES, stage
@@ -42,7 +44,8 @@ def main() -> None:
     app = cdk.App(context=_context_without_the_cli())
     zone = app.node.try_get_context("shop:hosted_zone")
     wanted = app.node.try_get_context("shop:stages")
-    chosen = [stage(key.strip()) for key in wanted.split(",")] if wanted else list(STAGES)
+    keys = [key.strip() for key in wanted.split(",")] if wanted else []
+    chosen = [stage(key) for key in keys if key != "loadgen"] if keys else list(STAGES)
     # The region is fixed at synth time (load balancer log delivery and CloudFront certificates
     # depend on it); the account only when a hosted zone must be looked up.
     env = cdk.Environment(
@@ -60,6 +63,9 @@ def main() -> None:
             alarm_email=app.node.try_get_context("shop:alarm_email"),
             env=env,
         )
+    if not keys or "loadgen" in keys:
+        # Deployed only on request (`cdk deploy Shop-LoadGen`), beside a stage, in its region.
+        LoadGenStack(app, env=env)
     add_checks(app)
     app.synth()
 

@@ -23,6 +23,8 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 import aws_cdk as cdk  # noqa: E402
 from aws_cdk.assertions import Template  # noqa: E402
+from shop_infra.loadgen import STACK_ID as LOADGEN_STACK_ID  # noqa: E402
+from shop_infra.loadgen import LoadGenStack  # noqa: E402
 from shop_infra.nag import add_checks  # noqa: E402
 from shop_infra.stack import DEFAULT_REGION, ShopStack  # noqa: E402
 from shop_infra.stages import STAGES, Stage  # noqa: E402
@@ -52,10 +54,14 @@ def _context() -> dict[str, Any]:
     return json.loads((INFRA / "cdk.json").read_text())["context"]
 
 
-def _synth(outdir: Path, image: Path, stages: list[Stage], **options: Any) -> Path:
+def _synth(
+    outdir: Path, image: Path, stages: list[Stage], *, loadgen: bool = False, **options: Any
+) -> Path:
     app = cdk.App(outdir=str(outdir), context={**_context(), **options.pop("context", {})})
     for stage in stages:
         ShopStack(app, stage=stage, image_directory=image, **options)
+    if loadgen:  # in the same app: one synth (one Node process) for all of them
+        LoadGenStack(app, env=options["env"])
     add_checks(app)
     app.synth()  # raises when cdk-nag (or CloudFormation validation) reports a violation
     return outdir
@@ -74,6 +80,7 @@ def assembly(tmp_path_factory: pytest.TempPathFactory, image_context: Path) -> P
         tmp_path_factory.mktemp("cdk.out"),
         image_context,
         list(STAGES),
+        loadgen=True,
         env=cdk.Environment(region=DEFAULT_REGION),
     )
 
@@ -85,6 +92,12 @@ def synthesized(assembly: Path) -> dict[int, Synthesized]:
         path = assembly / f"{stage.stack_id}.template.json"
         result[stage.number] = Synthesized(stage, json.loads(path.read_text()), path)
     return result
+
+
+@pytest.fixture(scope="session")
+def loadgen(assembly: Path) -> dict[str, Any]:
+    """The Shop-LoadGen template, synthesized in the same app as the stages."""
+    return json.loads((assembly / f"{LOADGEN_STACK_ID}.template.json").read_text())
 
 
 @pytest.fixture(scope="session")

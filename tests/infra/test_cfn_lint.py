@@ -33,8 +33,9 @@ ALLOWED_WARNINGS = {
 
 
 @pytest.fixture(scope="module")
-def findings(synthesized) -> list[dict]:
-    return _lint([str(each.path) for each in synthesized.values()])
+def findings(synthesized, assembly) -> list[dict]:
+    loadgen = assembly / "Shop-LoadGen.template.json"
+    return _lint([str(each.path) for each in synthesized.values()] + [str(loadgen)])
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def _resource(finding: dict) -> str:
     return path[1] if len(path) > 1 and path[0] == "Resources" else ""
 
 
-def test_cfn_lint_reports_no_errors_on_any_stage(findings):
+def test_cfn_lint_reports_no_errors_on_any_stage_or_the_load_generator(findings):
     errors = [f for f in findings if f["Level"] == "Error"]
     assert errors == []
 

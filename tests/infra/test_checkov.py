@@ -98,6 +98,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("CKV_AWS_149", "JwtSecret"): _AWS_MANAGED_KEYS,
     ("CKV_AWS_158", "EdgeVpcOriginSecurityGroupLogs"): _LOG_GROUPS,
     ("CKV_AWS_158", "NetworkFlowLogs"): _LOG_GROUPS,
+    ("CKV_AWS_158", "FlowLogs"): _LOG_GROUPS,  # Shop-LoadGen's own VPC
     ("CKV_AWS_158", "WebLogs"): _LOG_GROUPS,
     ("CKV_AWS_158", "WorkersLogs"): _LOG_GROUPS,
     ("CKV_AWS_26", "ObservabilityAlarms"): (
@@ -181,9 +182,9 @@ def _allowed_by(finding: dict[str, Any]) -> tuple[str, str] | None:
 
 
 @pytest.fixture(scope="module")
-def findings(checkov, synthesized, with_hosted_zone) -> list[dict[str, Any]]:
+def findings(checkov, synthesized, with_hosted_zone, assembly) -> list[dict[str, Any]]:
     templates = [each.path for each in [*synthesized.values(), *with_hosted_zone.values()]]
-    return _run(checkov, templates)
+    return _run(checkov, [*templates, assembly / "Shop-LoadGen.template.json"])
 
 
 def test_checkov_finds_nothing_but_the_justified_exceptions(findings):
