@@ -15,7 +15,8 @@ What the API lets an admin observe, and so what is checked:
   whose answer the load generator never received cannot be read; it would show as a mismatch.
 
 The catalog's stock may be served a few seconds stale by the cache (stage 5) or a replica
-(stage 4), so the stock comparison is re-read until it holds or `settle_s` has passed.
+(stage 4), and a request cut off by the end of the run may still be finishing in the shop, so
+the orders and the stock are re-read until the comparison holds or `settle_s` has passed.
 
 Alone: `python -m loadtests.invariants --host URL` (admin from `SHOP_LOAD_ADMIN_EMAIL` and
 `SHOP_LOAD_ADMIN_PASSWORD`, or `--admin-email`/`--admin-password-stdin`) prints the checks it can
@@ -248,7 +249,10 @@ def check_run(
             units = check_units(stock_before, stock, tally.restocked, sold)
             if units["ok"] or time.monotonic() >= deadline:
                 break
-            time.sleep(1.0)  # a cache or replica may still show stock from before the end
+            # A cache or replica may still show stock from before the end, and a request cut
+            # off by the end (a cancellation, a restock) may still be finishing in the shop.
+            time.sleep(1.0)
+            sold = units_sold(read_orders(client, tally.orders))
             stock = client.stock()
         checks["units_sold_equal_units_ordered"] = units
     checks["stock_never_negative"] = check_stock(stock)
