@@ -488,11 +488,13 @@ def evidence(
     invariants: dict[str, Any],
     p95_objective_ms: float = DEFAULT_P95_OBJECTIVE_MS,
     daily: bool = False,
+    loadgen_stack: str | None = None,
 ) -> dict[str, Any]:
     """The per-stage result (source "aws") for a run whose steps were measured by the suite.
 
     With `daily`, the steps are the daily curve's slices, and `daily` holds each slice with the
-    web instances in service then (the figure stage 6's chart sets against the load).
+    web instances in service then (the figure stage 6's chart sets against the load). With
+    `loadgen_stack` (Shop-LoadGen), `loadgen_cpu` is its busiest worker's CPU share.
     """
     topology = discover(session, stack_name)
     cloudwatch = session.client("cloudwatch")
@@ -526,8 +528,45 @@ def evidence(
         "daily": curve,
         "missing": None,
         "p95_objective_ms": p95_objective_ms,
-        "loadgen_cpu": None,
+        "loadgen_cpu": loadgen_cpu(
+            session, loadgen_stack, steps[0]["started_at"], steps[-1]["ended_at"]
+        )
+        if loadgen_stack
+        else None,
     }
+
+
+def loadgen_cpu(session: Any, stack_name: str, started_at: float, ended_at: float) -> float | None:
+    """The Shop-LoadGen workers' CPU over the run: the busiest instance's share, minute by minute.
+
+    Each worker instance runs one Locust process per vCPU, so the busiest instance's utilisation
+    is the share of its core the busiest Locust process used (the local ladder's figure for its
+    one load-generator core). Near 1.0, the load generator, not the stage, may be the limit.
+    """
+    cloudformation = session.client("cloudformation")
+    _describe_stack(cloudformation, stack_name)
+    rows = cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
+    groups = [
+        row["PhysicalResourceId"]
+        for row in rows
+        if row.get("ResourceType") == "AWS::AutoScaling::AutoScalingGroup"
+        and row.get("LogicalResourceId", "").startswith("WorkerGroup")
+    ]
+    if not groups:
+        raise DeployedError(f"stack {stack_name} has no worker group: is it Shop-LoadGen?")
+    series = [
+        Query(
+            f"loadgen_cpu:{group}",
+            "AWS/EC2",
+            "CPUUtilization",
+            (("AutoScalingGroupName", group),),
+            stat="Maximum",
+        )
+        for group in groups
+    ]
+    values = read_window(session.client("cloudwatch"), series, started_at, ended_at)
+    busiest = [value for found in values.values() for value in found]
+    return round(sum(busiest) / len(busiest) / 100, 3) if busiest else None
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -553,6 +592,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the steps are the daily curve's slices (SHOP_LOAD_SHAPE=daily): fill `daily`",
     )
+    found.add_argument(
+        "--loadgen-stack",
+        help="the Shop-LoadGen stack that sent the load: its workers' CPU becomes loadgen_cpu",
+    )
     return parser
 
 
@@ -573,6 +616,7 @@ def main(argv: Sequence[str] | None = None, *, endpoint_url: str | None = None) 
             invariants=invariants,
             p95_objective_ms=options.p95_ms,
             daily=options.daily,
+            loadgen_stack=options.loadgen_stack,
         )
         options.out.parent.mkdir(parents=True, exist_ok=True)
         options.out.write_text(json.dumps(result, indent=2) + "\n")

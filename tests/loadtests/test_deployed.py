@@ -438,3 +438,40 @@ def test_a_run_without_its_invariants_file_is_not_reported_as_sound(endpoint, st
     invariants = json.loads(out.read_text())["invariants"]
     assert invariants["ok"] is False
     assert "not read" in invariants["checks"]["not_checked"]["detail"]
+
+
+def test_the_load_generators_cpu_is_its_busiest_workers_share(endpoint, stage_4, tmp_path):
+    ec2 = _client(endpoint, "ec2")
+    ami = ec2.describe_images()["Images"][0]["ImageId"]
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    _create_stack(
+        endpoint,
+        "Shop-LoadGen",
+        {
+            "WorkerTemplateC9B2C0C1": {
+                "Type": "AWS::EC2::LaunchTemplate",
+                "Properties": {"LaunchTemplateData": {"ImageId": ami, "InstanceType": "c7i.large"}},
+            },
+            "WorkerGroupASG184E9436": {
+                "Type": "AWS::AutoScaling::AutoScalingGroup",
+                "Properties": {
+                    "MinSize": "2",
+                    "MaxSize": "2",
+                    "VPCZoneIdentifier": [subnet],
+                    "LaunchTemplate": {
+                        "LaunchTemplateId": {"Ref": "WorkerTemplateC9B2C0C1"},
+                        "Version": {
+                            "Fn::GetAtt": ["WorkerTemplateC9B2C0C1", "LatestVersionNumber"]
+                        },
+                    },
+                },
+            },
+        },
+    )
+    group = _physical(endpoint, "Shop-LoadGen")["WorkerGroupASG184E9436"]
+    _put(endpoint, "AWS/EC2", "CPUUtilization", {"AutoScalingGroupName": group}, [40, 60, 80, 100])
+    result = _evidence(
+        endpoint, tmp_path, "Shop-4-read-replicas", 2, "--loadgen-stack", "Shop-LoadGen"
+    )
+    assert result["loadgen_cpu"] == 0.7  # the four minutes of the run: 40, 60, 80, 100 %
+    assert _evidence(endpoint, tmp_path, "Shop-4-read-replicas", 2)["loadgen_cpu"] is None
