@@ -28,6 +28,7 @@ import json
 import math
 import re
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -441,6 +442,29 @@ def budgets(
     return found
 
 
+PUBLISH_DELAY_S = 300
+"""CloudWatch publishes a minute's EC2 and RDS figures a few minutes after it."""
+
+
+def warnings(steps: Sequence[dict[str, Any]], *, now: float) -> list[str]:
+    """What makes the CloudWatch figures of these steps unreliable, said before reading them."""
+    found = []
+    shortest = min(float(s["ended_at"]) - float(s["started_at"]) for s in steps)
+    if shortest < 2 * PERIOD_S:
+        found.append(
+            f"a step lasts {shortest:.0f} s: CloudWatch's figures are per minute, so steps "
+            "share minutes and their CPU blurs together; run steps of 120 s or more "
+            "(SHOP_LOAD_STEP_S=120)"
+        )
+    waited = now - float(steps[-1]["ended_at"])
+    if waited < PUBLISH_DELAY_S:
+        found.append(
+            f"the run ended {waited:.0f} s ago: CloudWatch may not have published its last "
+            f"minutes yet; run evidence again {PUBLISH_DELAY_S // 60} minutes after the run"
+        )
+    return found
+
+
 def _read_steps(path: Path) -> list[dict[str, Any]]:
     try:
         lines = path.read_text().splitlines()
@@ -609,6 +633,8 @@ def main(argv: Sequence[str] | None = None, *, endpoint_url: str | None = None) 
             return 0
         steps = _read_steps(options.steps)
         invariants = _read_invariants(options.invariants)
+        for warning in warnings(steps, now=time.time()):
+            print(f"warning: {warning}", file=sys.stderr)
         result = evidence(
             session,
             options.stack,

@@ -475,3 +475,14 @@ def test_the_load_generators_cpu_is_its_busiest_workers_share(endpoint, stage_4,
     )
     assert result["loadgen_cpu"] == 0.7  # the four minutes of the run: 40, 60, 80, 100 %
     assert _evidence(endpoint, tmp_path, "Shop-4-read-replicas", 2)["loadgen_cpu"] is None
+
+
+def test_short_steps_and_a_fresh_run_are_warned_about():
+    def step(started: float, seconds: float) -> dict[str, float]:
+        return {"started_at": started, "ended_at": started + seconds}
+
+    assert deployed.warnings([step(T0, 120), step(T0 + 120, 120)], now=T0 + 3600) == []
+    [short] = deployed.warnings([step(T0, 20), step(T0 + 20, 20)], now=T0 + 3600)
+    assert "a step lasts 20 s" in short and "SHOP_LOAD_STEP_S=120" in short
+    [fresh] = deployed.warnings([step(T0, 120)], now=T0 + 180)
+    assert "ended 60 s ago" in fresh
