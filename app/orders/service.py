@@ -32,7 +32,7 @@ from app.orders.domain import (
     price,
 )
 from app.orders.models import CustomerOrder, IdempotencyKey, OrderLine
-from app.orders.schemas import OrderCreate, OrderLineRead, OrderPage, OrderRead, OrderSummary
+from app.orders.schemas import OrderCreate, OrderLineRead, OrderPage, OrderRead
 
 # An order and its lines in one round trip: the order's columns repeat on each line's row (an
 # order has 1 to MAX_LINES lines), which PostgreSQL and SQLite both answer with one index scan
@@ -350,13 +350,14 @@ async def order_ledger(db: Database, *, order_id: int, principal: Principal) -> 
 async def list_orders(db: Database, *, customer_id: int, limit: int, offset: int) -> OrderPage:
     """A customer's orders, newest first (one round trip, on the driver's fast path)."""
     rows = await db.fetch_all(_PAGE, customer_id=customer_id, limit=limit + 1, offset=offset)
-    return OrderPage(
-        items=[
-            OrderSummary.model_validate({**r, "fulfilment": _fulfilment(r)}) for r in rows[:limit]
-        ],
-        limit=limit,
-        offset=offset,
-        next_offset=offset + limit if len(rows) > limit else None,
+    # One validation of the whole page: pydantic-core walks the list, not Python.
+    return OrderPage.model_validate(
+        {
+            "items": [{**r, "fulfilment": _fulfilment(r)} for r in rows[:limit]],
+            "limit": limit,
+            "offset": offset,
+            "next_offset": offset + limit if len(rows) > limit else None,
+        }
     )
 
 
