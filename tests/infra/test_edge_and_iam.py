@@ -140,6 +140,20 @@ def test_cdn_stages_say_they_serve_https(synthesized, number):
     assert synthesized[number].template["Outputs"]["Protocol"]["Value"].startswith("HTTPS")
 
 
+@pytest.mark.parametrize("number", BEHIND_CLOUDFRONT)
+def test_a_signed_in_customer_never_gets_the_cdn_copy_of_a_visitor_page(synthesized, number):
+    """The storefront's home and catalog are public for visitors; CloudFront keys pages by the
+    session and cart cookies too, so one with either reaches the app (which answers private)."""
+    from app.storefront.sessions import CART, SESSION
+
+    policies = synthesized[number].resources("AWS::CloudFront::CachePolicy").values()
+    [pages] = [p for p in policies if "pages" in p["Properties"]["CachePolicyConfig"]["Comment"]]
+    key = pages["Properties"]["CachePolicyConfig"]["ParametersInCacheKeyAndForwardedToOrigin"]
+    assert key["CookiesConfig"]["CookieBehavior"] == "whitelist"
+    assert set(key["CookiesConfig"]["Cookies"]) == {SESSION, CART}
+    assert key["HeadersConfig"]["Headers"] == ["Authorization"]
+
+
 # --- least privilege, per role -----------------------------------------------------------------
 
 

@@ -23,6 +23,8 @@ from constructs import Construct
 from ..nag import acknowledge
 
 STATIC_PATH = "/static/*"
+PAGE_COOKIES = ("shop_session", "shop_cart")
+"""The storefront's cookies that change what a page shows (app/storefront/sessions.py)."""
 VPC_ORIGINS_SECURITY_GROUP = "CloudFront-VPCOrigins-Service-SG"
 """The security group CloudFront gives the network interfaces of its VPC origins in a VPC."""
 
@@ -53,7 +55,9 @@ class Edge(Construct):
             auto_delete_objects=True,
         )
         # Pages: the origin's Cache-Control decides (0 s unless the app marks a page cacheable);
-        # Authorization is part of the key, so a signed-in answer is never served to another.
+        # Authorization and the storefront's session and cart cookies are part of the key, so a
+        # signed-in answer is never served to another, and a visitor with a session or a cart
+        # never gets the anonymous copy of a page (the app answers them `private`).
         pages = cloudfront.CachePolicy(
             self,
             "Pages",
@@ -63,7 +67,7 @@ class Edge(Construct):
             max_ttl=Duration.days(1),
             header_behavior=cloudfront.CacheHeaderBehavior.allow_list("Authorization"),
             query_string_behavior=cloudfront.CacheQueryStringBehavior.all(),
-            cookie_behavior=cloudfront.CacheCookieBehavior.none(),
+            cookie_behavior=cloudfront.CacheCookieBehavior.allow_list(*PAGE_COOKIES),
             enable_accept_encoding_gzip=True,
             enable_accept_encoding_brotli=True,
         )
