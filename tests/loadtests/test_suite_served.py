@@ -41,9 +41,10 @@ def _shop_env(database_url: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def served_shop(fresh_database, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def served_shop(fresh_database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # type: ignore[no-untyped-def]
     env = _shop_env(fresh_database())
+    tmp_path = tmp_path_factory.mktemp("served-shop")
 
     def shop(*args: str, stdin: str | None = None) -> None:
         done = subprocess.run(
@@ -76,22 +77,31 @@ def served_shop(fresh_database, tmp_path: Path) -> Iterator[str]:  # type: ignor
         server.communicate(timeout=30)
 
 
-def test_a_short_headless_run_fails_nothing_and_keeps_the_invariants(
-    served_shop: str, tmp_path: Path
-) -> None:
-    steps_out, invariants_out = tmp_path / "steps.jsonl", tmp_path / "invariants.json"
+def locust(
+    host: str, out: Path, *args: str, **knobs: str
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """Run the suite headless against `host` as a user would; its return, steps and invariants."""
+    steps_out, invariants_out = out / "steps.jsonl", out / "invariants.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOP_", "LOCUST_"))} | {
         "SHOP_LOAD_ADMIN_EMAIL": ADMIN_EMAIL,
         "SHOP_LOAD_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "SHOP_LOAD_STEPS_OUT": str(steps_out),
         "SHOP_LOAD_INVARIANTS_OUT": str(invariants_out),
         "SHOP_LOAD_THINK_S": "0.2",
+        **knobs,
     }
     run = subprocess.run(
         [str(BIN / "locust"), "--headless", "-f", "loadtests/locustfile.py",
-         "--host", served_shop, "-u", "5", "-r", "5", "-t", "8s", "--only-summary"],
+         "--host", host, "--only-summary", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
+    return run, steps_out, invariants_out
+
+
+def test_a_short_headless_run_fails_nothing_and_keeps_the_invariants(
+    served_shop: str, tmp_path: Path
+) -> None:
+    run, steps_out, invariants_out = locust(served_shop, tmp_path, "-u", "5", "-r", "5", "-t", "8s")
     assert run.returncode == 0, run.stderr[-3000:]
 
     report = json.loads(invariants_out.read_text())
@@ -117,3 +127,21 @@ def test_a_short_headless_run_fails_nothing_and_keeps_the_invariants(
         name.startswith("GET /products/") and name[14:].isdigit() for name in step["by_name"]
     )
     assert all(set(v) == {"requests", "failures", "p95_ms"} for v in step["by_name"].values())
+
+
+def test_a_distributed_step_run_measures_each_step_and_counts_every_workers_orders(
+    served_shop: str, tmp_path: Path
+) -> None:
+    run, steps_out, invariants_out = locust(
+        served_shop, tmp_path, "--processes", "2",
+        SHOP_LOAD_SHAPE="step", SHOP_LOAD_STEP_USERS="3", SHOP_LOAD_STEP_S="7", SHOP_LOAD_STEPS="2",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(invariants_out.read_text())
+    assert report["ok"] is True, report
+    # The workers' orders reached the master: the units check had orders to count.
+    assert "units ordered 0 " not in report["checks"]["units_sold_equal_units_ordered"]["detail"]
+    lines = [json.loads(line) for line in steps_out.read_text().splitlines()]
+    assert [(line["step"], line["users"]) for line in lines] == [(0, 3), (1, 6)]
+    # Workers report to the master every 3 s: a window of 4 s measured holds at least one report.
+    assert all(line["requests"] > 0 and line["failures"] == 0 for line in lines), lines
