@@ -113,7 +113,7 @@ class Budgets:
         return parents
 
     def group(self, name: str, component: str, cpus: float) -> Group:
-        """A group of `cpus` cores (made once per name)."""
+        """A group of `cpus` cores (made once per name); 0: measured only, no quota."""
         if name in self.groups:
             return self.groups[name]
         made = Group(name=name, component=component, cpus=cpus)
@@ -122,9 +122,10 @@ class Budgets:
                 folder = parent / name
                 folder.mkdir(exist_ok=True)
                 made.folders.append(folder)
-            quota, period = quota_and_period(cpus)
+            quota, period = quota_and_period(cpus) if cpus > 0 else (-1, PERIOD_US)
             if self.controller.version == 2:
-                (made.folders[0] / "cpu.max").write_text(f"{quota} {period}")
+                limit = "max" if quota < 0 else str(quota)
+                (made.folders[0] / "cpu.max").write_text(f"{limit} {period}")
             else:
                 # Period first: the quota must stay valid against the period in force.
                 (made.folders[0] / "cpu.cfs_period_us").write_text(str(period))

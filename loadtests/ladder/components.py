@@ -264,7 +264,10 @@ class Topology:
 
     # --- nginx --------------------------------------------------------------------------
     def write_balancer(self, conf: Path, port: int) -> None:
-        upstream = "".join(f"        server 127.0.0.1:{a.port};\n" for a in self.apps)
+        # max_fails=0: an answer that fails does not take a process out for 10 s (nginx's
+        # passive default), which would turn one slow answer under load into a burst of 502s;
+        # an ALB, too, takes targets out by health check only.
+        upstream = "".join(f"        server 127.0.0.1:{a.port} max_fails=0;\n" for a in self.apps)
         conf.write_text(
             _nginx_main(conf.parent)
             + "    upstream shop {\n        least_conn;\n"

@@ -95,7 +95,8 @@ def stage_block(stage: Stage) -> str:
     if stage.cache:
         parts.append(_service(stage, "redis", "redis", *cpus("redis", stage.redis_cpus)))
     if stage.aws:
-        parts.append(_service(stage, "moto", "moto", "moto", stage.moto_cpus))
+        # No budget: moto stands for AWS's managed services (stages.Stage.aws).
+        parts.append(_service(stage, "moto", "moto", None, None))
     env = _environment(stage)
     waits = [f"s{n}-postgres"] + ([f"s{n}-moto"] if stage.aws else [])
     parts.append(_service(stage, "setup", "setup", None, None, env + _depends(*waits)))

@@ -37,7 +37,10 @@ class Stage:
     redis_cpus: float = 0.0
     nginx_cpus: float = 0.0
     cdn_cpus: float = 0.0
-    moto_cpus: float = 0.0
+    aws: bool = False
+    """moto's server for DynamoDB carts and (stage 7) SQS and SES. It stands for AWS's managed
+    services, which do not saturate at this scale: it runs beside the load generator, outside
+    the budgets, and its CPU is measured (component `moto`) but never named the bottleneck."""
     worker_processes: int = 0
     worker_cpus: float = 0.0
     """Budget of each `shop worker` process."""
@@ -75,11 +78,6 @@ class Stage:
         return self.cdn_cpus > 0
 
     @property
-    def aws(self) -> bool:
-        """moto's server for DynamoDB carts, the S3 assets bucket and (stage 7) SQS."""
-        return self.moto_cpus > 0
-
-    @property
     def queue(self) -> bool:
         return self.worker_processes > 0
 
@@ -96,7 +94,6 @@ class Stage:
             "redis": self.redis_cpus,
             "nginx": self.nginx_cpus,
             "cdn": self.cdn_cpus,
-            "moto": self.moto_cpus,
             "worker": round(self.worker_cpus * self.worker_processes, 3),
         }
         return {name: cpus for name, cpus in found.items() if cpus > 0}
@@ -161,7 +158,7 @@ STAGES: dict[int, Stage] = {
             redis_cpus=0.05,
             nginx_cpus=0.05,
             cdn_cpus=0.05,
-            moto_cpus=0.05,
+            aws=True,
         ),
         Stage(
             number=6,
@@ -175,7 +172,7 @@ STAGES: dict[int, Stage] = {
             redis_cpus=0.03,
             nginx_cpus=0.03,
             cdn_cpus=0.03,
-            moto_cpus=0.03,
+            aws=True,
             shape="daily",
         ),
         Stage(
@@ -189,9 +186,11 @@ STAGES: dict[int, Stage] = {
             redis_cpus=0.03,
             nginx_cpus=0.03,
             cdn_cpus=0.03,
-            moto_cpus=0.05,
-            worker_processes=1,
-            worker_cpus=0.05,
+            aws=True,
+            # Workers scale on queue depth (STAGES.md): two of them keep up with what the
+            # fleet sends at its knee; one at 0.05 CPU fell behind at 20 users.
+            worker_processes=2,
+            worker_cpus=0.08,
         ),
     )
 }

@@ -31,7 +31,7 @@ def test_each_stage_adds_what_stages_md_says() -> None:
     assert set(STAGES[2].budgets()) == {"app", "postgres"}
     assert set(STAGES[3].budgets()) == {"app", "postgres", "nginx"}
     assert set(STAGES[4].budgets()) == {"app", "postgres", "replica", "nginx"}
-    assert set(STAGES[5].budgets()) >= {"redis", "cdn", "moto", "replica"}
+    assert set(STAGES[5].budgets()) >= {"redis", "cdn", "replica"} and STAGES[5].aws
     assert STAGES[6].shape == "daily" and STAGES[6].max_app_processes > STAGES[6].app_processes
     assert "worker" in STAGES[7].budgets()
 
@@ -93,6 +93,14 @@ def test_a_v1_group_gets_its_quota_and_period(tmp_path: Path) -> None:
     assert (group.folders[0] / "cpu.cfs_period_us").read_text() == "10000"
     (group.folders[1] / "cpuacct.usage").write_text("1500000000\n")
     assert budgets.usage_s() == {"postgres": 1.5}
+
+
+def test_a_measured_only_group_has_no_quota(tmp_path: Path) -> None:
+    for hierarchy, marker in (("cpu", "cpu.cfs_quota_us"), ("cpuacct", "cpuacct.usage")):
+        (tmp_path / hierarchy).mkdir()
+        (tmp_path / hierarchy / marker).write_text("0\n")
+    group = Budgets("t2", root=tmp_path).group("moto", "moto", 0)
+    assert (group.folders[0] / "cpu.cfs_quota_us").read_text() == "-1"
 
 
 def test_a_small_budget_gets_a_longer_period_not_a_larger_quota() -> None:
