@@ -108,6 +108,9 @@ class Replay:
     headers: dict[str, str]
 
 
+RESTOCKING: set[gevent.Greenlet] = set()
+"""Restocks in flight, each in its own greenlet; test stop waits for them before the tally."""
+
 PENDING: dict[str, Replay] = {}
 """Order requests in flight. A user stopped at the end of a run can leave one that the shop
 completes after the user has gone: at test stop it is sent again (the same Idempotency-Key or
@@ -396,18 +399,23 @@ class Admin(FastHttpUser):
         self.offset = page.get("next_offset") or 0
         low = [product for product in page["items"] if product["stock"] < LOW_STOCK]
         for product in low[:RESTOCKS_PER_VISIT]:
-            # Counted before it is sent: a restock cut off by the end of the run is most likely
-            # done by the shop all the same (it has no Idempotency-Key to ask with).
-            TALLY.restocked[int(product["id"])] += RESTOCK_UNITS
-            with self.client.post(
-                f"/admin/products/{product['id']}/restock",
-                json={"quantity": RESTOCK_UNITS},
-                name="/admin/products/[id]/restock",
-                catch_response=True,
-            ) as answer:
-                # 409: the stock would pass its maximum; nothing was added.
-                if not _expect(answer, (200,), (409,)):
-                    TALLY.restocked[int(product["id"])] -= RESTOCK_UNITS
+            # In a greenlet of its own, which the end of the run does not kill: a restock cut
+            # off half-way would leave the tally unsure whether the shop made it.
+            job = gevent.spawn(self._restock, int(product["id"]))
+            RESTOCKING.add(job)
+            job.link(RESTOCKING.discard)
+            job.join()
+
+    def _restock(self, product_id: int) -> None:
+        with self.client.post(
+            f"/admin/products/{product_id}/restock",
+            json={"quantity": RESTOCK_UNITS},
+            name="/admin/products/[id]/restock",
+            catch_response=True,
+        ) as answer:
+            # 409: the stock would pass its maximum; nothing was added.
+            if _expect(answer, (200,), (409,)):
+                TALLY.restocked[product_id] += RESTOCK_UNITS
 
     @task(1)
     def advance_shipments(self) -> None:
@@ -625,6 +633,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
 @events.test_stop.add_listener
 def _on_test_stop(environment: Environment, **_: Any) -> None:
     if not isinstance(environment.runner, MasterRunner):
+        gevent.joinall(list(RESTOCKING), timeout=30)
         replay_pending((environment.host or "").rstrip("/"))
     if isinstance(environment.runner, WorkerRunner):
         # Sent before the worker tells the master it stopped, so the master has every tally
