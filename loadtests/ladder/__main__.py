@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from loadtests.ladder.components import ROOT, ComponentFailed
-from loadtests.ladder.runner import LOCUSTFILE, Load, run_stage, say
+from loadtests.ladder.runner import LOCUSTFILE, Load, run_stage, say, write_missing
 from loadtests.ladder.stages import parse_stages
 
 
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         except (ComponentFailed, OSError, subprocess.SubprocessError) as exc:
             say(f"stage {stage.number} could not run: {exc}")
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            write_missing(stage, load, args.out, f"could not run here: {first_line}")
             failed.append(stage.number)
             continue
         if result["invariants"].get("ok"):

@@ -425,6 +425,26 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
     return result
 
 
+def write_missing(stage: Stage, load: Load, out: Path, why: str) -> dict[str, Any]:
+    """The result of a stage that could not run: its row stays in the report, with the reason."""
+    result = {
+        "stage": stage.number,
+        "name": stage.name,
+        "source": "local",
+        "budgets_enforced": False,
+        "budgets": stage.budgets(),
+        "steps": [],
+        "invariants": {"ok": False, "checks": {}},
+        "daily": [],
+        "missing": why,
+        "p95_objective_ms": load.p95_ms,
+        "loadgen_cpu": None,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"stage-{stage.number}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def _lines(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []

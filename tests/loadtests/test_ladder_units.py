@@ -271,3 +271,14 @@ def test_the_autoscaler_removes_a_process_when_idle_but_keeps_the_minimum(
     scaler, topology = _scaler(1, 0.0, tmp_path)
     scaler.check()
     assert len(topology.apps) == 1 and topology.reloads == 0
+
+
+def test_a_stage_that_could_not_run_keeps_its_row_with_the_reason(tmp_path: Path) -> None:
+    from loadtests import report
+    from loadtests.ladder.runner import Load, write_missing
+
+    write_missing(STAGES[4], Load(), tmp_path, "could not run here: nginx is not installed")
+    (result,) = report.load_results(tmp_path)
+    assert result["stage"] == 4 and result["steps"] == []
+    assert result["missing"] == "could not run here: nginx is not installed"
+    assert result["budgets"] == STAGES[4].budgets()
