@@ -9,7 +9,8 @@ no security group admits any address range, there is no key pair and no port 22;
 sessions. Workers reach the master on Locust's port 5557 inside the workers' security group.
 
 The Locust suite (the repository's `loadtests/` folder) is shipped as an S3 asset; each instance
-reads that one object and installs Locust, pinned, from PyPI at boot.
+reads that one object and installs Locust, pinned, from PyPI at boot. The suite's SHOP_LOAD_*
+settings (the admin's password among them) come from one SecureString parameter, read at boot.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$"
 """What TargetUrl may be: a plain http(s) URL; it is written into a shell script and a unit."""
 ENV_FILE = "/etc/shop-load.env"
 """SHOP_LOAD_* settings of the suite (shape, steps, admin credentials), read by every Locust."""
+SETTINGS_PARAMETER = "/shop/loadgen/settings"
+"""Default name of the SecureString parameter that holds ENV_FILE's lines (optional)."""
+SETTINGS_SCRIPT = "/usr/local/sbin/shop-load-settings"
+PARAMETER_PATTERN = r"^/[A-Za-z0-9/_.-]+$"
 CIDR = "10.90.0.0/16"
 
 
@@ -58,10 +63,15 @@ def boot_script(
     bucket: str,
     key: str,
     target_url: str,
+    settings_parameter: str,
     master_host: str | None = None,
 ) -> list[str]:
     """The lines of an instance's boot script: Locust, the suite, and a unit running `role`.
 
+    The suite's settings (ENV_FILE) are read from the SecureString parameter
+    `settings_parameter` by SETTINGS_SCRIPT, at boot and whenever it is run again (with
+    --restart it then restarts Locust): every worker, including one the group replaces, runs
+    with the same settings, and the admin's password is in no template or user data.
     Every path is under $SHOP_BOOT_ROOT (empty on an instance) so that tests can run the script
     with stand-in commands. Steps that reach the network are retried with backoff.
     """
@@ -97,6 +107,25 @@ def boot_script(
             "WantedBy=multi-user.target",
         ]
     )
+    settings = "\n".join(
+        [
+            "#!/bin/bash",
+            "# The suite's SHOP_LOAD_* settings from Parameter Store; --restart: restart Locust.",
+            "set -euo pipefail",
+            'ROOT="${SHOP_BOOT_ROOT:-}"',
+            "umask 077",
+            f"if aws ssm get-parameter --region {region} --name '{settings_parameter}' \\",
+            "    --with-decryption --query Parameter.Value --output text \\",
+            f'    > "$ROOT{ENV_FILE}.new"; then',
+            f'  mv "$ROOT{ENV_FILE}.new" "$ROOT{ENV_FILE}"',
+            "else",
+            f'  rm -f "$ROOT{ENV_FILE}.new"',
+            f"  echo 'no parameter {settings_parameter}: the suite runs on its defaults' >&2",
+            f'  [ -e "$ROOT{ENV_FILE}" ] || : > "$ROOT{ENV_FILE}"',
+            "fi",
+            'if [ "${1:-}" = --restart ]; then systemctl restart locust; fi',
+        ]
+    )
     return [
         "set -euo pipefail",
         'ROOT="${SHOP_BOOT_ROOT:-}"',
@@ -114,11 +143,10 @@ def boot_script(
         'install -d "$ROOT/opt/shop/loadtests" "$ROOT/etc/systemd/system"',
         f"retry aws s3 cp 's3://{bucket}/{key}' \"$ROOT/opt/shop/loadtests.zip\" --region {region}",
         'unzip -o -q "$ROOT/opt/shop/loadtests.zip" -d "$ROOT/opt/shop/loadtests"',
-        f'[ -e "$ROOT{ENV_FILE}" ] || cat > "$ROOT{ENV_FILE}" <<\'ENV\'',
-        "# SHOP_LOAD_* settings of the suite (README, 'Load generator in AWS'); then",
-        "# systemctl restart locust",
-        "ENV",
-        f'chmod 0600 "$ROOT{ENV_FILE}"',
+        f'install -d "$ROOT{SETTINGS_SCRIPT.rsplit("/", 1)[0]}"',
+        f"cat > \"$ROOT{SETTINGS_SCRIPT}\" <<'SETTINGS'\n{settings}\nSETTINGS",
+        f'chmod 0700 "$ROOT{SETTINGS_SCRIPT}"',
+        f'"$ROOT{SETTINGS_SCRIPT}"',
         "id locust >/dev/null 2>&1 || useradd --system --no-create-home locust",
         f"cat > \"$ROOT/etc/systemd/system/locust.service\" <<'UNIT'\n{unit}\nUNIT",
         "systemctl daemon-reload",
@@ -158,6 +186,14 @@ class LoadGenStack(Stack):
             min_value=1,
             max_value=MAX_WORKERS,
             description=f"Worker instances ({INSTANCE_TYPE}: two Locust processes each)",
+        )
+        settings = CfnParameter(
+            self,
+            "SettingsParameter",
+            type="String",
+            default=SETTINGS_PARAMETER,
+            allowed_pattern=PARAMETER_PATTERN,
+            description="SecureString parameter with the suite's SHOP_LOAD_* lines (optional)",
         )
         vpc = ec2.Vpc(
             self,
@@ -200,6 +236,17 @@ class LoadGenStack(Stack):
                 actions=["s3:GetObject"],
                 resources=[
                     f"arn:{Aws.PARTITION}:s3:::{suite.s3_bucket_name}/{suite.s3_object_key}"
+                ],
+            )
+        )
+        # The suite's settings: that one parameter (decrypted with the account's aws/ssm key,
+        # whose key policy admits callers through SSM).
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["ssm:GetParameter"],
+                resources=[
+                    f"arn:{Aws.PARTITION}:ssm:{Aws.REGION}:{Aws.ACCOUNT_ID}:parameter"
+                    f"{settings.value_as_string}"
                 ],
             )
         )
@@ -252,6 +299,7 @@ class LoadGenStack(Stack):
                 bucket=suite.s3_bucket_name,
                 key=suite.s3_object_key,
                 target_url=target_url.value_as_string,
+                settings_parameter=settings.value_as_string,
             )
         )
         worker_boot = ec2.UserData.for_linux()
@@ -262,6 +310,7 @@ class LoadGenStack(Stack):
                 bucket=suite.s3_bucket_name,
                 key=suite.s3_object_key,
                 target_url=target_url.value_as_string,
+                settings_parameter=settings.value_as_string,
                 master_host=master.instance_private_ip,
             )
         )

@@ -35,6 +35,7 @@ case "$name $1" in
   "python3.11 -m") mkdir -p "$3/bin" && ln -sf "$FAKES/pip" "$3/bin/pip" ;;
   "pip install") fail pip "${FAIL_PIP:-0}" ;;
   "aws s3") fail s3 "${FAIL_S3:-0}"; touch "$4" ;;
+  "aws ssm") fail ssm "${FAIL_SSM:-0}"; printf 'SHOP_LOAD_ADMIN_EMAIL=admin@example.com\n' ;;
   "id locust") exit 1 ;;
 esac
 exit 0
@@ -58,9 +59,13 @@ def _resolve(value: Any, template: dict[str, Any]) -> str:
         return value
     [(function, argument)] = value.items()
     if function == "Ref":
-        return {"TargetUrl": TARGET, "AWS::Region": REGION, "AWS::Partition": "aws"}.get(
-            argument, f"ref-{argument}"
-        )
+        return {
+            "TargetUrl": TARGET,
+            "SettingsParameter": "/shop/loadgen/settings",
+            "AWS::Region": REGION,
+            "AWS::Partition": "aws",
+            "AWS::AccountId": "123456789012",
+        }.get(argument, f"ref-{argument}")
     if function == "Fn::GetAtt":
         return MASTER_IP if argument[1] == "PrivateIp" else f"{argument[0]}.{argument[1]}"
     if function == "Fn::Join":
@@ -152,8 +157,8 @@ def test_the_instances_role_is_ssm_and_one_object_of_the_asset(loadgen):
     assert "AmazonSSMManagedInstanceCore" in managed and managed.count("arn:") == 1
     _, policy = _one(loadgen, "AWS::IAM::Policy", "RoleDefaultPolicy")
     statements = policy["PolicyDocument"]["Statement"]
-    assert [s["Action"] for s in statements] == ["s3:GetObject"]
-    [statement] = statements
+    assert sorted(s["Action"] for s in statements) == ["s3:GetObject", "ssm:GetParameter"]
+    [statement] = [s for s in statements if s["Action"] == "s3:GetObject"]
     resource = _resolve(statement["Resource"], loadgen)
     assert resource.startswith("arn:aws:s3:::") and resource.endswith(".zip")
     assert "*" not in resource
@@ -199,6 +204,7 @@ def test_the_master_runs_locust_as_master_against_the_target_with_the_ui_on_loop
     assert f"--web-host 127.0.0.1 --web-port {WEB_UI_PORT}" in exec_start
     assert "-f loadtests/locustfile.py" in exec_start
     assert "User=locust" in unit and "EnvironmentFile=-/etc/shop-load.env" in unit
+    assert "Environment=PYTHONPATH=/opt/shop" in unit  # the suite imports loadtests.*
     assert calls[-1] == "systemctl enable --now locust"
     assert "useradd --system --no-create-home locust" in calls
 
@@ -212,17 +218,44 @@ def test_a_worker_connects_to_the_masters_private_address(loadgen, tmp_path):
 
 
 def test_locust_is_installed_pinned_and_the_suite_read_from_its_asset(loadgen, tmp_path):
-    code, calls, root, output = _run(_master_script(loadgen), tmp_path)
+    code, calls, _, output = _run(_master_script(loadgen), tmp_path)
     assert code == 0, output
     assert f"pip install --no-cache-dir locust=={LOCUST_VERSION}" in calls
     [copy] = [call for call in calls if call.startswith("aws s3 cp")]
     _, policy = _one(loadgen, "AWS::IAM::Policy", "RoleDefaultPolicy")
     [statement_resource] = [
-        _resolve(s["Resource"], loadgen) for s in policy["PolicyDocument"]["Statement"]
+        _resolve(s["Resource"], loadgen)
+        for s in policy["PolicyDocument"]["Statement"]
+        if s["Action"] == "s3:GetObject"
     ]
     # The object the role may read is the one the script copies.
     assert copy.split()[3] == "s3://" + statement_resource.removeprefix("arn:aws:s3:::")
-    assert (root / "etc/shop-load.env").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_suites_settings_come_from_their_parameter_and_only_root_reads_them(loadgen, tmp_path):
+    code, calls, root, output = _run(_master_script(loadgen), tmp_path)
+    assert code == 0, output
+    [fetch] = [call for call in calls if call.startswith("aws ssm get-parameter")]
+    assert "--name /shop/loadgen/settings --with-decryption" in fetch
+    settings = root / "etc/shop-load.env"
+    assert settings.read_text() == "SHOP_LOAD_ADMIN_EMAIL=admin@example.com\n"
+    assert settings.stat().st_mode & 0o777 == 0o600
+    assert calls.index(fetch) < calls.index("systemctl enable --now locust")
+    _, policy = _one(loadgen, "AWS::IAM::Policy", "RoleDefaultPolicy")
+    [parameter] = [
+        _resolve(s["Resource"], loadgen)
+        for s in policy["PolicyDocument"]["Statement"]
+        if s["Action"] == "ssm:GetParameter"
+    ]
+    assert parameter == "arn:aws:ssm:us-east-1:123456789012:parameter/shop/loadgen/settings"
+
+
+def test_without_a_settings_parameter_locust_still_starts_on_the_suites_defaults(loadgen, tmp_path):
+    code, calls, root, output = _run(_master_script(loadgen), tmp_path, FAIL_SSM="always")
+    assert code == 0, output
+    assert "no parameter /shop/loadgen/settings" in output
+    assert (root / "etc/shop-load.env").read_text() == ""
+    assert calls[-1] == "systemctl enable --now locust"
 
 
 def test_the_pinned_locust_is_the_one_the_suite_is_tested_with():
