@@ -135,6 +135,36 @@ class StageSummary:
     p95_at_knee_ms: float | None
     bottleneck: Bottleneck | None
     note: str
+    past_knee: str = ""
+    """What the next step (or, without a knee, the first) shows, where the objective broke: a
+    component far from its CPU budget at the knee can be the one that queues past it."""
+
+
+def past_knee(
+    steps: Sequence[Mapping[str, Any]], at: int | None, budgets: Mapping[str, float]
+) -> str:
+    """The figures of the step after the knee (the least loaded step when there is no knee):
+    users, p95, errors, each component's CPU against its budget (highest first), and the
+    signals."""
+    # The least loaded step with more users than the knee's: the next step of a ramp, the
+    # next busier slice of a daily curve.
+    floor = -1 if at is None else int(steps[at]["users"])
+    heavier = [i for i, step in enumerate(steps) if int(step["users"]) > floor]
+    if not heavier:
+        return ""
+    step = steps[min(heavier, key=lambda i: (int(steps[i]["users"]), i))]
+    shares = sorted(utilisations(step, budgets).items(), key=lambda kv: (-kv[1], kv[0]))
+    where = "the first step" if at is None else "past the knee"
+    parts = [
+        f"{where} ({int(step['users'])} users, {float(step['rps']):.0f} requests/s, "
+        f"p95 {float(step['p95_ms']):.0f} ms, {error_ratio(step):.1%} errors)"
+    ]
+    if shares:
+        parts.append(", ".join(f"{name} {share:.0%}" for name, share in shares) + " of budget")
+    signals = _signals_text(step)
+    if signals:
+        parts.append(signals)
+    return ": ".join(parts[:2]) + ("; " + "; ".join(parts[2:]) if parts[2:] else "")
 
 
 def summarise(result: Mapping[str, Any]) -> StageSummary:
@@ -161,7 +191,8 @@ def summarise(result: Mapping[str, Any]) -> StageSummary:
             if steps
             else "no steps recorded"
         )
-        return StageSummary(stage, name, None, None, None, None, "; ".join(notes))
+        beyond = past_knee(steps, None, result.get("budgets") or {})
+        return StageSummary(stage, name, None, None, None, None, "; ".join(notes), beyond)
     step = steps[at]
     found = bottleneck(step, result.get("budgets") or {})
     return StageSummary(
@@ -172,4 +203,5 @@ def summarise(result: Mapping[str, Any]) -> StageSummary:
         float(step["p95_ms"]),
         found,
         "; ".join(notes),
+        past_knee(steps, at, result.get("budgets") or {}),
     )

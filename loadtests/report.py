@@ -174,6 +174,18 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
     notes = [s for s in summaries if s.note]
     if notes:
         parts += ["## Notes", "", *[f"- Stage {s.stage} ({s.name}): {s.note}." for s in notes], ""]
+    beyond = [s for s in summaries if s.past_knee]
+    if beyond:
+        parts += [
+            "## Where the objective broke",
+            "",
+            "The step after each knee (or the first step, for a stage without one): the "
+            "component that queues there can be far from its CPU budget at the knee, for "
+            "instance one throttled by a small quota in bursts.",
+            "",
+            *[f"- Stage {s.stage} ({s.name}), {s.past_knee}." for s in beyond],
+            "",
+        ]
     titles = {
         "throughput.png": "Throughput and p95 against users, every stage",
         "cpu-at-knee.png": "CPU per component at the knee, against its budget",

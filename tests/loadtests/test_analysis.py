@@ -105,3 +105,17 @@ def test_the_summary_says_when_budgets_were_not_enforced_or_a_stage_did_not_run(
     assert "invariants violated: stock_never_negative" in analysis.summarise(broken).note
     busy_generator = copy.deepcopy(recorded(3)) | {"loadgen_cpu": 0.97}
     assert "load generator used 0.97" in analysis.summarise(busy_generator).note
+
+
+def test_the_step_past_the_knee_shows_what_queued_there() -> None:
+    summary = analysis.summarise(recorded(3))
+    assert summary.past_knee.startswith(
+        "past the knee (30 users, 97 requests/s, p95 1500 ms, 0.0% errors): "
+        "postgres 100%, app 71%, nginx 48% of budget; db 74% of request time; pool wait 40.0 ms"
+    )
+    no_knee = analysis.summarise(recorded(2) | {"p95_objective_ms": 50.0})
+    assert no_knee.past_knee.startswith("the first step (6 users,")
+    # A daily curve's slices are not in load order: past the knee is the next busier slice.
+    slices = [step(users=u, p95_ms=p) for u, p in ((5, 90), (30, 900), (20, 300), (10, 120))]
+    assert analysis.past_knee(slices, 2, {}).startswith("past the knee (30 users,")
+    assert analysis.past_knee(slices, 1, {}) == ""  # nothing heavier than the busiest slice

@@ -60,6 +60,7 @@ def test_the_report_has_one_row_per_stage_with_its_knee_bottleneck_and_cost(
     assert "Stage 2 to 3: the knee rises from 60 to 95 requests/s." in text
     assert "Stage 4: the bottleneck is replica, as STAGES.md predicts." in text
     assert "![Throughput and p95 against users, every stage](throughput.png)" in text
+    assert "- Stage 3 (horizontal), past the knee (30 users, 97 requests/s, p95 1500 ms" in text
 
 
 def test_the_charts_are_real_images_and_the_daily_one_needs_stage_6(tmp_path: Path) -> None:
