@@ -55,6 +55,7 @@ class ResultError(ValueError):
 
 
 REQUIRED = ("stage", "name", "steps", "budgets", "p95_objective_ms")
+STEP_KEYS = ("users", "requests", "failures", "rps", "p95_ms")
 
 
 def load_results(folder: Path) -> list[dict[str, Any]]:
@@ -72,6 +73,10 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
         missing = [key for key in REQUIRED if key not in result]
         if missing and not result.get("missing"):
             raise ResultError(f"{path}: lacks {', '.join(missing)}")
+        for index, step in enumerate(result.get("steps") or []):
+            lacking = [key for key in STEP_KEYS if not isinstance(step, dict) or key not in step]
+            if lacking:
+                raise ResultError(f"{path}: step {index} lacks {', '.join(lacking)}")
         results.append(result)
     if not results:
         raise ResultError(f"{folder} holds no stage-<n>.json")

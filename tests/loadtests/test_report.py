@@ -99,10 +99,15 @@ def test_bad_results_get_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     empty.mkdir()
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "stage-3.json").write_text("{not json")
+    (tmp_path / "stepless").mkdir()
+    partial = json.loads((DATA / "stage-2.json").read_text())
+    del partial["steps"][1]["p95_ms"]
+    (tmp_path / "stepless" / "stage-2.json").write_text(json.dumps(partial))
     for folder, message in (
         (tmp_path / "nowhere", "is not a folder"),
         (empty, "holds no stage-<n>.json"),
         (tmp_path / "broken", "stage-3.json: not readable JSON"),
+        (tmp_path / "stepless", "stage-2.json: step 1 lacks p95_ms"),
     ):
         run = subprocess.run(
             [sys.executable, "-m", "loadtests.report", str(folder), str(tmp_path / "out")],
