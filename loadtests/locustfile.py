@@ -40,8 +40,14 @@ from loadtests import analysis, invariants, shapes
 
 log = logging.getLogger("shop.load")
 
-THINK_S = shapes._env_number("SHOP_LOAD_THINK_S", 1.0, minimum=0.0)
-P95_OBJECTIVE_MS = shapes._env_number("SHOP_LOAD_P95_MS", 500.0, minimum=1.0)
+try:
+    THINK_S = shapes._env_number("SHOP_LOAD_THINK_S", 1.0, minimum=0.0)
+    P95_OBJECTIVE_MS = shapes._env_number("SHOP_LOAD_P95_MS", 500.0, minimum=1.0)
+    _shape_class = shapes.chosen(os.environ.get("SHOP_LOAD_SHAPE"))
+    if _shape_class is not None:
+        _shape_class()  # its knobs checked now, with this message, not in Locust's loader
+except ValueError as exc:
+    raise SystemExit(f"loadtests/locustfile.py: {exc}") from None
 ADMIN_EMAIL = os.environ.get("SHOP_LOAD_ADMIN_EMAIL") or None
 ADMIN_PASSWORD = os.environ.get("SHOP_LOAD_ADMIN_PASSWORD") or None
 STEPS_OUT = os.environ.get("SHOP_LOAD_STEPS_OUT") or None
@@ -54,7 +60,6 @@ RESTOCKS_PER_VISIT = 5
 """At most this many restocks per look at a page: each one retires the catalog cache (stage 5)."""
 ASSET_LINK = re.compile(r"""(?:href|src)=["']([^"']*/static/[^"'?#]+)""")
 
-_shape_class = shapes.chosen(os.environ.get("SHOP_LOAD_SHAPE"))
 if _shape_class is not None:
     # The one LoadTestShape subclass Locust finds here: the one SHOP_LOAD_SHAPE names.
     ChosenShape = shapes.locust_shape(_shape_class)
@@ -528,13 +533,15 @@ class StepRecorder:
             "by_name": by_name,
         }
         self.lines.append(line)
+        met = analysis.meets_objective(line, p95_ms=P95_OBJECTIVE_MS, max_error_ratio=0.01)
         log.info(
-            "step %s: %s users, %.1f requests/s, p95 %.0f ms, %s failures",
+            "step %s: %s users, %.1f requests/s, p95 %.0f ms, %s failures (objective %s)",
             line["step"],
             line["users"],
             line["rps"],
             line["p95_ms"],
             failures,
+            f"p95 < {P95_OBJECTIVE_MS:g} ms, under 1 % errors: {'met' if met else 'missed'}",
         )
         if self.out is not None:
             with self.out.open("a", encoding="utf-8") as out:
@@ -597,6 +604,11 @@ def _measuring(environment: Environment) -> bool:
 
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
+    host = environment.host or ""  # unset until the web UI's form gives it
+    if host and not host.startswith(("http://", "https://")):
+        raise SystemExit(
+            f"loadtests/locustfile.py: --host must be an http:// or https:// URL, not {host!r}"
+        )
     if isinstance(environment.runner, MasterRunner):
 
         def take_tally(environment: Environment, msg: Any, **_: Any) -> None:
