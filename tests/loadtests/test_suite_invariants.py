@@ -54,3 +54,49 @@ def test_tallies_from_workers_add_up() -> None:
     tally.merge({"orders": [3], "restocked": {"7": 500, "9": 500}})
     assert tally.orders == {1, 2, 3} and tally.restocked == Counter({7: 1000, 9: 500})
     assert invariants.Tally().as_data() == {"orders": [], "restocked": {}}
+
+
+class StaleThenFresh(invariants.AdminClient):
+    """A shop whose catalog shows the stock from before the run for its first reads (a cache
+    or a lagging replica), then the real stock."""
+
+    def __init__(self, stale_reads: int) -> None:
+        self.host, self.is_admin, self.stale_reads = "http://shop.test", True, stale_reads
+
+    def stock(self) -> dict[int, int]:
+        self.stale_reads -= 1
+        return {7: 10, 8: 4} if self.stale_reads >= 0 else {7: 8, 8: 4}
+
+    def order(self, order_id: int) -> dict[str, object] | None:
+        return order("placed", (7, 2))
+
+    def trial_balance(self) -> dict[str, object]:
+        return {"total_debit_cents": 5, "total_credit_cents": 5, "balanced": True, "accounts": []}
+
+
+def test_the_units_check_waits_out_a_stale_catalog_then_holds() -> None:
+    tally = invariants.Tally(orders={41})
+    report = invariants.check_run(
+        StaleThenFresh(stale_reads=2), stock_before={7: 10, 8: 4}, tally=tally, settle_s=5
+    )
+    assert report["ok"] is True, report
+    assert set(report["checks"]) == {
+        "trial_balance_balances",
+        "no_order_without_lines",
+        "units_sold_equal_units_ordered",
+        "stock_never_negative",
+    }
+
+
+def test_a_catalog_that_never_catches_up_is_reported_not_waited_for_forever() -> None:
+    report = invariants.check_run(
+        StaleThenFresh(stale_reads=99),
+        stock_before={7: 10, 8: 4},
+        tally=invariants.Tally({41}),
+        settle_s=0,
+    )
+    assert report["ok"] is False
+    assert (
+        "product 7: expected 8, found 10"
+        in report["checks"]["units_sold_equal_units_ordered"]["detail"]
+    )
