@@ -38,7 +38,7 @@ def test_the_daily_curve_has_a_night_a_peak_and_an_evening(
     assert day.users_at(40) == 5  # small hours
     assert day.users_at(180) == 45  # evening
     assert day.users_at(200) is None
-    assert day.window_at(31) == shapes.Window(3, day.users_at(35), 30.0, 40.0)  # its middle
+    assert day.window_at(31) == shapes.Window(3, day.users_at(35) or 0, 30.0, 40.0)  # its middle
 
 
 def test_the_spike_multiplies_the_users_then_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
