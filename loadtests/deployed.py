@@ -98,6 +98,8 @@ class Topology:
     worker_groups: list[str] = field(default_factory=list)
     db_primary: str | None = None
     db_replicas: list[str] = field(default_factory=list)
+    cache_group: str | None = None
+    """The ElastiCache replication group; its nodes (cache_nodes) are looked up by discover."""
     cache_nodes: list[str] = field(default_factory=list)
     queue_name: str | None = None
     load_balancer: str | None = None
@@ -142,6 +144,8 @@ def classify(stack_name: str, resources: Iterable[dict[str, Any]]) -> Topology:
                 topology.db_primary = physical
         elif kind == "AWS::SQS::Queue" and "DeadLetters" not in logical:
             topology.queue_name = physical.rstrip("/").rsplit("/", 1)[-1]
+        elif kind == "AWS::ElastiCache::ReplicationGroup":
+            topology.cache_group = physical
         elif kind == "AWS::ElasticLoadBalancingV2::LoadBalancer":
             topology.load_balancer = physical.split(":loadbalancer/", 1)[-1]
     for collection in (topology.web_instances, topology.web_groups, topology.db_replicas):
@@ -155,7 +159,6 @@ def discover(session: Any, stack_name: str) -> Topology:
     _describe_stack(cloudformation, stack_name)  # a clear error when there is no such stack
     rows = cloudformation.describe_stack_resources(StackName=stack_name)["StackResources"]
     topology = classify(stack_name, rows)
-    groups = [row for row in rows if row["ResourceType"] == "AWS::ElastiCache::ReplicationGroup"]
     ec2 = session.client("ec2")
     types: dict[str, str] = {}
     if topology.web_instances:
@@ -188,9 +191,9 @@ def discover(session: Any, stack_name: str) -> Topology:
                     for i in ids
                 }
                 types[component] = _one(classes, component).removeprefix("db.")
-    if groups:
+    if topology.cache_group:
         elasticache = session.client("elasticache")
-        topology.cache_nodes = member_clusters(elasticache, groups[0]["PhysicalResourceId"])
+        topology.cache_nodes = member_clusters(elasticache, topology.cache_group)
     if types:
         described = ec2.describe_instance_types(InstanceTypes=sorted(set(types.values())))
         per_type = {
