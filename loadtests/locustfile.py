@@ -174,6 +174,8 @@ _TITLE = re.compile(r"<title>\s*([^<]{0,80})", re.I)
 def _reason(response: Any) -> str:
     """A failure's status and a short reason, so that Locust groups alike failures in one row
     of its error report (an nginx 502 page or a JSON `detail`, not a whole body)."""
+    if not response.status_code and getattr(response, "error", None) is not None:
+        return f"no answer: {type(response.error).__name__}"  # refused, reset, timed out
     text = response.text or ""
     reason = ""
     try:
@@ -635,7 +637,14 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     TALLY.restocked.clear()
     PENDING.clear()
     if not isinstance(environment.runner, MasterRunner):
-        Catalog.load(host)
+        try:
+            Catalog.load(host)
+        except (requests.RequestException, RuntimeError, ValueError, KeyError) as exc:
+            log.error("cannot load the shop's catalog from %s: %s", host, exc)
+            environment.process_exit_code = 2
+            if environment.runner is not None:
+                gevent.spawn(environment.runner.quit)
+            return
     if not _measuring(environment):
         return
     RunState.tally, RunState.tallies = invariants.Tally(), 0
