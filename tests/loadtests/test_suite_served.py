@@ -145,3 +145,25 @@ def test_a_distributed_step_run_measures_each_step_and_counts_every_workers_orde
     assert [(line["step"], line["users"]) for line in lines] == [(0, 3), (1, 6)]
     # Workers report to the master every 3 s: a window of 4 s measured holds at least one report.
     assert all(line["requests"] > 0 and line["failures"] == 0 for line in lines), lines
+
+
+def test_the_invariants_can_be_checked_alone_against_a_served_shop(served_shop: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")} | {
+        "SHOP_LOAD_ADMIN_EMAIL": ADMIN_EMAIL,
+        "SHOP_LOAD_ADMIN_PASSWORD": ADMIN_PASSWORD,
+    }
+
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "loadtests.invariants", *args],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    held = check("--host", served_shop)
+    assert held.returncode == 0, held.stderr
+    assert "ok   trial_balance_balances" in held.stdout
+    assert "ok   stock_never_negative" in held.stdout
+    assert held.stdout.strip().endswith("invariants hold")
+    unreachable = check("--host", "http://127.0.0.1:9")
+    assert unreachable.returncode == 2 and "cannot check the invariants" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
