@@ -48,7 +48,7 @@ types: $(STAMP)
 	$(BIN)/mypy
 
 contracts: $(STAMP)
-	$(BIN)/lint-imports
+	PYTHONPATH=infra $(BIN)/lint-imports
 
 compose-check: $(STAMP)
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
