@@ -55,6 +55,10 @@ log = logging.getLogger("shop.cache")
 T = TypeVar("T")
 
 _FAILURES = (RedisError, OSError, TimeoutError)
+_BROKEN = Exception
+"""What a call may raise besides _FAILURES: redis-py lets a connection whose transport closed
+under it (a handshake cut off by a timeout, say) fail with RuntimeError or AttributeError.
+Whatever it is, the cache treats it as Redis being unavailable, never as the request's error."""
 
 # INCR the generation and raise its "not before" position to the writer's, in one round trip.
 # Both are kept for GENERATION_TTL_S after the last write, far longer than any entry lives: a
@@ -211,7 +215,7 @@ class Cache:
             with timed("cache"):
                 async with asyncio.timeout(self.timeout_s):
                     return await command()
-        except _FAILURES as exc:
+        except _BROKEN as exc:
             self._trip(exc)
             raise _Unavailable from exc
 
@@ -388,7 +392,7 @@ class Cache:
                         self._heard += 1
                         self._generations[generation] = int(number)
                         self._local.clear()
-            except _FAILURES:
+            except _BROKEN:
                 pass
             finally:
                 self._listening = False

@@ -7,6 +7,7 @@ never throttled, while a guesser is stopped after a handful of tries.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -73,25 +74,35 @@ class RateLimit:
                         pipe.expire(name, self._window_s + 1)
                     await pipe.execute()
                 return
-            except RedisError as exc:
-                log.warning(
-                    "rate limit %s: Redis unavailable, counting locally: %s", self._name, exc
-                )
+            except Exception as exc:  # any failure of Redis: count locally
+                await self._unavailable(exc)
         if len(self._local) >= self.max_local_keys:
             self._local = {k: v for k, v in self._local.items() if v[0] == window}
         for key in keys:
             seen_window, count = self._local.get(key, (window, 0))
             self._local[key] = (window, count + 1 if seen_window == window else 1)
 
+    async def _unavailable(self, exc: Exception) -> None:
+        log.warning(
+            "rate limit %s: Redis unavailable, counting locally: %s: %s",
+            self._name,
+            type(exc).__name__,
+            exc,
+        )
+        if not isinstance(exc, RedisError):
+            # A connection broken under redis-py (its transport closed) would fail every
+            # later call: drop the pooled connections, the next call makes a new one.
+            assert self._redis is not None
+            with contextlib.suppress(Exception):
+                await self._redis.connection_pool.disconnect()
+
     async def _counts(self, keys: Sequence[str], window: int) -> list[int]:
         if self._redis is not None:
             try:
                 values = await self._redis.mget([self._redis_key(k, window) for k in keys])
                 return [int(v) if v is not None else 0 for v in values]
-            except RedisError as exc:
-                log.warning(
-                    "rate limit %s: Redis unavailable, counting locally: %s", self._name, exc
-                )
+            except Exception as exc:  # any failure of Redis: count locally
+                await self._unavailable(exc)
         counts = []
         for key in keys:
             seen_window, count = self._local.get(key, (window, 0))

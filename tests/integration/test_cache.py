@@ -321,6 +321,85 @@ async def test_an_invalidation_that_failed_is_sent_when_redis_answers_again(
         await writer.close()
 
 
+# --- a connection broken under redis-py --------------------------------------------------------
+
+
+def _break_pooled_connections(client: Redis) -> int:
+    """Close the transport of every idle pooled connection behind redis-py's back, as a
+    handshake cut off by a timeout leaves it: the next command on it raises RuntimeError
+    under uvloop (the loop `shop serve` runs), which is not a RedisError."""
+    pool = client.connection_pool
+    broken = 0
+    for connection in list(pool._available_connections):  # type: ignore[attr-defined]
+        connection._writer.transport.abort()
+        broken += 1
+    return broken
+
+
+def test_a_connection_broken_under_the_client_costs_no_request_and_heals() -> None:
+    import uvloop
+
+    async def scenario() -> None:
+        cache = Cache.from_url(
+            REDIS_URL, namespace=f"broken-{time.time_ns()}", ttl_s=5, timeout_s=1, backoff_s=0.05
+        )
+        fills = 0
+
+        async def fill(_not_before: int) -> bytes:
+            nonlocal fills
+            fills += 1
+            return b"from the database"
+
+        def key(generation: int) -> tuple[object, ...]:
+            return ("generation", generation, "product", 1)
+
+        try:
+            assert await cache.read_through(generation="g", key=key, fill=fill)
+            assert _break_pooled_connections(cache._redis) >= 1  # type: ignore[attr-defined]
+            # Served from the database, no exception; the breaker opens.
+            assert await cache.read_through(generation="g", key=key, fill=fill) == (
+                b"from the database"
+            )
+            assert not cache.available
+
+            async def reconnected() -> bool:
+                return cache.available
+
+            await wait_until(reconnected)  # new connections: Redis answers again
+            hits = cache.stats.hits
+            await cache.read_through(generation="g", key=key, fill=fill)
+            assert cache.stats.hits == hits + 1
+        finally:
+            await cache.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+
+
+def test_a_sign_in_limit_on_a_broken_connection_counts_locally_then_in_redis_again() -> None:
+    import uvloop
+
+    from app.core.ratelimit import Budget, RateLimit
+
+    async def scenario() -> None:
+        redis = Redis.from_url(REDIS_URL)
+        limit = RateLimit(name=f"broken-{time.time_ns()}", window_s=60, redis=redis)
+        budget = [Budget(key="someone@example.com", limit=2)]
+        try:
+            assert await limit.retry_after(budget) is None
+            assert _break_pooled_connections(redis) >= 1
+            await limit.record_failure(["someone@example.com"])  # no exception: local count
+            await limit.record_failure(["someone@example.com"])  # Redis again, after a drop
+            assert await limit.retry_after(budget) is None  # one in Redis, one in the process
+            await limit.record_failure(["someone@example.com"])
+            assert await limit.retry_after(budget) is not None
+        finally:
+            await redis.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+
+
 # --- the in-process layer in front of Redis ---------------------------------------------------
 
 
