@@ -143,14 +143,13 @@ def test_cdn_stages_say_they_serve_https(synthesized, number):
 @pytest.mark.parametrize("number", BEHIND_CLOUDFRONT)
 def test_a_signed_in_customer_never_gets_the_cdn_copy_of_a_visitor_page(synthesized, number):
     """The storefront's home and catalog are public for visitors; CloudFront keys pages by the
-    session and cart cookies too, so one with either reaches the app (which answers private)."""
-    from app.storefront.sessions import CART, SESSION
-
+    session and cart cookies too, so one with either reaches the app (which answers private).
+    (tests/unit/test_cookie_names.py checks the names against the storefront's.)"""
     policies = synthesized[number].resources("AWS::CloudFront::CachePolicy").values()
     [pages] = [p for p in policies if "pages" in p["Properties"]["CachePolicyConfig"]["Comment"]]
     key = pages["Properties"]["CachePolicyConfig"]["ParametersInCacheKeyAndForwardedToOrigin"]
     assert key["CookiesConfig"]["CookieBehavior"] == "whitelist"
-    assert set(key["CookiesConfig"]["Cookies"]) == {SESSION, CART}
+    assert set(key["CookiesConfig"]["Cookies"]) == {"shop_session", "shop_cart"}
     assert key["HeadersConfig"]["Headers"] == ["Authorization"]
 
 
