@@ -191,9 +191,10 @@ async def serve(settings: WorkerSettings) -> None:
     """The whole life of `shop worker`: open, consume until SIGTERM or SIGINT, close."""
     if not settings.queue_url:
         raise WorkerProblem("SHOP_QUEUE_URL is not set: there is no queue to work from")
+    db = await open_database(settings)
+    # After the schema check: a deployment waits for this port to call the worker started.
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, registry=REGISTRY)
-    db = await open_database(settings)
     worker = Worker(
         db,
         Queue(

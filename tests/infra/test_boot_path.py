@@ -22,6 +22,7 @@ from shop_infra.constructs.compute import (
     CRASH_LOOP_BURST,
     HEALTH_CHECKS,
     HOST_PORT,
+    WORKER_METRICS_PORT,
 )
 from shop_infra.stages import STAGES
 
@@ -50,6 +51,7 @@ case "$name $1" in
   curl\ *)
     case "$*" in
       *healthz*) fail healthz "${FAIL_HEALTHZ:-0}" ;;
+      *:9102/metrics*) fail metrics "${FAIL_METRICS:-0}" ;;
       *api/token*) echo metadata-token ;;
       *instance-id*) echo "$INSTANCE_ID" ;;
     esac ;;
@@ -335,6 +337,27 @@ def test_a_worker_whose_container_keeps_crashing_reports_itself_unhealthy(synthe
     # ... and while it runs (or is being restarted): nothing is reported.
     running = _run_check(check, tmp_path / "running", UNIT_FAILED="no")
     assert running.returncode == 0 and not running.called("aws")
+
+
+def test_a_worker_signals_success_only_once_its_metrics_answer(synthesized, tmp_path):
+    """The worker opens its metrics port after its database passed the schema check: the
+    boot script waits for it (published on the instance's loopback only) before signalling."""
+    boot = run(_worker_template(synthesized), tmp_path, FAIL_METRICS="2")
+    assert boot.returncode == 0, boot.output
+    probes = boot.called("curl")
+    probes = [c for c in probes if "/metrics" in c]
+    assert len(probes) == 3 and all(f"127.0.0.1:{WORKER_METRICS_PORT}/metrics" in c for c in probes)
+    assert boot.index("systemctl enable --now shop") < boot.index("curl", last=True)
+    assert boot.index("curl", last=True) < boot.index("cfn-signal")
+    assert f"-p 127.0.0.1:{WORKER_METRICS_PORT}:{WORKER_METRICS_PORT} " in _unit(boot)
+
+
+def test_a_worker_whose_metrics_never_answer_signals_failure(synthesized, tmp_path):
+    boot = run(_worker_template(synthesized), tmp_path, FAIL_METRICS="always")
+    assert boot.returncode != 0
+    [signal] = boot.signals
+    assert re.search(r"--exit-code [1-9]", signal)
+    assert "failed to wait for the worker" in boot.output
 
 
 def test_a_worker_whose_boot_fails_reports_itself_unhealthy_too(synthesized, tmp_path):

@@ -61,6 +61,11 @@ WORKER_COMMAND = "shop worker"
 and the instance then reports itself unhealthy so that its group replaces it (see
 `_health_report`)."""
 
+WORKER_METRICS_PORT = 9102
+"""The worker's Prometheus port (SHOP_WORKER_METRICS_PORT's default), published on the
+instance's loopback only: the boot script waits for it before signalling, and an SSM port
+forward scrapes it. The worker opens it once its database has passed the schema check."""
+
 BOOT_TIMEOUT = Duration.minutes(15)
 """How long CloudFormation waits for an instance's signal: docker install, image pull,
 migrations and the first `/healthz` take 3 to 5 minutes; the rest is room for retries."""
@@ -310,9 +315,13 @@ class ContainerTier(Construct):
                 f"curl -fsS --max-time 2 -o /dev/null {host}http://127.0.0.1:80/healthz",
             ]
         elif not self._publish:
-            # A queue worker has no HTTP port; its signal says the container started. (It
-            # serves metrics on SHOP_WORKER_METRICS_PORT, which a later change can wait for.)
-            lines += ["STEP='start the worker'", "systemctl is-active --quiet shop"]
+            # A queue worker has no web port: its metrics answer once it has opened its
+            # database and passed the schema check, so that is what the signal waits for.
+            lines += [
+                "STEP='wait for the worker'",
+                f"wait_until {HEALTH_CHECKS} {HEALTH_CHECK_INTERVAL_S} "
+                f"curl -fsS --max-time 2 -o /dev/null http://127.0.0.1:{WORKER_METRICS_PORT}/metrics",
+            ]
         lines += ['echo "boot: healthy; signalling success"', "signal 0"]
         user_data.add_commands(*lines)
 
@@ -324,6 +333,8 @@ class ContainerTier(Construct):
             if self.proxy is None:
                 publish = f"-p {HOST_PORT}:{APP_PORT} "
             publish += f"-p 127.0.0.1:{LOOPBACK_PORT}:{APP_PORT} "
+        else:
+            publish = f"-p 127.0.0.1:{WORKER_METRICS_PORT}:{WORKER_METRICS_PORT} "
         limit = (
             f"StartLimitIntervalSec={CRASH_LOOP_WINDOW_S}\nStartLimitBurst={CRASH_LOOP_BURST}\n"
             if crash_loop_limit
