@@ -26,12 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stages", default=os.environ.get("STAGES", ""), help="e.g. 3,4 or 2-5 (default: all)"
     )
-    parser.add_argument("--step-s", type=float, default=15, help="seconds per step (15)")
-    parser.add_argument("--steps", type=int, default=8, help="steps of the ramp (8)")
-    parser.add_argument("--step-users", type=int, default=20, help="users added per step (20)")
+    parser.add_argument("--step-s", type=float, default=12, help="seconds per step (12)")
+    parser.add_argument("--steps", type=int, default=10, help="steps of the ramp (10)")
+    parser.add_argument("--step-users", type=int, default=10, help="users added per step (10)")
     parser.add_argument("--p95-ms", type=float, default=500, help="latency objective (500)")
     parser.add_argument("--warmup-s", type=float, default=10, help="discarded warm-up (10)")
-    parser.add_argument("--daily-s", type=float, default=240, help="stage 6's day, seconds")
+    parser.add_argument("--daily-s", type=float, default=180, help="stage 6's day, seconds (180)")
     parser.add_argument("--out", type=Path, default=ROOT / "ladder-results")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "ladder")
     parser.add_argument("--locustfile", type=Path, default=LOCUSTFILE)

@@ -6,6 +6,7 @@ ladder-results/stage-<n>.json (the interface analysis.py and report.py read), te
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import signal
@@ -36,13 +37,13 @@ ADMIN_EMAIL = "ladder-admin@example.com"
 class Load:
     """The step ramp (and stage 6's compressed day) every stage gets."""
 
-    step_s: float = 15
-    steps: int = 8
-    step_users: int = 20
+    step_s: float = 12
+    steps: int = 10
+    step_users: int = 10
     spawn_rate: int = 50
     p95_ms: float = 500
     warmup_s: float = 10
-    daily_s: float = 240
+    daily_s: float = 180
     daily_peak_users: int = 0
     """0: as many users as the step ramp's last step."""
     locustfile: Path = LOCUSTFILE
@@ -138,16 +139,17 @@ class Sampler:
 @dataclass
 class Autoscaler:
     """Stage 6 locally: target tracking on the app processes' mean CPU against their budget,
-    adding a process behind nginx above `high`, removing one below `low` (after a cool-down),
-    as an Auto Scaling group with a target tracking policy does, in seconds instead of minutes."""
+    one process at a time behind nginx, scale-in more cautious than scale-out, as an Auto
+    Scaling group with a target tracking policy does, in seconds instead of minutes."""
 
     topology: Topology
     budgets: Budgets
     stage: Stage
     cpu: CpuSampler
-    high: float = 0.75
-    low: float = 0.3
+    target: float = 0.6
+    """Mean CPU of the app processes against their budget that the fleet is sized for."""
     cooldown_s: float = 8
+    """Seconds after a change before the next scale-out; twice as long before a scale-in."""
     instances: list[tuple[float, int]] = field(default_factory=list)
     _last_change: float = 0.0
     _busy: bool = False
@@ -163,17 +165,25 @@ class Autoscaler:
             return None
         return used["app"] / (self.stage.app_cpus * len(self.topology.apps))
 
+    def desired(self, level: float, count: int) -> int:
+        """Target tracking: the processes that would run at `target`, within the fleet's
+        bounds (ceil(count x level / target)), as an Auto Scaling policy computes it."""
+        wanted = math.ceil(round(count * level / self.target, 6))
+        return max(self.stage.app_processes, min(self.stage.max_app_processes, wanted))
+
     def check(self) -> None:
-        if self._busy or time.time() - self._last_change < self.cooldown_s:
+        since = time.time() - self._last_change
+        if self._busy or since < self.cooldown_s:
             return
         level = self.utilisation()
-        count = len(self.topology.apps)
         if level is None:
             return
-        if level > self.high and count < self.stage.max_app_processes:
+        count = len(self.topology.apps)
+        wanted = self.desired(level, count)
+        if wanted > count:
             self._busy = True
             threading.Thread(target=self._add, daemon=True).start()
-        elif level < self.low and count > self.stage.app_processes:
+        elif wanted < count and since >= 2 * self.cooldown_s:
             self._remove()
 
     def _add(self) -> None:

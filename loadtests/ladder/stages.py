@@ -106,8 +106,10 @@ class Stage:
 
 APP_CPUS = 0.25
 """One app process: a quarter of a core (FACTS.md: two of them behind nginx scale 1.7-2x)."""
-PRIMARY_CPUS = 0.12
-"""The primary: more than one app process can use, less than two do (see the module doc)."""
+PRIMARY_CPUS = 0.1
+"""The primary: more than one app process can use, less than two do. Measured with the suite's
+mix: one saturated app process (0.25) kept the primary at about 0.07 CPU, so two would need
+about 0.14; 0.1 sits between (at 0.12 the app and the primary saturated together at stage 3)."""
 
 STAGES: dict[int, Stage] = {
     stage.number: stage
@@ -171,7 +173,7 @@ STAGES: dict[int, Stage] = {
             replica_cpus=PRIMARY_CPUS,
             redis_cpus=0.03,
             nginx_cpus=0.03,
-            cdn_cpus=0.03,
+            cdn_cpus=0.05,  # at 0.03 the caching proxy saturated at 85 req/s
             aws=True,
             shape="daily",
         ),
@@ -185,7 +187,7 @@ STAGES: dict[int, Stage] = {
             replica_cpus=PRIMARY_CPUS,
             redis_cpus=0.03,
             nginx_cpus=0.03,
-            cdn_cpus=0.03,
+            cdn_cpus=0.05,  # at 0.03 the caching proxy saturated at 85 req/s
             aws=True,
             # Workers scale on queue depth (STAGES.md): two of them keep up with what the
             # fleet sends at its knee; one at 0.05 CPU fell behind at 20 users.

@@ -38,7 +38,7 @@ def test_stage_three_at_low_load_serves_without_errors_and_keeps_invariants(
     written = json.loads((tmp_path / "stage-3.json").read_text())
     assert written["stage"] == 3 and written["name"] == "horizontal"
     assert written["source"] == "local" and written["missing"] is None
-    assert written["budgets"] == {"app": 0.5, "postgres": 0.12, "nginx": 0.1}
+    assert written["budgets"] == STAGES[3].budgets()
     assert written["daily"] == [] and written["p95_objective_ms"] == 500
     for step in written["steps"]:
         assert set(step) >= STEP_KEYS

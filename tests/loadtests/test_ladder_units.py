@@ -273,6 +273,16 @@ def test_the_autoscaler_removes_a_process_when_idle_but_keeps_the_minimum(
     assert len(topology.apps) == 1 and topology.reloads == 0
 
 
+def test_the_autoscaler_keeps_a_fleet_that_would_be_over_target_with_one_less(
+    tmp_path: Path,
+) -> None:
+    scaler, topology = _scaler(2, 0.08, tmp_path)  # 40 %: one process alone would be at 80 %
+    assert scaler.desired(0.4, 2) == 2
+    scaler.check()
+    assert len(topology.apps) == 2 and topology.reloads == 0
+    assert scaler.desired(0.95, 1) == 2 and scaler.desired(1.0, 3) == 3
+
+
 def test_a_stage_that_could_not_run_keeps_its_row_with_the_reason(tmp_path: Path) -> None:
     from loadtests import report
     from loadtests.ladder.runner import Load, write_missing
