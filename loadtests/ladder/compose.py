@@ -140,9 +140,9 @@ def stage_block(stage: Stage) -> str:
 
 
 def _budget_text(stage: Stage) -> str:
-    found = stage.budgets()
+    found: dict[str, object] = dict(stage.budgets())
     if "app" in found and stage.app_processes > 1:
-        found = found | {"app": f"{stage.app_processes} x {stage.app_cpus}"}  # type: ignore[dict-item]
+        found["app"] = f"{stage.app_processes} x {stage.app_cpus}"
     return ", ".join(f"{name} {cpus}" for name, cpus in found.items())
 
 

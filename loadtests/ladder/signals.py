@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loadtests.ladder.cgroups import cpu_per_component
@@ -54,12 +54,12 @@ def parse_metrics(text: str) -> Metrics:
     return found
 
 
-def _window(samples: list[tuple[float, Any]], started_at: float, ended_at: float) -> list[Any]:
+def _window(samples: Sequence[tuple[float, Any]], started_at: float, ended_at: float) -> list[Any]:
     return [s for s in samples if started_at - 0.75 <= s[0] <= ended_at + 0.75]
 
 
 def metric_deltas(
-    samples: list[tuple[float, Mapping[str, Metrics]]], started_at: float, ended_at: float
+    samples: Sequence[tuple[float, Mapping[str, Metrics]]], started_at: float, ended_at: float
 ) -> Metrics | None:
     """Counter increases over the step, summed over app processes (keyed by their address)."""
     inside = _window(samples, started_at, ended_at)
@@ -113,7 +113,7 @@ def merge_step(
     *,
     cpu_samples: list[tuple[float, dict[str, float]]],
     groups: Mapping[str, str],
-    metric_samples: list[tuple[float, Mapping[str, Metrics]]],
+    metric_samples: Sequence[tuple[float, Mapping[str, Metrics]]],
     lag_samples: list[tuple[float, float]] | None,
     depth_samples: list[tuple[float, float]] | None,
     cache: bool,
