@@ -105,12 +105,24 @@ def _signals_text(step: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def bottleneck(step: Mapping[str, Any], budgets: Mapping[str, float]) -> Bottleneck:
-    """The component whose CPU used over its budget is highest at `step` (the knee). When none
-    reaches SATURATED (85 %) of its budget, the component is NO_BOTTLENECK: the limit is then
-    the load generator, or latency (locks, pools, waits), not a CPU budget."""
-    shares = utilisations(step, budgets)
-    cpu: Mapping[str, float] = step.get("cpu") or {}
+def bottleneck(
+    step: Mapping[str, Any],
+    budgets: Mapping[str, float],
+    *,
+    beyond: Mapping[str, Any] | None = None,
+) -> Bottleneck:
+    """The component that saturates as the load passes `step` (the knee).
+
+    Without `beyond` (the step just past the knee): the component whose CPU used over its
+    budget is highest at `step`, named when it reaches SATURATED (85 %). With `beyond`: the
+    component highest over its budget there, where the objective broke, named when it reached
+    SATURATED there; at the knee itself it is often below (a component at 70 % of its budget
+    already queues enough to break a p95 bound). When none reaches SATURATED, the component is
+    NO_BOTTLENECK: the limit is then the load generator, or latency (locks, pools, waits), not a
+    CPU budget."""
+    judged = beyond if beyond is not None else step
+    shares = utilisations(judged, budgets)
+    cpu: Mapping[str, float] = judged.get("cpu") or {}
     signals = _signals_text(step)
     if not shares:
         evidence = "no CPU figures for any budgeted component"
@@ -118,10 +130,23 @@ def bottleneck(step: Mapping[str, Any], budgets: Mapping[str, float]) -> Bottlen
     name = max(shares, key=lambda component: (shares[component], component))
     share = shares[name]
     figure = f"{name} {float(cpu[name]):.2f} of {float(budgets[name]):g} CPU ({share:.0%})"
+    if beyond is not None:
+        at_knee = utilisations(step, budgets).get(name)
+        figure += " past the knee" + (f", {at_knee:.0%} at it" if at_knee is not None else "")
     if share < SATURATED:
         evidence = f"no component at {SATURATED:.0%} of its budget; highest: {figure}"
         return Bottleneck(NO_BOTTLENECK, share, f"{evidence}; {signals}" if signals else evidence)
     return Bottleneck(name, share, f"{figure}; {signals}" if signals else figure)
+
+
+def _heavier(steps: Sequence[Mapping[str, Any]], at: int | None) -> int | None:
+    """The least loaded step with more users than step `at` (all steps when None): the next
+    step of a ramp, the next busier slice of a daily curve."""
+    floor = -1 if at is None else int(steps[at]["users"])
+    heavier = [i for i, step in enumerate(steps) if int(step["users"]) > floor]
+    if not heavier:
+        return None
+    return min(heavier, key=lambda i: (int(steps[i]["users"]), i))
 
 
 @dataclass(frozen=True)
@@ -146,13 +171,10 @@ def past_knee(
     """The figures of the step after the knee (the least loaded step when there is no knee):
     users, p95, errors, each component's CPU against its budget (highest first), and the
     signals."""
-    # The least loaded step with more users than the knee's: the next step of a ramp, the
-    # next busier slice of a daily curve.
-    floor = -1 if at is None else int(steps[at]["users"])
-    heavier = [i for i, step in enumerate(steps) if int(step["users"]) > floor]
-    if not heavier:
+    index = _heavier(steps, at)
+    if index is None:
         return ""
-    step = steps[min(heavier, key=lambda i: (int(steps[i]["users"]), i))]
+    step = steps[index]
     shares = sorted(utilisations(step, budgets).items(), key=lambda kv: (-kv[1], kv[0]))
     where = "the first step" if at is None else "past the knee"
     parts = [
@@ -194,7 +216,10 @@ def summarise(result: Mapping[str, Any]) -> StageSummary:
         beyond = past_knee(steps, None, result.get("budgets") or {})
         return StageSummary(stage, name, None, None, None, None, "; ".join(notes), beyond)
     step = steps[at]
-    found = bottleneck(step, result.get("budgets") or {})
+    past = _heavier(steps, at)
+    found = bottleneck(
+        step, result.get("budgets") or {}, beyond=steps[past] if past is not None else None
+    )
     return StageSummary(
         stage,
         name,

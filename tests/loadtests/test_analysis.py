@@ -72,7 +72,7 @@ def test_each_recorded_stage_names_the_component_that_reached_its_budget() -> No
         assert summary.bottleneck.utilisation >= analysis.SATURATED
     assert named == {2: "app", 3: "postgres", 4: "replica"}
     evidence = analysis.summarise(recorded(3)).bottleneck.evidence  # type: ignore[union-attr]
-    assert evidence.startswith("postgres 0.46 of 0.5 CPU (92%)")
+    assert evidence.startswith("postgres 0.50 of 0.5 CPU (100%) past the knee, 92% at it")
     assert "pool wait 6.5 ms" in evidence
 
 
@@ -87,6 +87,23 @@ def test_below_85_percent_of_every_budget_nothing_is_named() -> None:
     assert empty.component == analysis.NO_BOTTLENECK
     # A component without a budget (or a zero one) is not judged against one.
     assert analysis.bottleneck({"cpu": {"moto": 3.0}}, {"moto": 0.0}).utilisation == 0.0
+
+
+def test_the_component_that_saturates_past_the_knee_is_named_though_below_85_at_it() -> None:
+    """A p95 bound breaks while the limiting component is still at 70 % of its budget (it
+    queues already): the step past the knee, where it reaches its budget, names it."""
+    budgets = {"app": 0.5, "postgres": 0.2}
+    at_knee = {"cpu": {"app": 0.35, "postgres": 0.1}}
+    past = {"cpu": {"app": 0.49, "postgres": 0.12}}
+    found = analysis.bottleneck(at_knee, budgets, beyond=past)
+    assert found.component == "app"
+    assert found.evidence.startswith("app 0.49 of 0.5 CPU (98%) past the knee, 70% at it")
+    # Still nothing named when nothing reaches its budget even past the knee.
+    idle = {"cpu": {"app": 0.3, "postgres": 0.1}}
+    assert analysis.bottleneck(at_knee, budgets, beyond=idle).component == analysis.NO_BOTTLENECK
+    # And the component named is the one saturating past the knee, not the busiest at it.
+    shifted = {"cpu": {"app": 0.36, "postgres": 0.19}}
+    assert analysis.bottleneck(at_knee, budgets, beyond=shifted).component == "postgres"
 
 
 def test_the_bottleneck_is_judged_by_share_of_budget_not_by_cpu_used() -> None:
