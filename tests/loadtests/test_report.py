@@ -58,7 +58,7 @@ def test_the_report_has_one_row_per_stage_with_its_knee_bottleneck_and_cost(
         "94% at it"
     )
     assert rows[2].startswith("| 3 | horizontal | 95 | 24 | 420 | postgres | postgres 0.50")
-    assert rows[3].startswith("| 4 | read-replicas | 100 | 24 | 260 | replica | replica 0.45")
+    assert rows[3].startswith("| 4 | read-replicas | 100 | 24 | 260 | replica | replica 0.50")
     assert rows[1].endswith("| 0.27 |") and rows[3].endswith("| 1.06 |")
     assert "Stage 2 to 3: the knee rises from 60 to 95 requests/s." in text
     assert "Stage 4: the bottleneck is replica, as STAGES.md predicts." in text
