@@ -110,9 +110,12 @@ def story(summaries: Sequence[analysis.StageSummary]) -> list[str]:
                 f"{lower.knee_rps:.0f} to {upper.knee_rps:.0f} requests/s."
             )
         else:
+            # Why, in the figures: what saturated past the upper stage's knee, and what had
+            # room (a component of the new stage far from its budget did not take the load).
+            why = f" {upper.past_knee[0].upper()}{upper.past_knee[1:]}." if upper.past_knee else ""
             lines.append(
                 f"Stage {lower.stage} to {upper.stage}: the knee does NOT rise "
-                f"({lower.knee_rps:.0f} to {upper.knee_rps:.0f} requests/s)."
+                f"({lower.knee_rps:.0f} to {upper.knee_rps:.0f} requests/s).{why}"
             )
     for summary in summaries:
         predicted = PREDICTED_BOTTLENECK.get(summary.stage)

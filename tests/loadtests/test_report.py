@@ -91,10 +91,11 @@ def test_a_knee_that_does_not_rise_is_said_plainly(tmp_path: Path) -> None:
     flat = results()
     flat[1]["steps"] = flat[0]["steps"]  # stage 3 measured no better than stage 2
     report.write_report(flat, tmp_path)
-    assert (
-        "Stage 2 to 3: the knee does NOT rise (60 to 60 requests/s)."
-        in (tmp_path / "README.md").read_text()
-    )
+    text = (tmp_path / "README.md").read_text()
+    assert "Stage 2 to 3: the knee does NOT rise (60 to 60 requests/s). Past the knee (" in text
+    # ... with the figures that say why: each component's share of its budget past the knee.
+    [line] = [x for x in text.splitlines() if "Stage 2 to 3" in x]
+    assert "of budget" in line and "app " in line
 
 
 def test_bad_results_get_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
