@@ -169,7 +169,8 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
         f"(source: {', '.join(sources)}). The knee is the step with the highest throughput "
         f"whose p95 stays under {' / '.join(f'{o:g}' for o in objectives)} ms with under 1 % "
         "errors; the bottleneck is the component whose CPU used over its budget is highest at "
-        f"the knee, and none when no component reaches {analysis.SATURATED:.0%} of its budget "
+        "the step past the knee, where the objective broke (at the knee when there is none), "
+        f"and none when no component reaches {analysis.SATURATED:.0%} of its budget there "
         "(the limit is then the load generator, or latency: locks, pools, waits). "
         "AWS $/hour: the stage's stack at its minimum size (infra/cost.py).",
         "",
