@@ -137,11 +137,7 @@ async def sign_in(
         res.tokens,
         email=credentials.email,
         password=credentials.password,
-        limits=service.SignInLimits(
-            limit=res.sign_in_limit,
-            per_email=res.settings.sign_in_failures_per_email,
-            per_client=res.settings.sign_in_failures_per_client,
-        ),
+        limits=service.SignInLimits.configured(res.sign_in_limit, res.settings),
         client=request.client.host if request.client else "unknown",
     )
 

@@ -13,6 +13,7 @@ from app.core.errors import Conflict, InvalidRequest, NotFound, TooManyRequests,
 from app.core.models import utcnow
 from app.core.ratelimit import Budget, RateLimit
 from app.core.security import Passwords, Principal, Role, TokenIssuer
+from app.core.settings import Settings
 from app.customers.domain import normalise_email, password_problem
 from app.customers.models import Customer
 from app.customers.schemas import CustomerRead, SignUp, TokenRead
@@ -57,6 +58,15 @@ class SignInLimits:
     limit: RateLimit
     per_email: int
     per_client: int
+
+    @classmethod
+    def configured(cls, limit: RateLimit, settings: Settings) -> SignInLimits:
+        """The limits SHOP_SIGN_IN_FAILURES_PER_EMAIL / _PER_CLIENT set, counted by `limit`."""
+        return cls(
+            limit=limit,
+            per_email=settings.sign_in_failures_per_email,
+            per_client=settings.sign_in_failures_per_client,
+        )
 
 
 async def sign_in(

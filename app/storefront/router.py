@@ -403,11 +403,7 @@ async def sign_in(request: Request, res: ResourcesDep, visit: VisitDep, form: Fo
             res.tokens,
             email=credentials.email,
             password=credentials.password,
-            limits=customers.SignInLimits(
-                limit=res.sign_in_limit,
-                per_email=res.settings.sign_in_failures_per_email,
-                per_client=res.settings.sign_in_failures_per_client,
-            ),
+            limits=customers.SignInLimits.configured(res.sign_in_limit, res.settings),
             client=request.client.host if request.client else "unknown",
         )
     except ValidationError:
