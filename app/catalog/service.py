@@ -122,7 +122,8 @@ async def product_json(
 ) -> bytes:
     """One product with its stock, as the JSON of ProductRead; raises NotFound.
 
-    From the cache when there is one (a hit is one Redis round trip and no serialisation);
+    From the cache when there is one (a hit: no serialisation, and one Redis round trip or,
+    from the in-process layer, none);
     concurrent misses in a process cost one database query.
     """
 

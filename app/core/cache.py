@@ -364,13 +364,16 @@ class Cache:
     def _remember(self, name: str, value: bytes, heard: int) -> None:
         if heard != self._heard:
             return  # a generation was announced meanwhile: `name` may be an old one
-        if len(self._local) >= self._local_entries:
-            now = time.monotonic()
-            for stale in [k for k, (until, _) in self._local.items() if until <= now]:
-                del self._local[stale]
-            while len(self._local) >= self._local_entries:
-                del self._local[next(iter(self._local))]
-        self._local[name] = (time.monotonic() + self.local_s, value)
+        # Every copy lives local_s, so insertion order is expiry order: the oldest go first,
+        # without scanning the rest (re-inserting a key moves it to the end).
+        self._local.pop(name, None)
+        now = time.monotonic()
+        while self._local:
+            oldest = next(iter(self._local))
+            if self._local[oldest][0] > now and len(self._local) < self._local_entries:
+                break
+            del self._local[oldest]
+        self._local[name] = (now + self.local_s, value)
 
     async def _listen(self) -> None:
         """Hear every new generation of the fleet; resubscribe after a failure."""

@@ -517,6 +517,43 @@ async def test_a_request_carrying_its_own_write_position_skips_the_memory_copy()
         await cache.close()
 
 
+async def test_a_process_keeps_at_most_its_entry_bound_in_memory_the_oldest_go_first() -> None:
+    cache = Cache.from_url(
+        REDIS_URL,
+        namespace=f"bound-{time.time_ns()}",
+        ttl_s=5,
+        timeout_s=1,
+        backoff_s=1,
+        local_s=1,
+        local_entries=2,
+    )
+
+    async def fill(_not_before: int) -> bytes:
+        return b"answer"
+
+    async def read(product: int) -> bool:
+        """Whether the in-process layer answered."""
+        before = cache.stats.local_hits
+        await cache.read_through(
+            generation="g", key=lambda n: ("generation", n, "product", product), fill=fill
+        )
+        return cache.stats.local_hits > before
+
+    try:
+
+        async def subscribed() -> bool:
+            return cache.listening
+
+        await read(0)
+        await wait_until(subscribed)
+        for product in (1, 2, 3):
+            await read(product)
+        assert await read(3) and await read(2)
+        assert not await read(1)  # the oldest of three, dropped for the bound of two
+    finally:
+        await cache.close()
+
+
 async def listening(c: httpx.AsyncClient, product_id: int) -> None:
     """Read until the process answers from memory: its subscription is up and it has a copy."""
     cache: Cache = c.cache  # type: ignore[attr-defined]
