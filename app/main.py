@@ -26,7 +26,7 @@ from app.core.cache import Cache, bounded_client, namespace_for
 from app.core.db import Database
 from app.core.deps import Resources, ResourcesDep
 from app.core.docs import ASSETS_URL, install_docs
-from app.core.http import BodyLimit, DefaultCacheControl, install_error_handlers
+from app.core.http import BodyLimit, DefaultCacheControl, include_flat, install_error_handlers
 from app.core.lifecycle import drain_on_sigterm, sample_pools_forever
 from app.core.mail import mailer_for
 from app.core.observability import Observe, metrics_document
@@ -234,7 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         delivery_router,
         accounting_router,
     ):
-        app.include_router(router)
+        include_flat(app, router)
     # The pages at / and /shop/..., with error pages of their own; after every other handler.
     storefront.install(app)
 

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
@@ -22,6 +23,49 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.errors import InvalidRequest, ShopError, TooManyRequests, Unauthenticated
 
 log = logging.getLogger("shop.http")
+
+
+def include_flat(app: FastAPI, router: APIRouter) -> None:
+    """Add a domain router's routes to the app itself, as `include_router` did before FastAPI
+    0.137.
+
+    Since 0.137, `include_router` keeps the router as a node that every request walks (and
+    walks again to handle the route it found), with per-route bookkeeping on the way: measured
+    in one process, routing cost more than a cached product read itself. Routes added here are
+    the app's own, so the app's operation ids and `app.dependency_overrides` apply to them.
+    Routers used this way carry no prefix or dependencies of their own (checked).
+    """
+    if router.prefix or router.dependencies:
+        raise ValueError("include_flat takes routers without a prefix or dependencies")
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            raise TypeError(f"include_flat takes API routes only, not {route!r}")
+        app.router.add_api_route(
+            route.path,
+            route.endpoint,
+            methods=sorted(route.methods or ()),
+            name=route.name,
+            response_model=route.response_model,
+            status_code=route.status_code,
+            tags=list(route.tags),
+            dependencies=list(route.dependencies),
+            summary=route.summary,
+            description=route.description,
+            response_description=route.response_description,
+            responses=route.responses,
+            deprecated=route.deprecated,
+            operation_id=route.operation_id,
+            response_model_include=route.response_model_include,
+            response_model_exclude=route.response_model_exclude,
+            response_model_by_alias=route.response_model_by_alias,
+            response_model_exclude_unset=route.response_model_exclude_unset,
+            response_model_exclude_defaults=route.response_model_exclude_defaults,
+            response_model_exclude_none=route.response_model_exclude_none,
+            include_in_schema=route.include_in_schema,
+            response_class=route.response_class,
+            callbacks=route.callbacks,
+            openapi_extra=route.openapi_extra,
+        )
 
 
 def model_response(model: BaseModel, status_code: int = 200) -> Response:

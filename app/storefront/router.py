@@ -722,7 +722,8 @@ async def admin_ledger(request: Request, res: ResourcesDep, visit: VisitDep) -> 
 def install(app: Any) -> None:
     """Serve the storefront, with friendly error pages on its paths (the JSON API keeps JSON
     errors). Call once every other exception handler is installed."""
+    from app.core.http import include_flat
     from app.storefront.pages import install_error_pages
 
-    app.include_router(router)
+    include_flat(app, router)
     install_error_pages(app)
