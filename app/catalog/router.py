@@ -10,7 +10,15 @@ from starlette.requests import ClientDisconnect
 
 from app.catalog import service
 from app.catalog.schemas import PriceChange, ProductCreate, ProductPage, ProductRead, Restock
-from app.core.deps import AdminDep, AssetsDep, CacheDep, DatabaseDep, PageDep, ResourcesDep
+from app.core.deps import (
+    AdminDep,
+    AssetsDep,
+    CacheDep,
+    DatabaseDep,
+    PageLimit,
+    PageOffset,
+    ResourcesDep,
+)
 from app.core.errors import InvalidRequest
 from app.core.http import public_response
 from app.core.openapi import conflict, errors
@@ -88,17 +96,18 @@ Units = Annotated[
 @router.get("/products", response_model=ProductPage, responses=errors(422, 503) | _CACHEABLE)
 async def list_products(
     res: ResourcesDep,
-    page: PageDep,
     q: Annotated[
         SearchText | None, Query(description="Only products whose name or SKU contains this.")
     ] = None,
+    limit: PageLimit = 20,
+    offset: PageOffset = 0,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """List products by name, a page at a time. The stock shown may be a few seconds old
     (`SHOP_CACHE_STOCK_STALENESS_S`); prices and new products show at once here, and through
     a CDN or a browser's cache within `SHOP_CATALOG_MAX_AGE_S` (the answer's max-age)."""
     body = await service.page_json(
-        res.db, res.cache, text=q, limit=page.limit, offset=page.offset, assets=res.assets
+        res.db, res.cache, text=q, limit=limit, offset=offset, assets=res.assets
     )
     return public_response(
         body, max_age_s=res.settings.catalog_max_age_s, if_none_match=if_none_match

@@ -77,26 +77,35 @@ DatabaseDep = Annotated[Database, Depends(_db)]
 CacheDep = Annotated[Cache | None, Depends(_cache)]
 AssetsDep = Annotated[Assets, Depends(_assets)]
 
-# The OAuth2 password flow is how /docs signs in (Authorize: e-mail and password); on the wire
-# it is the same bearer token. It yields the token, or None without a "Bearer" Authorization.
-_bearer = OAuth2PasswordBearer(
+
+class _BearerPrincipal(OAuth2PasswordBearer):
+    """Who is calling, from the bearer token, in one dependency.
+
+    The OAuth2 password flow is how /docs signs in (Authorize: e-mail and password); on the
+    wire it is the same bearer token. Resolving the principal in the security scheme's own
+    call, rather than in a dependency on it, saves FastAPI a dependency node on every
+    signed-in request."""
+
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        token = await super().__call__(request)  # None without "Bearer" (auto_error is off)
+        if not token:
+            raise Unauthenticated("a bearer token is required")
+        resources = _state(request)
+        claimed = resources.verifier.verify(token)
+        # A token is only as good as the account behind it: a deleted account loses access
+        # and a changed role applies within settings.account_check_s, whatever the token says.
+        role = await resources.accounts.current_role(claimed.customer_id)
+        if role is None:
+            raise Unauthenticated("the account of this token does not exist")
+        return claimed if role is claimed.role else Principal(claimed.customer_id, role)
+
+
+_principal = _BearerPrincipal(
     tokenUrl="/auth/token",
+    scheme_name="OAuth2PasswordBearer",
     auto_error=False,
     description="Sign in with your e-mail (as the username) and password.",
 )
-
-
-async def _principal(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> Principal:
-    if not token:
-        raise Unauthenticated("a bearer token is required")
-    resources = _state(request)
-    claimed = resources.verifier.verify(token)
-    # A token is only as good as the account behind it: a deleted account loses access and a
-    # changed role applies within settings.account_check_s, whatever the token says.
-    role = await resources.accounts.current_role(claimed.customer_id)
-    if role is None:
-        raise Unauthenticated("the account of this token does not exist")
-    return claimed if role is claimed.role else Principal(claimed.customer_id, role)
 
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]
@@ -111,20 +120,9 @@ async def _admin(principal: PrincipalDep) -> Principal:
 AdminDep = Annotated[Principal, Depends(_admin)]
 
 
-@dataclass(frozen=True, slots=True)
-class PageParams:
-    limit: int
-    offset: int
-
-
 MAX_PAGE = 100
 
-
-async def _page(
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 20,
-    offset: Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip.")] = 0,
-) -> PageParams:
-    return PageParams(limit=limit, offset=offset)
-
-
-PageDep = Annotated[PageParams, Depends(_page)]
+# Paging is two plain query parameters, not a dependency that bundles them: a dependency node
+# costs FastAPI more per request than the two parameters themselves.
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")]
+PageOffset = Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip.")]

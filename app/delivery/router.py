@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query
 
-from app.core.deps import AdminDep, DatabaseDep, PageDep, PrincipalDep
+from app.core.deps import AdminDep, DatabaseDep, PageLimit, PageOffset, PrincipalDep
 from app.core.openapi import TransitionRefused, conflict, errors
 from app.core.schemas import MAX_INT32
 from app.delivery import service
@@ -34,11 +34,12 @@ async def track_order(
 async def list_shipments(
     db: DatabaseDep,
     _admin: AdminDep,
-    page: PageDep,
     status: Annotated[ShipmentStatus | None, Query(description="Only this status.")] = None,
+    limit: PageLimit = 20,
+    offset: PageOffset = 0,
 ) -> ShipmentPage:
     """Shipments, oldest first (admins)."""
-    return await service.list_shipments(db, status=status, limit=page.limit, offset=page.offset)
+    return await service.list_shipments(db, status=status, limit=limit, offset=offset)
 
 
 @router.post(

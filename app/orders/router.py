@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Header, Path, status
 from fastapi.responses import JSONResponse, Response
 
 from app.accounting.schemas import EntryRead
-from app.core.deps import DatabaseDep, PageDep, PrincipalDep, ResourcesDep
+from app.core.deps import DatabaseDep, PageLimit, PageOffset, PrincipalDep, ResourcesDep
 from app.core.http import model_response
 from app.core.openapi import ErrorBody, OutOfStockBody, conflict, errors
 from app.core.schemas import MAX_INT32
@@ -95,10 +95,12 @@ async def place_order(
 
 
 @router.get("/orders", response_model=OrderPage, responses=errors(401, 422, 503))
-async def list_my_orders(db: DatabaseDep, principal: PrincipalDep, page: PageDep) -> Response:
+async def list_my_orders(
+    db: DatabaseDep, principal: PrincipalDep, limit: PageLimit = 20, offset: PageOffset = 0
+) -> Response:
     """Your orders, newest first."""
     found = await service.list_orders(
-        db, customer_id=principal.customer_id, limit=page.limit, offset=page.offset
+        db, customer_id=principal.customer_id, limit=limit, offset=offset
     )
     return model_response(found)
 
