@@ -290,13 +290,13 @@ class Database:
             if position is not None:
                 await _note_commit(conn, position)
 
-    def _choose(self) -> Replica | None:
+    async def _choose(self) -> Replica | None:
         """The replica for this read, or None for the primary."""
         if not self.replicas:
             return None
         position = current_position()
         not_before = position.not_before if position is not None else 0
-        replica = self.replicas.choose(not_before)
+        replica = await self.replicas.choose_caught_up(not_before)
         if replica is None:
             behind = not_before > 0 and any(r.healthy for r in self.replicas.replicas)
             REPLICA_SKIPS.labels("behind" if behind else "unhealthy").inc()
@@ -314,7 +314,7 @@ class Database:
         skipped from the next read on): use `fetch_all` where a read must survive a replica
         stopping under it.
         """
-        replica = self._choose()
+        replica = await self._choose()
         if replica is not None:
             try:
                 conn = await replica.engine.connect()
@@ -357,7 +357,7 @@ class Database:
             await self._prepare_dialect()
         sql, defaults, _ = _compile(stmt, self.primary.dialect)
         values = _adapt(params, defaults)
-        replica = self._choose()
+        replica = await self._choose()
         if replica is not None and replica.pool is not None:
             try:
                 rows = await self._fetch_fast(replica.pool, sql, values)

@@ -10,8 +10,11 @@ Read-your-writes across the fleet. The position travels with the client, never i
 memory: `ReadYourWrites` (an ASGI middleware) answers a request that wrote with a signed token
 (HMAC-SHA256 with the JWT key) in the `X-Shop-Read-After` header and the `shop_read_after`
 cookie. A request that brings it back (either one, on any instance) reads only from a replica
-whose last checked position has reached it, else from the primary. The token holds nothing
-secret and cannot be forged, so a client can only ask for reads at least as fresh as its own
+whose position has reached it, else from the primary. When the last poll found every replica
+behind it, they are asked again on the spot (`choose_caught_up`, one ask at a time per process,
+waited for at most 50 ms): replay takes milliseconds, the poll's period half a second, and
+without the ask most of a customer's reads after a write went to the primary. The token holds
+nothing secret and cannot be forged, so a client can only ask for reads at least as fresh as its own
 writes. Keeping it per customer in Redis instead would cost a cache round trip on every
 authenticated read, and would not cover a sign-up followed by a sign-in, where no customer is
 known yet.
@@ -67,6 +70,12 @@ COOKIE = "shop_read_after"
 _HEADER_KEY = HEADER.lower().encode()
 
 # Integer positions: pg_lsn minus '0/0' is the LSN as a number (numeric).
+CATCH_UP_WAIT_S = 0.05
+"""How long a read that is ahead of every replica's last known position waits for them to be
+asked again, before it goes to the primary."""
+CATCH_UP_EVERY_S = 0.01
+"""At most one such ask per process this often: a replica that truly lags is not asked on every
+read."""
 PRIMARY_POSITION_SQL = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
 _REPLICA_POSITION_SQL = (
     "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
@@ -202,6 +211,8 @@ class Replica:
     lag_s: float | None = None
     problem: str | None = "not checked yet"
     _probe: psycopg.AsyncConnection[Any] | None = field(default=None, repr=False)
+    _polling: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    """One poll of this replica at a time: the watch and a catch-up share its connection."""
 
 
 class ReplicaSet:
@@ -225,6 +236,8 @@ class ReplicaSet:
         self._options.pop("prepare_threshold", None)
         # The primary's positions of the last max_lag_s and a bit: (monotonic time, position).
         self._history: deque[tuple[float, int]] = deque()
+        self._catching_up: asyncio.Task[None] | None = None
+        self._caught_up_at = 0.0
         self._turn = itertools.count()
         self._task: asyncio.Task[None] | None = None
 
@@ -243,6 +256,33 @@ class ReplicaSet:
             if replica.healthy and replica.position >= not_before:
                 return replica
         return None
+
+    async def choose_caught_up(self, not_before: int) -> Replica | None:
+        """`choose`, but when every healthy replica was behind `not_before` at the last poll,
+        ask them again first: a customer's read a moment after their write would otherwise go
+        to the primary until the next poll, though the replica replayed the write within
+        milliseconds. One ask per process at a time (the others wait for it), at most one
+        per CATCH_UP_EVERY_S, and a read waits for it at most CATCH_UP_WAIT_S before it goes
+        to the primary."""
+        replica = self.choose(not_before)
+        if replica is not None or not not_before:
+            return replica
+        if not any(r.healthy for r in self.replicas):
+            return None
+        task = self._catching_up
+        if task is None or task.done():
+            if time.monotonic() - self._caught_up_at < CATCH_UP_EVERY_S:
+                return None
+            task = self._catching_up = asyncio.create_task(self._catch_up())
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), CATCH_UP_WAIT_S)
+        return self.choose(not_before)
+
+    async def _catch_up(self) -> None:
+        try:
+            await asyncio.gather(*(self._check_replica(r) for r in self.replicas if r.healthy))
+        finally:
+            self._caught_up_at = time.monotonic()
 
     def report_failure(self, replica: Replica, exc: BaseException) -> None:
         """A read lost its connection to `replica`: skip it until a poll finds it healthy."""
@@ -272,6 +312,11 @@ class ReplicaSet:
         self._task = asyncio.create_task(self._watch(), name="shop-replica-health")
 
     async def stop(self) -> None:
+        if self._catching_up is not None:
+            self._catching_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._catching_up
+            self._catching_up = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -319,6 +364,10 @@ class ReplicaSet:
         return max(2.0, 2 * self.check_s)
 
     async def _check_replica(self, replica: Replica) -> None:
+        async with replica._polling:
+            await self._poll_replica(replica)
+
+    async def _poll_replica(self, replica: Replica) -> None:
         try:
             replica._probe, position = await asyncio.wait_for(
                 self._position(replica._probe, replica.url, _REPLICA_POSITION_SQL),

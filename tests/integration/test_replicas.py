@@ -36,6 +36,8 @@ pytestmark = pytest.mark.skipif(
 READ_AFTER = "X-Shop-Read-After"
 ORDER_READS = "%order_line%customer_order%"  # GET /orders/{id}: the order joined to its lines
 PRODUCT_READS = "%FROM product%"
+WRITTEN = "SELECT pg_current_wal_insert_lsn() - '0/0'"
+REPLAYED = "SELECT pg_last_wal_replay_lsn() - '0/0'"
 
 
 @dataclass
@@ -178,6 +180,43 @@ async def test_a_customer_reads_their_writes_through_another_instance_while_repl
             assert signed_in.status_code == 200
         finally:
             servers.replica.query("SELECT pg_wal_replay_resume()")
+
+
+async def test_a_read_after_a_write_goes_to_the_replica_once_it_has_replayed_the_write(
+    servers: Servers,
+) -> None:
+    """Between two polls (30 s apart here) an instance does not know the replica caught up:
+    it asks, and the replica, not the primary, answers the customer's read."""
+    slow_polls = {"database_replica_check_s": 30.0, "database_replica_max_lag_s": 120}
+    async with shop(servers, **slow_polls) as one, shop(servers, **slow_polls) as other:
+        product = await make_product(one.resources, initial_stock=5)
+        alice = await make_user(one.resources)
+
+        def replayed(position: int) -> Callable[[], bool]:
+            return lambda: int(servers.replica.query(REPLAYED)) >= position
+
+        await eventually(replayed(int(servers.primary.query(WRITTEN))), "the replica caught up")
+        await other.resources.db.replicas.check()  # the last poll before the write
+        (known,) = other.resources.db.replicas.replicas
+        assert known.healthy
+        placed = await one.http.post(
+            "/orders",
+            headers=alice.headers,
+            json={"lines": [{"product_id": product.id, "quantity": 1}]},
+        )
+        assert placed.status_code == 201
+        written = int(servers.primary.query(WRITTEN))
+        await eventually(replayed(written), "the replica replayed the order")
+        assert known.position < written  # the instance has not seen it yet
+        token = placed.headers[READ_AFTER]
+        before = servers.reads_on_replica(ORDER_READS)
+        seen = await other.http.get(
+            f"/orders/{placed.json()['id']}", headers={**alice.headers, READ_AFTER: token}
+        )
+        assert seen.status_code == 200
+        assert seen.json() == placed.json()
+        assert servers.reads_on_replica(ORDER_READS) == before + 1  # the replica answered
+        assert known.position >= written  # and the instance now knows where the replica is
 
 
 async def test_a_lagging_replica_is_skipped_and_rejoins_once_it_catches_up(
