@@ -536,6 +536,9 @@ class StepRecorder:
         }
         self.lines.append(line)
         met = analysis.meets_objective(line, p95_ms=P95_OBJECTIVE_MS, max_error_ratio=0.01)
+        shape = self.shape()
+        if shape is not None:
+            shape.measured(met)
         log.info(
             "step %s: %s users, %.1f requests/s, p95 %.0f ms, %s failures (objective %s)",
             line["step"],

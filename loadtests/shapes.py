@@ -69,6 +69,9 @@ class MeasuredShape:
     def users_at(self, run_time_s: float) -> int | None:
         raise NotImplementedError
 
+    def measured(self, met: bool) -> None:
+        """A window has been measured; `met`: whether it met the latency objective."""
+
     def tick(self) -> tuple[int, float] | None:
         run_time: float = self.get_run_time()  # type: ignore[attr-defined]
         users = self.users_at(run_time)
@@ -82,7 +85,9 @@ class StepRamp(MeasuredShape):
 
     Knobs: `SHOP_LOAD_STEP_USERS` users added per step (default 10), `SHOP_LOAD_STEP_S` seconds
     per step (default 20), `SHOP_LOAD_STEPS` number of steps (default 8), `SHOP_LOAD_SPAWN_RATE`
-    users started per second (default 50). Step i (from 0) runs (i + 1) x STEP_USERS users; its
+    users started per second (default 50), `SHOP_LOAD_STOP_AFTER_MISSED` (default 0: never) ends
+    the ramp once that many steps in a row missed the latency objective: past the knee, more
+    load only measures a longer queue. Step i (from 0) runs (i + 1) x STEP_USERS users; its
     first 3 seconds are not measured.
     """
 
@@ -91,10 +96,18 @@ class StepRamp(MeasuredShape):
         self.step_s = _env_number("SHOP_LOAD_STEP_S", 20.0, minimum=RAMP_DISCARD_S + 1)
         self.steps = _env_int("SHOP_LOAD_STEPS", 8, minimum=1)
         self.spawn_rate = _env_number("SHOP_LOAD_SPAWN_RATE", 50.0, minimum=0.1)
+        self.stop_after_missed = _env_int("SHOP_LOAD_STOP_AFTER_MISSED", 0, minimum=0)
+        self.missed_in_a_row = 0
+        self.ended = False
+
+    def measured(self, met: bool) -> None:
+        self.missed_in_a_row = 0 if met else self.missed_in_a_row + 1
+        if self.stop_after_missed and self.missed_in_a_row >= self.stop_after_missed:
+            self.ended = True
 
     def window_at(self, run_time_s: float) -> Window | None:
         step = int(run_time_s // self.step_s)
-        if step >= self.steps:
+        if step >= self.steps or self.ended:
             return None
         start = step * self.step_s
         return Window(

@@ -27,7 +27,13 @@ def main(argv: list[str] | None = None) -> int:
         "--stages", default=os.environ.get("STAGES", ""), help="e.g. 3,4 or 2-5 (default: all)"
     )
     parser.add_argument("--step-s", type=float, default=12, help="seconds per step (12)")
-    parser.add_argument("--steps", type=int, default=10, help="steps of the ramp (10)")
+    parser.add_argument("--steps", type=int, default=20, help="steps of the ramp, at most (20)")
+    parser.add_argument(
+        "--stop-after-missed",
+        type=int,
+        default=2,
+        help="end a stage's ramp after this many steps in a row past the objective (2; 0: never)",
+    )
     parser.add_argument("--step-users", type=int, default=10, help="users added per step (10)")
     parser.add_argument("--p95-ms", type=float, default=500, help="latency objective (500)")
     parser.add_argument("--warmup-s", type=float, default=10, help="discarded warm-up (10)")
@@ -46,12 +52,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.steps < 1 or args.step_users < 1:
         parser.error("--steps and --step-users must be at least 1")
+    if args.stop_after_missed < 0:
+        parser.error("--stop-after-missed must be 0 or more")
     if not args.locustfile.is_file():
         parser.error(f"no Locust suite at {args.locustfile}")
     load = Load(
         step_s=args.step_s,
         steps=args.steps,
         step_users=args.step_users,
+        stop_after_missed=args.stop_after_missed,
         p95_ms=args.p95_ms,
         warmup_s=args.warmup_s,
         daily_s=args.daily_s,

@@ -38,8 +38,10 @@ class Load:
     """The step ramp (and stage 6's compressed day) every stage gets."""
 
     step_s: float = 12
-    steps: int = 10
+    steps: int = 20
     step_users: int = 10
+    stop_after_missed: int = 2
+    """The ramp ends once this many steps in a row missed the objective (0: never)."""
     spawn_rate: int = 50
     p95_ms: float = 500
     warmup_s: float = 10
@@ -56,6 +58,7 @@ class Load:
             "SHOP_LOAD_STEP_USERS": str(self.step_users),
             "SHOP_LOAD_STEP_S": str(self.step_s),
             "SHOP_LOAD_STEPS": str(self.steps),
+            "SHOP_LOAD_STOP_AFTER_MISSED": str(self.stop_after_missed),
             "SHOP_LOAD_SPAWN_RATE": str(self.spawn_rate),
             "SHOP_LOAD_DAILY_PEAK_USERS": str(
                 self.daily_peak_users or self.step_users * self.steps

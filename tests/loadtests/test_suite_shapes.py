@@ -27,6 +27,29 @@ def test_the_step_ramps_defaults_are_the_documented_ones(monkeypatch: pytest.Mon
     assert ramp.users_at(159) == 80 and ramp.users_at(160) is None
 
 
+def test_the_step_ramp_ends_after_steps_in_a_row_past_the_objective(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOP_LOAD_STEP_S", "10")
+    monkeypatch.setenv("SHOP_LOAD_STEPS", "20")
+    monkeypatch.setenv("SHOP_LOAD_STOP_AFTER_MISSED", "2")
+    ramp = shapes.StepRamp()
+    for met in (True, False, True, False):  # a missed step alone does not end it
+        ramp.measured(met)
+    assert ramp.users_at(45) == 50
+    ramp.measured(False)  # the second in a row
+    assert ramp.users_at(55) is None and ramp.window_at(55) is None
+
+
+def test_without_a_stop_the_step_ramp_runs_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHOP_LOAD_STOP_AFTER_MISSED", raising=False)
+    monkeypatch.setenv("SHOP_LOAD_STEPS", "3")
+    ramp = shapes.StepRamp()
+    for _ in range(3):
+        ramp.measured(False)
+    assert ramp.users_at(59) == 30
+
+
 def test_the_daily_curve_has_a_night_a_peak_and_an_evening(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
