@@ -79,8 +79,17 @@ class Bottleneck:
     evidence: str
 
 
+def budgets_during(step: Mapping[str, Any], budgets: Mapping[str, float]) -> Mapping[str, float]:
+    """The budgets that held during `step`: its own when the fleet changed size during the run
+    (stage 6's autoscaler), else the stage's."""
+    own: Mapping[str, float] | None = step.get("budgets")
+    return own or budgets
+
+
 def utilisations(step: Mapping[str, Any], budgets: Mapping[str, float]) -> dict[str, float]:
-    """CPU used over budget per component that has both (a budget of 0 or less is skipped)."""
+    """CPU used over budget per component that has both (a budget of 0 or less is skipped),
+    against the budgets that held during the step."""
+    budgets = budgets_during(step, budgets)
     cpu: Mapping[str, float] = step.get("cpu") or {}
     return {
         name: float(cpu[name]) / float(budget)
@@ -129,7 +138,8 @@ def bottleneck(
         return Bottleneck(NO_BOTTLENECK, 0.0, f"{evidence}; {signals}" if signals else evidence)
     name = max(shares, key=lambda component: (shares[component], component))
     share = shares[name]
-    figure = f"{name} {float(cpu[name]):.2f} of {float(budgets[name]):g} CPU ({share:.0%})"
+    budget = float(budgets_during(judged, budgets)[name])
+    figure = f"{name} {float(cpu[name]):.2f} of {budget:.3g} CPU ({share:.0%})"
     if beyond is not None:
         at_knee = utilisations(step, budgets).get(name)
         figure += " past the knee" + (f", {at_knee:.0%} at it" if at_knee is not None else "")

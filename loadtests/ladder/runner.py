@@ -213,6 +213,21 @@ class Autoscaler:
         self.instances.append((self._last_change, len(self.topology.apps)))
         say(f"  autoscaler: {len(self.topology.apps)} app processes")
 
+    def mean_count(self, start: float, end: float) -> float:
+        """App processes running between `start` and `end`, on average over the time."""
+        if end <= start:
+            return float(self.count_at(end))
+        total, at = 0.0, start
+        for when, _ in [*self.instances[1:], (end, 0)]:
+            if when <= at:
+                continue
+            until = min(when, end)
+            total += self.count_at(at) * (until - at)
+            at = until
+            if at >= end:
+                break
+        return total / (end - start)
+
     def count_at(self, at: float) -> int:
         count = self.instances[0][1]
         for when, number in self.instances:
@@ -395,9 +410,15 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
                     depth_samples=sampler.depth,
                     cache=stage.cache,
                 )
+                if scaler is not None:
+                    # The fleet's size changed during the run: a slice's CPU is judged against
+                    # the processes that ran during it, not against the largest fleet.
+                    step["budgets"] = stage.budgets(
+                        scaler.mean_count(step["started_at"], step["ended_at"])
+                    )
                 merged.append(step)
                 count = scaler.count_at(step["ended_at"]) if scaler else stage.app_processes
-                say(describe(step, stage.budgets(count)))
+                say(describe(step, step.get("budgets") or stage.budgets(count)))
             seen = len(lines)
             if finished:
                 break

@@ -81,7 +81,7 @@ class Stage:
     def queue(self) -> bool:
         return self.worker_processes > 0
 
-    def budgets(self, app_processes: int | None = None) -> dict[str, float]:
+    def budgets(self, app_processes: float | None = None) -> dict[str, float]:
         """CPUs per component, as the results name them; the app's is the sum of its
         processes (`app_processes` when an autoscaler changed their number)."""
         processes = self.app_processes if app_processes is None else app_processes

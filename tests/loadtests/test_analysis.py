@@ -106,6 +106,19 @@ def test_the_component_that_saturates_past_the_knee_is_named_though_below_85_at_
     assert analysis.bottleneck(at_knee, budgets, beyond=shifted).component == "postgres"
 
 
+def test_a_slice_of_a_changing_fleet_is_judged_against_the_processes_that_ran_in_it() -> None:
+    """Stage 6: the autoscaler's largest fleet (3 x 0.2) is not what ran at every slice; two
+    processes at 0.38 of their 0.4 are saturated, though at 63 % of the largest fleet."""
+    largest = {"app": 0.6, "postgres": 0.1}
+    past = {"cpu": {"app": 0.38, "postgres": 0.05}, "budgets": {"app": 0.4, "postgres": 0.1}}
+    found = analysis.bottleneck({"cpu": {"app": 0.3}}, largest, beyond=past)
+    assert found.component == "app"
+    assert found.evidence.startswith("app 0.38 of 0.4 CPU (95%) past the knee")
+    assert analysis.utilisations({"cpu": {"app": 0.38}}, largest)["app"] == pytest.approx(
+        0.38 / 0.6
+    )
+
+
 def test_the_bottleneck_is_judged_by_share_of_budget_not_by_cpu_used() -> None:
     found = analysis.bottleneck({"cpu": {"app": 1.8, "nginx": 0.24}}, {"app": 2.0, "nginx": 0.25})
     assert found.component == "nginx"  # 96 % of its budget against the app's 90 %

@@ -283,6 +283,15 @@ def test_the_autoscaler_keeps_a_fleet_that_would_be_over_target_with_one_less(
     assert scaler.desired(0.95, 1) == 2 and scaler.desired(1.0, 3) == 3
 
 
+def test_the_fleet_size_of_a_slice_is_its_mean_over_the_slice(tmp_path: Path) -> None:
+    scaler, _ = _scaler(1, 0.0, tmp_path)
+    scaler.instances = [(100.0, 1), (110.0, 2), (130.0, 3)]
+    assert scaler.mean_count(100, 110) == 1
+    assert scaler.mean_count(105, 115) == pytest.approx(1.5)
+    assert scaler.mean_count(100, 140) == pytest.approx((10 * 1 + 20 * 2 + 10 * 3) / 40)
+    assert scaler.mean_count(135, 145) == 3  # past the last change
+
+
 def test_a_stage_that_could_not_run_keeps_its_row_with_the_reason(tmp_path: Path) -> None:
     from loadtests import report
     from loadtests.ladder.runner import Load, write_missing
