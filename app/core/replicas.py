@@ -14,8 +14,8 @@ whose position has reached it, else from the primary. When the last poll found e
 behind it, they are asked again on the spot (`choose_caught_up`, one ask at a time per process,
 waited for at most 50 ms): replay takes milliseconds, the poll's period half a second, and
 without the ask most of a customer's reads after a write went to the primary. The token holds
-nothing secret and cannot be forged, so a client can only ask for reads at least as fresh as its own
-writes. Keeping it per customer in Redis instead would cost a cache round trip on every
+nothing secret and cannot be forged, so a client can only ask for reads at least as fresh as
+its own writes. Keeping it per customer in Redis instead would cost a cache round trip on every
 authenticated read, and would not cover a sign-up followed by a sign-in, where no customer is
 known yet.
 
@@ -69,13 +69,14 @@ HEADER = "X-Shop-Read-After"
 COOKIE = "shop_read_after"
 _HEADER_KEY = HEADER.lower().encode()
 
-# Integer positions: pg_lsn minus '0/0' is the LSN as a number (numeric).
 CATCH_UP_WAIT_S = 0.05
 """How long a read that is ahead of every replica's last known position waits for them to be
 asked again, before it goes to the primary."""
 CATCH_UP_EVERY_S = 0.01
 """At most one such ask per process this often: a replica that truly lags is not asked on every
 read."""
+
+# Integer positions: pg_lsn minus '0/0' is the LSN as a number (numeric).
 PRIMARY_POSITION_SQL = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
 _REPLICA_POSITION_SQL = (
     "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
