@@ -106,10 +106,12 @@ class Stage:
 
 APP_CPUS = 0.25
 """One app process: a quarter of a core (FACTS.md: two of them behind nginx scale 1.7-2x)."""
-PRIMARY_CPUS = 0.1
+PRIMARY_CPUS = 0.14
 """The primary: more than one app process can use, less than two do. Measured with the suite's
-mix: one saturated app process (0.25) kept the primary at about 0.07 CPU, so two would need
-about 0.14; 0.1 sits between (at 0.12 the app and the primary saturated together at stage 3)."""
+mix: one saturated app process (0.25) keeps the primary at about 0.1 CPU (stage 2: 0.09 at 0.23),
+so two would need about 0.2; 0.14 sits between. (The app used to cost more per request: the
+primary was then 0.1, between 0.07 and 0.14; at that figure the app of stage 2 and the primary
+saturated together once the app had got cheaper.)"""
 
 STAGES: dict[int, Stage] = {
     stage.number: stage
