@@ -5,9 +5,11 @@ with the order queue on moto's server) runs the same way (one uvicorn worker, uv
 no access log, pinned to CPU 0) and wrk drives them one at a time from CPU 1, so the figures that
 matter are the ratios to the bare route measured in the same run; absolute numbers move with the
 machine. Each route gets a discarded warm-up, then `--rounds` measured runs interleaved with the
-bare route; medians count. POST /orders with the queue on counts the time its relay takes to
-publish what the run left behind. A cart checkout (PUT an item, POST the checkout) is driven by
-an async client from CPU 1 beside POST /orders driven the same way, and reported as their ratio.
+bare route; a ratio is the median of the rounds' ratios (each round's route against that round's
+bare route), and req/s the median of the rounds. POST /orders with the queue on counts the time
+its relay takes to publish what the run left behind. A cart checkout (PUT an item, POST the
+checkout) is driven by an async client from CPU 1 beside POST /orders driven the same way, and
+reported as their ratio.
 
 Needs the local PostgreSQL (SHOP_BENCH_PG, default postgresql://postgres@127.0.0.1:5432/postgres)
 and wrk (installed with apt-get when missing and running as root).
@@ -167,6 +169,13 @@ def start(app: str, port: int, env: dict[str, str], *, factory: bool) -> subproc
             time.sleep(0.05)
     process.kill()
     sys.exit(f"bench: {app} did not start")
+
+
+def paired(measured: list[float], reference: list[float]) -> float:
+    """The median over rounds of each round's ratio. A round runs every route back to back, so
+    a ratio within one round is not moved by what the machine did between rounds; a ratio of
+    medians across rounds is."""
+    return statistics.median(m / r for m, r in zip(measured, reference, strict=True))
 
 
 def wrk(binary: str, url: str, script: Path, seconds: int, connections: int) -> tuple[float, int]:
@@ -477,7 +486,7 @@ def main() -> None:
     ok = True
     for name, (_, target) in ROUTES.items():
         rps = statistics.median(results[name])
-        ratio = rps / bare_rps
+        ratio = paired(results[name], results["bare"])
         passed = (target is None or ratio >= target) and failures[name] == 0
         ok &= passed
         verdict = (
@@ -503,10 +512,8 @@ def main() -> None:
             routes[name]["hit_ratio"] = statistics.median(hit_ratio[name])
             print(f"{'':28} cache hit ratio {routes[name]['hit_ratio']:.2f}")
     report["bare_rps"] = bare_rps
-    # What recording metrics costs: the same read with them off, in the same run.
-    queued = statistics.median(results["place order, queue on"]) / statistics.median(
-        results["place order"]
-    )
+    report["bare_rounds"] = results["bare"]
+    queued = paired(results["place order, queue on"], results["place order"])
     report["queue_on_vs_off"] = queued
     report["checkout_per_s"] = checkouts
     report["order_per_s_same_driver"] = orders_rate
@@ -515,9 +522,8 @@ def main() -> None:
         f"\ncheckout of a one-line cart: {checkouts:.0f}/s, POST /orders with the same driver: "
         f"{orders_rate:.0f}/s (ratio {checkouts / orders_rate:.2f})"
     )
-    priced = statistics.median(results["product by id"]) / statistics.median(
-        results["product by id, metrics off"]
-    )
+    # What recording metrics costs: the same read with them off, in the same rounds.
+    priced = paired(results["product by id"], results["product by id, metrics off"])
     report["metrics_on_vs_off"] = priced
     cost_ok = priced >= 0.95
     ok &= cost_ok
