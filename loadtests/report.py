@@ -127,9 +127,12 @@ def story(summaries: Sequence[analysis.StageSummary]) -> list[str]:
                 f"Stage {summary.stage}: the bottleneck is {found}, as STAGES.md predicts."
             )
         else:
+            # Why, in the figures: where the predicted component stood when another saturated.
+            past = summary.past_knee
+            why = f" {past[0].upper()}{past[1:]}." if past else ""
             lines.append(
                 f"Stage {summary.stage}: the bottleneck named is {found}, "
-                f"not {predicted} as STAGES.md predicts."
+                f"not {predicted} as STAGES.md predicts.{why}"
             )
     return lines
 

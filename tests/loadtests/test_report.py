@@ -98,6 +98,17 @@ def test_a_knee_that_does_not_rise_is_said_plainly(tmp_path: Path) -> None:
     assert "of budget" in line and "app " in line
 
 
+def test_a_bottleneck_other_than_the_predicted_one_comes_with_the_figures_that_say_why(
+    tmp_path: Path,
+) -> None:
+    other = results()
+    other[2]["budgets"] = {**other[2]["budgets"], "replica": 5.0}  # the replica never fills
+    report.write_report(other, tmp_path)
+    [line] = [x for x in (tmp_path / "README.md").read_text().splitlines() if "Stage 4:" in x]
+    assert "not replica as STAGES.md predicts. Past the knee (" in line
+    assert "replica " in line.split("Past the knee")[1] and "of budget" in line
+
+
 def test_bad_results_get_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
