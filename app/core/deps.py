@@ -1,6 +1,9 @@
 """Typed FastAPI dependencies: the database, the settings, and who is calling."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: FastAPI reads the parameters of
+# `_BearerPrincipal.__call__`, and older releases (0.120, the lowest this project allows) did not
+# resolve the string annotations of a callable instance: `request: Request` became a query
+# parameter.
 
 from dataclasses import dataclass, field
 from typing import Annotated, Any
