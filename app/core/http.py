@@ -31,9 +31,10 @@ def include_flat(app: FastAPI, router: APIRouter) -> None:
 
     Since 0.137, `include_router` keeps the router as a node that every request walks (and
     walks again to handle the route it found), with per-route bookkeeping on the way: measured
-    in one process, routing cost more than a cached product read itself. Routes added here are
-    the app's own, so the app's operation ids and `app.dependency_overrides` apply to them.
-    Routers used this way carry no prefix or dependencies of their own (checked).
+    in one process, `/healthz`, tried after the API's routes, took 151 µs included and 125 µs
+    flat. Routes added here are the app's own, so the app's operation ids and
+    `app.dependency_overrides` apply to them. Routers used this way carry no prefix or
+    dependencies of their own (checked).
     """
     if router.prefix or router.dependencies:
         raise ValueError("include_flat takes routers without a prefix or dependencies")
