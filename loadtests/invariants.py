@@ -107,6 +107,14 @@ class AdminClient:
         return found
 
 
+def outcome_known(status_code: int) -> bool:
+    """Whether an order request's answer says what happened: a 201 made the order, a 4xx made
+    nothing. No answer (0: the connection broke) or a 5xx (a balancer whose upstream went away
+    mid-request, for one) may hide an order the shop committed: such a request is sent again,
+    retry-safely, before the run's record is checked."""
+    return 0 < status_code < 500
+
+
 @dataclass
 class Tally:
     """What a run did that the checks need: the orders it placed (ids answered 201) and the

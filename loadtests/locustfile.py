@@ -295,8 +295,11 @@ class Customer(FastHttpUser):
         PENDING[key] = Replay(path, body, {**headers, **auth})
         with self.client.post(path, json=body, headers=headers, catch_response=True) as response:
             placed = _expect(response, (201,), (409,))
-        # Not reached when the user is stopped mid-request: the request stays pending.
-        del PENDING[key]
+        # Not reached when the user is stopped mid-request: the request stays pending. It stays
+        # pending too when its answer was lost (an app process stopped by a scale-in under the
+        # balancer): the order may exist all the same.
+        if invariants.outcome_known(response.status_code):
+            del PENDING[key]
         if placed:
             order_id = int(response.json()["id"])
             TALLY.orders.add(order_id)

@@ -100,3 +100,12 @@ def test_a_catalog_that_never_catches_up_is_reported_not_waited_for_forever() ->
         "product 7: expected 8, found 10"
         in report["checks"]["units_sold_equal_units_ordered"]["detail"]
     )
+
+
+def test_an_order_request_without_a_clear_answer_is_sent_again_before_the_check() -> None:
+    """A 502 from the balancer, or no answer at all, may hide a committed order: the suite
+    keeps such a request pending, to be replayed with its Idempotency-Key or cart version."""
+    assert invariants.outcome_known(201) and invariants.outcome_known(409)
+    assert invariants.outcome_known(422)  # refused: nothing was made
+    assert not invariants.outcome_known(0)  # the connection broke
+    assert not invariants.outcome_known(502) and not invariants.outcome_known(504)
