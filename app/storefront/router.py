@@ -25,6 +25,7 @@ from app.catalog import service as catalog
 from app.catalog.schemas import ProductCreate, ProductPage, ProductRead
 from app.core.deps import Resources, ResourcesDep
 from app.core.errors import Forbidden, InvalidRequest, NotFound, ShopError, Unauthenticated
+from app.core.http import include_flat
 from app.core.schemas import MAX_INT32, SearchText
 from app.core.security import Principal
 from app.customers import service as customers
@@ -722,7 +723,6 @@ async def admin_ledger(request: Request, res: ResourcesDep, visit: VisitDep) -> 
 def install(app: Any) -> None:
     """Serve the storefront, with friendly error pages on its paths (the JSON API keeps JSON
     errors). Call once every other exception handler is installed."""
-    from app.core.http import include_flat
     from app.storefront.pages import install_error_pages
 
     include_flat(app, router)

@@ -5,6 +5,7 @@ ladder-results/stage-<n>.json (the interface analysis.py and report.py read), te
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -217,16 +218,9 @@ class Autoscaler:
         """App processes running between `start` and `end`, on average over the time."""
         if end <= start:
             return float(self.count_at(end))
-        total, at = 0.0, start
-        for when, _ in [*self.instances[1:], (end, 0)]:
-            if when <= at:
-                continue
-            until = min(when, end)
-            total += self.count_at(at) * (until - at)
-            at = until
-            if at >= end:
-                break
-        return total / (end - start)
+        edges = [start, *(when for when, _ in self.instances if start < when < end), end]
+        spans = itertools.pairwise(edges)
+        return sum(self.count_at(a) * (b - a) for a, b in spans) / (end - start)
 
     def count_at(self, at: float) -> int:
         count = self.instances[0][1]

@@ -7,22 +7,26 @@ import pytest
 from loadtests import shapes
 
 
+def step_ramp(monkeypatch: pytest.MonkeyPatch, **knobs: str) -> shapes.StepRamp:
+    """A step ramp made from these SHOP_LOAD_* knobs, the others unset."""
+    for name in ("STEP_USERS", "STEP_S", "STEPS", "STOP_AFTER_MISSED"):
+        monkeypatch.delenv(f"SHOP_LOAD_{name}", raising=False)
+    for name, value in knobs.items():
+        monkeypatch.setenv(f"SHOP_LOAD_{name.upper()}", value)
+    return shapes.StepRamp()
+
+
 def test_the_step_ramp_adds_users_per_step_and_skips_each_steps_ramp(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("SHOP_LOAD_STEP_USERS", "5")
-    monkeypatch.setenv("SHOP_LOAD_STEP_S", "10")
-    monkeypatch.setenv("SHOP_LOAD_STEPS", "3")
-    ramp = shapes.StepRamp()
+    ramp = step_ramp(monkeypatch, step_users="5", step_s="10", steps="3")
     assert [ramp.users_at(t) for t in (0, 9.9, 10, 25, 29.9)] == [5, 5, 10, 15, 15]
     assert ramp.users_at(30) is None  # the run ends after the last step
     assert ramp.window_at(12) == shapes.Window(1, 10, 13.0, 20.0)
 
 
 def test_the_step_ramps_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SHOP_LOAD_STEP_USERS", "SHOP_LOAD_STEP_S", "SHOP_LOAD_STEPS"):
-        monkeypatch.delenv(name, raising=False)
-    ramp = shapes.StepRamp()
+    ramp = step_ramp(monkeypatch)
     assert (ramp.step_users, ramp.step_s, ramp.steps, ramp.spawn_rate) == (10, 20.0, 8, 50.0)
     assert ramp.users_at(159) == 80 and ramp.users_at(160) is None
 
@@ -30,10 +34,7 @@ def test_the_step_ramps_defaults_are_the_documented_ones(monkeypatch: pytest.Mon
 def test_the_step_ramp_ends_after_steps_in_a_row_past_the_objective(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("SHOP_LOAD_STEP_S", "10")
-    monkeypatch.setenv("SHOP_LOAD_STEPS", "20")
-    monkeypatch.setenv("SHOP_LOAD_STOP_AFTER_MISSED", "2")
-    ramp = shapes.StepRamp()
+    ramp = step_ramp(monkeypatch, step_s="10", steps="20", stop_after_missed="2")
     for met in (True, False, True, False):  # a missed step alone does not end it
         ramp.measured(met)
     assert ramp.users_at(45) == 50
@@ -42,9 +43,7 @@ def test_the_step_ramp_ends_after_steps_in_a_row_past_the_objective(
 
 
 def test_without_a_stop_the_step_ramp_runs_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SHOP_LOAD_STOP_AFTER_MISSED", raising=False)
-    monkeypatch.setenv("SHOP_LOAD_STEPS", "3")
-    ramp = shapes.StepRamp()
+    ramp = step_ramp(monkeypatch, steps="3")
     for _ in range(3):
         ramp.measured(False)
     assert ramp.users_at(59) == 30
