@@ -9,8 +9,9 @@ instead (`record_placed`), and the worker applies it with `handle_order_placed`:
 - step `fulfil`, one transaction: claim the step, lock the order, post the ledger and open the
   shipment unless the order was cancelled first, mark it fulfilled;
 - step `mail`, one transaction held while SES accepts the message: claim the step, send the
-  confirmation to a fulfilled order's customer. A failure rolls the claim back and the message
-  comes again; only a worker killed between SES's answer and the COMMIT sends a second e-mail.
+  confirmation to the customer of a fulfilled order that is not cancelled. A failure rolls the
+  claim back and the message comes again; only a worker killed between SES's answer and the
+  COMMIT sends a second e-mail.
 
 Each claim is a `processed_event` row (app/core/outbox.py), so an event delivered twice, or to
 two workers at once, is applied once. A cancellation locks the same order row: either the
@@ -95,16 +96,20 @@ def confirmation(
 
 
 async def _confirmation_of(db: Database, conn: AsyncConnection, order_id: int) -> Mail | None:
-    """The confirmation of a fulfilled order, or None (an unknown order, or one cancelled
-    before it was fulfilled)."""
+    """The confirmation of a fulfilled order that still stands, or None: an unknown order, or a
+    cancelled one (before it was fulfilled, or after: a cancellation leaves `fulfilled_at` set,
+    and the mail step may come after it when SES failed the first time)."""
     order = (
         await conn.execute(
             select(
-                CustomerOrder.customer_id, CustomerOrder.total_cents, CustomerOrder.fulfilled_at
+                CustomerOrder.customer_id,
+                CustomerOrder.status,
+                CustomerOrder.total_cents,
+                CustomerOrder.fulfilled_at,
             ).where(CustomerOrder.id == order_id)
         )
     ).one_or_none()
-    if order is None or order.fulfilled_at is None:
+    if order is None or order.fulfilled_at is None or order.status == OrderStatus.CANCELLED.value:
         return None
     lines = await conn.execute(
         select(OrderLine.name, OrderLine.quantity, OrderLine.line_total_cents)

@@ -474,3 +474,33 @@ async def test_the_relay_does_not_wait_for_rows_a_sweep_is_sending(
         await sweep.execute(text("SELECT id FROM outbox_event FOR UPDATE"))
         assert await asyncio.wait_for(resources.relay.publish(events), timeout=3) == 1
     drain(moto_endpoint, queue_url)
+
+
+# --- the confirmation e-mail: never for a cancelled order, not retried when SES refuses it -----
+
+
+async def test_an_order_cancelled_while_its_mail_was_failing_is_never_mailed(
+    queued: tuple[httpx.AsyncClient, Resources], alice: User
+) -> None:
+    """The worker fulfilled the order but SES failed; the customer cancelled before the retry."""
+    client, resources = queued
+    product = await make_product(resources)
+    order = await place(client, alice, product.id)
+    event = await event_of(resources, order["id"])
+
+    class Failing:
+        async def send(self, mail: Mail) -> None:
+            raise RuntimeError("SES timed out")
+
+    with pytest.raises(RuntimeError):
+        await flows.handle_order_placed(
+            resources.db, Failing(), event_id=event.id, payload=event.payload
+        )
+    cancelled = await client.post(f"/orders/{order['id']}/cancel", headers=alice.headers)
+    assert cancelled.json()["status"] == "cancelled"
+
+    mailer = RecordingMailer()
+    await flows.handle_order_placed(resources.db, mailer, event_id=event.id, payload=event.payload)
+
+    assert mailer.sent == []
+    assert await balanced(client, resources)
