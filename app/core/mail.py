@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from app.core.settings import Settings
 
@@ -22,9 +23,15 @@ class Mail:
     text: str
 
 
+class MailRefused(Exception):
+    """The mail service refused this message for a reason that sending it again cannot change
+    (an unverified sender or recipient in SES's sandbox, a malformed address): give it up."""
+
+
 class Mailer(Protocol):
     async def send(self, mail: Mail) -> None:
-        """Hand the message over for delivery; raises when it was not accepted."""
+        """Hand the message over for delivery. Raises MailRefused when it was refused for good,
+        any other exception when it was not accepted this time (a retry may succeed)."""
 
 
 class LogMailer:
@@ -34,8 +41,22 @@ class LogMailer:
         log.info("mail to %s: %s\n%s", mail.to, mail.subject, mail.text)
 
 
+REFUSED_FOR_GOOD = frozenset(
+    {
+        "MessageRejected",  # SES's sandbox: sender or recipient not verified; content refused
+        "MailFromDomainNotVerified",
+        "MailFromDomainNotVerifiedException",
+        "ConfigurationSetDoesNotExist",
+        "InvalidParameterValue",  # e.g. an address SES cannot parse
+    }
+)
+"""SES error codes a retry cannot change. Throttling, paused sending and server errors are not
+here: they pass, and the message is tried again."""
+
+
 class SesMailer:
-    """Sends through SES from one verified sender address."""
+    """Sends through SES from one verified sender address; raises MailRefused for the errors of
+    REFUSED_FOR_GOOD."""
 
     def __init__(
         self, sender: str, *, region: str | None = None, endpoint_url: str | None = None
@@ -51,15 +72,22 @@ class SesMailer:
         )
 
     async def send(self, mail: Mail) -> None:
-        await asyncio.to_thread(
-            self._client.send_email,
-            Source=self.sender,
-            Destination={"ToAddresses": [mail.to]},
-            Message={
-                "Subject": {"Data": mail.subject, "Charset": "UTF-8"},
-                "Body": {"Text": {"Data": mail.text, "Charset": "UTF-8"}},
-            },
-        )
+        try:
+            await asyncio.to_thread(
+                self._client.send_email,
+                Source=self.sender,
+                Destination={"ToAddresses": [mail.to]},
+                Message={
+                    "Subject": {"Data": mail.subject, "Charset": "UTF-8"},
+                    "Body": {"Text": {"Data": mail.text, "Charset": "UTF-8"}},
+                },
+            )
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            if code in REFUSED_FOR_GOOD:
+                raise MailRefused(f"{code}: {error.get('Message', '')}") from exc
+            raise
 
 
 def mailer_for(settings: Settings) -> Mailer:

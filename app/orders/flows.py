@@ -11,7 +11,10 @@ instead (`record_placed`), and the worker applies it with `handle_order_placed`:
 - step `mail`, one transaction held while SES accepts the message: claim the step, send the
   confirmation to the customer of a fulfilled order that is not cancelled. A failure rolls the
   claim back and the message comes again; only a worker killed between SES's answer and the
-  COMMIT sends a second e-mail.
+  COMMIT sends a second e-mail. A refusal that no retry can change (MailRefused: SES's
+  sandbox, an unverified identity, an address it cannot parse) is logged at ERROR with the
+  order's id and the claim committed: the mail is given up, and the message is not received
+  again until it is dead-lettered.
 
 Each claim is a `processed_event` row (app/core/outbox.py), so an event delivered twice, or to
 two workers at once, is applied once. A cancellation locks the same order row: either the
@@ -32,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.accounting import service as accounting
 from app.core import outbox
 from app.core.db import Database
-from app.core.mail import Mail, Mailer
+from app.core.mail import Mail, Mailer, MailRefused
 from app.core.models import utcnow
 from app.customers import service as customers
 from app.delivery import service as delivery
@@ -189,8 +192,15 @@ async def handle_order_placed(
         if await outbox.claim(conn, event_id=event_id, step="mail"):
             mail = await _confirmation_of(db, conn, order_id)
             if mail is not None:
-                # Inside the claiming transaction: SES refusing rolls the claim back.
-                await mailer.send(mail)
+                # Inside the claiming transaction: SES failing rolls the claim back, and the
+                # message comes again. A refusal no retry can change commits the claim instead:
+                # the mail is given up, not retried until the message is dead-lettered.
+                try:
+                    await mailer.send(mail)
+                except MailRefused as exc:
+                    log.error(
+                        "confirmation of order %s given up (event %s): %s", order_id, event_id, exc
+                    )
 
 
 Handler = Callable[[Database, Mailer, uuid.UUID, Mapping[str, Any]], Awaitable[None]]

@@ -504,3 +504,46 @@ async def test_an_order_cancelled_while_its_mail_was_failing_is_never_mailed(
 
     assert mailer.sent == []
     assert await balanced(client, resources)
+
+
+async def test_a_mail_ses_refuses_for_good_is_given_up_and_its_message_deleted_at_once(
+    queued: tuple[httpx.AsyncClient, Resources],
+    moto_endpoint: str,
+    alice: User,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unverified sender (SES's sandbox answers MessageRejected): a retry cannot fix it, so
+    the message is not received five times and dead-lettered; the order is fulfilled and the
+    give-up is logged with its id."""
+    from app.core.mail import SesMailer
+
+    client, resources = queued
+    url = make_queue(moto_endpoint, max_receive_count=5, visibility_s=1)
+    queue = Queue(url, region=REGION, endpoint_url=moto_endpoint)
+    unverified = SesMailer(
+        f"unverified-{uuid.uuid4().hex[:8]}@shop.test", region=REGION, endpoint_url=moto_endpoint
+    )
+    worker = Worker(resources.db, queue, unverified, wait_s=1)
+    worker.max_receives = await queue.max_receive_count()
+    product = await make_product(resources)
+    order = await place(client, alice, product.id)
+    event = await event_of(resources, order["id"])
+    await queue.send({"1": event.to_message()})
+
+    with caplog.at_level(logging.WARNING):
+        assert await worker.run_once() == 1
+        await asyncio.sleep(1.1)
+        assert await worker.run_once() == 0
+
+    assert drain(moto_endpoint, url) == []
+    assert drain(moto_endpoint, url + "-dead") == []
+    assert await counts(resources, order["id"]) == (3, 1)
+    [given_up] = [r.getMessage() for r in caplog.records if r.name == "shop.orders"]
+    assert f"order {order['id']}" in given_up and "MessageRejected" in given_up
+    # Handled again (the relay published it twice), it does not ask SES again.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        await flows.handle_order_placed(
+            resources.db, unverified, event_id=event.id, payload=event.payload
+        )
+    assert not [r for r in caplog.records if r.name == "shop.orders"]
