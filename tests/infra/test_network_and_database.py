@@ -100,3 +100,17 @@ def test_the_database_secret_names_the_database_rds_creates(synthesized, number)
     template = json.loads(secret["Properties"]["GenerateSecretString"]["SecretStringTemplate"])
     assert template == {"username": "shop", "dbname": primary["DBName"]}
     assert primary["DBName"] == "shop"
+
+
+@pytest.mark.parametrize("number", WITH_RDS)
+def test_postgresql_is_pinned_to_its_major_version_only(synthesized, number):
+    """RDS retires minor versions on a schedule; a pinned minor would fail a later deploy."""
+    instances = synthesized[number].resources("AWS::RDS::DBInstance").values()
+    versions = {
+        instance["Properties"].get("EngineVersion")
+        for instance in instances
+        if "SourceDBInstanceIdentifier" not in instance["Properties"]
+    }
+    assert versions == {"17"}
+    for instance in instances:  # replicas take the primary's version, and name no other
+        assert instance["Properties"].get("EngineVersion") in (None, "17")
