@@ -8,26 +8,63 @@ APP_STAMP := $(VENV)/.installed-app
 PORT ?= 8000
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: system-packages install run test test-lowest lint types contracts compose-check unit integration synth bench ladder clean
+# Installs come from locks, never from what the index serves that day: uv.lock for .venv (the shop
+# and its dev, infra and load extras), tools/checkov/uv.lock for .venv-checkov, and uv itself from
+# tools/uv/requirements.txt (hashed). uv runs the machine's Python and never downloads one.
+UV_HOME := .venv-uv
+UV := $(UV_HOME)/bin/uv
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+EXTRAS := --extra dev --extra infra --extra load
+# The day the locks see the index as it was (pyproject.toml's [tool.uv] exclude-newer).
+LOCK_DATE := $(shell sed -n 's/^exclude-newer = "\(.*\)"/\1/p' pyproject.toml)
+STALE_LOCK := uv.lock does not match pyproject.toml: run 'make lock' (or 'make upgrade'), then 'make test', and commit both
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,infra,load]'
+.PHONY: system-packages install run test test-lowest lint types contracts compose-check unit integration synth bench ladder clean lock upgrade lock-check
+
+$(UV): tools/uv/requirements.txt
+	@test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r tools/uv/requirements.txt
+	@touch $(UV)
+
+## lock-check: stop, with the fix named, when pyproject.toml changed and uv.lock did not follow
+lock-check: $(UV)
+	@out=$$($(UV) lock --check --quiet 2>&1) || { case "$$out" in \
+	    *"needs to be updated"*) echo "$(STALE_LOCK)" >&2 ;; *) echo "$$out" >&2 ;; esac; exit 1; }
+
+# Exact: .venv holds what uv.lock names for these extras and nothing else.
+$(STAMP): pyproject.toml uv.lock $(UV)
+	@$(MAKE) --no-print-directory lock-check
+	$(UV) sync --locked --quiet $(EXTRAS)
 	@touch $(STAMP) $(APP_STAMP)
 
-# `make run` needs the shop alone, not the test tools and the CDK toolchain.
-$(APP_STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+# `make run` needs the shop alone, not the test tools and the CDK toolchain; --inexact keeps them
+# when an earlier `make install` put them there.
+$(APP_STAMP): pyproject.toml uv.lock $(UV)
+	@$(MAKE) --no-print-directory lock-check
+	$(UV) sync --locked --quiet --inexact
 	@touch $(APP_STAMP)
+
+## lock: re-lock after editing pyproject.toml, keeping every version that still fits
+lock: $(UV)
+	$(UV) lock
+	$(UV) lock --project tools/checkov
+
+## upgrade: move every lock (uv.lock, tools/checkov/uv.lock, uv itself) to the newest versions allowed;
+## then run `make test` and commit the locks only if it passes
+upgrade: $(UV)
+	sed -i "s/^exclude-newer = .*/exclude-newer = \"$$(date -u +%Y-%m-%dT%H:%M:%SZ)\"/" pyproject.toml tools/checkov/pyproject.toml
+	$(UV) lock --upgrade
+	$(UV) lock --upgrade --project tools/checkov
+	{ sed -n '1,2p' tools/uv/requirements.txt; echo uv | $(UV) pip compile --quiet --exclude-newer "$$(sed -n 's/^exclude-newer = "\(.*\)"/\1/p' pyproject.toml)" --generate-hashes --universal --no-header -p 3.11 -; } > tools/uv/requirements.new
+	mv tools/uv/requirements.new tools/uv/requirements.txt
+	@echo "locks upgraded: run 'make test' (and 'make test-lowest'), then commit uv.lock, tools/checkov/uv.lock and tools/uv/requirements.txt"
 
 # Debian packages some tests and the ladder need (scripts/system-packages.txt); quick when present.
 system-packages:
 	@./scripts/system-packages.sh
 
-## install: a .venv with the shop, its test tools, the CDK toolchain and Locust (idempotent)
+## install: a .venv with the shop, its test tools, the CDK toolchain and Locust, from uv.lock (idempotent)
 install: $(STAMP)
 
 ## run: migrate, seed and serve on http://127.0.0.1:$(PORT) (docs at /docs), embedded SQLite
@@ -38,6 +75,7 @@ run: $(APP_STAMP)
 
 ## test: lint, types, module contracts, compose check, then the whole suite
 test: $(STAMP) system-packages lint types contracts compose-check
+	@$(UV) sync --locked --check --quiet $(EXTRAS) || { echo ".venv differs from uv.lock: run 'make install'" >&2; exit 1; }
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -70,12 +108,12 @@ ladder: $(STAMP) system-packages
 LOWEST := .venv-lowest
 test-lowest: $(STAMP)
 	rm -rf $(LOWEST)
-	$(BIN)/uv venv -q --seed -p $(PYTHON) $(LOWEST)
-	VIRTUAL_ENV=$(LOWEST) $(BIN)/uv pip install -q --resolution lowest-direct -e .
-	VIRTUAL_ENV=$(LOWEST) $(BIN)/uv pip freeze -q --exclude-editable > $(LOWEST)/lowest.txt
+	$(UV) venv -q --seed $(LOWEST)
+	VIRTUAL_ENV=$(LOWEST) $(UV) pip install -q --exclude-newer $(LOCK_DATE) --resolution lowest-direct -e .
+	VIRTUAL_ENV=$(LOWEST) $(UV) pip freeze -q --exclude-editable > $(LOWEST)/lowest.txt
 	@echo "lowest allowed versions:" && grep -i -E '^(fastapi|starlette|uvicorn|sqlalchemy|psycopg|alembic|pydantic-settings|redis|pyjwt|argon2-cffi|boto3|aiosqlite)==' $(LOWEST)/lowest.txt | tr '\n' ' ' && echo
-	VIRTUAL_ENV=$(LOWEST) $(BIN)/uv pip install -q -e '.[dev,infra]' -c $(LOWEST)/lowest.txt
+	VIRTUAL_ENV=$(LOWEST) $(UV) pip install -q --exclude-newer $(LOCK_DATE) -e '.[dev,infra]' -c $(LOWEST)/lowest.txt
 	$(LOWEST)/bin/pytest -p no:cacheprovider tests/unit tests/integration tests/e2e
 
 clean:
-	rm -rf $(VENV) $(LOWEST) .pytest_cache .mypy_cache .ruff_cache cdk.out infra/cdk.out shop.db shop.db-*
+	rm -rf $(VENV) $(LOWEST) $(UV_HOME) .venv-checkov .pytest_cache .mypy_cache .ruff_cache cdk.out infra/cdk.out shop.db shop.db-*

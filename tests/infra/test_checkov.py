@@ -1,7 +1,7 @@
 """checkov, a second policy engine beside cdk-nag, on every synthesized template.
 
 checkov pins an older boto3 than the shop's, so it gets its own virtualenv (`.venv-checkov`, git
--ignored), made on first use from the `policy` extra of pyproject.toml. Every finding must be in
+-ignored), synced from its own lock, tools/checkov/uv.lock. Every finding must be in
 ALLOWED below, keyed by rule and the logical-id prefix of the resource it is about, with the
 reason it does not hold for these stacks; an entry that no longer matches anything fails too.
 """
@@ -9,10 +9,10 @@ reason it does not hold for these stacks; an entry that no longer matches anythi
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -129,25 +129,24 @@ ALLOWED: dict[tuple[str, str], str] = {
 }
 
 
-def _requirement() -> str:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    [requirement] = pyproject["project"]["optional-dependencies"]["policy"]
-    return str(requirement)
+UV = ROOT / ".venv-uv" / "bin" / "uv"
+"""The locked uv that `make` installs (tools/uv/requirements.txt)."""
 
 
 @pytest.fixture(scope="session")
 def checkov() -> Path:
-    """The checkov executable of its own virtualenv, made (once) when missing."""
-    executable = CHECKOV_VENV / "bin" / "checkov"
-    if not executable.exists():
-        for command in (
-            [sys.executable, "-m", "venv", str(CHECKOV_VENV)],
-            [str(CHECKOV_VENV / "bin" / "python"), "-m", "pip", "install", "-q", _requirement()],
-        ):
-            made = subprocess.run(command, capture_output=True, text=True, check=False)
-            if made.returncode != 0:
-                pytest.fail(f"could not install checkov: {' '.join(command)}\n{made.stderr}")
-    return executable
+    """The checkov executable of its own virtualenv, synced from tools/checkov/uv.lock: exactly the
+    locked versions, every run (quick when nothing changed), and an error if the lock is stale."""
+    if not UV.exists():
+        pytest.fail(f"no uv at {UV}: `make install` installs it from tools/uv/requirements.txt")
+    command = [str(UV), "sync", "--locked", "--quiet", "--project", str(ROOT / "tools" / "checkov")]
+    environment = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(CHECKOV_VENV)}
+    environment.setdefault("UV_PYTHON", sys.executable)
+    environment.setdefault("UV_PYTHON_DOWNLOADS", "never")
+    made = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
+    if made.returncode != 0:
+        pytest.fail(f"could not install checkov: {' '.join(command)}\n{made.stderr}")
+    return CHECKOV_VENV / "bin" / "checkov"
 
 
 def _run(checkov: Path, templates: list[Path]) -> list[dict[str, Any]]:
