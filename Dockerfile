@@ -1,15 +1,20 @@
 # syntax=docker/dockerfile:1
 # The shop's one image, used by every stage. Build: docker build -t shop .
 
-# --- build: install the shop and its dependencies into a virtualenv ----------------------------
+# --- build: the shop and exactly the versions uv.lock names, in a virtualenv ----------------------
 FROM python:3.11-slim AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/venv UV_PYTHON_DOWNLOADS=never UV_NO_CACHE=1 UV_LINK_MODE=copy
+# uv itself comes from its hashed pin, like on a laptop and in CI.
+COPY tools/uv/requirements.txt /tmp/uv-requirements.txt
+RUN pip install --require-hashes --no-deps -r /tmp/uv-requirements.txt
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The dependencies first (a layer that changes only with the lock), then the shop itself.
+# --locked: a lock that does not match pyproject.toml stops the build instead of re-resolving.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --locked --no-install-project --no-editable
 COPY app ./app
-RUN pip install --no-cache-dir . && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+RUN uv sync --locked --no-editable && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # --- runtime: the virtualenv only; no compilers, no pip caches, not root ------------------------
 FROM python:3.11-slim AS runtime

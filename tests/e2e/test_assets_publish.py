@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from app.core.assets import IMMUTABLE, static_files
+from tests.wheel import build_wheel
 
 SHOP = shutil.which("shop", path=str(Path(sys.executable).parent)) or "shop"
 BUCKET = "shop-assets-e2e"
@@ -111,13 +112,6 @@ def test_without_a_bucket_publish_says_what_to_set(s3: Any, tmp_path: Path) -> N
 
 def test_the_wheel_carries_the_static_files(tmp_path: Path) -> None:
     """The image installs the wheel: `shop assets publish` and /static/ need the files there."""
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."],
-        cwd=Path(__file__).resolve().parents[2],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    wheel = next(tmp_path.glob("shop-*.whl"))
+    wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"app/static/{logical}" for logical in static_files()} <= names

@@ -16,26 +16,13 @@ from pathlib import Path
 
 import yaml
 
+from tests.wheel import build_wheel
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_wheel_carries_the_migrations(tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    wheel = next(tmp_path.glob("shop-*.whl"))
+    wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "app/migrations/env.py" in names
     assert "app/migrations/script.py.mako" in names
@@ -62,7 +49,27 @@ def test_the_build_context_leaves_out_the_virtualenv_and_caches() -> None:
     rules = [line for line in rules if not line.startswith("#")]
     # An allow-list: everything is left out, then only what the image build copies is let back.
     assert rules[0] == "*"
-    assert {r for r in rules if r.startswith("!")} == {"!pyproject.toml", "!README.md", "!app/"}
+    assert {r for r in rules if r.startswith("!")} == {
+        "!pyproject.toml",
+        "!README.md",
+        "!app/",
+        "!uv.lock",
+        "!tools/uv/requirements.txt",
+    }
+
+
+def test_the_image_installs_exactly_what_the_lock_names() -> None:
+    """The image, CI and a laptop run one set of versions: the build syncs from uv.lock and stops
+    when the lock is stale, and uv itself is installed from its hashed pin."""
+    build = (ROOT / "Dockerfile").read_text().split("AS runtime")[0]
+    run_lines = [line for line in build.splitlines() if line.startswith("RUN ")]
+    installs = [line for line in run_lines if "install" in line or "sync" in line]
+    assert installs, "the build stage installs nothing"
+    for line in installs:
+        assert "uv sync --locked" in line or (
+            "--require-hashes" in line and "tools/uv/requirements.txt" in build
+        ), line
+    assert "COPY pyproject.toml uv.lock" in build
 
 
 def test_compose_starts_the_app_only_after_its_dependencies_are_ready() -> None:
