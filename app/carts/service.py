@@ -151,6 +151,9 @@ async def checkout(
             db,
             order_id=cart.checked_out_order_id,
             principal=Principal(customer_id=customer_id, role=Role.CUSTOMER),
+            # A retry whose first answer was lost carries no read-after token: a replica
+            # within its lag may not have the order the cart names yet.
+            consistent=True,
         )
         return CheckoutResult(201, order.model_dump(mode="json"), replayed=True)
     if cart.version != version:

@@ -306,15 +306,19 @@ class Database:
         (self._reads_on[id(replica)] if replica is not None else self._reads_on_primary).inc()
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self, *, primary: bool = False) -> AsyncIterator[AsyncConnection]:
         """A read-only connection: on a replica that may answer this request, else the primary.
+
+        `primary=True` reads from the primary whatever the replicas: for a read that must see
+        a write committed before it when the request carries no read-after token (a retry
+        whose first answer was lost, a sign-in right after a sign-up on another instance).
 
         A replica that refuses the connection is skipped for the primary. A failure after the
         block has started is not retried (the block may have done anything; the replica is
         skipped from the next read on): use `fetch_all` where a read must survive a replica
         stopping under it.
         """
-        replica = await self._choose()
+        replica = None if primary else await self._choose()
         if replica is not None:
             try:
                 conn = await replica.engine.connect()
@@ -341,8 +345,11 @@ class Database:
         async with self._primary_reader.connect() as conn:
             yield conn
 
-    async def fetch_all(self, stmt: Executable, **params: Any) -> list[Mapping[str, Any]]:
-        """Rows of a read-only statement, as mappings, from a replica (or the primary).
+    async def fetch_all(
+        self, stmt: Executable, *, primary: bool = False, **params: Any
+    ) -> list[Mapping[str, Any]]:
+        """Rows of a read-only statement, as mappings, from a replica (or the primary; always
+        the primary with `primary=True`, as for `read`).
 
         The fast read path for the hottest routes: on PostgreSQL the statement is compiled by
         SQLAlchemy once, then run as a prepared statement on the driver's own pool, which
@@ -351,13 +358,13 @@ class Database:
         fails on a replica for want of a connection is run again on the primary.
         """
         if self._primary_fast is None:
-            async with self.read() as conn:
+            async with self.read(primary=primary) as conn:
                 return [dict(row) for row in (await conn.execute(stmt, params)).mappings()]
         if not self._dialect_ready:
             await self._prepare_dialect()
         sql, defaults, _ = _compile(stmt, self.primary.dialect)
         values = _adapt(params, defaults)
-        replica = await self._choose()
+        replica = None if primary else await self._choose()
         if replica is not None and replica.pool is not None:
             try:
                 rows = await self._fetch_fast(replica.pool, sql, values)
@@ -392,8 +399,10 @@ class Database:
                 cursor = await conn.execute(sql, values, prepare=self._prepare)
                 return cast(list[Mapping[str, Any]], await cursor.fetchall())
 
-    async def fetch_one(self, stmt: Executable, **params: Any) -> Mapping[str, Any] | None:
-        rows = await self.fetch_all(stmt, **params)
+    async def fetch_one(
+        self, stmt: Executable, *, primary: bool = False, **params: Any
+    ) -> Mapping[str, Any] | None:
+        rows = await self.fetch_all(stmt, primary=primary, **params)
         return rows[0] if rows else None
 
     async def dispose(self) -> None:

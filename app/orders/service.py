@@ -328,11 +328,14 @@ async def place_order(
     return PlaceResult(status_code=201, body=body, replayed=False)
 
 
-async def get_order(db: Database, *, order_id: int, principal: Principal) -> OrderRead:
+async def get_order(
+    db: Database, *, order_id: int, principal: Principal, consistent: bool = False
+) -> OrderRead:
     """One order with its lines; NotFound unless the caller owns it or is an admin. One round
-    trip, on the driver's fast path."""
+    trip, on the driver's fast path. `consistent=True` reads it from the primary: for a caller
+    that knows the order exists but may carry no read-after token (a retried checkout)."""
     stmt, params = _order_query(order_id, principal)
-    return _order_from_rows(order_id, await db.fetch_all(stmt, **params))
+    return _order_from_rows(order_id, await db.fetch_all(stmt, primary=consistent, **params))
 
 
 async def order_ledger(db: Database, *, order_id: int, principal: Principal) -> list[EntryRead]:

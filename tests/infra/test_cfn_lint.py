@@ -27,6 +27,12 @@ ALLOWED_WARNINGS = {
         "The same CDK helper pattern, for aws-cdk-lib's AwsCustomResource function (the look-up "
         "of the CloudFront VPC origin's security group)."
     ),
+    ("W3691", "DatabasePrimary"): (
+        "EngineVersion is the major version alone ('17') on purpose: RDS then creates the "
+        "instance at a recent minor and upgrades it, where a pinned minor fails once RDS retires "
+        "it. RDS documents major-only versions, and cfn-lint's E3691 accepts them (cfn-lint "
+        "#3849); its deprecation list for W3691 wrongly holds the major versions too."
+    ),
     ("W3005", "BlueGroupScalingPolicyRequestsPerTarget"): _REDUNDANT_DEPENDS_ON_LISTENER,
     ("W3005", "GreenGroupScalingPolicyRequestsPerTarget"): _REDUNDANT_DEPENDS_ON_LISTENER,
 }

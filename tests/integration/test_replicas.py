@@ -182,6 +182,39 @@ async def test_a_customer_reads_their_writes_through_another_instance_while_repl
             servers.replica.query("SELECT pg_wal_replay_resume()")
 
 
+async def test_a_retried_checkout_answers_its_order_while_the_replica_lags(
+    servers: Servers,
+) -> None:
+    """The first answer was lost with its read-after token; the retry lands on another
+    instance whose replica has not replayed the order yet."""
+    async with shop(servers, database_replica_max_lag_s=30) as one, shop(servers) as other:
+        product = await make_product(one.resources, initial_stock=5)
+        alice = await make_user(one.resources)
+        await caught_up(servers, one, other)
+        put = await one.http.put(
+            f"/cart/items/{product.id}", headers=alice.headers, json={"quantity": 2}
+        )
+        assert put.status_code == 200, put.text
+        version = put.json()["version"]
+        await caught_up(servers, one, other)
+        servers.replica.query("SELECT pg_wal_replay_pause()")
+        try:
+            first = await one.http.post(
+                "/cart/checkout", headers=alice.headers, json={"version": version}
+            )
+            assert first.status_code == 201, first.text
+
+            retry = await other.http.post(
+                "/cart/checkout", headers=alice.headers, json={"version": version}
+            )
+
+            assert retry.status_code == 201, retry.text
+            assert retry.headers["Idempotent-Replayed"] == "true"
+            assert retry.json()["id"] == first.json()["id"]
+        finally:
+            servers.replica.query("SELECT pg_wal_replay_resume()")
+
+
 async def test_a_read_after_a_write_goes_to_the_replica_once_it_has_replayed_the_write(
     servers: Servers,
 ) -> None:

@@ -10,10 +10,10 @@ from constructs import Construct
 from ..nag import acknowledge
 from ..stages import Database as DatabaseSpec
 
-ENGINE_VERSION = rds.PostgresEngineVersion.of("17", "17")
-"""The major version only: RDS picks its default minor at creation and upgrades it in the
-maintenance window (auto minor version upgrade), while a pinned minor fails the next deploy once
-RDS has retired it. Replicas take their primary's version."""
+ENGINE_VERSION = rds.PostgresEngineVersion.VER_17
+"""The major version only ("17"): RDS creates the instance at a recent minor of 17 and moves it
+forward in the maintenance window (auto minor version upgrade), whereas a pinned minor fails
+the next deploy once RDS has retired it. Replicas take their primary's version."""
 PORT = 5432
 DATABASE_NAME = "shop"
 """The database the app's schema lives in: created by RDS, and named in the secret (`dbname`)."""
