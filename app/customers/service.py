@@ -93,7 +93,9 @@ async def sign_in(
         )
         if wait is not None:
             raise TooManyRequests("too many failed sign-ins; try again later", retry_after_s=wait)
-    async with db.read() as conn:
+    # From the primary: a sign-in right after a sign-up (on another instance, without the
+    # read-after token) must not answer 401 from a lagging replica, nor count that failure.
+    async with db.read(primary=True) as conn:
         row = (
             await conn.execute(
                 select(Customer.id, Customer.role, Customer.password_hash).where(
@@ -136,7 +138,8 @@ class Accounts:
 
     Each process keeps what it read for `ttl_s` seconds, so a deleted account or a changed
     role takes effect within that bound (plus replica lag) at the cost of one primary-key read
-    per account and process per `ttl_s`.
+    per account and process per `ttl_s`. An account a replica does not know is read again on
+    the primary, so a token used right after its sign-up is not refused for replica lag.
     """
 
     max_entries = 100_000
@@ -152,6 +155,10 @@ class Accounts:
         if known is not None and known[1] > now:
             return known[0]
         row = await self._db.fetch_one(_ROLE, customer_id=customer_id)
+        if row is None:
+            # A token is only issued for an account that exists: a replica that knows none
+            # may just lag behind the sign-up, so the primary has the last word.
+            row = await self._db.fetch_one(_ROLE, primary=True, customer_id=customer_id)
         role = Role(row["role"]) if row is not None else None
         # "No such account" is not kept: read from a lagging replica, it may be an account
         # that is only seconds old.
