@@ -73,6 +73,23 @@ def test_cloudfront_reaches_the_load_balancer_through_a_vpc_origin_only(synthesi
     assert "CloudFront-VPCOrigins-Service-SG" in lookup
 
 
+@pytest.mark.parametrize("number", BEHIND_CLOUDFRONT)
+def test_the_vpc_origin_security_group_is_looked_up_once_the_distribution_is_deployed(
+    synthesized, number
+):
+    """CloudFront makes that group when it deploys the distribution, not with the VPC origin:
+    a look-up that waits for the origin alone can find nothing and roll the stack back."""
+    synth = synthesized[number]
+    [distribution] = synth.resources("AWS::CloudFront::Distribution")
+    [origin] = synth.resources("AWS::CloudFront::VpcOrigin")
+    [lookup] = [
+        resource
+        for resource in synth.resources("Custom::AWS").values()
+        if "CloudFront-VPCOrigins-Service-SG" in json.dumps(resource)
+    ]
+    assert {distribution, origin} <= set(lookup["DependsOn"])
+
+
 @pytest.mark.parametrize("number", PUBLIC_LOAD_BALANCER)
 def test_without_a_cdn_the_load_balancer_is_still_reachable_from_anywhere(synthesized, number):
     synth = synthesized[number]

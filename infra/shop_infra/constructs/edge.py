@@ -154,9 +154,11 @@ class Edge(Construct):
     ) -> None:
         """Open the load balancer to CloudFront's VPC origin interfaces, and to nothing else.
 
-        CloudFront makes their security group when it makes the VPC origin, and CloudFormation
-        does not return its id: a custom resource looks it up by name once the origin exists
-        (the pattern the aws-cdk-lib documentation gives for VPC origins).
+        CloudFront makes their security group only once a distribution uses the VPC origin,
+        and CloudFormation does not return its id: a custom resource looks it up by name once
+        the distribution is deployed (the pattern the aws-cdk-lib documentation gives for VPC
+        origins). A look-up that waited for the origin alone could run before the group exists,
+        find nothing, and roll the stack back.
         """
         describe = cr.AwsSdkCall(
             service="ec2",
@@ -186,7 +188,7 @@ class Edge(Construct):
                 removal_policy=RemovalPolicy.DESTROY,
             ),
         )
-        lookup.node.add_dependency(self.load_balancer_origin)
+        lookup.node.add_dependency(self.load_balancer_origin, self.distribution)
         acknowledge(
             lookup,
             id="AwsSolutions-IAM5[Resource::*]",
