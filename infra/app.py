@@ -3,7 +3,9 @@
 
 Context (all optional; `cdk deploy -c key=value`):
   shop:hosted_zone   a Route 53 hosted zone name: adds <stage>.<zone> records (needs account/region)
-  shop:mail_sender   SES sender address for stage 7 (default orders@example.com)
+  shop:mail_sender   SES sender address for stage 7, at a domain you control (SES mails it a
+                     verification link; a reserved test domain such as example.com is
+                     refused); without it, stage 7's workers log their mail instead of sending it
   shop:stages        comma-separated stage numbers or names to synthesize (default: all, and
                      the optional load generator Shop-LoadGen; `loadgen` names it)
   shop:region        region to deploy to (default: $CDK_DEFAULT_REGION, else us-east-1)
@@ -59,7 +61,7 @@ def main() -> None:
             app,
             stage=each,
             hosted_zone=zone,
-            mail_sender=app.node.try_get_context("shop:mail_sender") or "orders@example.com",
+            mail_sender=app.node.try_get_context("shop:mail_sender") or None,
             alarm_email=app.node.try_get_context("shop:alarm_email"),
             env=env,
         )

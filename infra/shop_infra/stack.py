@@ -48,7 +48,7 @@ from .constructs.load_balancer import LoadBalancer
 from .constructs.network import Network
 from .constructs.observability import Observability, add_cost_tag, metric, worst
 from .constructs.proxy import ReverseProxy
-from .constructs.queue import OrderQueue
+from .constructs.queue import OrderQueue, check_mail_sender
 from .nag import acknowledge
 from .stages import (
     GRACEFUL_SHUTDOWN_S,
@@ -125,10 +125,12 @@ class ShopStack(Stack):
         stage: Stage,
         image_directory: Path = REPO_ROOT,
         hosted_zone: str | None = None,
-        mail_sender: str = "orders@example.com",
+        mail_sender: str | None = None,
         alarm_email: str | None = None,
         **kwargs: object,
     ) -> None:
+        if stage.workers is not None and mail_sender is not None:
+            check_mail_sender(mail_sender)  # before anything is built: one clear error
         super().__init__(
             scope,
             stage.stack_id,
@@ -294,7 +296,8 @@ class ShopStack(Stack):
         if stage.workers is not None:
             queue = OrderQueue(self, "Orders", mail_sender=mail_sender)
             env["SHOP_QUEUE_URL"] = queue.queue.queue_url
-            env["SHOP_MAIL_SENDER"] = mail_sender
+            if mail_sender is not None:  # else the app logs its mail instead of sending it
+                env["SHOP_MAIL_SENDER"] = mail_sender
 
         # --- web tier --------------------------------------------------------------------------
         # A single box's only public listener is its reverse proxy: TLS with a hosted zone, and
@@ -458,7 +461,9 @@ class ShopStack(Stack):
                 if secret is not jwt_secret:
                     secret.grant_read(workers.role)
             queue.queue.grant_consume_messages(workers.role)
-            workers.grant(queue.send_mail_statement())
+            send_mail = queue.send_mail_statement()
+            if send_mail is not None:
+                workers.grant(send_mail)
             if database is not None:
                 database.allow_from(workers.security_group)
             if cache is not None:

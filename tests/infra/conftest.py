@@ -30,6 +30,8 @@ from shop_infra.stack import DEFAULT_REGION, ShopStack  # noqa: E402
 from shop_infra.stages import STAGES, Stage  # noqa: E402
 
 ZONE = "shop.example.com"
+MAIL_SENDER = "orders@shop-ladder.dev"
+"""Stage 7's SES sender in the tests: a domain SES could verify (example.com never can)."""
 ACCOUNT = "123456789012"
 
 
@@ -82,6 +84,7 @@ def assembly(tmp_path_factory: pytest.TempPathFactory, image_context: Path) -> P
         list(STAGES),
         loadgen=True,
         env=cdk.Environment(region=DEFAULT_REGION),
+        mail_sender=MAIL_SENDER,
     )
 
 

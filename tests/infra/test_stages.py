@@ -3,9 +3,13 @@
 import json
 import re
 
+import aws_cdk as cdk
 import pytest
-from aws_cdk.assertions import Match
+from aws_cdk.assertions import Match, Template
+from shop_infra.stack import DEFAULT_REGION, ShopStack
 from shop_infra.stages import GRACEFUL_SHUTDOWN_S, STAGES
+
+from .conftest import MAIL_SENDER, _context
 
 
 def _user_data(synth) -> str:
@@ -205,9 +209,7 @@ def test_stage_7_adds_a_queue_with_dead_letters_workers_scaling_on_depth_and_ses
                         Match.object_like(
                             {
                                 "Action": ["ses:SendEmail", "ses:SendRawEmail"],
-                                "Condition": {
-                                    "StringEquals": {"ses:FromAddress": "orders@example.com"}
-                                },
+                                "Condition": {"StringEquals": {"ses:FromAddress": MAIL_SENDER}},
                             }
                         )
                     ]
@@ -215,6 +217,48 @@ def test_stage_7_adds_a_queue_with_dead_letters_workers_scaling_on_depth_and_ses
             }
         },
     )
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "orders@example.com",
+        "Orders@Example.ORG",
+        "orders@mail.example.net",
+        "orders@shop.test",
+        "orders@shop.example",
+        "orders@shop.invalid",
+        "orders@localhost",
+    ],
+)
+def test_stage_7_refuses_a_mail_sender_ses_can_never_verify(tmp_path, sender):
+    """SES verifies a sender by a link it mails to it: a reserved test domain gets no mail."""
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    with pytest.raises(ValueError) as refused:
+        ShopStack(
+            cdk.App(context=_context()),
+            stage=STAGES[6],
+            image_directory=tmp_path,
+            mail_sender=sender,
+            env=cdk.Environment(region=DEFAULT_REGION),
+        )
+    assert str(refused.value).startswith(f"shop:mail_sender {sender!r} can never be verified")
+    assert "-c shop:mail_sender=" in str(refused.value)
+
+
+def test_stage_7_without_a_mail_sender_logs_its_mail_instead_of_sending_it(tmp_path):
+    """The app sends no mail without SHOP_MAIL_SENDER (it logs it): no SES identity, no grant."""
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    stack = ShopStack(
+        cdk.App(context=_context()),
+        stage=STAGES[6],
+        image_directory=tmp_path,
+        env=cdk.Environment(region=DEFAULT_REGION),
+    )
+    template = Template.from_stack(stack)
+    template.resource_count_is("AWS::SES::EmailIdentity", 0)
+    rendered = json.dumps(template.to_json())
+    assert "ses:SendEmail" not in rendered and "SHOP_MAIL_SENDER" not in rendered
 
 
 def test_a_route_53_record_is_made_only_when_a_hosted_zone_is_given(synthesized, with_hosted_zone):
