@@ -120,7 +120,7 @@ def line_items(stage: Stage, *, at_max: bool = False) -> list[Item]:
     if fleet.auto_scaling:
         alarms += 1
     if stage.workers:
-        alarms += 4
+        alarms += 4  # oldest message age, dead letters; target tracking's own high and low
     items.append(Item(f"{secrets} secrets", _monthly(secrets * SECRET_PER_MONTH)))
     items.append(
         Item(

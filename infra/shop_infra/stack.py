@@ -32,6 +32,7 @@ from aws_cdk import aws_route53 as route53
 from aws_cdk import aws_route53_targets as route53_targets
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from .constructs.cache import Cache
@@ -114,6 +115,82 @@ def _protocol(stage: Stage, *, https: bool) -> str:
     return (
         "plain HTTP (Caddy on the box, port 80): pass -c shop:hosted_zone=<zone> for HTTPS "
         "with a Let's Encrypt certificate"
+    )
+
+
+def _scale_on_backlog(
+    group: autoscaling.AutoScalingGroup, *, queue: sqs.IQueue, backlog_per_instance: int
+) -> None:
+    """Target tracking on the backlog per worker, the EC2 Auto Scaling guide's recipe for SQS.
+
+    (visible + in-flight messages) / in-service instances is held at `backlog_per_instance`:
+    in-flight messages count, so workers busy with a burst are not removed under it, and
+    target tracking scales in only after its own low alarm has held for 15 minutes, instead of
+    a scale-in alarm that fires whenever the workers keep up. aws-cdk-lib's target tracking
+    takes no metric math, so the policy is written at the CloudFormation level.
+    """
+    policy = autoscaling.CfnScalingPolicy
+
+    def statistic(
+        query_id: str, namespace: str, name: str, dimension: str, value: str, stat: str
+    ) -> autoscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty:
+        return policy.TargetTrackingMetricDataQueryProperty(
+            id=query_id,
+            metric_stat=policy.TargetTrackingMetricStatProperty(
+                metric=policy.MetricProperty(
+                    namespace=namespace,
+                    metric_name=name,
+                    dimensions=[policy.MetricDimensionProperty(name=dimension, value=value)],
+                ),
+                stat=stat,
+            ),
+            return_data=False,
+        )
+
+    queue_name = queue.queue_name
+    group_name = group.auto_scaling_group_name
+    policy(
+        group,
+        "BacklogPerInstance",
+        auto_scaling_group_name=group_name,
+        policy_type="TargetTrackingScaling",
+        target_tracking_configuration=policy.TargetTrackingConfigurationProperty(
+            target_value=backlog_per_instance,
+            customized_metric_specification=policy.CustomizedMetricSpecificationProperty(
+                metrics=[
+                    statistic(
+                        "visible",
+                        "AWS/SQS",
+                        "ApproximateNumberOfMessagesVisible",
+                        "QueueName",
+                        queue_name,
+                        "Sum",
+                    ),
+                    statistic(
+                        "inflight",
+                        "AWS/SQS",
+                        "ApproximateNumberOfMessagesNotVisible",
+                        "QueueName",
+                        queue_name,
+                        "Sum",
+                    ),
+                    statistic(
+                        "workers",
+                        "AWS/AutoScaling",
+                        "GroupInServiceInstances",
+                        "AutoScalingGroupName",
+                        group_name,
+                        "Average",
+                    ),
+                    policy.TargetTrackingMetricDataQueryProperty(
+                        id="backlog",
+                        expression="(visible + inflight) / workers",
+                        label="Orders queued or in flight per in-service worker",
+                        return_data=True,
+                    ),
+                ]
+            ),
+        ),
     )
 
 
@@ -481,18 +558,8 @@ class ShopStack(Stack):
                 image_uri=image.image_uri,
                 elb_health_check=False,
             )
-            depth = queue.queue.metric_approximate_number_of_messages_visible(
-                period=Duration.minutes(1), statistic="Maximum"
-            )
-            worker_group.scale_on_metric(
-                "QueueDepth",
-                metric=depth,
-                adjustment_type=autoscaling.AdjustmentType.CHANGE_IN_CAPACITY,
-                scaling_steps=[
-                    autoscaling.ScalingInterval(upper=0, change=-1),
-                    autoscaling.ScalingInterval(lower=spec.messages_per_instance, change=+1),
-                    autoscaling.ScalingInterval(lower=5 * spec.messages_per_instance, change=+3),
-                ],
+            _scale_on_backlog(
+                worker_group, queue=queue.queue, backlog_per_instance=spec.messages_per_instance
             )
 
         self._observe(

@@ -122,13 +122,16 @@ class Cache:
 
 @dataclass(frozen=True, kw_only=True)
 class Workers:
-    """Queue consumers: the same image running `shop worker`, scaled on queue depth."""
+    """Queue consumers: the same image running `shop worker`, scaled on the backlog per
+    worker."""
 
     instance_type: str
     min_size: int
     max_size: int
     messages_per_instance: int = 100
-    """Visible messages per worker above which one more worker is added."""
+    """The backlog per in-service worker (messages queued plus in flight) that target tracking
+    holds: the longest acceptable wait for an order divided by the time a worker takes for one
+    message."""
 
     def __post_init__(self) -> None:
         vcpus(self.instance_type)
@@ -246,7 +249,7 @@ _SERVICE_ORIENTED = replace(
     number=7,
     name="service-oriented",
     users=">1,000,000",
-    summary="as 6, plus SQS (+ dead-letter queue), workers scaling on queue depth, SES",
+    summary="as 6, plus SQS (+ dead-letter queue), workers scaling on backlog per worker, SES",
     bottleneck="the single write primary (order writes)",
     workers=Workers(instance_type=_APP, min_size=1, max_size=4),
 )

@@ -89,7 +89,7 @@ EXPECTED = {
         "AWS::SQS::QueuePolicy": 2,  # TLS only
         "AWS::SES::EmailIdentity": 1,
         "AWS::AutoScaling::AutoScalingGroup": 1,  # workers ...
-        "AWS::AutoScaling::ScalingPolicy": 2,  # ... scaling out and in on queue depth
+        "AWS::AutoScaling::ScalingPolicy": 1,  # ... tracking the backlog per worker
         "AWS::EC2::LaunchTemplate": 1,
         "AWS::IAM::Role": 1,
         "AWS::IAM::Policy": 1,
@@ -97,7 +97,7 @@ EXPECTED = {
         "AWS::Logs::LogGroup": 1,
         "AWS::EC2::SecurityGroup": 1,
         "AWS::EC2::SecurityGroupIngress": 2,  # workers to the database and to the cache
-        "AWS::CloudWatch::Alarm": 4,  # 2 scaling alarms, oldest message age, dead letters
+        "AWS::CloudWatch::Alarm": 2,  # oldest message age, dead letters
     },
 }
 

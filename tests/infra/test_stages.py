@@ -180,7 +180,7 @@ def test_stage_6_scales_two_colours_on_request_count_behind_a_weighted_listener(
     assert not synth.resources("AWS::EC2::Instance")
 
 
-def test_stage_7_adds_a_queue_with_dead_letters_workers_scaling_on_depth_and_ses(synthesized):
+def test_stage_7_adds_a_queue_with_dead_letters_workers_and_ses(synthesized):
     synth = synthesized[7]
     workers = STAGES[6].workers
     synth.assertions.has_resource_properties(
@@ -190,14 +190,6 @@ def test_stage_7_adds_a_queue_with_dead_letters_workers_scaling_on_depth_and_ses
     synth.assertions.has_resource_properties(
         "AWS::AutoScaling::AutoScalingGroup",
         {"MinSize": str(workers.min_size), "MaxSize": str(workers.max_size)},
-    )
-    synth.assertions.has_resource_properties(
-        "AWS::CloudWatch::Alarm",
-        {
-            "MetricName": "ApproximateNumberOfMessagesVisible",
-            "Namespace": "AWS/SQS",
-            "AlarmActions": Match.any_value(),
-        },
     )
     assert "shop worker" in _user_data(synth)
     synth.assertions.has_resource_properties(
@@ -217,6 +209,45 @@ def test_stage_7_adds_a_queue_with_dead_letters_workers_scaling_on_depth_and_ses
             }
         },
     )
+
+
+def test_stage_7_workers_track_the_backlog_per_instance(synthesized):
+    """The EC2 Auto Scaling recipe for SQS: (visible + in flight) / in-service workers, held at
+    the catalog's backlog per instance by target tracking, which also scales in."""
+    synth = synthesized[7]
+    [group] = [k for k in synth.resources("AWS::AutoScaling::AutoScalingGroup") if "Worker" in k]
+    [policy] = [
+        p["Properties"]
+        for p in synth.resources("AWS::AutoScaling::ScalingPolicy").values()
+        if p["Properties"]["AutoScalingGroupName"] == {"Ref": group}
+    ]
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    config = policy["TargetTrackingConfiguration"]
+    assert config["TargetValue"] == STAGES[6].workers.messages_per_instance
+    assert not config.get("DisableScaleIn", False)
+    queries = config["CustomizedMetricSpecification"]["Metrics"]
+    [returned] = [q for q in queries if q.get("ReturnData", True)]
+    stats = {q["Id"]: q["MetricStat"] for q in queries if "MetricStat" in q}
+    by_name = {stat["Metric"]["MetricName"]: query_id for query_id, stat in stats.items()}
+    visible = by_name.pop("ApproximateNumberOfMessagesVisible")
+    in_flight = by_name.pop("ApproximateNumberOfMessagesNotVisible")
+    workers = by_name.pop("GroupInServiceInstances")
+    assert by_name == {}
+    assert returned["Expression"].replace(" ", "") == f"({visible}+{in_flight})/{workers}"
+    assert stats[workers]["Metric"]["Dimensions"] == [
+        {"Name": "AutoScalingGroupName", "Value": {"Ref": group}}
+    ]
+    [orders] = [k for k in synth.resources("AWS::SQS::Queue") if "DeadLetters" not in k]
+    for query_id in (visible, in_flight):
+        assert stats[query_id]["Metric"]["Dimensions"] == [
+            {"Name": "QueueName", "Value": {"Fn::GetAtt": [orders, "QueueName"]}}
+        ]
+    # No step scaling on absolute depth, and so no scale-in alarm that fires whenever the
+    # workers keep up: target tracking makes (and owns) its own alarms.
+    for alarm in synth.resources("AWS::CloudWatch::Alarm").values():
+        assert alarm["Properties"].get("MetricName") != "ApproximateNumberOfMessagesVisible" or (
+            "DeadLetters" in json.dumps(alarm["Properties"]["Dimensions"])
+        )
 
 
 @pytest.mark.parametrize(
