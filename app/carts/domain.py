@@ -115,6 +115,23 @@ def set_quantity(cart: Cart, *, product_id: int, quantity: int) -> Cart:
     return replace(cart, items={**cart.items, product_id: quantity})
 
 
+def add_quantities(cart: Cart, *, items: Mapping[int, int], drop_overflow: bool = False) -> Cart:
+    """The cart with each product's quantity added to what it holds, at most MAX_QUANTITY.
+
+    Raises CartTooLarge when a new product would go beyond MAX_ITEMS; with `drop_overflow`
+    such products are left out instead (a visitor's cart joining the customer's)."""
+    held = dict(cart.items)
+    for product_id, quantity in items.items():
+        if not 1 <= quantity <= MAX_QUANTITY:
+            raise ValueError(f"quantity must be 1..{MAX_QUANTITY}")
+        if product_id not in held and len(held) >= MAX_ITEMS:
+            if drop_overflow:
+                continue
+            raise CartTooLarge()
+        held[product_id] = min(held.get(product_id, 0) + quantity, MAX_QUANTITY)
+    return cart if held == cart.items else replace(cart, items=held)
+
+
 def remove_item(cart: Cart, *, product_id: int) -> Cart:
     """The cart without the product (unchanged when it was not there)."""
     if product_id not in cart.items:

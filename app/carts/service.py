@@ -7,6 +7,7 @@ SHOP_CARTS_TABLE is set. Prices and stock are never stored in a cart; they are t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from app.carts.domain import (
     Cart,
     CartChanged,
     CartEmpty,
+    add_quantities,
     checkout_key,
     record_checkout,
     remove_item,
@@ -107,6 +109,37 @@ async def set_item(
     await catalog.get_product(db, product_id=product_id)
     cart = await store.change(
         customer_id, lambda c: set_quantity(c, product_id=product_id, quantity=quantity)
+    )
+    return await _priced(db, cart, tax_rate_bp=tax_rate_bp)
+
+
+async def add_items(
+    store: CartStore,
+    db: Database,
+    *,
+    customer_id: int,
+    items: Mapping[int, int],
+    tax_rate_bp: int,
+    skip_unavailable: bool = False,
+) -> CartRead:
+    """Add quantities to what the cart holds (each line at most MAX_QUANTITY), in one atomic
+    change of the store: two adds at the same moment both count.
+
+    Raises NotFound (an unknown product) or CartTooLarge. With `skip_unavailable` (a visitor's
+    cart joining the customer's on sign-in) such products are left out instead, and the rest
+    is still added."""
+    known: dict[int, int] = {}
+    for product_id, quantity in items.items():
+        try:
+            await catalog.get_product(db, product_id=product_id)
+        except NotFound:
+            if not skip_unavailable:
+                raise
+        else:
+            known[product_id] = quantity
+    cart = await store.change(
+        customer_id,
+        lambda c: add_quantities(c, items=known, drop_overflow=skip_unavailable),
     )
     return await _priced(db, cart, tax_rate_bp=tax_rate_bp)
 

@@ -8,6 +8,7 @@ with a redirect (303) to the page that shows its result, or with the form again 
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import timedelta
 from typing import Annotated, Any
@@ -42,6 +43,8 @@ from app.storefront.sessions import (
     Visit,
     visit_of,
 )
+
+log = logging.getLogger("shop.storefront")
 
 router = APIRouter(include_in_schema=False)
 
@@ -258,24 +261,23 @@ async def _set_quantity(res: Resources, visit: Visit, product_id: int, quantity:
     visit.set_cart({**visit.cart, product_id: quantity})
 
 
-async def _quantity_in_cart(res: Resources, visit: Visit, product_id: int) -> int:
-    if visit.principal is None:
-        return visit.cart.get(product_id, 0)
-    cart = await carts.get_cart(
-        store_for(res),
-        res.db,
-        customer_id=visit.principal.customer_id,
-        tax_rate_bp=res.settings.tax_rate_bp,
-    )
-    return next((line.quantity for line in cart.lines if line.product_id == product_id), 0)
-
-
 @router.post("/shop/cart/items")
 async def add_to_cart(res: ResourcesDep, visit: VisitDep, form: FormDep) -> Response:
     product_id = _number(form, "product_id", low=1, high=MAX_INT32)
     quantity = _number(form, "quantity", low=1, high=CART_MAX_QUANTITY)
-    held = await _quantity_in_cart(res, visit, product_id)
-    await _set_quantity(res, visit, product_id, min(held + quantity, CART_MAX_QUANTITY))
+    if visit.principal is not None:
+        # One change of the store, which reads what the cart holds under its own lock (or
+        # version check): two tabs adding at once both count.
+        await carts.add_items(
+            store_for(res),
+            res.db,
+            customer_id=visit.principal.customer_id,
+            items={product_id: quantity},
+            tax_rate_bp=res.settings.tax_rate_bp,
+        )
+    else:
+        held = visit.cart.get(product_id, 0)
+        await _set_quantity(res, visit, product_id, min(held + quantity, CART_MAX_QUANTITY))
     return _redirect(visit, res, "/shop/cart")
 
 
@@ -350,16 +352,22 @@ async def checkout(request: Request, res: ResourcesDep, visit: VisitDep, form: F
 
 
 async def _merge_visitor_cart(res: Resources, visit: Visit) -> None:
-    """A visitor's cart joins the customer's cart on sign-in; a line that no longer fits (a
-    product gone, a full cart) is left out rather than failing the sign-in."""
-    if not visit.cart:
+    """A visitor's cart joins the customer's cart on sign-in, in one change of the store; a
+    line that no longer fits (a product gone, a full cart) is left out rather than failing the
+    sign-in."""
+    if not visit.cart or visit.principal is None:
         return
-    for product_id, quantity in sorted(visit.cart.items()):
-        try:
-            held = await _quantity_in_cart(res, visit, product_id)
-            await _set_quantity(res, visit, product_id, min(held + quantity, CART_MAX_QUANTITY))
-        except ShopError:
-            continue
+    try:
+        await carts.add_items(
+            store_for(res),
+            res.db,
+            customer_id=visit.principal.customer_id,
+            items=dict(sorted(visit.cart.items())),
+            tax_rate_bp=res.settings.tax_rate_bp,
+            skip_unavailable=True,
+        )
+    except ShopError as exc:  # the cart store busy or unavailable: the sign-in still stands
+        log.warning("visitor's cart not merged on sign-in: %s", exc.message)
     visit.set_cart({})
 
 

@@ -3,6 +3,7 @@ cookie flags, caching, and friendly error pages with the API's status codes."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from types import SimpleNamespace
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import Response
+from sqlalchemy import text
 
+from app.catalog import service as catalog
 from app.core.deps import Resources
 from app.core.security import Principal, Role
 from app.core.settings import Environment
@@ -425,3 +428,50 @@ async def test_at_stage_5_pages_link_static_files_on_the_assets_base_url(
         home.text,
     )
     assert '<img src="https://cdn.example.net/static/images/aaaaaaaaaaaaaaaa.png"' in home.text
+
+
+async def test_two_tabs_adding_one_unit_at_once_end_with_both_units_in_the_cart(
+    client: httpx.AsyncClient, resources: Resources, alice: User
+) -> None:
+    product = await make_product(resources)
+    await signed_in(client, alice)
+    token = csrf_of(await client.get(f"/shop/products/{product.id}"))
+    add_one = {"product_id": str(product.id), "quantity": "1", "csrf_token": token}
+
+    answers = await asyncio.gather(
+        *(client.post("/shop/cart/items", data=add_one) for _ in range(8))
+    )
+
+    assert [a.status_code for a in answers] == [303] * 8
+    cart = (await client.get("/cart", headers=alice.headers)).json()
+    assert [(line["product_id"], line["quantity"]) for line in cart["lines"]] == [(product.id, 8)]
+
+
+async def test_signing_in_adds_the_visitors_cart_to_the_customers_in_one_change(
+    client: httpx.AsyncClient, resources: Resources, alice: User
+) -> None:
+    """Lines add up (at most 10000 units), a product no longer sold is left out, and the cart
+    moves one version whatever the number of lines."""
+    mug, lamp, gone = [await make_product(resources) for _ in range(3)]
+    for product, quantity in ((mug, 2), (lamp, 5)):
+        put = await client.put(
+            f"/cart/items/{product.id}", headers=alice.headers, json={"quantity": quantity}
+        )
+        assert put.status_code == 200, put.text
+    before = (await client.get("/cart", headers=alice.headers)).json()["version"]
+    others = [await make_product(resources) for _ in range(10)]
+    visitor = {mug.id: 3, lamp.id: 9_999, gone.id: 1, **{p.id: 1 for p in others}}
+    client.cookies.set(
+        "shop_cart", ",".join(f"{p}:{q}" for p, q in visitor.items()), domain="shop.test"
+    )
+    async with resources.db.write() as conn:
+        await conn.execute(text("DELETE FROM product WHERE id = :id"), {"id": gone.id})
+    await catalog.catalog_changed(resources.cache)
+
+    await signed_in(client, alice)
+
+    cart = (await client.get("/cart", headers=alice.headers)).json()
+    held = {line["product_id"]: line["quantity"] for line in cart["lines"]}
+    assert held == {mug.id: 5, lamp.id: 10_000, **{p.id: 1 for p in others}}
+    assert cart["version"] == before + 1
+    assert parse_cart(client.cookies.get("shop_cart")) == {}

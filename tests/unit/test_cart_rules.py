@@ -8,8 +8,10 @@ import pytest
 
 from app.carts.domain import (
     MAX_ITEMS,
+    MAX_QUANTITY,
     Cart,
     CartTooLarge,
+    add_quantities,
     as_read,
     cart_id_for,
     checkout_key,
@@ -96,3 +98,20 @@ def test_carts_must_outlive_the_idempotency_keys_of_their_checkouts() -> None:
     with pytest.raises(ValueError, match="SHOP_CART_TTL_DAYS"):
         Settings(cart_ttl_days=2, idempotency_ttl_h=48, _env_file=None)  # type: ignore[call-arg]
     assert Settings(cart_ttl_days=3, idempotency_ttl_h=48, _env_file=None).cart_ttl_days == 3  # type: ignore[call-arg]
+
+
+def test_adding_quantities_adds_to_what_the_cart_holds_up_to_the_most_a_line_takes() -> None:
+    cart = set_quantity(new_cart(1), product_id=7, quantity=2)
+    added = add_quantities(cart, items={7: 3, 8: 1})
+    assert added.items == {7: 5, 8: 1}
+    assert add_quantities(added, items={7: MAX_QUANTITY}).items[7] == MAX_QUANTITY
+
+
+def test_adding_to_a_full_cart_refuses_a_new_product_or_leaves_it_out_when_asked() -> None:
+    full = new_cart(1)
+    for product_id in range(1, MAX_ITEMS + 1):
+        full = set_quantity(full, product_id=product_id, quantity=1)
+    with pytest.raises(CartTooLarge):
+        add_quantities(full, items={1: 1, 999: 1})
+    merged = add_quantities(full, items={1: 1, 999: 1}, drop_overflow=True)
+    assert merged.items[1] == 2 and 999 not in merged.items
