@@ -23,7 +23,10 @@ SearchText = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=100, pattern=_NO_CONTROL_ONE_LINE)
 ]
 Id = Annotated[int, Field(ge=1, le=MAX_INT32)]
-Cents = Annotated[int, Field(ge=0, le=100_000_000, description="Amount in integer cents.")]
+MAX_CENTS = 100_000_000
+"""The largest amount (a price) the shop takes, EUR 1,000,000.00: the API's schemas and the
+storefront's forms both check it."""
+Cents = Annotated[int, Field(ge=0, le=MAX_CENTS, description="Amount in integer cents.")]
 Quantity = Annotated[int, Field(ge=1, le=10_000)]
 
 

@@ -27,7 +27,7 @@ from app.catalog.schemas import ProductCreate, ProductPage, ProductRead
 from app.core.deps import Resources, ResourcesDep
 from app.core.errors import Forbidden, InvalidRequest, NotFound, ShopError, Unauthenticated
 from app.core.http import include_flat
-from app.core.schemas import MAX_INT32, SearchText
+from app.core.schemas import MAX_CENTS, MAX_INT32, SearchText
 from app.core.security import Principal
 from app.customers import service as customers
 from app.customers.schemas import SignIn, SignUp
@@ -94,12 +94,17 @@ def _number(form: FormData, name: str, *, low: int, high: int) -> int:
 
 
 def _cents(form: FormData, name: str) -> int:
-    """'12.34', '12,3' or '12' euros -> cents."""
+    """'12.34', '12,3' or '12' euros -> cents, at most MAX_CENTS (the API's bound)."""
     found = _PRICE.match(_text(form, name))
     if found is None:
         raise InvalidRequest(name, "the price must be an amount in euros, like 12.34")
     euros, fraction = found.group(1), (found.group(2) or "0").ljust(2, "0")
-    return int(euros) * 100 + int(fraction)
+    cents = int(euros) * 100 + int(fraction)
+    if cents > MAX_CENTS:
+        raise InvalidRequest(
+            name, f"the price must be at most {MAX_CENTS // 100}.{MAX_CENTS % 100:02d} euros"
+        )
+    return cents
 
 
 def _local_path(target: str | None, default: str = "/") -> str:

@@ -475,3 +475,32 @@ async def test_signing_in_adds_the_visitors_cart_to_the_customers_in_one_change(
     assert held == {mug.id: 5, lamp.id: 10_000, **{p.id: 1 for p in others}}
     assert cart["version"] == before + 1
     assert parse_cart(client.cookies.get("shop_cart")) == {}
+
+
+async def test_the_price_form_refuses_what_the_api_refuses_and_keeps_the_price(
+    client: httpx.AsyncClient, resources: Resources, admin: User
+) -> None:
+    """The API takes at most 100,000,000 cents (EUR 1,000,000.00): so does the admin's form."""
+    product = await make_product(resources, price_cents=1250)
+    await signed_in(client, admin)
+    page = await client.get(f"/shop/admin/products/{product.id}")
+
+    top = await client.post(
+        f"/shop/admin/products/{product.id}/price",
+        data={"csrf_token": csrf_of(page), "price": "1000000.00"},
+    )
+    over = await client.post(
+        f"/shop/admin/products/{product.id}/price",
+        data={"csrf_token": csrf_of(page), "price": "9999999.99"},
+    )
+
+    assert top.status_code == 303
+    assert over.status_code == 422 and over.headers["content-type"] == HTML
+    assert "1000000.00" in over.text
+    assert (await client.get(f"/products/{product.id}")).json()["price_cents"] == 100_000_000
+    api = await client.put(
+        f"/admin/products/{product.id}/price",
+        headers=admin.headers,
+        json={"price_cents": 999_999_999},
+    )
+    assert api.status_code == 422
