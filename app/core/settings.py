@@ -105,9 +105,10 @@ class Settings(BaseSettings):
         5.0,
         gt=0,
         le=3600,
-        description="A replica further behind the primary than this many seconds takes no "
-        "reads until it catches up; it is also the bound on how old a read without a "
-        "read-after token (an anonymous visitor's) can be.",
+        description="A replica further behind the primary than this many seconds, at its last "
+        "health check, takes no reads until it catches up. A read without a read-after token "
+        "(an anonymous visitor's) can therefore be this plus database_replica_check_s old: "
+        "the lag may grow between two checks.",
     )
     database_replica_check_s: float = Field(
         0.5,
@@ -132,7 +133,10 @@ class Settings(BaseSettings):
         le=3600,
         description="Time to live of every cached catalog answer (product, page). Price and "
         "catalog changes are visible at once (they invalidate); stock taken by orders is not "
-        "invalidated, so the stock a visitor sees is at most this many seconds old.",
+        "invalidated, so the stock a visitor sees is at most this many seconds old without "
+        "replicas, and with replicas at most this plus database_replica_max_lag_s plus "
+        "database_replica_check_s (the answer cached may have been read from a replica that "
+        "far behind): see stock_staleness_bound_s.",
     )
     cache_local_s: float = Field(
         1.0,
@@ -370,6 +374,19 @@ class Settings(BaseSettings):
     def cache_local_copy_s(self) -> float:
         """The in-process layer's time to live: cache_local_s within half the staleness bound."""
         return min(self.cache_local_s, self.cache_stock_staleness_s / 2)
+
+    @property
+    def stock_staleness_bound_s(self) -> float:
+        """How old the stock a visitor sees can be: the cache's time to live, plus, with
+        replicas, the oldest a replica may be when it answers the read that fills the cache
+        (its lag bound, plus the check interval over which that lag may grow unnoticed)."""
+        if not self.database_replica_urls and not self.database_replica_hosts:
+            return self.cache_stock_staleness_s
+        return (
+            self.cache_stock_staleness_s
+            + self.database_replica_max_lag_s
+            + self.database_replica_check_s
+        )
 
     @property
     def is_embedded(self) -> bool:

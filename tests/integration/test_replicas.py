@@ -351,3 +351,42 @@ async def test_a_read_block_that_loses_its_replica_skips_it_from_the_next_read(
         assert db.replicas.choose() is None  # the primary answers meanwhile
         await db.replicas.check()
         assert replica.healthy
+
+
+async def test_stock_a_visitor_sees_can_be_older_than_the_cache_ttl_by_the_replica_lag(
+    servers: Servers,
+) -> None:
+    """The cache keeps an answer its time to live, but the answer may have been read from a
+    replica up to its lag bound (plus a check interval) behind: the stated bound is the sum."""
+    from tests.conftest import REDIS_URL
+
+    ttl = 0.5
+    async with shop(
+        servers, redis_url=REDIS_URL, cache_stock_staleness_s=ttl, database_replica_max_lag_s=30
+    ) as visitor:
+        settings = visitor.resources.settings
+        product = await make_product(visitor.resources, initial_stock=5)
+        alice = await make_user(visitor.resources)
+        await caught_up(servers, visitor)
+        servers.replica.query("SELECT pg_wal_replay_pause()")
+        try:
+            placed = await visitor.http.post(
+                "/orders",
+                headers=alice.headers,
+                json={"lines": [{"product_id": product.id, "quantity": 2}]},
+            )
+            assert placed.status_code == 201
+            sold = time.monotonic()
+            await asyncio.sleep(ttl * 3)
+
+            seen = await visitor.http.get(f"/products/{product.id}")
+
+            age = time.monotonic() - sold
+            assert seen.json()["stock"] == 5  # the sale is older than the cache's TTL
+            assert ttl < age <= settings.stock_staleness_bound_s
+            assert settings.stock_staleness_bound_s == ttl + 30 + 0.2
+        finally:
+            servers.replica.query("SELECT pg_wal_replay_resume()")
+        await caught_up(servers, visitor)
+        await asyncio.sleep(ttl)
+        assert (await visitor.http.get(f"/products/{product.id}")).json()["stock"] == 3
