@@ -1,5 +1,6 @@
-"""The README's "First five minutes" works as written: its shell lines run with the real curl,
-through bash, against a shop started as `make run` starts it, on its own embedded database."""
+"""The docs' "First five minutes" (docs/getting-started.md) works as written: its shell lines run
+with the real curl, through bash, against a shop started as `make run` starts it, on its own
+embedded database."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ README_BASE = "http://127.0.0.1:8000"
 
 
 def first_five_minutes() -> str:
-    """The shell blocks of the README's section, in order, as one script."""
-    readme = (ROOT / "README.md").read_text()
+    """The shell blocks of the section, in order, as one script."""
+    readme = (ROOT / "docs" / "getting-started.md").read_text()
     section = readme.split("\n## First five minutes\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
     assert blocks, "the section shows its commands in ```sh blocks"

@@ -1,4 +1,4 @@
-"""The README's cost table is computed from the catalog, and stays equal to it."""
+"""The cost table of docs/aws.md is computed from the catalog, and stays equal to it."""
 
 import itertools
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import cost
 from shop_infra.stages import STAGES
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "aws.md"
 
 
 def test_the_readme_cost_table_is_the_one_computed_from_the_catalog():

@@ -288,6 +288,6 @@ def test_the_readme_states_the_load_generators_cost_from_the_price_list():
     from shop_infra.loadgen import INSTANCE_TYPE
 
     per_instance = cost.EC2_PER_HOUR[INSTANCE_TYPE] + cost.PUBLIC_IPV4_PER_HOUR
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "aws.md").read_text()
     assert f"(1 + workers) x\nabout {per_instance:.3f} $/hour" in readme
     assert f"{5 * per_instance:.2f} $/hour with 4 workers" in readme
