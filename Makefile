@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 APP_STAMP := $(VENV)/.installed-app
 PORT ?= 8000
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export NO_MKDOCS_2_WARNING := 1
 
 # Installs come from locks, never from what the index serves that day: uv.lock for .venv (the shop
 # and its dev, infra and load extras), tools/checkov/uv.lock for .venv-checkov, and uv itself from
@@ -20,7 +21,7 @@ EXTRAS := --extra dev --extra infra --extra load
 LOCK_DATE := $(shell sed -n 's/^exclude-newer = "\(.*\)"/\1/p' pyproject.toml)
 STALE_LOCK := uv.lock does not match pyproject.toml: run 'make lock' (or 'make upgrade'), then 'make test', and commit both
 
-.PHONY: system-packages install run test test-lowest lint types contracts compose-check unit integration synth bench ladder clean lock upgrade lock-check
+.PHONY: system-packages install run test test-lowest lint types contracts compose-check unit integration synth bench ladder clean lock upgrade lock-check docs
 
 $(UV): tools/uv/requirements.txt
 	@test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
@@ -95,6 +96,12 @@ compose-check: $(STAMP)
 synth: $(STAMP)
 	cd infra && CDK_OUTDIR=cdk.out ../$(BIN)/python app.py
 
+## docs: the docs site in site/ (strict: a broken link fails), the configuration page regenerated first
+docs: $(STAMP)
+	$(BIN)/python scripts/settings_reference.py
+	$(BIN)/mkdocs build --strict --quiet
+	@echo "docs site in site/ (open site/index.html, or preview with .venv/bin/mkdocs serve)"
+
 ## bench: requests/s of the shop's hot routes beside a bare FastAPI route, one worker
 bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench
@@ -116,4 +123,4 @@ test-lowest: $(STAMP)
 	$(LOWEST)/bin/pytest -p no:cacheprovider tests/unit tests/integration tests/e2e
 
 clean:
-	rm -rf $(VENV) $(LOWEST) $(UV_HOME) .venv-checkov .pytest_cache .mypy_cache .ruff_cache cdk.out infra/cdk.out shop.db shop.db-*
+	rm -rf $(VENV) $(LOWEST) $(UV_HOME) .venv-checkov site .pytest_cache .mypy_cache .ruff_cache cdk.out infra/cdk.out shop.db shop.db-*
