@@ -6,8 +6,10 @@ Context (all optional; `cdk deploy -c key=value`):
   shop:mail_sender   SES sender address for stage 7, at a domain you control (SES mails it a
                      verification link; a reserved test domain such as example.com is
                      refused); without it, stage 7's workers log their mail instead of sending it
-  shop:stages        comma-separated stage numbers or names to synthesize (default: all, and
-                     the optional load generator Shop-LoadGen; `loadgen` names it)
+  shop:stages        comma-separated stage numbers or names to synthesize (default: the seven
+                     stages); `loadgen` adds the optional load generator Shop-LoadGen, which
+                     is made only when named (it needs a stage's URL), so that
+                     `cdk deploy --all` deploys the stages alone
   shop:region        region to deploy to (default: $CDK_DEFAULT_REGION, else us-east-1)
   shop:alarm_email   an e-mail address subscribed to the stage's alarm topic (SNS asks it to
                      confirm the subscription first)
@@ -27,7 +29,7 @@ import aws_cdk as cdk
 from shop_infra.loadgen import LoadGenStack
 from shop_infra.nag import add_checks
 from shop_infra.stack import DEFAULT_REGION, ShopStack
-from shop_infra.stages import STAGES, stage
+from shop_infra.stages import STAGES, Stage, stage
 
 
 def _context_without_the_cli() -> dict[str, Any]:
@@ -42,12 +44,18 @@ def _context_without_the_cli() -> dict[str, Any]:
     return dict(settings.get("context", {}))
 
 
+def chosen(wanted: str | None) -> tuple[list[Stage], bool]:
+    """The stages named in `shop:stages` (all seven when it is empty), and whether the load
+    generator is named: it is made only then, since it cannot deploy without a stage's URL."""
+    keys = [key.strip() for key in wanted.split(",")] if wanted else []
+    stages = [stage(key) for key in keys if key != "loadgen"]
+    return (stages if keys else list(STAGES)), "loadgen" in keys
+
+
 def main() -> None:
     app = cdk.App(context=_context_without_the_cli())
     zone = app.node.try_get_context("shop:hosted_zone")
-    wanted = app.node.try_get_context("shop:stages")
-    keys = [key.strip() for key in wanted.split(",")] if wanted else []
-    chosen = [stage(key) for key in keys if key != "loadgen"] if keys else list(STAGES)
+    stages, loadgen = chosen(app.node.try_get_context("shop:stages"))
     # The region is fixed at synth time (load balancer log delivery and CloudFront certificates
     # depend on it); the account only when a hosted zone must be looked up.
     env = cdk.Environment(
@@ -56,7 +64,7 @@ def main() -> None:
         or os.environ.get("CDK_DEFAULT_REGION")
         or DEFAULT_REGION,
     )
-    for each in chosen:
+    for each in stages:
         ShopStack(
             app,
             stage=each,
@@ -65,8 +73,8 @@ def main() -> None:
             alarm_email=app.node.try_get_context("shop:alarm_email"),
             env=env,
         )
-    if not keys or "loadgen" in keys:
-        # Deployed only on request (`cdk deploy Shop-LoadGen`), beside a stage, in its region.
+    if loadgen:
+        # Deployed beside a stage, in its region, with the stage's URL as TargetUrl.
         LoadGenStack(app, env=env)
     add_checks(app)
     app.synth()

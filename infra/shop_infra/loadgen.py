@@ -33,6 +33,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from .constructs.compute import pinned_machine_image
+from .constructs.teardown import leave_nothing_behind
 from .nag import acknowledge
 
 STACK_ID = "Shop-LoadGen"
@@ -372,6 +373,7 @@ class LoadGenStack(Stack):
             ),
             description=f"Then open http://localhost:{WEB_UI_PORT}",
         )
+        leave_nothing_behind(self)
 
 
 def _root_volume() -> ec2.BlockDevice:

@@ -50,6 +50,7 @@ from .constructs.network import Network
 from .constructs.observability import Observability, add_cost_tag, metric, worst
 from .constructs.proxy import ReverseProxy
 from .constructs.queue import OrderQueue, check_mail_sender
+from .constructs.teardown import leave_nothing_behind
 from .nag import acknowledge
 from .stages import (
     GRACEFUL_SHUTDOWN_S,
@@ -589,6 +590,7 @@ class ShopStack(Stack):
         )
         CfnOutput(self, "Dashboard", value=observability.dashboard.dashboard_name)
         CfnOutput(self, "AppLogGroup", value=web.log_group.log_group_name)
+        leave_nothing_behind(self)
 
     # --- helpers ---------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ EXPECTED = {
         "AWS::RDS::DBInstance": 1,
         "AWS::RDS::DBSubnetGroup": 1,
         "AWS::SecretsManager::SecretTargetAttachment": 1,  # RDS's secret replaces the on-box one
+        "AWS::Logs::LogGroup": 1,  # the database's exported log, deleted with the stack
         "AWS::EC2::SecurityGroup": 1,  # the database's, ...
         "AWS::EC2::SecurityGroupIngress": 1,  # ... open to the app's security group only
         "AWS::CloudWatch::Alarm": 1,  # database CPU
@@ -43,7 +44,8 @@ EXPECTED = {
         "AWS::S3::Bucket": 1,  # access logs ...
         "AWS::S3::BucketPolicy": 1,
         "Custom::S3AutoDeleteObjects": 1,  # ... emptied on destroy
-        "AWS::Lambda::Function": 1,
+        "AWS::Lambda::Function": 1,  # ... by a function, which logs to a group of the stack
+        "AWS::Logs::LogGroup": 1,
         "AWS::IAM::Role": 1,
         "AWS::IAM::InstanceProfile": 1,
         "AWS::CloudWatch::Alarm": 3,  # latency p95, the app's 5xx, the load balancer's 5xx

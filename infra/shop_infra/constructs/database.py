@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
 from constructs import Construct
 
@@ -18,6 +19,8 @@ PORT = 5432
 DATABASE_NAME = "shop"
 """The database the app's schema lives in: created by RDS, and named in the secret (`dbname`)."""
 USERNAME = "shop"
+EXPORTED_LOGS = ("postgresql",)
+"""The primary's logs RDS exports to CloudWatch Logs (replicas export none)."""
 
 
 class Database(Construct):
@@ -50,9 +53,28 @@ class Database(Construct):
         )
         instance_type = ec2.InstanceType(spec.instance_type)
         credentials = rds.DatabaseSecret(self, "Secret", username=USERNAME, dbname=DATABASE_NAME)
+        # RDS exports logs to /aws/rds/instance/<identifier>/<log>, making that group itself if
+        # it is missing, and nothing would delete it. So the identifier is chosen here (from the
+        # stack's name, unique per account and region) and the groups are the stack's, made
+        # before the instance and deleted after it. The price of a chosen name: a change that
+        # replaces the primary fails; a demo stage is destroyed and deployed again instead.
+        stack_name = Stack.of(self).stack_name
+        assert not Token.is_unresolved(stack_name), "the identifier needs the stack's name"
+        identifier = f"{stack_name}-primary".lower()
+        log_groups = [
+            logs.LogGroup(
+                self,
+                f"{log.title()}Logs",
+                log_group_name=f"/aws/rds/instance/{identifier}/{log}",
+                retention=logs.RetentionDays.TWO_WEEKS,
+                removal_policy=RemovalPolicy.DESTROY,
+            )
+            for log in EXPORTED_LOGS
+        ]
         self.primary = rds.DatabaseInstance(
             self,
             "Primary",
+            instance_identifier=identifier,
             engine=rds.DatabaseInstanceEngine.postgres(version=ENGINE_VERSION),
             instance_type=instance_type,
             vpc=vpc,
@@ -70,11 +92,12 @@ class Database(Construct):
             # A demo stack is torn down after its load test: no final snapshot, no protection.
             deletion_protection=False,
             removal_policy=RemovalPolicy.DESTROY,
-            cloudwatch_logs_exports=["postgresql"],
+            cloudwatch_logs_exports=list(EXPORTED_LOGS),
             auto_minor_version_upgrade=True,
             enable_performance_insights=True,
             performance_insight_retention=rds.PerformanceInsightRetention.DEFAULT,
         )
+        self.primary.node.add_dependency(*log_groups)
         # The secret as attached to the instance: its readers wait for host and port to be in it.
         assert self.primary.secret is not None
         self.secret = self.primary.secret
