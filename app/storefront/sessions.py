@@ -1,6 +1,9 @@
 """The storefront's cookies: who is signed in, the CSRF token, and a visitor's cart.
 
-Three cookies, all `HttpOnly` and `SameSite=Lax`, and `Secure` outside a local or test shop:
+Three cookies, all `HttpOnly` and `SameSite=Lax`, and `Secure` whenever the request reached the
+shop over HTTPS (directly, or as a trusted proxy says in `X-Forwarded-Proto`: see
+SHOP_FORWARDED_ALLOW_IPS). Over plain HTTP (a stage deployed without a domain) they are not
+Secure, or a browser would drop them and nobody could sign in:
 
 - `shop_session`: the bearer token `POST /auth/token` would give (the shop's own signed JWT,
   from `TokenIssuer`), checked on every request exactly as the API checks an `Authorization`
@@ -24,7 +27,6 @@ from fastapi import Request, Response
 from app.core.deps import Resources
 from app.core.errors import ShopError, Unauthenticated
 from app.core.security import Principal
-from app.core.settings import Environment
 
 SESSION = "shop_session"
 CSRF = "shop_csrf"
@@ -41,26 +43,14 @@ class CsrfRefused(ShopError):
     status_code = 403
 
 
-def _secure(resources: Resources) -> bool:
-    return resources.settings.env not in (Environment.LOCAL, Environment.TEST)
-
-
-def set_cookie(
-    response: Response, resources: Resources, name: str, value: str, max_age: int
-) -> None:
+def set_cookie(response: Response, name: str, value: str, max_age: int, *, secure: bool) -> None:
     response.set_cookie(
-        name,
-        value,
-        max_age=max_age,
-        path="/",
-        httponly=True,
-        samesite="lax",
-        secure=_secure(resources),
+        name, value, max_age=max_age, path="/", httponly=True, samesite="lax", secure=secure
     )
 
 
-def clear_cookie(response: Response, resources: Resources, name: str) -> None:
-    response.delete_cookie(name, path="/", httponly=True, samesite="lax", secure=_secure(resources))
+def clear_cookie(response: Response, name: str, *, secure: bool) -> None:
+    response.delete_cookie(name, path="/", httponly=True, samesite="lax", secure=secure)
 
 
 @dataclass(slots=True)
@@ -75,8 +65,9 @@ class Visit:
     cart_changed: bool = False
     signed_out: bool = False
     issued: tuple[str, int] | None = None
-    plain_http_secure_cookies: bool = False
-    """Cookies are Secure but this request came over plain HTTP (as the proxy headers say)."""
+    https: bool = False
+    """The request reached the shop over HTTPS (as the trusted proxy headers say): the cookies
+    this visit sets are then Secure."""
 
     @property
     def signed_in(self) -> bool:
@@ -107,12 +98,6 @@ class Visit:
 
     def check_csrf(self, sent: object) -> None:
         """Raises CsrfRefused unless `sent` is this session's token."""
-        if self.new_csrf and self.plain_http_secure_cookies:
-            # The browser kept no cookie of ours: over plain HTTP it drops Secure ones.
-            raise CsrfRefused(
-                "this shop's cookies are Secure outside local and test (SHOP_ENV), so its "
-                "forms need HTTPS; open it over https://"
-            )
         if (
             self.new_csrf
             or not isinstance(sent, str)
@@ -122,19 +107,20 @@ class Visit:
 
     def write(self, response: Response, resources: Resources) -> None:
         """Put on `response` the cookies this visit changed."""
+        secure = self.https
         if self.issued is not None:
-            set_cookie(response, resources, SESSION, self.issued[0], self.issued[1])
+            set_cookie(response, SESSION, self.issued[0], self.issued[1], secure=secure)
         elif self.signed_out:
-            clear_cookie(response, resources, SESSION)
+            clear_cookie(response, SESSION, secure=secure)
         if self.new_csrf:
-            set_cookie(response, resources, CSRF, self.csrf, resources.settings.jwt_ttl_s * 24)
+            ttl = resources.settings.jwt_ttl_s * 24
+            set_cookie(response, CSRF, self.csrf, ttl, secure=secure)
         if self.cart_changed:
             if self.cart:
-                set_cookie(
-                    response, resources, CART, format_cart(self.cart), _CART_COOKIE_DAYS * 86400
-                )
+                ttl = _CART_COOKIE_DAYS * 86400
+                set_cookie(response, CART, format_cart(self.cart), ttl, secure=secure)
             else:
-                clear_cookie(response, resources, CART)
+                clear_cookie(response, CART, secure=secure)
 
 
 def parse_cart(text: str | None) -> dict[int, int]:
@@ -187,5 +173,5 @@ async def visit_of(request: Request, resources: Resources) -> Visit:
         new_csrf=new_csrf,
         cart=parse_cart(request.cookies.get(CART)),
         signed_out=signed_out,
-        plain_http_secure_cookies=_secure(resources) and request.url.scheme != "https",
+        https=request.url.scheme == "https",
     )
