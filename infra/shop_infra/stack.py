@@ -404,6 +404,7 @@ class ShopStack(Stack):
             alarm_email=alarm_email,
         )
         web_cpu = []
+        web_groups: list[autoscaling.AutoScalingGroup] = []
         target_url: str
         if load_balancer is None:
             [box] = instances(
@@ -466,7 +467,7 @@ class ShopStack(Stack):
                     )
                 load_balancer.listener.add_target_groups("Default", target_groups=[group])
             else:
-                groups = self._blue_green(
+                groups = web_groups = self._blue_green(
                     web=web,
                     load_balancer=load_balancer,
                     network=network,
@@ -559,6 +560,10 @@ class ShopStack(Stack):
                 image_uri=image.image_uri,
                 elb_health_check=False,
             )
+            # The schema first: each web group's creation and rolling update wait for an
+            # instance that has run `shop migrate` and answers /healthz, and workers of the new
+            # version start only after that, rather than racing the migration and exiting.
+            worker_group.node.add_dependency(*web_groups)
             _scale_on_backlog(
                 worker_group, queue=queue.queue, backlog_per_instance=spec.messages_per_instance
             )

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from shop_infra.constructs.compute import (
     BOOT_ATTEMPTS,
-    CRASH_LOOP_BURST,
     HEALTH_CHECKS,
     HOST_PORT,
     WORKER_METRICS_PORT,
+    WORKER_SILENT_CHECKS,
 )
 from shop_infra.stages import STAGES
 
@@ -317,26 +317,68 @@ def test_the_container_logs_without_blocking_the_app(synthesized, tmp_path):
 # --- workers: a crashing process is noticed ----------------------------------------------------
 
 
-def test_a_worker_whose_container_keeps_crashing_reports_itself_unhealthy(synthesized, tmp_path):
+def test_a_worker_that_stops_answering_reports_itself_unhealthy(synthesized, tmp_path):
     boot = run(_worker_template(synthesized), tmp_path)
     assert boot.returncode == 0, boot.output
-    unit = _unit(boot)
-    assert f"StartLimitBurst={CRASH_LOOP_BURST}" in unit and "Restart=always" in unit
-    assert "shop worker" in unit
-    assert boot.called("systemctl enable --now shop-health.timer")
+    assert "shop worker" in _unit(boot)
+    # The check starts once the worker has answered: a boot that waits is not a worker that
+    # stopped, and a boot that fails reports itself (see below).
+    assert boot.index("curl", last=True) < boot.index("systemctl enable --now shop-health.timer")
     timer = (boot.root / "etc/systemd/system/shop-health.timer").read_text()
     assert "OnUnitActiveSec=1min" in timer
 
-    # The timer's check, once systemd has given up restarting the container ...
-    check = boot.root / "usr/local/sbin/shop-health"
-    crashed = _run_check(check, tmp_path / "crashed", UNIT_FAILED="yes")
-    assert crashed.called("aws autoscaling set-instance-health") == [
+    # The timer's check, run once a minute: silent metrics count, an answer starts over ...
+    check = (boot.root / "usr/local/sbin/shop-health").read_text()
+    state = tmp_path / "instance"
+    state.mkdir()
+
+    def minute(index: int, **fail: str) -> Boot:
+        folder = tmp_path / f"minute-{index}"
+        folder.mkdir()
+        return run(check, folder, SHOP_BOOT_ROOT=str(state), **fail)
+
+    for index in range(WORKER_SILENT_CHECKS - 1):
+        silent = minute(index, FAIL_METRICS="always")
+        assert silent.returncode == 0 and not silent.called("aws"), silent.output
+    assert not minute(100).called("aws")  # it answered: the count starts over
+    for index in range(WORKER_SILENT_CHECKS - 1):
+        assert not minute(200 + index, FAIL_METRICS="always").called("aws")
+    # ... and a worker silent for that many checks in a row is reported, and replaced.
+    stopped = minute(300, FAIL_METRICS="always")
+    assert stopped.called("aws autoscaling set-instance-health") == [
         f"aws autoscaling set-instance-health --region {REGION} --instance-id {INSTANCE_ID} "
         "--health-status Unhealthy --no-should-respect-grace-period"
     ]
-    # ... and while it runs (or is being restarted): nothing is reported.
-    running = _run_check(check, tmp_path / "running", UNIT_FAILED="no")
-    assert running.returncode == 0 and not running.called("aws")
+
+
+def test_a_worker_waits_for_its_schema_instead_of_giving_up(synthesized, tmp_path):
+    """A worker exits while its database has no schema yet; systemd restarts it for as long as
+    it takes (no start limit), and the boot waits for its metrics up to its usual limit."""
+    boot = run(_worker_template(synthesized), tmp_path, FAIL_METRICS=str(HEALTH_CHECKS - 1))
+    assert boot.returncode == 0, boot.output
+    unit = _unit(boot)
+    assert "Restart=always" in unit and "StartLimitIntervalSec=0" in unit
+    assert "StartLimitBurst" not in unit
+    [signal] = boot.signals
+    assert "--exit-code 0" in signal
+
+
+def test_stage_7_workers_start_after_a_web_instance_has_migrated_the_schema(synthesized):
+    """Each web group's creation (and rolling update) waits for an instance that ran
+    `shop migrate` and answers /healthz; the worker group is created (and updated) after both."""
+    synth = synthesized[7]
+    groups = synth.resources("AWS::AutoScaling::AutoScalingGroup")
+    [worker] = [group for logical_id, group in groups.items() if "Worker" in logical_id]
+    web = {logical_id: group for logical_id, group in groups.items() if "Worker" not in logical_id}
+    assert len(web) == 2
+    assert set(web) <= set(worker.get("DependsOn", []))
+    scripts = boot_scripts(synth)
+    for logical_id, group in web.items():
+        assert int(group["CreationPolicy"]["ResourceSignal"]["Count"]) >= 1
+        assert group["UpdatePolicy"]["AutoScalingRollingUpdate"]["WaitOnResourceSignals"] is True
+        script = scripts[logical_id]
+        assert "shop migrate && " in script
+        assert script.index("shop migrate") < script.index("wait for /healthz")
 
 
 def test_a_worker_signals_success_only_once_its_metrics_answer(synthesized, tmp_path):

@@ -57,8 +57,9 @@ POSTGRES_IMAGE = "public.ecr.aws/docker/library/postgres:17"
 REDIS_IMAGE = "public.ecr.aws/docker/library/redis:7"
 
 WORKER_COMMAND = "shop worker"
-"""Stage 7's queue consumer. A worker that keeps crashing makes systemd give up restarting it,
-and the instance then reports itself unhealthy so that its group replaces it (see
+"""Stage 7's queue consumer. systemd restarts it for as long as it exits (a worker whose
+database has no schema yet exits, and waits that way); one that stays silent on its metrics
+port makes the instance report itself unhealthy so that its group replaces it (see
 `_health_report`)."""
 
 WORKER_METRICS_PORT = 9102
@@ -77,10 +78,11 @@ HEALTH_CHECKS = 60
 HEALTH_CHECK_INTERVAL_S = 5
 """The boot script polls `/healthz` this often, this many seconds apart, before giving up."""
 
-CRASH_LOOP_BURST = 5
-CRASH_LOOP_WINDOW_S = 600
-"""systemd stops restarting a container that exits this many times within this window; an
-instance in a group then reports itself unhealthy."""
+WORKER_SILENT_CHECKS = 10
+"""Consecutive checks, a minute apart, in which a worker that has answered once does not answer
+on its metrics port (it keeps exiting, or hangs) before its instance reports itself unhealthy.
+systemd itself never gives up restarting it: a worker that starts before its schema exists
+exits, and must be started again until the schema is there."""
 
 LOG_BUFFER = "4m"
 """Docker's in-memory log buffer per container (non-blocking mode): if CloudWatch Logs is slow
@@ -212,9 +214,10 @@ class ContainerTier(Construct):
         """Write the boot script into `user_data`: docker, the image, the app under systemd.
 
         `signal` is the resource whose creation policy (or rolling update) waits for this
-        instance. With `report_health`, a container that keeps crashing makes the instance
-        report itself unhealthy to its Auto Scaling group (there is no load balancer health
-        check to notice it), and so does a failed boot.
+        instance. With `report_health` (queue workers), a worker that has answered once and then
+        stays silent on its metrics port makes the instance report itself unhealthy to its Auto
+        Scaling group (there is no load balancer health check to notice it), and so does a
+        failed boot.
         """
         region = Aws.REGION
         resource = Stack.of(self).get_logical_id(signal)
@@ -282,7 +285,7 @@ class ContainerTier(Construct):
             "STEP='start the app'",
             'install -d "$ROOT/etc/systemd/system"',
             f"cat > \"$ROOT/etc/systemd/system/shop.service\" <<'UNIT'\n"
-            f"{self._unit(image_uri, crash_loop_limit=report_health)}\nUNIT",
+            f"{self._unit(image_uri)}\nUNIT",
             "systemctl daemon-reload",
             "systemctl enable --now shop",
         ]
@@ -294,8 +297,6 @@ class ContainerTier(Construct):
                 "systemctl daemon-reload",
                 f"systemctl enable --now {PROXY_UNIT}",
             ]
-        if report_health:
-            lines.append("systemctl enable --now shop-health.timer")
         if self._publish:
             # The app itself, on the instance: behind a proxy, not through it (with HTTPS, its
             # certificate can only be issued once the stack has made the DNS record).
@@ -319,13 +320,19 @@ class ContainerTier(Construct):
             # database and passed the schema check, so that is what the signal waits for.
             lines += [
                 "STEP='wait for the worker'",
-                f"wait_until {HEALTH_CHECKS} {HEALTH_CHECK_INTERVAL_S} "
-                f"curl -fsS --max-time 2 -o /dev/null http://127.0.0.1:{WORKER_METRICS_PORT}/metrics",
+                f"wait_until {HEALTH_CHECKS} {HEALTH_CHECK_INTERVAL_S} {_WORKER_ANSWERS}",
+            ]
+        if report_health:
+            # From here on a worker that stops answering is reported; before, the boot's own
+            # wait and its failure signal do that.
+            lines += [
+                "STEP='start the health report'",
+                "systemctl enable --now shop-health.timer",
             ]
         lines += ['echo "boot: healthy; signalling success"', "signal 0"]
         user_data.add_commands(*lines)
 
-    def _unit(self, image_uri: str, *, crash_loop_limit: bool) -> str:
+    def _unit(self, image_uri: str) -> str:
         region = Aws.REGION
         name = "shop"
         publish = ""
@@ -335,11 +342,10 @@ class ContainerTier(Construct):
             publish += f"-p 127.0.0.1:{LOOPBACK_PORT}:{APP_PORT} "
         else:
             publish = f"-p 127.0.0.1:{WORKER_METRICS_PORT}:{WORKER_METRICS_PORT} "
-        limit = (
-            f"StartLimitIntervalSec={CRASH_LOOP_WINDOW_S}\nStartLimitBurst={CRASH_LOOP_BURST}\n"
-            if crash_loop_limit
-            else ""
-        )
+        # A worker is restarted for as long as it exits (no start limit): one that starts
+        # before its schema exists exits, and must keep trying until a web instance has
+        # migrated the database.
+        limit = "" if self._publish else "StartLimitIntervalSec=0\n"
         return f"""[Unit]
 Description=shop {self.node.id.lower()} container
 After=docker.service network-online.target
@@ -453,18 +459,33 @@ _WAIT_UNTIL = """wait_until() {  # wait_until TRIES SECONDS COMMAND...: poll unt
 }"""
 
 
+_WORKER_ANSWERS = (
+    f"curl -fsS --max-time 2 -o /dev/null http://127.0.0.1:{WORKER_METRICS_PORT}/metrics"
+)
+"""The worker is working: it opens its metrics port once its database passed the schema check."""
+
+
 def _health_report(region: str) -> str:
     """/usr/local/sbin/shop-health: report this instance unhealthy to its Auto Scaling group."""
     return f"""#!/bin/bash
-# Run every minute by shop-health.timer. Once systemd has given up restarting the container
-# ({CRASH_LOOP_BURST} exits within {CRASH_LOOP_WINDOW_S} s), report this instance unhealthy:
-# its Auto Scaling group then replaces it. The boot script runs it with --boot-failed.
+# Run every minute by shop-health.timer, from the first time the worker answered. Once it has
+# not answered on its metrics port for {WORKER_SILENT_CHECKS} checks in a row (it keeps exiting,
+# or hangs), report this instance unhealthy: its Auto Scaling group then replaces it. The boot
+# script runs it with --boot-failed.
 set -euo pipefail
-reason="the shop container keeps crashing"
+state="${{SHOP_BOOT_ROOT:-}}/var/lib/shop-health"
 if [ "${{1:-}}" = --boot-failed ]; then
   reason="its boot failed"
-elif ! systemctl is-failed --quiet shop; then
-  exit 0
+else
+  install -d "$state"
+  if {_WORKER_ANSWERS}; then
+    echo 0 > "$state/silent"
+    exit 0
+  fi
+  silent=$(( $(cat "$state/silent" 2>/dev/null || echo 0) + 1 ))
+  echo "$silent" > "$state/silent"
+  if [ "$silent" -lt {WORKER_SILENT_CHECKS} ]; then exit 0; fi
+  reason="the worker has not answered for $silent checks in a row"
 fi
 token=$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \\
   http://169.254.169.254/latest/api/token)
@@ -476,13 +497,13 @@ aws autoscaling set-instance-health --region '{region}' --instance-id "$instance
 
 
 _HEALTH_SERVICE = """[Unit]
-Description=Report this instance unhealthy when the shop container keeps crashing
+Description=Report this instance unhealthy when the worker stops answering
 [Service]
 Type=oneshot
 ExecStart=/usr/local/sbin/shop-health"""
 
 _HEALTH_TIMER = """[Unit]
-Description=Check the shop container every minute
+Description=Check the worker every minute
 [Timer]
 OnBootSec=2min
 OnUnitActiveSec=1min
@@ -604,8 +625,8 @@ def scaling_group(
 
     Creation waits for a success signal from min_size instances, and a rolling update replaces
     one instance at a time, each new one signalling before the next is replaced. Without the
-    load balancer's health check (`elb_health_check=False`), instances report themselves
-    unhealthy when their container keeps crashing.
+    load balancer's health check (`elb_health_check=False`: queue workers), instances report
+    themselves unhealthy when their worker stops answering.
     """
     user_data = ec2.UserData.for_linux()
     template = ec2.LaunchTemplate(
