@@ -7,6 +7,12 @@ changes nothing. A message whose handling fails is left on the queue: SQS shows 
 the queue's visibility timeout and, after the redrive policy's receive count, moves it to the
 dead-letter queue; the worker logs that last failed attempt as such.
 
+Between two batches, every `purge_every_s`, the worker also keeps its tables bounded
+(`Retention`): published outbox events and processed-event claims older than the retention,
+and Idempotency-Keys older than their TTL, are deleted in batches of one transaction each, at
+most MAX_PURGE_BATCHES per table and pass. The sizes of those tables are then sampled into
+`shop_worker_table_rows`.
+
 SIGTERM lets the worker finish the receive it is waiting on (at most SHOP_WORKER_WAIT_S) and the
 batch it brings, then it exits 0. Its metrics are served by prometheus-client's own HTTP server
 on SHOP_WORKER_METRICS_PORT: a worker has no web server, and a scrape endpoint of its own
@@ -21,17 +27,22 @@ import contextlib
 import logging
 import signal
 import time
+from dataclasses import dataclass
+from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, start_http_server
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from app.core import aws
+from app.core import aws, outbox
 from app.core.db import Database
 from app.core.mail import Mailer, mailer_for
+from app.core.models import utcnow
 from app.core.outbox import Event
 from app.core.queue import Message, Queue
 from app.core.settings import WorkerSettings
 from app.migrations import runner
+from app.orders import service as orders
 from app.orders.flows import HANDLERS
 
 log = logging.getLogger("shop.worker")
@@ -68,6 +79,36 @@ EVENT_LAG = Gauge(
     registry=REGISTRY,
 )
 BATCHES = Counter("shop_worker_batches", "Receive calls that returned.", registry=REGISTRY)
+PURGED = Counter(
+    "shop_worker_rows_purged",
+    "Rows the retention purge deleted, by table.",
+    ["table"],
+    registry=REGISTRY,
+)
+TABLE_ROWS = Gauge(
+    "shop_worker_table_rows",
+    "Rows of the tables the worker keeps bounded (outbox_event, processed_event, "
+    "idempotency_key), sampled after each purge.",
+    ["table"],
+    registry=REGISTRY,
+)
+
+PURGED_TABLES = ("outbox_event", "processed_event", "idempotency_key")
+MAX_PURGE_BATCHES = 10
+"""Batches per table and purge pass: a backlog is worked off over several passes, and the
+queue is not held up meanwhile."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What the worker purges, and how often (see the module's docstring)."""
+
+    keep_events: timedelta
+    """Published outbox events and processed-event claims older than this go."""
+    keep_keys: timedelta
+    """Idempotency-Keys older than this (their TTL) go."""
+    every_s: float = 60.0
+    batch: int = 1000
 
 
 class WorkerProblem(RuntimeError):
@@ -83,14 +124,17 @@ class Worker:
         *,
         batch_size: int = 10,
         wait_s: int = 10,
+        retention: Retention | None = None,
     ) -> None:
         self.db = db
         self.queue = queue
         self.mailer = mailer
         self.batch_size = batch_size
         self.wait_s = wait_s
+        self.retention = retention
         self.stopping = asyncio.Event()
         self.max_receives: int | None = None
+        self._next_purge = 0.0
 
     async def handle(self, message: Message) -> bool:
         """Apply one message's event; True when it may be deleted."""
@@ -139,6 +183,74 @@ class Worker:
             await self.queue.delete(done)
         return len(done)
 
+    async def purge(self) -> dict[str, int]:
+        """One retention pass (needs `retention`): rows deleted per table. Each batch is its own
+        transaction; a table stops after a short batch or MAX_PURGE_BATCHES."""
+        assert self.retention is not None
+        retention = self.retention
+        cutoff = utcnow() - retention.keep_events
+
+        async def outbox_event(limit: int) -> int:
+            return await outbox.purge_published(self.db, before=cutoff, limit=limit)
+
+        async def processed_event(limit: int) -> int:
+            return await outbox.purge_processed(self.db, before=cutoff, limit=limit)
+
+        async def idempotency_key(limit: int) -> int:
+            return await orders.purge_idempotency_keys(
+                self.db, older_than=retention.keep_keys, limit=limit
+            )
+
+        deleted: dict[str, int] = {}
+        for table, job in zip(
+            PURGED_TABLES, (outbox_event, processed_event, idempotency_key), strict=True
+        ):
+            deleted[table] = 0
+            for _ in range(MAX_PURGE_BATCHES):
+                count = await job(retention.batch)
+                deleted[table] += count
+                if count < retention.batch:
+                    break
+            PURGED.labels(table).inc(deleted[table])
+        await self.sample_table_rows()
+        if any(deleted.values()):
+            log.info("worker: purged %s", ", ".join(f"{n} {t}" for t, n in deleted.items()))
+        return deleted
+
+    async def sample_table_rows(self) -> None:
+        """Set `shop_worker_table_rows`: PostgreSQL's live-row statistics (no scan of the
+        tables; current within a second or so), an exact count elsewhere."""
+        async with self.db.write() as conn:
+            if self.db.dialect == "postgresql":
+                rows = await conn.execute(
+                    text(
+                        "SELECT relname, n_live_tup FROM pg_stat_user_tables "
+                        "WHERE relname IN ('outbox_event', 'processed_event', 'idempotency_key')"
+                    )
+                )
+                found = {str(name): int(count) for name, count in rows}
+            else:
+                found = {
+                    table: int(
+                        (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+                    )
+                    for table in PURGED_TABLES
+                }
+        for table in PURGED_TABLES:
+            TABLE_ROWS.labels(table).set(found.get(table, 0))
+
+    async def _purge_if_due(self) -> None:
+        if self.retention is None or self.retention.every_s <= 0:
+            return
+        now = time.monotonic()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + self.retention.every_s
+        try:
+            await self.purge()
+        except Exception as exc:  # the next pass tries again; the queue must not wait
+            log.warning("worker: purge failed (%s); next in %.0f s", exc, self.retention.every_s)
+
     async def run(self) -> None:
         """Batches until SIGTERM (or `stopping` is set); each batch is finished first."""
         try:
@@ -153,6 +265,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 await self.run_once()
+                await self._purge_if_due()
             except (OSError, DBAPIError) as exc:
                 log.warning("worker: %s; retrying in 1 s", exc)
                 await asyncio.sleep(1)
@@ -205,6 +318,12 @@ async def serve(settings: WorkerSettings) -> None:
         mailer_for(settings),
         batch_size=settings.worker_batch_size,
         wait_s=settings.worker_wait_s,
+        retention=Retention(
+            keep_events=timedelta(hours=settings.worker_retention_h),
+            keep_keys=timedelta(hours=settings.idempotency_ttl_h),
+            every_s=settings.worker_purge_every_s,
+            batch=settings.worker_purge_batch,
+        ),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Index, String, bindparam, insert, select, update
+from sqlalchemy import JSON, Index, String, bindparam, delete, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -52,6 +52,8 @@ class OutboxEvent(Base):
 
 class ProcessedEvent(Base):
     __tablename__ = "processed_event"
+    # The purge looks for old claims by age.
+    __table_args__ = (Index("ix_processed_event_processed_at", "processed_at"),)
 
     event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     step: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -104,6 +106,36 @@ async def claim(conn: AsyncConnection, *, event_id: uuid.UUID, step: str) -> boo
         ProcessedEvent.__table__,  # type: ignore[arg-type]
         {"event_id": event_id, "step": step, "processed_at": utcnow()},
     )
+
+
+async def purge_published(db: Database, *, before: datetime, limit: int) -> int:
+    """Delete up to `limit` events published before `before`, oldest first, in one
+    transaction; how many. An unpublished event is never deleted, whatever its age."""
+    oldest = (
+        select(OutboxEvent.id)
+        .where(OutboxEvent.published_at < before)
+        .order_by(OutboxEvent.published_at)
+        .limit(limit)
+    )
+    async with db.write() as conn:
+        result = await conn.execute(delete(OutboxEvent).where(OutboxEvent.id.in_(oldest)))
+    return int(result.rowcount)
+
+
+async def purge_processed(db: Database, *, before: datetime, limit: int) -> int:
+    """Delete up to `limit` claims made before `before`, oldest first, in one transaction;
+    how many. An event received again after its claims are gone is applied again: keep them
+    longer than any queue keeps a message."""
+    key = tuple_(ProcessedEvent.event_id, ProcessedEvent.step)
+    oldest = (
+        select(ProcessedEvent.event_id, ProcessedEvent.step)
+        .where(ProcessedEvent.processed_at < before)
+        .order_by(ProcessedEvent.processed_at)
+        .limit(limit)
+    )
+    async with db.write() as conn:
+        result = await conn.execute(delete(ProcessedEvent).where(key.in_(oldest)))
+    return int(result.rowcount)
 
 
 # Rows another transaction holds (a sweep sending the same events) are skipped, not waited

@@ -457,6 +457,33 @@ def to_sync_url(url: str) -> str:
 class WorkerSettings(Settings):
     """The settings of `shop worker`, which neither signs nor checks a token: the stack gives
     workers no JWT key, so the published default is not refused here, and the worker never
-    makes a token issuer or verifier with it."""
+    makes a token issuer or verifier with it.
+
+    Retention, done by the worker between two batches (app/worker.py):
+
+    - `SHOP_WORKER_RETENTION_H` (360, 15 days): published `outbox_event` rows and
+      `processed_event` rows older than this are deleted. It must outlive every copy of an
+      event a queue may still hold (SQS keeps a message, dead-lettered ones included, at most
+      14 days): a message received after its `processed_event` rows are gone would be
+      handled again, and its e-mail sent twice. Unpublished events are never deleted.
+    - `SHOP_WORKER_PURGE_EVERY_S` (60; 0: never): how often the worker purges those rows and
+      the Idempotency-Keys older than `SHOP_IDEMPOTENCY_TTL_H`, in batches of
+      `SHOP_WORKER_PURGE_BATCH` (1000) rows, one transaction each, at most 10 batches per
+      table and pass, so a backlog is worked off over several passes without holding up the
+      queue.
+    """
 
     issues_tokens: ClassVar[bool] = False
+
+    worker_retention_h: float = Field(
+        360,
+        ge=1,
+        le=24 * 365,
+        description="Hours published outbox events and processed-event records are kept.",
+    )
+    worker_purge_every_s: float = Field(
+        60, ge=0, le=86_400, description="Seconds between two purges by `shop worker` (0: never)."
+    )
+    worker_purge_batch: int = Field(
+        1000, ge=1, le=100_000, description="Rows deleted per purge transaction."
+    )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, delete, insert, select, update
+from sqlalchemy import Integer, bindparam, delete, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounting import service as accounting
@@ -403,10 +403,23 @@ async def cancel_order(db: Database, *, order_id: int, principal: Principal) -> 
         return await _fetch(conn, order_id, None)
 
 
-async def purge_idempotency_keys(db: Database, *, older_than: timedelta) -> int:
-    """Forget Idempotency-Keys older than `older_than`; returns how many."""
-    async with db.write() as conn:
-        result = await conn.execute(
-            delete(IdempotencyKey).where(IdempotencyKey.created_at < utcnow() - older_than)
+async def purge_idempotency_keys(
+    db: Database, *, older_than: timedelta, limit: int | None = None
+) -> int:
+    """Forget Idempotency-Keys older than `older_than` (at most `limit` of them, oldest first,
+    when given), in one transaction; returns how many."""
+    expired = IdempotencyKey.created_at < utcnow() - older_than
+    stmt = delete(IdempotencyKey).where(expired)
+    if limit is not None:
+        oldest = (
+            select(IdempotencyKey.customer_id, IdempotencyKey.key)
+            .where(expired)
+            .order_by(IdempotencyKey.created_at)
+            .limit(limit)
         )
-    return result.rowcount
+        stmt = delete(IdempotencyKey).where(
+            tuple_(IdempotencyKey.customer_id, IdempotencyKey.key).in_(oldest)
+        )
+    async with db.write() as conn:
+        result = await conn.execute(stmt)
+    return int(result.rowcount)

@@ -547,3 +547,93 @@ async def test_a_mail_ses_refuses_for_good_is_given_up_and_its_message_deleted_a
             resources.db, unverified, event_id=event.id, payload=event.payload
         )
     assert not [r for r in caplog.records if r.name == "shop.orders"]
+
+
+# --- retention: the worker keeps its tables bounded ----------------------------------------------
+
+
+async def rows(resources: Resources, table: str) -> int:
+    async with resources.db.read(primary=True) as conn:
+        return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+
+
+async def test_under_a_stream_of_orders_the_worker_keeps_its_tables_bounded(
+    queued: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, alice: User
+) -> None:
+    """Each order adds an outbox event, two processed-event claims and an Idempotency-Key;
+    with a retention shorter than a wave, what is left after each wave's purge is what that
+    wave alone added, never the sum of the waves, and /metrics shows the sizes."""
+    from datetime import timedelta
+
+    from prometheus_client import generate_latest
+
+    from app.worker import REGISTRY, Retention
+
+    client, resources = queued
+    assert resources.relay is not None
+    url = make_queue(moto_endpoint)
+    queue = Queue(url, region=REGION, endpoint_url=moto_endpoint)
+    retention = Retention(keep_events=timedelta(0), keep_keys=timedelta(0), batch=4)
+    worker = Worker(resources.db, queue, RecordingMailer(), wait_s=0, retention=retention)
+    product = await make_product(resources, initial_stock=1000)
+    tables = ("outbox_event", "processed_event", "idempotency_key")
+
+    for wave in range(4):
+        placed = []
+        for n in range(8):
+            answer = await client.post(
+                "/orders",
+                headers={**alice.headers, "Idempotency-Key": f"wave-{wave}-{n}"},
+                json={"lines": [{"product_id": product.id, "quantity": 1}]},
+            )
+            assert answer.status_code == 201, answer.text
+            placed.append(await event_of(resources, answer.json()["id"]))
+        await queue.send({str(i): e.to_message() for i, e in enumerate(placed)})
+        handled = 0
+        while handled < len(placed):
+            handled += await worker.run_once()
+
+        deleted = await worker.purge()
+
+        # This wave's 8 events, 16 claims and 8 keys, in batches of 4 (at most 10 per pass).
+        assert deleted == {"outbox_event": 8, "processed_event": 16, "idempotency_key": 8}
+        assert [await rows(resources, t) for t in tables] == [0, 0, 0]
+
+    for order_event in placed:
+        assert await counts(resources, int(order_event.payload["order_id"])) == (3, 1)
+    metrics = generate_latest(REGISTRY).decode()
+    for table in tables:
+        assert f'shop_worker_table_rows{{table="{table}"}}' in metrics
+        assert f'shop_worker_rows_purged_total{{table="{table}"}}' in metrics
+
+
+async def test_the_purge_keeps_unpublished_events_and_recent_claims(
+    queued: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, alice: User
+) -> None:
+    from datetime import timedelta
+
+    from app.worker import Retention
+
+    client, resources = queued
+    product = await make_product(resources)
+    order = await place(client, alice, product.id)
+    event = await event_of(resources, order["id"])
+    await flows.handle_order_placed(
+        resources.db, RecordingMailer(), event_id=event.id, payload=event.payload
+    )
+    async with resources.db.write() as conn:  # as if the relay had not published it yet
+        await conn.execute(text("UPDATE outbox_event SET published_at = NULL"))
+    queue = Queue(make_queue(moto_endpoint), region=REGION, endpoint_url=moto_endpoint)
+    keep_a_day = Retention(keep_events=timedelta(days=1), keep_keys=timedelta(days=1))
+    everything = Retention(keep_events=timedelta(0), keep_keys=timedelta(0))
+
+    assert await Worker(resources.db, queue, RecordingMailer(), retention=keep_a_day).purge() == {
+        "outbox_event": 0,
+        "processed_event": 0,
+        "idempotency_key": 0,
+    }
+    deleted = await Worker(resources.db, queue, RecordingMailer(), retention=everything).purge()
+
+    assert deleted["outbox_event"] == 0  # unpublished: the sweep still has to send it
+    assert deleted["processed_event"] == 2
+    assert await rows(resources, "outbox_event") == 1
