@@ -184,3 +184,19 @@ async def test_a_weak_password_answers_422_naming_the_field(client: AsyncClient)
     )
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "password"]
+
+
+async def test_a_common_password_is_refused_with_the_reason_and_no_account_is_made(
+    client: AsyncClient,
+) -> None:
+    for n, common in enumerate(("1234567890", "password12", "qwertyuiop")):
+        email = f"guessable{n}@example.com"
+        response = await client.post(
+            "/auth/sign-up", json={"email": email, "password": common, "full_name": "G"}
+        )
+        assert response.status_code == 422, common
+        [error] = response.json()["detail"]
+        assert error["loc"] == ["body", "password"]
+        assert "too easy to guess" in error["msg"], error
+        signed_in = await client.post("/auth/token", json={"email": email, "password": common})
+        assert signed_in.status_code == 401

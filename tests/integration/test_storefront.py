@@ -499,3 +499,21 @@ async def test_the_price_form_refuses_what_the_api_refuses_and_keeps_the_price(
         json={"price_cents": 999_999_999},
     )
     assert api.status_code == 422
+
+
+async def test_the_sign_up_form_refuses_a_common_password_and_says_why(
+    client: httpx.AsyncClient,
+) -> None:
+    form = await client.get("/shop/sign-in")
+    answer = await client.post(
+        "/shop/sign-up",
+        data={
+            "csrf_token": csrf_of(form),
+            "email": "keys@example.com",
+            "password": "qwertyuiop",
+            "full_name": "Keyboard Row",
+        },
+    )
+    assert answer.status_code == 422
+    assert "too easy to guess" in answer.text and "common password" in answer.text
+    assert SESSION not in answer.cookies

@@ -23,3 +23,17 @@ def test_short_repetitive_or_name_based_passwords_are_refused() -> None:
     assert password_problem("aaaaaaaaaaaa", email="a@example.com") is not None
     assert password_problem("alice-is-great", email="alice@example.com") is not None
     assert password_problem("correct-horse-42", email="alice@example.com") is None
+
+
+def test_passwords_people_actually_guess_are_refused_with_the_reason() -> None:
+    for common in ("1234567890", "password12", "qwertyuiop", "Passw0rd!!", "iloveyou123"):
+        problem = password_problem(common, email="someone@example.com")
+        assert problem is not None, common
+        assert problem.startswith("is too easy to guess: "), problem
+    assert "common password" in (password_problem("password12", email="x@example.com") or "")
+    assert "rows of keys" in (password_problem("asdfghjkl;'", email="x@example.com") or "")
+
+
+def test_unrelated_words_pass_the_guessability_check() -> None:
+    for fine in ("correct-horse-42", "restock-the-shelves-7", "analytical-engine-1843"):
+        assert password_problem(fine, email="someone@example.com") is None, fine
