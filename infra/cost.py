@@ -31,6 +31,7 @@ ALB_PER_HOUR = 0.0225
 NAT_PER_HOUR = 0.045
 INTERFACE_ENDPOINT_PER_AZ_HOUR = 0.01  # gateway endpoints (S3, DynamoDB) are free
 PUBLIC_IPV4_PER_HOUR = 0.005
+DETAILED_MONITORING_PER_INSTANCE_MONTH = 2.10  # 7 one-minute EC2 metrics at 0.30 $/metric-month
 EBS_GP3_PER_GB_MONTH = 0.08
 RDS_GP3_PER_GB_MONTH = 0.115
 SECRET_PER_MONTH = 0.40
@@ -58,12 +59,26 @@ def line_items(stage: Stage, *, at_max: bool = False) -> list[Item]:
         Item(f"{web} x EC2 {fleet.instance_type}", web * EC2_PER_HOUR[fleet.instance_type]),
         Item("EBS gp3", _monthly(web * fleet.volume_gib * EBS_GP3_PER_GB_MONTH)),
     ]
+    instances = web
     if stage.workers:
         count = stage.workers.max_size if at_max else stage.workers.min_size
         kind = stage.workers.instance_type
         items.append(Item(f"{count} x EC2 {kind} (workers)", count * EC2_PER_HOUR[kind]))
         items.append(Item("EBS gp3 (workers)", _monthly(count * 20 * EBS_GP3_PER_GB_MONTH)))
-    public_ips = 1 if not stage.load_balanced else 2  # the box's Elastic IP, or the ALB's two
+        instances += count
+    # Every instance and launch template turns on detailed (one-minute) monitoring (compute.py).
+    items.append(
+        Item(
+            f"{instances} x EC2 detailed monitoring",
+            _monthly(instances * DETAILED_MONITORING_PER_INSTANCE_MONTH),
+        )
+    )
+    # The box's Elastic IP (stages 1-2); an internet-facing load balancer's address in each of
+    # its AZs (stages 3-4; from stage 5 it is internal, behind CloudFront, and has none); and
+    # each NAT gateway's Elastic IP.
+    public_ips = 1 if not stage.load_balanced else 0
+    if stage.load_balanced and not stage.edge:
+        public_ips += AZS
     public_ips += stage.nat_gateways
     items.append(Item(f"{public_ips} x public IPv4", public_ips * PUBLIC_IPV4_PER_HOUR))
     if stage.nat_gateways:
@@ -118,7 +133,8 @@ def line_items(stage: Stage, *, at_max: bool = False) -> list[Item]:
         secrets += 1
         alarms += 1
     if fleet.auto_scaling:
-        alarms += 1
+        alarms += 1  # fleet at its maximum
+        alarms += 2 * (2 if fleet.blue_green else 1)  # target tracking's high and low, per group
     if stage.workers:
         alarms += 4  # oldest message age, dead letters; target tracking's own high and low
     items.append(Item(f"{secrets} secrets", _monthly(secrets * SECRET_PER_MONTH)))

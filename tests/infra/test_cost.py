@@ -4,6 +4,7 @@ import itertools
 from pathlib import Path
 
 import cost
+import pytest
 from shop_infra.stages import STAGES
 
 README = Path(__file__).resolve().parents[2] / "docs" / "aws.md"
@@ -26,3 +27,53 @@ def test_a_scaling_stage_costs_more_at_its_maximum_size():
             assert cost.hourly(stage, at_max=True) > cost.hourly(stage)
         else:
             assert cost.hourly(stage, at_max=True) == cost.hourly(stage)
+
+
+def _count(stage, suffix: str) -> int:
+    """N of the line item named "N x <suffix>" (0 when there is none)."""
+    counts = [
+        int(item.name.split(" x ", 1)[0])
+        for item in cost.line_items(stage)
+        if item.name.endswith(f" x {suffix}")
+    ]
+    assert len(counts) <= 1
+    return counts[0] if counts else 0
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.stack_id)
+def test_public_ipv4_is_paid_for_each_address_the_stack_has(synthesized, stage):
+    """Elastic IPs (the box's, the NAT gateways') and an internet-facing load balancer's one
+    address per AZ; an internal load balancer (behind CloudFront from stage 5) has none."""
+    synth = synthesized[stage.number]
+    addresses = len(synth.resources("AWS::EC2::EIP"))
+    for alb in synth.resources("AWS::ElasticLoadBalancingV2::LoadBalancer").values():
+        if alb["Properties"]["Scheme"] == "internet-facing":
+            addresses += len(alb["Properties"]["Subnets"])
+    assert _count(stage, "public IPv4") == addresses
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.stack_id)
+def test_detailed_monitoring_is_paid_for_every_instance_that_has_it(synthesized, stage):
+    """Counted at the minimum size, as the table is: fixed instances, and each group's
+    minimum with the default parameters (blue live, green idle at one instance)."""
+    synth = synthesized[stage.number]
+    monitored = sum(
+        1 for i in synth.resources("AWS::EC2::Instance").values() if i["Properties"]["Monitoring"]
+    )
+    templates = synth.resources("AWS::EC2::LaunchTemplate")
+    for group in synth.resources("AWS::AutoScaling::AutoScalingGroup").values():
+        props = group["Properties"]
+        data = templates[props["LaunchTemplate"]["LaunchTemplateId"]["Ref"]]["Properties"]
+        if data["LaunchTemplateData"].get("Monitoring", {}).get("Enabled"):
+            monitored += _minimum(synth.template, props["MinSize"])
+    assert monitored > 0
+    assert _count(stage, "EC2 detailed monitoring") == monitored
+
+
+def _minimum(template, size) -> int:
+    """A group's MinSize with the template's default parameters (Fn::If on the live colour)."""
+    if isinstance(size, str):
+        return int(size)
+    [condition, if_true, if_false] = size["Fn::If"]
+    live = template["Parameters"]["LiveColour"]["Default"]
+    return int(if_true if condition == f"{live.title()}IsLive" else if_false)
