@@ -43,6 +43,7 @@ from app.delivery.router import router as delivery_router
 from app.migrations import runner
 from app.orders.router import router as orders_router
 from app.storefront import router as storefront
+from app.storefront.pages import too_large_page
 
 log = logging.getLogger("shop")
 
@@ -218,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ("PUT", IMAGE_UPLOAD, settings.image_max_bytes),
             ("POST", storefront.IMAGE_UPLOAD, settings.image_max_bytes),
         ],
+        page=too_large_page,
     )
     # Read-your-writes: the request's position from its token, a new token when it wrote.
     app.add_middleware(ReadYourWrites, tokens=lambda: app.state.resources.positions)

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -219,17 +219,20 @@ class BodyLimit:
     """Answer 413 to bodies over `max_bytes`, whether announced by Content-Length or streamed.
 
     `larger` gives some routes a limit of their own: (method, path pattern, max bytes), such
-    as an image upload."""
+    as an image upload. `page` may give some paths an answer of their own (the storefront's
+    error page); it returns None for the rest, which get the API's JSON."""
 
     def __init__(
         self,
         app: ASGIApp,
         max_bytes: int,
         larger: Sequence[tuple[str, re.Pattern[str], int]] = (),
+        page: Callable[[Scope, int], Awaitable[Response | None]] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.larger = tuple(larger)
+        self.page = page
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -243,7 +246,7 @@ class BodyLimit:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > max_bytes:
-                    await self._too_large(send, max_bytes)
+                    await self._too_large(scope, send, max_bytes)
                     return
                 break
         received = 0
@@ -257,7 +260,7 @@ class BodyLimit:
                 if received > max_bytes and not rejected:
                     # Answer now and tell the app the client left; whatever it answers is dropped.
                     rejected = True
-                    await self._too_large(send, max_bytes)
+                    await self._too_large(scope, send, max_bytes)
                     return {"type": "http.disconnect"}
             return message
 
@@ -267,10 +270,12 @@ class BodyLimit:
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _too_large(self, send: Send, max_bytes: int) -> None:
-        response = JSONResponse(
-            {"detail": f"request body larger than {max_bytes} bytes"}, status_code=413
-        )
+    async def _too_large(self, scope: Scope, send: Send, max_bytes: int) -> None:
+        response = await self.page(scope, max_bytes) if self.page is not None else None
+        if response is None:
+            response = JSONResponse(
+                {"detail": f"request body larger than {max_bytes} bytes"}, status_code=413
+            )
         await send(
             {
                 "type": "http.response.start",

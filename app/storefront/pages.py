@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from app.core.assets import static_name
 from app.core.deps import Resources
@@ -127,6 +128,16 @@ async def error_page(request: Request, status_code: int, message: str) -> Respon
     if status_code == 503:
         response.headers["retry-after"] = "1"
     return response
+
+
+async def too_large_page(scope: Scope, max_bytes: int) -> Response | None:
+    """The storefront's own page for a body over the limit (the body limit answers before any
+    route runs); None off the storefront, where the API's JSON answer stands."""
+    if not is_storefront(scope["path"]):
+        return None
+    limit = f"{max_bytes // 1024} KB" if max_bytes < 1024 * 1024 else f"{max_bytes // 2**20} MB"
+    message = f"What you sent is larger than this form accepts ({limit}); send less and try again."
+    return await error_page(Request(scope), 413, message)
 
 
 Handler = Callable[[Request, Exception], Response | Awaitable[Response]]

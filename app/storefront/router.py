@@ -16,8 +16,10 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
+from starlette.requests import ClientDisconnect
 
 from app.accounting import service as accounting
 from app.carts import service as carts
@@ -71,7 +73,12 @@ VisitDep = Annotated[Visit, Depends(_visit)]
 
 async def _form(request: Request, visit: VisitDep) -> FormData:
     """The posted form, once its CSRF token is checked (403 otherwise)."""
-    form = await request.form(max_files=1, max_fields=20)
+    try:
+        form = await request.form(max_files=1, max_fields=20)
+    except ClientDisconnect:
+        # The client left, or the body limit cut the body off and has answered 413 already:
+        # whatever is answered now is dropped, but it must not be logged as the shop's fault.
+        raise InvalidRequest("body", "the form ended before all of it was received") from None
     visit.check_csrf(form.get(CSRF_FIELD))
     return form
 
@@ -738,5 +745,10 @@ def install(app: Any) -> None:
     errors). Call once every other exception handler is installed."""
     from app.storefront.pages import install_error_pages
 
+    # A page answers HEAD as it answers GET (the server sends no body): link checkers and
+    # monitors ask with HEAD. FastAPI, unlike Starlette, does not add HEAD to GET routes.
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.methods and "GET" in route.methods:
+            route.methods.add("HEAD")
     include_flat(app, router)
     install_error_pages(app)

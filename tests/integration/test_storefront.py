@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -517,3 +518,43 @@ async def test_the_sign_up_form_refuses_a_common_password_and_says_why(
     assert answer.status_code == 422
     assert "too easy to guess" in answer.text and "common password" in answer.text
     assert SESSION not in answer.cookies
+
+
+async def test_a_form_over_the_body_limit_answers_the_storefronts_own_page(
+    client: httpx.AsyncClient, alice: User
+) -> None:
+    await signed_in(client, alice)
+    form = await client.get("/shop/cart")
+    oversized = {"csrf_token": csrf_of(form), "note": "x" * 70_000}
+    for sent in (
+        {"data": oversized},  # announced by Content-Length
+        {  # streamed
+            "content": _chunks(b"product_id=1&quantity=" + b"1" * 4096, 20),
+            "headers": {"content-type": "application/x-www-form-urlencoded"},
+        },
+    ):
+        answer = await client.post("/shop/cart/items", **sent)  # type: ignore[arg-type]
+        assert answer.status_code == 413
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "Too large" in answer.text and "64 KB" in answer.text
+        assert "Sign out" in answer.text  # the page of this visitor, still signed in
+    api = await client.post("/orders", content=b"{" + b" " * 70_000 + b"}")
+    assert api.status_code == 413 and api.json()["detail"].startswith("request body larger")
+
+
+async def _chunks(piece: bytes, count: int) -> AsyncIterator[bytes]:
+    for _ in range(count):
+        yield piece
+
+
+async def test_every_page_answers_head_as_it_answers_get(
+    client: httpx.AsyncClient, resources: Resources
+) -> None:
+    product = await make_product(resources)
+    for path in ("/", "/shop/products", f"/shop/products/{product.id}", "/shop/sign-in"):
+        got, head = await client.get(path), await client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    missing = await client.head("/shop/products/999999999")
+    assert missing.status_code == 404
+    assert (await client.head("/shop/orders")).status_code == 303  # sign in first, as GET says
