@@ -1,4 +1,6 @@
-"""Delivery HTTP routes: tracking for customers, the shipment work queue for admins."""
+"""Delivery HTTP routes: the shipment work queue for admins. Customers track an order at
+`GET /orders/{id}/shipment`, served by the orders module, which knows whether the order is
+still waiting for its shipment."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query
 
-from app.core.deps import AdminDep, DatabaseDep, PageLimit, PageOffset, PrincipalDep
+from app.core.deps import AdminDep, DatabaseDep, PageLimit, PageOffset
 from app.core.openapi import TransitionRefused, conflict, errors
 from app.core.schemas import MAX_INT32
 from app.delivery import service
@@ -14,20 +16,6 @@ from app.delivery.domain import ShipmentStatus
 from app.delivery.schemas import ShipmentAdvance, ShipmentPage, ShipmentRead
 
 router = APIRouter(tags=["delivery"])
-
-
-@router.get(
-    "/orders/{order_id}/shipment",
-    response_model=ShipmentRead,
-    responses=errors(401, 404, 422, 503),
-)
-async def track_order(
-    db: DatabaseDep,
-    principal: PrincipalDep,
-    order_id: Annotated[int, Path(ge=1, le=MAX_INT32)],
-) -> ShipmentRead:
-    """Where one of your orders is, with its history. 404 for others' orders."""
-    return await service.tracking(db, order_id=order_id, principal=principal)
 
 
 @router.get("/admin/shipments", response_model=ShipmentPage, responses=errors(401, 403, 422, 503))

@@ -13,8 +13,9 @@ from app.core.deps import DatabaseDep, PageLimit, PageOffset, PrincipalDep, Reso
 from app.core.http import model_response
 from app.core.openapi import ErrorBody, OutOfStockBody, conflict, errors
 from app.core.schemas import MAX_INT32
+from app.delivery.schemas import ShipmentRead
 from app.orders import service
-from app.orders.schemas import OrderCreate, OrderPage, OrderRead
+from app.orders.schemas import OrderCreate, OrderPage, OrderRead, ShipmentPending
 
 router = APIRouter(tags=["orders"])
 
@@ -120,6 +121,32 @@ async def get_order(db: DatabaseDep, principal: PrincipalDep, order_id: OrderId)
 async def cancel_order(db: DatabaseDep, principal: PrincipalDep, order_id: OrderId) -> OrderRead:
     """Cancel one of your orders while it has not shipped. 409 once it has."""
     return await service.cancel_order(db, order_id=order_id, principal=principal)
+
+
+@router.get(
+    "/orders/{order_id}/shipment",
+    response_model=ShipmentRead,
+    responses={
+        202: {
+            "model": ShipmentPending,
+            "description": "Placed, not yet fulfilled (stage 7): no shipment yet; ask again "
+            "after `Retry-After` seconds.",
+        },
+        **errors(401, 404, 422, 503),
+    },
+    tags=["delivery"],
+)
+async def track_order(
+    db: DatabaseDep, principal: PrincipalDep, order_id: OrderId
+) -> ShipmentRead | Response:
+    """Where one of your orders is, with its history. 202 while a worker has yet to open its
+    shipment; 404 for others' orders, and for one cancelled before it was fulfilled."""
+    found = await service.order_shipment(db, order_id=order_id, principal=principal)
+    if isinstance(found, ShipmentPending):
+        pending = model_response(found, status_code=202)
+        pending.headers["retry-after"] = "1"
+        return pending
+    return found
 
 
 @router.get(

@@ -65,3 +65,13 @@ class OrderSummary(ReadSchema):
 
 
 OrderPage = Page[OrderSummary]
+
+
+class ShipmentPending(ReadSchema):
+    """The answer while an order's shipment is not open yet (202): the order is placed, and a
+    worker has still to post its ledger and open its shipment (stage 7). Ask again after
+    `Retry-After` seconds."""
+
+    order_id: int
+    fulfilment: Fulfilment = Field(description="Always `pending` here.")
+    detail: str

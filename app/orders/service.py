@@ -22,6 +22,7 @@ from app.core.models import UtcDateTime, utcnow
 from app.core.outbox import Event, Relay
 from app.core.security import Principal
 from app.delivery import service as delivery
+from app.delivery.schemas import ShipmentRead
 from app.orders import flows
 from app.orders.domain import (
     Fulfilment,
@@ -32,7 +33,13 @@ from app.orders.domain import (
     price,
 )
 from app.orders.models import CustomerOrder, IdempotencyKey, OrderLine
-from app.orders.schemas import OrderCreate, OrderLineRead, OrderPage, OrderRead
+from app.orders.schemas import (
+    OrderCreate,
+    OrderLineRead,
+    OrderPage,
+    OrderRead,
+    ShipmentPending,
+)
 
 # An order and its lines in one round trip: the order's columns repeat on each line's row (an
 # order has 1 to MAX_LINES lines), which PostgreSQL and SQLite both answer with one index scan
@@ -336,6 +343,27 @@ async def get_order(
     that knows the order exists but may carry no read-after token (a retried checkout)."""
     stmt, params = _order_query(order_id, principal)
     return _order_from_rows(order_id, await db.fetch_all(stmt, primary=consistent, **params))
+
+
+async def order_shipment(
+    db: Database, *, order_id: int, principal: Principal
+) -> ShipmentRead | ShipmentPending:
+    """The shipment of one of the caller's orders (admins: any), or, while a worker has yet to
+    open it (stage 7), that it is pending; NotFound for others' orders, and for an order
+    cancelled before it was fulfilled (it never had a shipment)."""
+    try:
+        return await delivery.tracking(db, order_id=order_id, principal=principal)
+    except NotFound:
+        order = await get_order(db, order_id=order_id, principal=principal)
+        if order.fulfilment is Fulfilment.SKIPPED:
+            raise
+    if order.fulfilment is Fulfilment.DONE:  # the worker opened it between the two reads
+        return await delivery.tracking(db, order_id=order_id, principal=principal)
+    return ShipmentPending(
+        order_id=order_id,
+        fulfilment=Fulfilment.PENDING,
+        detail="The order is placed; its shipment opens once a worker has fulfilled it.",
+    )
 
 
 async def order_ledger(db: Database, *, order_id: int, principal: Principal) -> list[EntryRead]:
