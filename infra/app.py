@@ -81,4 +81,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as error:  # a setting the stacks refuse; the message says what to change
+        raise SystemExit(f"shop infra: {error}") from None

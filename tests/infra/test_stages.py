@@ -1,7 +1,10 @@
 """What defines each stage is there, with its key properties, sized from the catalog."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import aws_cdk as cdk
 import pytest
@@ -9,7 +12,7 @@ from aws_cdk.assertions import Match, Template
 from shop_infra.stack import DEFAULT_REGION, ShopStack
 from shop_infra.stages import GRACEFUL_SHUTDOWN_S, STAGES
 
-from .conftest import MAIL_SENDER, _context
+from .conftest import INFRA, MAIL_SENDER, _context
 
 
 def _user_data(synth) -> str:
@@ -275,6 +278,25 @@ def test_stage_7_refuses_a_mail_sender_ses_can_never_verify(tmp_path, sender):
         )
     assert str(refused.value).startswith(f"shop:mail_sender {sender!r} can never be verified")
     assert "-c shop:mail_sender=" in str(refused.value)
+
+
+def test_the_cdk_app_refuses_such_a_sender_with_one_line_and_no_traceback():
+    context = {**_context(), "shop:stages": "7", "shop:mail_sender": "orders@example.com"}
+    run = subprocess.run(
+        [sys.executable, str(INFRA / "app.py")],
+        env={
+            **os.environ,
+            "CDK_CONTEXT_JSON": json.dumps(context),
+            "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 1
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith("shop infra: shop:mail_sender 'orders@example.com' can never be")
 
 
 def test_stage_7_without_a_mail_sender_logs_its_mail_instead_of_sending_it(tmp_path):
