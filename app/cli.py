@@ -134,7 +134,10 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     if args.down:
         runner.downgrade(url, args.revision)
     else:
-        runner.upgrade(url, args.revision)
+        try:
+            runner.upgrade(url, args.revision)
+        except runner.SchemaProblem as exc:
+            sys.exit(f"shop: cannot migrate: {exc}")
     where = f"embedded SQLite {settings.embedded_path}" if settings.is_embedded else "database"
     print(f"shop: {where} migrated in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
@@ -243,7 +246,13 @@ def cmd_worker(args: argparse.Namespace) -> None:
         sys.exit(f"shop: invalid settings:\n{exc}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        asyncio.run(serve(settings))
+        if args.action == "redrive":
+            from app.worker import redrive
+
+            moved = asyncio.run(redrive(settings))
+            print(f"shop: worker: moved {moved} dead-lettered messages back", file=sys.stderr)
+        else:
+            asyncio.run(serve(settings))
     except WorkerProblem as exc:
         sys.exit(f"shop: worker: {exc}")
 
@@ -339,6 +348,12 @@ def parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser(
         "worker", help="finish placed orders from the queue (stage 7; needs SHOP_QUEUE_URL)"
+    )
+    worker.add_argument(
+        "action",
+        nargs="?",
+        choices=["redrive"],
+        help="redrive: move the dead-letter queue's messages back to the queue, and stop",
     )
     worker.set_defaults(func=cmd_worker)
 

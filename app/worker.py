@@ -7,7 +7,13 @@ changes nothing. A message whose handling fails is left on the queue: SQS shows 
 the queue's visibility timeout and, after the redrive policy's receive count, moves it to the
 dead-letter queue; the worker logs that last failed attempt as such.
 
-Between two batches, every `purge_every_s`, the worker also keeps its tables bounded
+A handled message's event is marked handled (outbox_event.handled_at). Between two batches,
+every `purge_every_s`, the worker reconciles: an event still unhandled `redrive_after` after it
+was recorded (its message lost, dead-lettered, or never published) is applied by the worker
+itself, on the same claims, so every step still happens once; a failure is logged and tried
+again at the next pass. `shop worker redrive` moves the dead-letter queue's messages back.
+
+The worker also keeps its tables bounded
 (`Retention`): published outbox events and processed-event claims older than the retention,
 and Idempotency-Keys older than their TTL, are deleted in batches of one transaction each, at
 most MAX_PURGE_BATCHES per table and pass. The sizes of those tables are then sampled into
@@ -93,6 +99,14 @@ TABLE_ROWS = Gauge(
     registry=REGISTRY,
 )
 
+REDRIVEN = Counter(
+    "shop_worker_events_redriven",
+    "Events reconciliation applied because no worker had finished them in time (their "
+    "message lost, dead-lettered or never published), by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+
 PURGED_TABLES = ("outbox_event", "processed_event", "idempotency_key")
 MAX_PURGE_BATCHES = 10
 """Batches per table and purge pass: a backlog is worked off over several passes, and the
@@ -109,6 +123,9 @@ class Retention:
     """Idempotency-Keys older than this (their TTL) go."""
     every_s: float = 60.0
     batch: int = 1000
+    redrive_after: timedelta | None = timedelta(minutes=15)
+    """Events still unhandled this long after they were recorded are applied by the worker
+    (None: never)."""
 
 
 class WorkerProblem(RuntimeError):
@@ -174,14 +191,50 @@ class Worker:
         return True
 
     async def run_once(self) -> int:
-        """Receive one batch, handle it, delete what was handled; how many were handled."""
+        """Receive one batch, handle it, mark its events handled, delete what was handled;
+        how many were handled."""
         messages = await self.queue.receive(max_messages=self.batch_size, wait_s=self.wait_s)
         BATCHES.inc()
         QUEUE_AGE.set(max((m.age_s for m in messages), default=0.0))
-        done = [m.receipt for m in messages if await self.handle(m)]
+        done = [m for m in messages if await self.handle(m)]
         if done:
-            await self.queue.delete(done)
+            handled = []
+            for message in done:
+                with contextlib.suppress(ValueError):
+                    handled.append(Event.from_message(message.body).id)
+            await outbox.mark_handled(self.db, event_ids=handled)
+            await self.queue.delete([m.receipt for m in done])
         return len(done)
+
+    async def reconcile(self, *, limit: int = 100) -> int:
+        """Apply the events no worker finished within `retention.redrive_after` (needs it),
+        oldest first, at most `limit`; how many were applied. Their claims make a step that was
+        done already, or that a worker is doing at this moment, a no-op."""
+        assert self.retention is not None and self.retention.redrive_after is not None
+        before = utcnow() - self.retention.redrive_after
+        applied = 0
+        for event in await outbox.unhandled(self.db, before=before, limit=limit):
+            handler = HANDLERS.get(event.kind)
+            if handler is None:
+                log.error("reconcile: no handler for event %s of kind %r", event.id, event.kind)
+                continue
+            try:
+                await handler(self.db, self.mailer, event.id, event.payload)
+            except Exception as exc:
+                log.warning(
+                    "reconcile: event %s (%s) failed, next pass: %s", event.id, event.kind, exc
+                )
+                continue
+            await outbox.mark_handled(self.db, event_ids=[event.id])
+            REDRIVEN.labels(event.kind).inc()
+            log.warning(
+                "reconcile: applied event %s (%s) %s, which no worker had finished",
+                event.id,
+                event.kind,
+                dict(event.payload),
+            )
+            applied += 1
+        return applied
 
     async def purge(self) -> dict[str, int]:
         """One retention pass (needs `retention`): rows deleted per table. Each batch is its own
@@ -247,9 +300,15 @@ class Worker:
             return
         self._next_purge = now + self.retention.every_s
         try:
+            if self.retention.redrive_after is not None:
+                await self.reconcile()
             await self.purge()
         except Exception as exc:  # the next pass tries again; the queue must not wait
-            log.warning("worker: purge failed (%s); next in %.0f s", exc, self.retention.every_s)
+            log.warning(
+                "worker: reconcile or purge failed (%s); next in %.0f s",
+                exc,
+                self.retention.every_s,
+            )
 
     async def run(self) -> None:
         """Batches until SIGTERM (or `stopping` is set); each batch is finished first."""
@@ -300,6 +359,20 @@ async def open_database(settings: WorkerSettings) -> Database:
     return db
 
 
+async def redrive(settings: WorkerSettings) -> int:
+    """`shop worker redrive`: move the dead-letter queue's messages back to the queue; how
+    many. Each is then handled once more, which its claims make a no-op for what was done."""
+    if not settings.queue_url:
+        raise WorkerProblem("SHOP_QUEUE_URL is not set: there is no queue to redrive into")
+    queue = Queue(
+        settings.queue_url, region=settings.aws_region, endpoint_url=settings.aws_endpoint_url
+    )
+    dead = await queue.dead_letter_queue()
+    if dead is None:
+        raise WorkerProblem(f"{settings.queue_url} has no dead-letter queue")
+    return await dead.move_to(queue)
+
+
 async def serve(settings: WorkerSettings) -> None:
     """The whole life of `shop worker`: open, consume until SIGTERM or SIGINT, close."""
     if not settings.queue_url:
@@ -323,6 +396,11 @@ async def serve(settings: WorkerSettings) -> None:
             keep_keys=timedelta(hours=settings.idempotency_ttl_h),
             every_s=settings.worker_purge_every_s,
             batch=settings.worker_purge_batch,
+            redrive_after=(
+                timedelta(seconds=settings.worker_redrive_after_s)
+                if settings.worker_redrive_after_s > 0
+                else None
+            ),
         ),
     )
     loop = asyncio.get_running_loop()

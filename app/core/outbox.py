@@ -23,7 +23,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Index, String, bindparam, delete, insert, select, tuple_, update
+from sqlalchemy import (
+    JSON,
+    Index,
+    String,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -36,9 +47,10 @@ log = logging.getLogger("shop.outbox")
 
 class OutboxEvent(Base):
     __tablename__ = "outbox_event"
-    # The sweep looks for unpublished events by age.
+    # The sweep looks for unpublished events by age; reconciliation for unhandled ones.
     __table_args__ = (
         Index("ix_outbox_event_published_at_created_at", "published_at", "created_at"),
+        Index("ix_outbox_event_handled_at_created_at", "handled_at", "created_at"),
     )
 
     # Made by the writer, not the database: the INSERT needs no round trip of its own in a
@@ -48,6 +60,9 @@ class OutboxEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     published_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # When a worker finished every step of its handler (NULL until then): what reconciliation
+    # looks for, and what the purge waits for.
+    handled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class ProcessedEvent(Base):
@@ -108,13 +123,41 @@ async def claim(conn: AsyncConnection, *, event_id: uuid.UUID, step: str) -> boo
     )
 
 
+async def mark_handled(db: Database, *, event_ids: Sequence[uuid.UUID]) -> None:
+    """Record that a worker finished these events' handlers (an event handled without having
+    been published, by reconciliation, counts as published too: the sweep leaves it)."""
+    if not event_ids:
+        return
+    now = utcnow()
+    async with db.write() as conn:
+        await conn.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.id.in_(event_ids), OutboxEvent.handled_at.is_(None))
+            .values(handled_at=now, published_at=func.coalesce(OutboxEvent.published_at, now))
+        )
+
+
+async def unhandled(db: Database, *, before: datetime, limit: int) -> list[Event]:
+    """Up to `limit` events recorded before `before` that no worker has finished, oldest
+    first: their message was lost, dead-lettered, or never published."""
+    async with db.write() as conn:
+        found = await conn.execute(
+            select(OutboxEvent.id, OutboxEvent.kind, OutboxEvent.payload)
+            .where(OutboxEvent.handled_at.is_(None), OutboxEvent.created_at < before)
+            .order_by(OutboxEvent.created_at)
+            .limit(limit)
+        )
+        return [Event(id=r.id, kind=r.kind, payload=r.payload) for r in found]
+
+
 async def purge_published(db: Database, *, before: datetime, limit: int) -> int:
-    """Delete up to `limit` events published before `before`, oldest first, in one
-    transaction; how many. An unpublished event is never deleted, whatever its age."""
+    """Delete up to `limit` events handled before `before`, oldest first, in one transaction;
+    how many. An event no worker has finished (unpublished, or still failing) is never
+    deleted, whatever its age."""
     oldest = (
         select(OutboxEvent.id)
-        .where(OutboxEvent.published_at < before)
-        .order_by(OutboxEvent.published_at)
+        .where(OutboxEvent.handled_at < before)
+        .order_by(OutboxEvent.handled_at)
         .limit(limit)
     )
     async with db.write() as conn:

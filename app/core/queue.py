@@ -88,6 +88,44 @@ class Queue:
                 Entries=[{"Id": str(n), "ReceiptHandle": r} for n, r in enumerate(chunk)],
             )
 
+    async def dead_letter_queue(self) -> Queue | None:
+        """The queue SQS moves this one's failing messages to (its redrive policy's target),
+        on the same client settings; None without one."""
+        answer = await asyncio.to_thread(
+            self._client.get_queue_attributes,
+            QueueUrl=self.url,
+            AttributeNames=["RedrivePolicy"],
+        )
+        policy = answer.get("Attributes", {}).get("RedrivePolicy")
+        if not policy:
+            return None
+        # arn:aws:sqs:<region>:<account>:<name>
+        _, _, _, _, account, name = json.loads(policy)["deadLetterTargetArn"].split(":", 5)
+        found = await asyncio.to_thread(
+            self._client.get_queue_url, QueueName=name, QueueOwnerAWSAccountId=account
+        )
+        dead = Queue.__new__(Queue)
+        dead.url = found["QueueUrl"]
+        dead._client = self._client
+        return dead
+
+    async def move_to(self, target: Queue, *, limit: int = 100_000) -> int:
+        """Move this queue's messages to `target` (send there, then delete here), until this
+        queue answers none or `limit` were moved; how many. A message is sent before it is
+        deleted, so a failure between the two leaves it on both (consumers are idempotent)."""
+        moved = 0
+        while moved < limit:
+            batch = await self.receive(max_messages=min(10, limit - moved), wait_s=0)
+            if not batch:
+                return moved
+            failed = await target.send({str(n): m.body for n, m in enumerate(batch)})
+            sent = [m for n, m in enumerate(batch) if str(n) not in failed]
+            await self.delete([m.receipt for m in sent])
+            moved += len(sent)
+            if failed:
+                raise RuntimeError(f"{len(failed)} messages not moved: {sorted(failed.values())}")
+        return moved
+
     async def max_receive_count(self) -> int | None:
         """Receives after which SQS moves a message to the dead-letter queue; None without one."""
         answer = await asyncio.to_thread(

@@ -461,11 +461,18 @@ class WorkerSettings(Settings):
 
     Retention, done by the worker between two batches (app/worker.py):
 
-    - `SHOP_WORKER_RETENTION_H` (360, 15 days): published `outbox_event` rows and
+    - `SHOP_WORKER_RETENTION_H` (360, 15 days): handled `outbox_event` rows and
       `processed_event` rows older than this are deleted. It must outlive every copy of an
       event a queue may still hold (SQS keeps a message, dead-lettered ones included, at most
       14 days): a message received after its `processed_event` rows are gone would be
-      handled again, and its e-mail sent twice. Unpublished events are never deleted.
+      handled again, and its e-mail sent twice. Unhandled events are never deleted.
+    - `SHOP_WORKER_REDRIVE_AFTER_S` (900; 0: never): an event no worker has finished this
+      long after it was recorded (an order still pending: its message lost, dead-lettered or
+      never published) is applied by the worker itself, on the same `processed_event` claims,
+      so each step still happens once. Keep it above the time the queue itself takes to
+      give up on a message (five receives of a 60 s visibility timeout in the stacks), or
+      the worker races the queue's own retries (harmless, but wasted work). Checked on the
+      same schedule as the purge. `shop worker redrive` moves dead-lettered messages back.
     - `SHOP_WORKER_PURGE_EVERY_S` (60; 0: never): how often the worker purges those rows and
       the Idempotency-Keys older than `SHOP_IDEMPOTENCY_TTL_H`, in batches of
       `SHOP_WORKER_PURGE_BATCH` (1000) rows, one transaction each, at most 10 batches per
@@ -480,6 +487,13 @@ class WorkerSettings(Settings):
         ge=1,
         le=24 * 365,
         description="Hours published outbox events and processed-event records are kept.",
+    )
+    worker_redrive_after_s: float = Field(
+        900,
+        ge=0,
+        le=14 * 86_400,
+        description="Seconds after which an event no worker has finished is applied by the "
+        "worker itself (0: never).",
     )
     worker_purge_every_s: float = Field(
         60, ge=0, le=86_400, description="Seconds between two purges by `shop worker` (0: never)."

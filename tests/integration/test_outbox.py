@@ -78,15 +78,24 @@ def make_queue(endpoint: str, *, max_receive_count: int = 5, visibility_s: int =
 
 
 def drain(endpoint: str, url: str) -> list[dict[str, Any]]:
-    """Every message waiting on a queue (received, not deleted)."""
+    """Every message waiting on a queue, taken off it (deleted: a message only hidden for a
+    while would come back in a later test of a slow run)."""
     found: list[dict[str, Any]] = []
+    client = sqs(endpoint)
     while True:
-        got = sqs(endpoint).receive_message(
+        got = client.receive_message(
             QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=30
         )
         if not got.get("Messages"):
             return found
         found += [json.loads(m["Body"]) for m in got["Messages"]]
+        client.delete_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]}
+                for n, m in enumerate(got["Messages"])
+            ],
+        )
 
 
 class RecordingMailer:
@@ -637,3 +646,96 @@ async def test_the_purge_keeps_unpublished_events_and_recent_claims(
     assert deleted["outbox_event"] == 0  # unpublished: the sweep still has to send it
     assert deleted["processed_event"] == 2
     assert await rows(resources, "outbox_event") == 1
+
+
+# --- reconciliation: no order stays pending -----------------------------------------------------
+
+
+async def test_orders_whose_message_was_lost_dead_lettered_or_never_sent_are_fulfilled_once(
+    queued: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, alice: User
+) -> None:
+    """Four orders: one handled normally, one whose message was lost, one whose message went to
+    the dead-letter queue, one whose event was never published. Past the bound the worker
+    applies the three it never finished; the dead-lettered message, moved back by `shop worker
+    redrive`, then changes nothing. Every order is posted, shipped and mailed once."""
+    from datetime import timedelta
+
+    from app.worker import Retention
+
+    client, resources = queued
+    url = make_queue(moto_endpoint)
+    queue = Queue(url, region=REGION, endpoint_url=moto_endpoint)
+    mailer = RecordingMailer()
+    retention = Retention(
+        keep_events=timedelta(days=15),
+        keep_keys=timedelta(hours=24),
+        redrive_after=timedelta(minutes=15),
+    )
+    worker = Worker(resources.db, queue, mailer, wait_s=0, retention=retention)
+    product = await make_product(resources, price_cents=700, initial_stock=10)
+    handled, lost, dead, unsent = [await place(client, alice, product.id) for _ in range(4)]
+    events = {o["id"]: await event_of(resources, o["id"]) for o in (handled, lost, dead, unsent)}
+    await queue.send({"1": events[handled["id"]].to_message()})
+    assert await worker.run_once() == 1
+    dead_queue = await queue.dead_letter_queue()
+    assert dead_queue is not None
+    await dead_queue.send({"1": events[dead["id"]].to_message()})
+    async with resources.db.write() as conn:
+        await conn.execute(
+            text("UPDATE outbox_event SET published_at = NULL WHERE id = :id"),
+            {"id": events[unsent["id"]].id},
+        )
+    assert await worker.reconcile() == 0  # not past the bound yet
+    async with resources.db.write() as conn:  # 20 minutes later
+        await conn.execute(
+            text("UPDATE outbox_event SET created_at = created_at - interval '20 minutes'")
+        )
+
+    assert await worker.reconcile() == 3
+    assert await worker.reconcile() == 0
+    moved = await dead_queue.move_to(queue)
+    assert moved == 1
+    while await worker.run_once():
+        pass
+
+    for order in (handled, lost, dead, unsent):
+        assert await counts(resources, order["id"]) == (3, 1)
+        seen = (await client.get(f"/orders/{order['id']}", headers=alice.headers)).json()
+        assert seen["fulfilment"] == "done"
+    assert sorted(m.subject for m in mailer.sent) == sorted(
+        f"Your order #{o['id']}" for o in (handled, lost, dead, unsent)
+    )
+    assert drain(moto_endpoint, url + "-dead") == []
+    assert await balanced(client, resources)
+    # The sweep does not publish the event reconciliation applied: it is handled.
+    assert resources.relay is not None
+    assert await resources.relay.sweep() == 0
+
+
+def test_shop_worker_redrive_moves_the_dead_letters_back(moto_endpoint: str) -> None:
+    import subprocess
+    import sys
+
+    url = make_queue(moto_endpoint)
+    sqs(moto_endpoint).send_message(QueueUrl=url + "-dead", MessageBody='{"stuck": true}')
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SHOP_QUEUE_URL": url,
+        "SHOP_AWS_REGION": REGION,
+        "SHOP_AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from app.cli import main; main()", "worker", "redrive"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "moved 1 dead-lettered messages back" in done.stderr
+    assert drain(moto_endpoint, url) == [{"stuck": True}]
+    assert drain(moto_endpoint, url + "-dead") == []
