@@ -3,11 +3,14 @@
     python -m loadtests.deployed url Shop-3-horizontal [--region eu-west-1]
     python -m loadtests.deployed evidence Shop-3-horizontal --steps steps.jsonl \\
         --invariants invariants.json --out ladder-results/stage-3.json
+    python -m loadtests.deployed fetch Shop-LoadGen --out aws-run/   # the master's result files
 
 `url` prints the stack's `TargetUrl` output (what `locust --host` takes). `evidence` reads, for
 the window of every step the suite wrote (SHOP_LOAD_STEPS_OUT), the stage's CloudWatch metrics
 and writes the same per-stage JSON as the local ladder, with `"source": "aws"`, so that
-`python -m loadtests.report` draws both alike.
+`python -m loadtests.report` draws both alike. `fetch` copies the result files of a headless run
+(SHOP_LOAD_STEPS_OUT, SHOP_LOAD_INVARIANTS_OUT) from the `Shop-LoadGen` master through SSM Run
+Command, with no port, key or bucket to open.
 
 What each stage has is found from the stack's own resources (logical id prefixes are those of
 infra/shop_infra), not from the catalog: web instances (`Instance<n>`) or web Auto Scaling groups
@@ -24,12 +27,14 @@ steps of two minutes or more against AWS (SHOP_LOAD_STEP_S=120).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import re
+import shlex
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -599,6 +604,82 @@ def loadgen_cpu(session: Any, stack_name: str, started_at: float, ended_at: floa
 # --- command line --------------------------------------------------------------------------------
 
 
+# --- the load generator's result files ------------------------------------------------------
+
+FETCH_CHUNK_BYTES = 16_000
+"""Bytes read per command: their base64 (21,336 characters) fits in the 24,000 characters of
+output that SSM's GetCommandInvocation returns."""
+DEFAULT_RESULT_FILES = ("/tmp/steps.jsonl", "/tmp/invariants.json")
+"""Where docs/aws.md's headless run writes them (SHOP_LOAD_STEPS_OUT, SHOP_LOAD_INVARIANTS_OUT)."""
+
+Shell = Callable[[str], str]
+"""Runs one shell command on the load generator's master and returns what it printed."""
+
+
+def fetch_file(shell: Shell, path: str, out: Path, *, say: Callable[[str], None] = print) -> int:
+    """Copy the file at `path` on the master to `out`, a chunk per command; returns its size."""
+    quoted = shlex.quote(path)
+    answer = shell(f"stat -c %s {quoted}").strip()
+    if not answer.isdigit():
+        raise DeployedError(
+            f"{path} is not on the load generator's master: {answer or 'no answer'}"
+        )
+    size = int(answer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as copy:
+        done = 0
+        while done < size:
+            command = f"tail -c +{done + 1} {quoted} | head -c {FETCH_CHUNK_BYTES} | base64 -w0"
+            chunk = base64.b64decode(shell(command).strip(), validate=True)
+            if not chunk:
+                raise DeployedError(f"{path} ended at {done:,} of {size:,} bytes while copying")
+            copy.write(chunk)
+            done += len(chunk)
+            say(f"{path}: {done:,}/{size:,} bytes")
+    return size
+
+
+def ssm_shell(ssm: Any, instance_id: str, *, poll_s: float = 1.0, timeout_s: float = 120) -> Shell:
+    """A Shell that runs each command through SSM Run Command (AWS-RunShellScript)."""
+
+    def run(command: str) -> str:
+        sent = ssm.send_command(
+            InstanceIds=[instance_id],
+            DocumentName="AWS-RunShellScript",
+            Parameters={"commands": [command]},
+            Comment="shop: copy load test results",
+        )
+        command_id = sent["Command"]["CommandId"]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                found = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+            except botocore.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "InvocationDoesNotExist":
+                    raise
+                found = {"Status": "Pending"}
+            status = found["Status"]
+            if status == "Success":
+                return str(found.get("StandardOutputContent", ""))
+            if status in ("Failed", "Cancelled", "TimedOut", "Cancelling"):
+                said = (found.get("StandardErrorContent") or "").strip()
+                raise DeployedError(f"`{command}` on {instance_id}: {status} {said}".strip())
+            if time.monotonic() > deadline:
+                raise DeployedError(f"`{command}` on {instance_id}: no answer in {timeout_s:.0f} s")
+            time.sleep(poll_s)
+
+    return run
+
+
+def master_instance(cloudformation: Any, stack_name: str) -> str:
+    """The `MasterInstanceId` output of a Shop-LoadGen stack."""
+    stack = _describe_stack(cloudformation, stack_name)
+    for output in stack.get("Outputs", []):
+        if output.get("OutputKey") == "MasterInstanceId":
+            return str(output["OutputValue"])
+    raise DeployedError(f"stack {stack_name} has no MasterInstanceId output: is it Shop-LoadGen?")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.deployed", description=__doc__.split("\n")[0]
@@ -607,6 +688,16 @@ def _parser() -> argparse.ArgumentParser:
     url = commands.add_parser("url", help="print the stack's TargetUrl output")
     url.add_argument("stack")
     url.add_argument("--region")
+    fetch = commands.add_parser("fetch", help="copy result files from the Shop-LoadGen master")
+    fetch.add_argument("stack", nargs="?", default="Shop-LoadGen")
+    fetch.add_argument("--region")
+    fetch.add_argument("--out", type=Path, required=True, help="folder to copy the files into")
+    fetch.add_argument(
+        "--file",
+        dest="files",
+        action="append",
+        help=f"a path on the master (repeatable; default: {' '.join(DEFAULT_RESULT_FILES)})",
+    )
     found = commands.add_parser("evidence", help="write the per-stage JSON from CloudWatch")
     found.add_argument("stack")
     found.add_argument("--region")
@@ -633,6 +724,14 @@ def main(argv: Sequence[str] | None = None, *, endpoint_url: str | None = None) 
         session = _Session(region=options.region, endpoint_url=endpoint_url)
         if options.command == "url":
             print(target_url(session.client("cloudformation"), options.stack))
+            return 0
+        if options.command == "fetch":
+            instance = master_instance(session.client("cloudformation"), options.stack)
+            shell = ssm_shell(session.client("ssm"), instance)
+            for path in options.files or DEFAULT_RESULT_FILES:
+                out = options.out / Path(path).name
+                size = fetch_file(shell, path, out)
+                print(f"wrote {out} ({size:,} bytes from {instance})")
             return 0
         steps = _read_steps(options.steps)
         invariants = _read_invariants(options.invariants)

@@ -8,7 +8,9 @@ port; the stacks are small templates whose logical ids are named the way the CDK
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -486,3 +488,62 @@ def test_short_steps_and_a_fresh_run_are_warned_about():
     assert "a step lasts 20 s" in short and "SHOP_LOAD_STEP_S=120" in short
     [fresh] = deployed.warnings([step(T0, 120)], now=T0 + 180)
     assert "ended 60 s ago" in fresh
+
+
+# --- the load generator's result files -------------------------------------------------------
+
+
+def _local_shell(command: str) -> str:
+    """The master's shell, run here: the same commands on the same coreutils, on a real file."""
+    ran = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False)
+    return ran.stdout if ran.returncode == 0 else ran.stderr
+
+
+def test_fetch_copies_a_file_larger_than_one_answer_byte_for_byte(tmp_path):
+    results = tmp_path / "master" / "steps.jsonl"
+    results.parent.mkdir()
+    results.write_bytes(os.urandom(3 * deployed.FETCH_CHUNK_BYTES + 123))
+    said: list[str] = []
+    size = deployed.fetch_file(
+        _local_shell, str(results), tmp_path / "copy" / "steps.jsonl", say=said.append
+    )
+    assert size == results.stat().st_size
+    assert (tmp_path / "copy" / "steps.jsonl").read_bytes() == results.read_bytes()
+    assert len(said) == 4 and said[-1].endswith(f"{size:,}/{size:,} bytes")  # progress
+
+
+def test_fetch_of_a_file_that_is_not_there_says_so(tmp_path):
+    with pytest.raises(deployed.DeployedError, match="not on the load generator's master"):
+        deployed.fetch_file(_local_shell, str(tmp_path / "missing.jsonl"), tmp_path / "out")
+
+
+def test_fetch_asks_the_stacks_master_through_ssm(endpoint, tmp_path, capsys):
+    ec2 = _client(endpoint, "ec2")
+    [master] = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"]
+    _create_stack(
+        endpoint,
+        "Shop-LoadGen",
+        _queue(),
+        outputs={"MasterInstanceId": {"Value": master["InstanceId"]}},
+    )
+    code = deployed.main(
+        ["fetch", "--out", str(tmp_path), "--file", "/tmp/steps.jsonl"], endpoint_url=endpoint
+    )
+    # moto runs no shell, so the master "answers" nothing: one clear line, not a traceback.
+    assert code == 2
+    assert "/tmp/steps.jsonl is not on the load generator's master" in capsys.readouterr().err
+    [sent] = _client(endpoint, "ssm").list_commands()["Commands"]
+    assert sent["DocumentName"] == "AWS-RunShellScript"
+    assert sent["InstanceIds"] == [master["InstanceId"]]
+    assert sent["Parameters"]["commands"] == ["stat -c %s /tmp/steps.jsonl"]
+
+
+def test_fetch_from_a_stack_without_a_master_says_which_output_is_missing(
+    endpoint, tmp_path, capsys
+):
+    _create_stack(endpoint, "Shop-3-not-loadgen", _queue())
+    code = deployed.main(
+        ["fetch", "Shop-3-not-loadgen", "--out", str(tmp_path)], endpoint_url=endpoint
+    )
+    assert code == 2
+    assert "has no MasterInstanceId output" in capsys.readouterr().err
