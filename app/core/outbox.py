@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from prometheus_client import Counter, Gauge
 from sqlalchemy import (
     JSON,
     Index,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     tuple_,
     update,
@@ -60,6 +62,10 @@ class OutboxEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     published_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Until when a sweep has claimed the unpublished event to send it (a lease, not a lock:
+    # the claim is committed before the queue is called, so no row lock or connection is held
+    # across the network; a sweep that died is replaced once the lease is over).
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # When a worker finished every step of its handler (NULL until then): what reconciliation
     # looks for, and what the purge waits for.
     handled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -202,6 +208,26 @@ _MARK_PUBLISHED = (
 PUBLISH_BATCH = 10
 """Messages per SendMessageBatch: SQS's maximum."""
 
+CLAIM_S = 120.0
+"""How long a sweep's claim on the events it sends lasts: above the longest a send can take
+(3 attempts of a 25 s read timeout, app/core/queue.py), so two live sweeps never send one
+event, and short enough that the events of a sweep that died are sent again soon."""
+
+MAX_PENDING = 10_000
+"""Events a process's relay keeps in memory for publishing; beyond it (the queue stalled) new
+ones are left to the sweep, which finds them in the table."""
+
+RELAY_PENDING = Gauge(
+    "shop_outbox_relay_pending",
+    "Events waiting in the relay's memory to be published (at most MAX_PENDING per process).",
+    multiprocess_mode="livesum",
+)
+RELAY_DROPPED = Counter(
+    "shop_outbox_relay_dropped",
+    "Events the relay's full memory queue left to the sweep (back-pressure from a stalled "
+    "queue); they are published by the sweep, not lost.",
+)
+
 
 class Relay:
     """Publishes outbox events to the queue and marks them published.
@@ -210,18 +236,45 @@ class Relay:
     background task sends them (up to 10 per call). A second task, the sweep, publishes every
     `sweep_after_s` the events that are older than that and still unpublished. Failures are
     logged and left to the sweep: an event is published at least once, never dropped.
+
+    No call to the queue is made inside a database transaction: events are read (or claimed)
+    and committed first, sent, then marked published in a transaction of their own. The
+    memory queue holds at most `max_pending` events; when the queue stalls, what does not fit
+    is left to the sweep and counted (`shop_outbox_relay_dropped_total`), and the backlog
+    shows as `shop_outbox_relay_pending`.
     """
 
-    def __init__(self, db: Database, queue: Queue, *, sweep_after_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        queue: Queue,
+        *,
+        sweep_after_s: float = 5.0,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
         self._db = db
         self._queue = queue
         self._sweep_after = timedelta(seconds=sweep_after_s)
-        self._pending: asyncio.Queue[Event] = asyncio.Queue()
+        self._pending: asyncio.Queue[Event] = asyncio.Queue(maxsize=max_pending)
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def pending(self) -> int:
+        """Events waiting in memory to be published."""
+        return self._pending.qsize()
+
     def publish_soon(self, events: Sequence[Event]) -> None:
+        """Queue events for publishing; those that do not fit are left to the sweep."""
+        left = 0
         for event in events:
-            self._pending.put_nowait(event)
+            try:
+                self._pending.put_nowait(event)
+            except asyncio.QueueFull:
+                left += 1
+        if left:
+            RELAY_DROPPED.inc(left)
+            log.warning("outbox: relay backlog full, %d events left to the sweep", left)
+        RELAY_PENDING.set(self._pending.qsize())
 
     async def start(self) -> None:
         self._tasks = [
@@ -262,13 +315,20 @@ class Relay:
     async def sweep(self, *, limit: int = 100) -> int:
         """Publish unpublished events older than `sweep_after_s`, oldest first; how many.
 
-        The rows stay locked while they are sent (SKIP LOCKED: the sweeps of other processes
-        take other rows), so two sweeps do not publish the same event twice.
+        Three steps, none holding a transaction across the network: claim the events (a
+        lease of CLAIM_S, committed; SKIP LOCKED and the lease keep other processes' sweeps
+        off them, so two sweeps do not publish the same event twice), send them, then mark
+        those the queue accepted published.
         """
-        cutoff = utcnow() - self._sweep_after
+        now = utcnow()
+        cutoff = now - self._sweep_after
         stmt = (
             select(OutboxEvent.id, OutboxEvent.kind, OutboxEvent.payload)
-            .where(OutboxEvent.published_at.is_(None), OutboxEvent.created_at < cutoff)
+            .where(
+                OutboxEvent.published_at.is_(None),
+                OutboxEvent.created_at < cutoff,
+                or_(OutboxEvent.claimed_until.is_(None), OutboxEvent.claimed_until < now),
+            )
             .order_by(OutboxEvent.created_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -276,14 +336,21 @@ class Relay:
         async with self._db.write() as conn:
             rows = (await conn.execute(stmt)).all()
             events = [Event(id=r.id, kind=r.kind, payload=r.payload) for r in rows]
-            if not events:
-                return 0
-            sent: list[uuid.UUID] = []
-            for start in range(0, len(events), PUBLISH_BATCH):
-                chunk = events[start : start + PUBLISH_BATCH]
-                failed = await self._queue.send({str(e.id): e.to_message() for e in chunk})
-                sent += [e.id for e in chunk if str(e.id) not in failed]
-            if sent:
+            if events:
+                await conn.execute(
+                    update(OutboxEvent)
+                    .where(OutboxEvent.id.in_([e.id for e in events]))
+                    .values(claimed_until=now + timedelta(seconds=CLAIM_S))
+                )
+        if not events:
+            return 0
+        sent: list[uuid.UUID] = []
+        for start in range(0, len(events), PUBLISH_BATCH):
+            chunk = events[start : start + PUBLISH_BATCH]
+            failed = await self._queue.send({str(e.id): e.to_message() for e in chunk})
+            sent += [e.id for e in chunk if str(e.id) not in failed]
+        if sent:
+            async with self._db.write() as conn:
                 await conn.execute(_MARK_PUBLISHED, {"ids": sent, "now": utcnow()})
         if len(sent) < len(events):
             log.warning(
@@ -307,6 +374,7 @@ class Relay:
             finally:
                 for _ in batch:
                     self._pending.task_done()
+                RELAY_PENDING.set(self._pending.qsize())
 
     async def _sweep_forever(self) -> None:
         interval = self._sweep_after.total_seconds()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -739,3 +740,103 @@ def test_shop_worker_redrive_moves_the_dead_letters_back(moto_endpoint: str) -> 
     assert "moved 1 dead-lettered messages back" in done.stderr
     assert drain(moto_endpoint, url) == [{"stuck": True}]
     assert drain(moto_endpoint, url + "-dead") == []
+
+
+# --- the relay: no network call inside a transaction, a bounded backlog ---------------------------
+
+
+class StalledQueue(Queue):
+    """A queue whose sends wait until `go` is set, as SQS does when it stalls."""
+
+    def __init__(self, url: str, endpoint: str) -> None:
+        super().__init__(url, region=REGION, endpoint_url=endpoint)
+        self.go = asyncio.Event()
+        self.sending = asyncio.Event()
+
+    async def send(self, bodies: Any) -> dict[str, str]:
+        self.sending.set()
+        await self.go.wait()
+        return await super().send(bodies)
+
+
+async def test_a_sweep_waiting_on_the_queue_holds_no_lock_and_no_second_sweep_sends_its_events(
+    queued: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, alice: User
+) -> None:
+    from app.core.outbox import Relay
+
+    client, resources = queued
+    product = await make_product(resources)
+    order = await place(client, alice, product.id)
+    assert resources.relay is not None
+    await resources.relay.flush()
+    async with resources.db.write() as conn:  # left behind, as by a process that died
+        await conn.execute(
+            text(
+                "UPDATE outbox_event SET published_at = NULL, "
+                "created_at = created_at - interval '1 hour'"
+            )
+        )
+    url = make_queue(moto_endpoint)
+    stalled = StalledQueue(url, moto_endpoint)
+    relay = Relay(resources.db, stalled, sweep_after_s=1)
+    other = Relay(resources.db, Queue(url, region=REGION, endpoint_url=moto_endpoint))
+
+    sweeping = asyncio.create_task(relay.sweep())
+    await asyncio.wait_for(stalled.sending.wait(), 5)
+    try:
+        # While SQS keeps the sweep waiting, the row is not locked: a cancellation or any
+        # other writer goes through at once (lock_timeout would fail it otherwise) ...
+        async with resources.db.write() as conn:
+            await conn.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            await conn.execute(text("SELECT id FROM outbox_event FOR UPDATE"))
+        # ... and another process's sweep does not send the claimed event a second time.
+        assert await other.sweep() == 0
+    finally:
+        stalled.go.set()
+    assert await sweeping == 1
+    [message] = drain(moto_endpoint, url)
+    assert message["payload"]["order_id"] == order["id"]
+    assert await relay.sweep() == 0
+
+
+async def test_a_stalled_queue_fills_a_bounded_backlog_that_metrics_show_and_the_sweep_empties(
+    queued: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, alice: User
+) -> None:
+    from app.core.outbox import Relay
+
+    client, resources = queued
+    url = make_queue(moto_endpoint)
+    stalled = StalledQueue(url, moto_endpoint)
+    relay = Relay(resources.db, stalled, sweep_after_s=0.5, max_pending=3)
+    product = await make_product(resources, initial_stock=100)
+    events = []
+    for _ in range(12):
+        order = await place(client, alice, product.id)
+        events.append(await event_of(resources, order["id"]))
+    assert resources.relay is not None
+    await resources.relay.stop()  # only this test's relay publishes them
+    async with resources.db.write() as conn:
+        await conn.execute(text("UPDATE outbox_event SET published_at = NULL"))
+    await relay.start()
+    try:
+        relay.publish_soon(events)
+
+        assert relay.pending <= 3
+        metrics = (await client.get("/metrics")).text
+        assert "shop_outbox_relay_pending" in metrics
+        dropped = re.search(r"^shop_outbox_relay_dropped_total (\S+)$", metrics, re.M)
+        assert dropped is not None and float(dropped.group(1)) >= 9
+        stalled.go.set()
+        await relay.flush()
+        await asyncio.sleep(1.0)
+        assert await relay.sweep() >= 0
+    finally:
+        stalled.go.set()
+        await relay.stop()
+    published = drain(moto_endpoint, url)
+    assert {m["id"] for m in published} == {str(e.id) for e in events}
+    async with resources.db.read(primary=True) as conn:
+        left = (
+            await conn.execute(text("SELECT count(*) FROM outbox_event WHERE published_at IS NULL"))
+        ).scalar_one()
+    assert left == 0
