@@ -486,7 +486,7 @@ class WorkerSettings(Settings):
         360,
         ge=1,
         le=24 * 365,
-        description="Hours published outbox events and processed-event records are kept.",
+        description="Hours handled outbox events and processed-event records are kept.",
     )
     worker_redrive_after_s: float = Field(
         900,
