@@ -22,13 +22,13 @@ from typing import Any
 from loadtests import analysis
 
 COST_PER_HOUR_USD: dict[int, float] = {
-    1: 0.1155,
-    2: 0.2731,
-    3: 0.7136,
-    4: 1.0560,
-    5: 1.3728,
-    6: 1.5144,
-    7: 1.6064,
+    1: 0.1184,
+    2: 0.2759,
+    3: 0.7193,
+    4: 1.0618,
+    5: 1.3686,
+    6: 1.5136,
+    7: 1.6085,
 }
 """What each stage's AWS stack costs by the hour at its minimum size (us-east-1 list prices),
 as infra/cost.py computes it from the stage catalog. Copied here because that module imports

@@ -59,7 +59,8 @@ def test_the_report_has_one_row_per_stage_with_its_knee_bottleneck_and_cost(
     )
     assert rows[2].startswith("| 3 | horizontal | 95 | 24 | 420 | postgres | postgres 0.50")
     assert rows[3].startswith("| 4 | read-replicas | 100 | 24 | 260 | replica | replica 0.50")
-    assert rows[1].endswith("| 0.27 |") and rows[3].endswith("| 1.06 |")
+    cost = report.COST_PER_HOUR_USD
+    assert rows[1].endswith(f"| {cost[2]:.2f} |") and rows[3].endswith(f"| {cost[4]:.2f} |")
     assert "Stage 2 to 3: the knee rises from 60 to 95 requests/s." in text
     assert "Stage 4: the bottleneck is replica, as STAGES.md predicts." in text
     assert "![Throughput and p95 against users, every stage](throughput.png)" in text
