@@ -21,7 +21,7 @@ EXTRAS := --extra dev --extra infra --extra load
 LOCK_DATE := $(shell sed -n 's/^exclude-newer = "\(.*\)"/\1/p' pyproject.toml)
 STALE_LOCK := uv.lock does not match pyproject.toml: run 'make lock' (or 'make upgrade'), then 'make test', and commit both
 
-.PHONY: system-packages install run test test-lowest lint types contracts compose-check unit integration synth bench ladder clean lock upgrade lock-check docs
+.PHONY: system-packages install run test test-lowest lint types contracts compose-check unit integration synth bench ladder clean lock upgrade lock-check docs preflight
 
 $(UV): tools/uv/requirements.txt
 	@test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
@@ -101,6 +101,11 @@ docs: $(STAMP)
 	$(BIN)/python scripts/settings_reference.py
 	$(BIN)/mkdocs build --strict --quiet
 	@echo "docs site in site/ (open site/index.html, or preview with .venv/bin/mkdocs serve)"
+
+## preflight: read-only checks that STAGE=n deploys on the first try (REGION=..., SENDER=... for 7)
+preflight: $(STAMP)
+	@test -n "$(STAGE)" || { echo "make preflight STAGE=n (1-7)" >&2; exit 2; }
+	$(BIN)/python infra/preflight.py --stage $(STAGE) $(if $(REGION),--region $(REGION)) $(if $(SENDER),--mail-sender $(SENDER))
 
 ## bench: requests/s of the shop's hot routes beside a bare FastAPI route, one worker
 bench: $(STAMP)
