@@ -51,7 +51,7 @@ lock: $(UV)
 	$(UV) lock
 	$(UV) lock --project tools/checkov
 
-## upgrade: move every lock (uv.lock, tools/checkov/uv.lock, uv itself) to the newest versions allowed;
+## upgrade: move every lock (uv.lock, tools/checkov/uv.lock, uv itself, the CDK CLI) to the newest allowed;
 ## then run `make test` and commit the locks only if it passes
 upgrade: $(UV)
 	sed -i "s/^exclude-newer = .*/exclude-newer = \"$$(date -u +%Y-%m-%dT%H:%M:%SZ)\"/" pyproject.toml tools/checkov/pyproject.toml
@@ -59,7 +59,8 @@ upgrade: $(UV)
 	$(UV) lock --upgrade --project tools/checkov
 	{ sed -n '1,2p' tools/uv/requirements.txt; echo uv | $(UV) pip compile --quiet --exclude-newer "$$(sed -n 's/^exclude-newer = "\(.*\)"/\1/p' pyproject.toml)" --generate-hashes --universal --no-header -p 3.11 -; } > tools/uv/requirements.new
 	mv tools/uv/requirements.new tools/uv/requirements.txt
-	@echo "locks upgraded: run 'make test' (and 'make test-lowest'), then commit uv.lock, tools/checkov/uv.lock and tools/uv/requirements.txt"
+	cd infra && npm install --no-audit --no-fund --save-dev --save-exact aws-cdk@latest
+	@echo "locks upgraded: run 'make test' (and 'make test-lowest'), then commit uv.lock, tools/checkov/uv.lock, tools/uv/requirements.txt and infra/package*.json"
 
 # Debian packages some tests and the ladder need (scripts/system-packages.txt); quick when present.
 system-packages:
@@ -80,8 +81,8 @@ test: $(STAMP) system-packages lint types contracts compose-check
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests infra loadtests
-	$(BIN)/ruff format --check app tests infra loadtests
+	$(BIN)/ruff check app tests infra loadtests scripts
+	$(BIN)/ruff format --check app tests infra loadtests scripts
 
 types: $(STAMP)
 	$(BIN)/mypy
