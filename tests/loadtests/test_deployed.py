@@ -520,21 +520,21 @@ def test_fetch_of_a_file_that_is_not_there_says_so(tmp_path):
 def test_fetch_asks_the_stacks_master_through_ssm(endpoint, tmp_path, capsys):
     ec2 = _client(endpoint, "ec2")
     [master] = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"]
-    _create_stack(
+    _create_stack(  # the module's server already has a Shop-LoadGen of another test
         endpoint,
-        "Shop-LoadGen",
+        "Shop-LoadGen-fetch",
         _queue(),
         outputs={"MasterInstanceId": {"Value": master["InstanceId"]}},
     )
-    code = deployed.main(
-        ["fetch", "--out", str(tmp_path), "--file", "/tmp/steps.jsonl"], endpoint_url=endpoint
-    )
+    argv = ["fetch", "Shop-LoadGen-fetch", "--out", str(tmp_path), "--file", "/tmp/steps.jsonl"]
+    code = deployed.main(argv, endpoint_url=endpoint)
     # moto runs no shell, so the master "answers" nothing: one clear line, not a traceback.
     assert code == 2
     assert "/tmp/steps.jsonl is not on the load generator's master" in capsys.readouterr().err
-    [sent] = _client(endpoint, "ssm").list_commands()["Commands"]
+    commands = _client(endpoint, "ssm").list_commands()["Commands"]
+    [sent] = [c for c in commands if c["Parameters"]["commands"][0].endswith("/tmp/steps.jsonl")]
     assert sent["DocumentName"] == "AWS-RunShellScript"
-    assert sent["InstanceIds"] == [master["InstanceId"]]
+    assert master["InstanceId"] in sent["InstanceIds"]  # moto lists more ids than were asked
     assert sent["Parameters"]["commands"] == ["stat -c %s /tmp/steps.jsonl"]
 
 
