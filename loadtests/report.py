@@ -12,6 +12,7 @@ come from the rules in loadtests/analysis.py, never from a hand-written label.
 from __future__ import annotations
 
 import argparse
+import gzip
 import itertools
 import json
 import sys
@@ -58,14 +59,25 @@ REQUIRED = ("stage", "name", "steps", "budgets", "p95_objective_ms")
 STEP_KEYS = ("users", "requests", "failures", "rps", "p95_ms")
 
 
+RAW = "raw"
+"""The folder beside the report that keeps the run's own results, gzipped: the report can be
+regenerated from it (`python -m loadtests.report docs/ladder/raw docs/ladder`)."""
+
+
+def _read(path: Path) -> str:
+    if path.suffix == ".gz":
+        return gzip.decompress(path.read_bytes()).decode("utf-8")
+    return path.read_text(encoding="utf-8")
+
+
 def load_results(folder: Path) -> list[dict[str, Any]]:
-    """Every `stage-<n>.json` in `folder`, by stage number."""
+    """Every `stage-<n>.json` (or `stage-<n>.json.gz`) in `folder`, by stage number."""
     if not folder.is_dir():
         raise ResultError(f"{folder} is not a folder of stage-<n>.json results")
     results = []
-    for path in sorted(folder.glob("stage-*.json")):
+    for path in sorted([*folder.glob("stage-*.json"), *folder.glob("stage-*.json.gz")]):
         try:
-            result = json.loads(path.read_text(encoding="utf-8"))
+            result = json.loads(_read(path))
         except (OSError, ValueError) as exc:
             raise ResultError(f"{path}: not readable JSON ({exc})") from None
         if not isinstance(result, dict):
@@ -198,6 +210,7 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
             *[f"- Stage {s.stage} ({s.name}), {s.past_knee}." for s in beyond],
             "",
         ]
+    parts += provenance_section(results)
     titles = {
         "throughput.png": "Throughput and p95 against users, every stage",
         "cpu-at-knee.png": "CPU per component at the knee, against its budget",
@@ -211,6 +224,32 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
             "",
         ]
     return "\n".join(parts)
+
+
+PROVENANCE = ("commit", "date", "kernel", "cgroup", "cpu", "cores", "python", "locust")
+
+
+def provenance_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Where each stage's figures came from: one row per distinct machine and commit."""
+    rows: dict[tuple[str, ...], list[str]] = {}
+    for result in results:
+        known = result.get("provenance") or {}
+        key = tuple(str(known.get(name, "not recorded")) for name in PROVENANCE if name != "date")
+        rows.setdefault(key, []).append(
+            f"{result['stage']} ({str(known.get('date', 'date not recorded'))[:10]})"
+        )
+    lines = [
+        "## Where these figures come from",
+        "",
+        f"The raw per-stage results are in [`{RAW}/`]({RAW}/), gzipped; "
+        f"`python -m loadtests.report docs/ladder/{RAW} docs/ladder` writes this page again.",
+        "",
+        "| stages (date) | " + " | ".join(n for n in PROVENANCE if n != "date") + " |",
+        "|---|" + "---|" * (len(PROVENANCE) - 1),
+    ]
+    for key, stages in rows.items():
+        lines.append(f"| {', '.join(stages)} | " + " | ".join(key) + " |")
+    return [*lines, ""]
 
 
 def _plot_throughput(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
@@ -323,6 +362,18 @@ def write_report(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
             (out / name).unlink(missing_ok=True)  # no stale chart from an earlier run
     readme = out / "README.md"
     readme.write_text(markdown(results, charts=charts) + "\n", encoding="utf-8")
+    raw = out / RAW
+    raw.mkdir(exist_ok=True)
+    kept = set()
+    for result in results:
+        path = raw / f"stage-{result['stage']}.json.gz"
+        text = json.dumps(result, indent=1, sort_keys=True).encode("utf-8")
+        if not (path.exists() and gzip.decompress(path.read_bytes()) == text):
+            path.write_bytes(gzip.compress(text, mtime=0))  # same results, same bytes
+        kept.add(path)
+        written.append(path)
+    for stale in set(raw.glob("stage-*.json.gz")) - kept:
+        stale.unlink()
     return [readme, *written]
 
 

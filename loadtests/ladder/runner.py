@@ -25,6 +25,7 @@ from typing import Any
 
 from loadtests.ladder.cgroups import Budgets, CpuSampler, cpu_per_component
 from loadtests.ladder.components import ROOT, Topology, jwt_secret
+from loadtests.ladder.provenance import provenance
 from loadtests.ladder.signals import Metrics, merge_step, parse_metrics
 from loadtests.ladder.stages import Stage
 
@@ -447,6 +448,7 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
             "missing": None if merged else f"the suite wrote no step (see {folder})",
             "p95_objective_ms": load.p95_ms,
             "loadgen_cpu": _loadgen_cpu(children_before, children_after, ended - started),
+            "provenance": provenance(),
         }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"stage-{stage.number}.json").write_text(json.dumps(result, indent=1))
@@ -467,6 +469,7 @@ def write_missing(stage: Stage, load: Load, out: Path, why: str) -> dict[str, An
         "missing": why,
         "p95_objective_ms": load.p95_ms,
         "loadgen_cpu": None,
+        "provenance": provenance(),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"stage-{stage.number}.json").write_text(json.dumps(result, indent=1))

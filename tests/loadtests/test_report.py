@@ -145,6 +145,7 @@ def test_the_cli_writes_the_report_where_it_is_told(tmp_path: Path) -> None:
         "README.md",
         "throughput.png",
         "cpu-at-knee.png",
+        report.RAW,
     }
 
 
@@ -157,3 +158,38 @@ def test_the_cost_per_hour_is_the_infra_catalogs() -> None:
         sys.path.remove(str(ROOT / "infra"))
     catalog = {stage.number: round(cost.hourly(stage), 4) for stage in cost.STAGES}
     assert catalog == report.COST_PER_HOUR_USD
+
+
+def test_the_report_keeps_its_raw_results_and_regenerates_the_same_page_from_them(
+    tmp_path: Path,
+) -> None:
+    first = tmp_path / "first"
+    report.write_report(results(), first)
+    raw = sorted((first / report.RAW).glob("stage-*.json.gz"))
+    assert [path.name for path in raw] == [f"stage-{r['stage']}.json.gz" for r in results()]
+    again = tmp_path / "again"
+    code = subprocess.run(
+        [sys.executable, "-m", "loadtests.report", str(first / report.RAW), str(again)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert code.returncode == 0, code.stderr
+    assert (again / "README.md").read_text() == (first / "README.md").read_text()
+    assert [p.read_bytes() for p in sorted((again / report.RAW).iterdir())] == [
+        p.read_bytes() for p in raw
+    ]
+
+
+def test_the_report_says_where_its_figures_come_from(tmp_path: Path) -> None:
+    from loadtests.ladder.provenance import provenance
+
+    stamped = results()
+    stamped[0]["provenance"] = provenance()
+    report.write_report(stamped, tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "## Where these figures come from" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"| {stamped[0]['stage']} ("))
+    assert stamped[0]["provenance"]["commit"] in row and stamped[0]["provenance"]["kernel"] in row
+    assert "not recorded" in text  # the fixtures of older runs carry none, and it is said
