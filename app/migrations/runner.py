@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, create_engine, inspect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 from app.core.db import Database
 from app.core.settings import to_sync_url
@@ -27,37 +29,121 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+class SchemaProblem(RuntimeError):
+    """The database's schema is not the one this shop needs; the message says what to run."""
+
+
+COMPATIBILITY = "schema_compatibility"
+"""The table where `shop migrate` records which older app revisions a database still serves."""
+
+
+def _script(location: Path | None = None) -> ScriptDirectory:
+    return ScriptDirectory(str(location or HERE))
+
+
+def oldest_compatible(script: ScriptDirectory, revision: str) -> str:
+    """The oldest revision whose app still runs against a database at `revision`: walk down while
+    each revision is marked `backward_compatible` (expand-only: it adds what older code ignores)."""
+    oldest = script.get_revision(revision)
+    while oldest is not None and getattr(oldest.module, "backward_compatible", False):
+        if not isinstance(oldest.down_revision, str):  # the first revision, or a merge
+            break
+        oldest = script.get_revision(oldest.down_revision)
+    assert oldest is not None
+    return str(oldest.revision)
+
+
+def upgrade(url: str, revision: str = "head", *, location: Path | None = None) -> None:
+    """Migrate to `revision`, then record which older app revisions the schema still serves.
+
+    A database already ahead of this app's head, at a revision that says this app still runs
+    against it, is left as it is (an older colour starting beside a newer one); one that does
+    not say so raises SchemaProblem."""
+    script = _script(location)
+    config = alembic_config(url)
+    config.set_main_option("script_location", str(location or HERE))
+    engine = create_engine(to_sync_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            ahead = _ahead(connection, script)
+        if ahead is not None:
+            problem = _ahead_problem(engine, script, ahead)
+            if problem:
+                raise SchemaProblem(problem)
+            log.info("database at %s, ahead of this app and compatible with it", ahead)
+            return
+        command.upgrade(config, revision)
+        with engine.begin() as connection:
+            current = MigrationContext.configure(connection).get_current_heads()
+            if len(current) == 1 and inspect(connection).has_table(COMPATIBILITY):
+                [head] = current
+                table = sa.table(
+                    COMPATIBILITY, sa.column("revision"), sa.column("oldest_app_revision")
+                )
+                connection.execute(sa.delete(table).where(table.c.revision == head))
+                connection.execute(
+                    sa.insert(table).values(
+                        revision=head, oldest_app_revision=oldest_compatible(script, head)
+                    )
+                )
+    finally:
+        engine.dispose()
+
+
+def _ahead(connection: Connection, script: ScriptDirectory) -> str | None:
+    """The database's revision when this app does not know it (a newer app migrated it)."""
+    current = MigrationContext.configure(connection).get_current_heads()
+    known = {revision.revision for revision in script.walk_revisions()}
+    unknown = [revision for revision in current if revision not in known]
+    return unknown[0] if unknown else None
+
+
+def _ahead_problem(engine: sa.Engine, script: ScriptDirectory, ahead: str) -> str | None:
+    with engine.connect() as connection:
+        return _compatibility_problem(connection, script, ahead)
+
+
+def _compatibility_problem(
+    connection: Connection, script: ScriptDirectory, ahead: str
+) -> str | None:
+    """None when the database's newer revision `ahead` says this app still runs against it."""
+    heads = ", ".join(sorted(script.get_heads()))
+    oldest = None
+    if inspect(connection).has_table(COMPATIBILITY):
+        table = sa.table(COMPATIBILITY, sa.column("revision"), sa.column("oldest_app_revision"))
+        oldest = connection.execute(
+            sa.select(table.c.oldest_app_revision).where(table.c.revision == ahead)
+        ).scalar_one_or_none()
+    known = {revision.revision for revision in script.walk_revisions()}
+    if oldest is not None and oldest in known:
+        return None
+    return (
+        f"the database is at migration {ahead}, ahead of this version of the shop ({heads}), "
+        f"and {ahead} is not marked backward compatible with it: deploy the newer version"
+    )
 
 
 def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
 
 
-def schema_problem(connection: Connection) -> str | None:
-    """Why the database's schema is not the one this shop needs (None when it is at head)."""
-    script = ScriptDirectory(str(HERE))
+def schema_problem(connection: Connection, location: Path | None = None) -> str | None:
+    """Why the database's schema is not the one this shop needs: None when it is at head, or
+    ahead of it at a revision marked backward compatible with this head (expand/contract)."""
+    script = _script(location)
     heads = set(script.get_heads())
     current = set(MigrationContext.configure(connection).get_current_heads())
     if current == heads:
         return None
     if not current:
         return "the database has no shop schema; run `shop migrate`"
-    known = {revision.revision for revision in script.walk_revisions()}
-    if not current <= known:
-        return (
-            f"the database is at migration {', '.join(sorted(current))}, which this version "
-            "of the shop does not know (did a newer version migrate it?)"
-        )
+    ahead = _ahead(connection, script)
+    if ahead is not None:
+        return _compatibility_problem(connection, script, ahead)
     return (
         f"the database is at migration {', '.join(sorted(current))} and this shop needs "
         f"{', '.join(sorted(heads))}; run `shop migrate`"
     )
-
-
-class SchemaProblem(RuntimeError):
-    """The database's schema is not the one this shop needs; the message says what to run."""
 
 
 async def open_checked(db: Database) -> None:

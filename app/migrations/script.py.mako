@@ -15,6 +15,10 @@ revision: str = ${repr(up_revision)}
 down_revision: str | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+backward_compatible = False
+"""True only when the app of the previous revision still runs against this schema (it only adds
+tables, nullable columns or indexes the older code ignores): then an older app instance keeps
+serving while this one rolls out, and a rollback works. See docs/aws.md, "Migrations"."""
 
 
 def upgrade() -> None:
