@@ -3,7 +3,8 @@
     .venv/bin/python scripts/settings_reference.py           # rewrite the page
     .venv/bin/python scripts/settings_reference.py --check   # exit 1 when the page is stale
 
-Every field of `app.core.settings.Settings` becomes one row: its environment variable, type,
+Every field of `app.core.settings.Settings` (and of `WorkerSettings`, which adds the worker's own)
+becomes one row: its environment variable, type,
 default and the field's own description. `make docs` runs it before building the site, and a test
 checks that the committed page is the one this writes.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from app.core.settings import LOCAL_JWT_SECRET, Settings
+from app.core.settings import LOCAL_JWT_SECRET, Settings, WorkerSettings
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -80,8 +81,10 @@ def _default(field: FieldInfo) -> str:
 
 def page() -> str:
     rows = []
-    for name, field in Settings.model_fields.items():
+    for name, field in WorkerSettings.model_fields.items():
         meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+        if name not in Settings.model_fields:
+            meaning = f"(`shop worker` only) {meaning}"
         variable = f"SHOP_{name.upper()}"
         rows.append(f"| `{variable}` | {_type(field.annotation)} | {_default(field)} | {meaning} |")
     return INTRO + "\n".join(rows) + "\n"
@@ -97,7 +100,7 @@ def main() -> int:
             return 1
         return 0
     PAGE.write_text(wanted)
-    print(f"wrote {PAGE} ({len(Settings.model_fields)} settings)")
+    print(f"wrote {PAGE} ({len(WorkerSettings.model_fields)} settings)")
     return 0
 
 
