@@ -22,12 +22,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     SHOP_ENV=production \
-    SHOP_GRACEFUL_SHUTDOWN_S=20
+    SHOP_GRACEFUL_SHUTDOWN_S=20 \
+    SHOP_ASSETS_DIR=/srv/shop/assets
 # SHOP_ENV=production: the image refuses to start on the published development JWT key; give
 # it SHOP_JWT_SECRET, SHOP_JWT_SECRET_FILE or SHOP_JWT_SECRET_ARN (the stages use the ARN).
 RUN groupadd --system shop \
     && useradd --system --gid shop --home-dir /srv/shop --shell /usr/sbin/nologin shop \
-    && mkdir -p /srv/shop /run/shop && chown shop:shop /srv/shop /run/shop
+    && mkdir -p /srv/shop/assets /run/shop && chown shop:shop /srv/shop /srv/shop/assets /run/shop
+# Uploaded product images (stages without an assets bucket): mount a volume here so they survive
+# a new container; a new named volume starts with this folder's owner, the shop user.
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv/shop
 USER shop

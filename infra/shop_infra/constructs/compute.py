@@ -85,6 +85,9 @@ systemd itself never gives up restarting it: a worker that starts before its sch
 exits, and must be started again until the schema is there."""
 
 LOG_BUFFER = "4m"
+ASSETS_VOLUME = "shop-assets"
+IMAGE_ASSETS_DIR = "/srv/shop/assets"
+"""Where the image keeps uploaded product images (its SHOP_ASSETS_DIR; see the Dockerfile)."""
 """Docker's in-memory log buffer per container (non-blocking mode): if CloudWatch Logs is slow
 or unreachable, lines beyond it are dropped instead of blocking the app's writes to stdout."""
 
@@ -346,6 +349,10 @@ class ContainerTier(Construct):
         # before its schema exists exits, and must keep trying until a web instance has
         # migrated the database.
         limit = "" if self._publish else "StartLimitIntervalSec=0\n"
+        # Without an assets bucket (stages 1-4) uploaded product images are files: a named volume
+        # keeps them across container restarts and image updates (the image's SHOP_ASSETS_DIR).
+        if self._publish and "SHOP_ASSETS_BUCKET" not in self._environment:
+            publish += f"-v {ASSETS_VOLUME}:{IMAGE_ASSETS_DIR} "
         return f"""[Unit]
 Description=shop {self.node.id.lower()} container
 After=docker.service network-online.target
