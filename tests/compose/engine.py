@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -51,10 +52,12 @@ PACKAGES = {
     "runc": "/usr/sbin/runc",
     "netavark": "/usr/lib/podman/netavark",
     "aardvark-dns": "/usr/lib/podman/aardvark-dns",
+    "iptables": "/usr/sbin/iptables",  # netavark's firewall: port forwarding, build networks
     "debootstrap": "/usr/sbin/debootstrap",
     "docker-compose": "/usr/bin/docker-compose",
 }
 CLONE_NEWNET = 0x40000000
+NETNS_PREFIX = "shop-compose-"
 T = TypeVar("T")
 
 
@@ -265,7 +268,24 @@ class Engine:
 
     # --- the API, the namespace, health checks ------------------------------------------------
 
+    def _forget_a_killed_run(self) -> None:
+        """A run killed outright (no teardown) leaves its API service and namespace behind;
+        under the lock, any of them is stale."""
+        pid_file = self.home / "run" / "api.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline")
+            if cmdline.exists() and str(self.socket).encode() in cmdline.read_bytes():
+                os.kill(pid, signal.SIGTERM)
+            pid_file.unlink()
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        for line in listed.stdout.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if name.startswith(NETNS_PREFIX):
+                subprocess.run(["ip", "netns", "del", name], check=False)
+
     def start(self) -> None:
+        self._forget_a_killed_run()
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
         subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
         self.socket.unlink(missing_ok=True)
@@ -275,6 +295,7 @@ class Engine:
              "--time=0", f"unix://{self.socket}"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        (self.home / "run" / "api.pid").write_text(str(self._service.pid))
         for _ in range(100):
             if self.socket.exists():
                 break
@@ -296,6 +317,7 @@ class Engine:
             except subprocess.TimeoutExpired:
                 self._service.kill()
         subprocess.run(["ip", "netns", "del", self.netns], check=False)
+        (self.home / "run" / "api.pid").unlink(missing_ok=True)
 
     def _enter_netns(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)

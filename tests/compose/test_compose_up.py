@@ -19,7 +19,14 @@ import httpx
 import pytest
 import yaml
 
-from tests.compose.engine import CACHE, ROOT, Engine, engine_lock, install_packages
+from tests.compose.engine import (
+    CACHE,
+    NETNS_PREFIX,
+    ROOT,
+    Engine,
+    engine_lock,
+    install_packages,
+)
 
 DEMO_CUSTOMER = {"username": "customer1@example.com", "password": "demo-password-1"}
 PROJECT = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["name"]
@@ -29,6 +36,7 @@ PROJECT = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["name"]
 class Profile:
     name: str
     services: tuple[str, ...]  # what `up` names; none: the development stack
+    app: str  # the service that runs `shop serve`
     port: int  # where the shop answers on the engine's loopback
     queue: bool  # a worker, not the request, fulfils the order
 
@@ -38,10 +46,10 @@ class Profile:
 
 
 PROFILES = (
-    Profile("default", (), 8000, queue=True),
-    Profile("stage-3", ("s3-lb",), 8180, queue=False),
-    Profile("stage-5", ("s5-cdn",), 8180, queue=False),
-    Profile("stage-7", ("s7-cdn", "s7-worker"), 8180, queue=True),
+    Profile("default", (), "app", 8000, queue=True),
+    Profile("stage-3", ("s3-lb",), "s3-app", 8180, queue=False),
+    Profile("stage-5", ("s5-cdn",), "s5-app", 8180, queue=False),
+    Profile("stage-7", ("s7-cdn", "s7-worker"), "s7-app", 8180, queue=True),
 )
 
 
@@ -59,11 +67,14 @@ class Stack:
 def engine() -> Iterator[Engine]:
     if os.geteuid() != 0 and shutil.which("podman") is None:
         pytest.skip("no podman, and only root can install it from Debian's packages")
+    started = time.monotonic()
     if os.geteuid() == 0:
         install_packages()
+    installed = round(time.monotonic() - started, 1)
     with engine_lock():
         started = time.monotonic()
-        engine = Engine(netns=f"shop-compose-{os.getpid()}")
+        engine = Engine(netns=f"{NETNS_PREFIX}{os.getpid()}")
+        engine.timings["install packages"] = installed
         engine.configure()
         engine.clear()
         engine.images()
@@ -161,3 +172,23 @@ def test_a_customer_signs_in_and_places_an_order(stack: Stack) -> None:
     assert fulfilment == "done", f"the worker did not fulfil the order: {order}"
     shipment = stack.request("GET", f"/orders/{order['id']}/shipment", headers=auth)
     assert shipment.status_code == 200 and shipment.json()["status"] == "pending"
+
+
+# Run inside the app's container: connect to an address beyond this machine, and resolve a name.
+REACH_OUT = """
+import socket
+for attempt in (lambda: socket.create_connection(("1.1.1.1", 80), timeout=3),
+                lambda: socket.getaddrinfo("pypi.org", 443)):
+    try:
+        attempt()
+        print("reached")
+    except OSError as error:
+        print("unreachable", error)
+"""
+
+
+def test_the_containers_reach_nothing_beyond_this_machine(stack: Stack) -> None:
+    label = f"label=com.docker.compose.service={stack.profile.app}"
+    container = stack.engine.podman("ps", "-q", "--filter", label).split()[0]
+    said = stack.engine.podman("exec", container, "python", "-c", REACH_OUT, timeout=60)
+    assert said.splitlines() and all(line.startswith("unreachable") for line in said.splitlines())
