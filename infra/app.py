@@ -16,6 +16,9 @@ Context (all optional; `cdk deploy -c key=value`):
   shop:ami           {region: AMI id} of Amazon Linux 2023, pinned per region (cdk.json holds
                      us-east-1's); a region without one fails at synth with the command that
                      looks the current one up
+  shop:first_deploy  true on a blue/green stage's (6, 7) first deploy only: both colours may
+                     then take the build; on any later deploy a Rule refuses to leave both
+                     BlueImage and GreenImage empty (docs/aws.md, Blue/green)
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def main() -> None:
             hosted_zone=zone,
             mail_sender=app.node.try_get_context("shop:mail_sender") or None,
             alarm_email=app.node.try_get_context("shop:alarm_email"),
+            first_deploy=str(app.node.try_get_context("shop:first_deploy")).lower() == "true",
             env=env,
         )
     if loadgen:

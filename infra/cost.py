@@ -135,6 +135,8 @@ def line_items(stage: Stage, *, at_max: bool = False) -> list[Item]:
     if fleet.auto_scaling:
         alarms += 1  # fleet at its maximum
         alarms += 2 * (2 if fleet.blue_green else 1)  # target tracking's high and low, per group
+        if fleet.blue_green:
+            alarms += 2  # an unhealthy target in either colour (a shift's rollback triggers)
     if stage.workers:
         alarms += 4  # oldest message age, dead letters; target tracking's own high and low
     items.append(Item(f"{secrets} secrets", _monthly(secrets * SECRET_PER_MONTH)))

@@ -13,8 +13,11 @@ from pathlib import Path
 from aws_cdk import (
     Aws,
     CfnCondition,
+    CfnMapping,
     CfnOutput,
     CfnParameter,
+    CfnRule,
+    CfnRuleAssertion,
     Duration,
     Fn,
     RemovalPolicy,
@@ -23,6 +26,7 @@ from aws_cdk import (
 )
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_certificatemanager as acm
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
@@ -79,6 +83,10 @@ DOCKER_NETWORKS = "172.16.0.0/12"
 """Where docker puts the box's container networks (the proxy reaches the app from there)."""
 
 COLOURS = ("blue", "green")
+SHIFT_STEPS = (0, 10, 50, 100)
+"""Percent of the traffic a blue/green shift may send to the idle colour, one deploy per step."""
+ROLLBACK_MONITORING_MINUTES = 10
+"""How long CloudFormation keeps watching a shift's rollback triggers after the step is done."""
 CART_ACTIONS = [
     "dynamodb:GetItem",
     "dynamodb:PutItem",
@@ -205,8 +213,11 @@ class ShopStack(Stack):
         hosted_zone: str | None = None,
         mail_sender: str | None = None,
         alarm_email: str | None = None,
+        first_deploy: bool = False,
         **kwargs: object,
     ) -> None:
+        """`first_deploy` (context shop:first_deploy) drops the Rule that refuses to leave both
+        blue/green colours unpinned: only a stack that runs nothing yet may do that."""
         if stage.workers is not None and mail_sender is not None:
             check_mail_sender(mail_sender)  # before anything is built: one clear error
         super().__init__(
@@ -216,6 +227,9 @@ class ShopStack(Stack):
             **kwargs,  # type: ignore[arg-type]
         )
         self.stage = stage
+        self.first_deploy = first_deploy
+        self.target_groups: list[elbv2.ApplicationTargetGroup] = []
+        """The blue/green colours' target groups, whose health gates a shift."""
         add_cost_tag(self, stage.name)  # every taggable resource says which stage it is
         network = Network(self, "Network", nat_gateways=stage.nat_gateways)
         vpc = network.vpc
@@ -557,7 +571,7 @@ class ShopStack(Stack):
                 min_size=spec.min_size,
                 max_size=spec.max_size,
                 volume_gib=stage.fleet.volume_gib,
-                image_uri=image.image_uri,
+                image_uri=self._pinned_image("Worker", image, what="the workers"),
                 elb_health_check=False,
             )
             # The schema first: each web group's creation and rolling update wait for an
@@ -639,6 +653,34 @@ class ShopStack(Stack):
     def _logical_id(self, construct: Construct) -> str:
         return str(self.resolve(self.get_logical_id(construct.node.default_child)))  # type: ignore[arg-type]
 
+    def _pinned_image(self, name: str, image: ecr_assets.DockerImageAsset, *, what: str) -> str:
+        """`<name>Image`: the image URI `what` runs; empty means the image built by this deploy.
+
+        CloudFormation keeps the previous value on the next `cdk deploy`; the output
+        `<name>ImageInUse` says what runs now, ready to be passed back as the pin.
+        """
+        pinned = CfnParameter(
+            self,
+            f"{name}Image",
+            default="",
+            description=f"Image URI {what} runs; empty: the image built by this deploy",
+        )
+        builds = CfnCondition(
+            self,
+            f"{name}RunsBuild",
+            expression=Fn.condition_equals(pinned.value_as_string, ""),
+        )
+        image_uri = Token.as_string(
+            Fn.condition_if(builds.logical_id, image.image_uri, pinned.value_as_string)
+        )
+        CfnOutput(
+            self,
+            f"{name}ImageInUse",
+            value=image_uri,
+            description=f"Image {what} runs (pin it with {name}Image)",
+        )
+        return image_uri
+
     def _blue_green(
         self,
         *,
@@ -648,11 +690,14 @@ class ShopStack(Stack):
         image: ecr_assets.DockerImageAsset,
         blue_green: bool,
     ) -> list[autoscaling.AutoScalingGroup]:
-        """Two colours behind one weighted listener; parameters pick the live one and pin images.
+        """Two colours behind one weighted listener; parameters move traffic and pin images.
 
-        `LiveColour` (blue | green | split) sets the listener weights (100/0, 0/100, 50/50); the
-        idle colour shrinks to one instance. `BlueImage` / `GreenImage` pin a colour to an image
-        URI; empty means the image built by this deploy. See README, 'Blue/green'.
+        `LiveColour` (blue | green) is the colour that serves; the other is idle and keeps
+        `IdleSize` instances. `ShiftPercent` (0, 10, 50, 100) sends that share of the traffic
+        to the idle colour. `BlueImage` / `GreenImage` pin a colour to an image URI (empty: the
+        image built by this deploy), and unless this is the stack's first deploy a Rule refuses
+        to leave both empty, so that one build never rolls both colours. See docs/aws.md,
+        'Blue/green'.
         """
         fleet = self.stage.fleet
         assert fleet.requests_per_target_per_minute is not None
@@ -660,34 +705,57 @@ class ShopStack(Stack):
         live = CfnParameter(
             self,
             "LiveColour",
-            allowed_values=[*COLOURS, "split"],
+            allowed_values=list(COLOURS),
             default="blue",
-            description="Which colour takes the traffic: blue, green, or split (50/50)",
+            description="The colour that serves; the other one is idle (or takes ShiftPercent)",
+        )
+        shift = CfnParameter(
+            self,
+            "ShiftPercent",
+            allowed_values=[str(step) for step in SHIFT_STEPS],
+            default="0",
+            description="Percent of the traffic sent to the idle colour, in steps",
+        )
+        idle_size = CfnParameter(
+            self,
+            "IdleSize",
+            # A string, as MinSize is (a Number parameter would be coerced into it).
+            allowed_values=[str(size) for size in range(1, fleet.max_size + 1)],
+            default="1",
+            description="Minimum size of the idle colour: before a shift, the live colour's "
+            "desired capacity",
+        )
+        weights = CfnMapping(
+            self,
+            "ShiftWeights",
+            mapping={str(step): {"live": 100 - step, "idle": step} for step in SHIFT_STEPS},
         )
         is_live = {
             name: CfnCondition(
                 self, f"{name.title()}IsLive", expression=Fn.condition_equals(live, name)
             )
-            for name in [*COLOURS, "split"]
+            for name in COLOURS
         }
+        if blue_green and not self.first_deploy:
+            images = [Fn.condition_equals(Fn.ref(f"{c.title()}Image"), "") for c in COLOURS]
+            CfnRule(
+                self,
+                "OneColourTakesTheBuild",
+                assertions=[
+                    CfnRuleAssertion(
+                        assert_=Fn.condition_not(Fn.condition_and(*images)),
+                        assert_description="BlueImage and GreenImage are both empty, so this "
+                        "build would roll both colours: pin the live colour to its "
+                        "<colour>ImageInUse output (docs/aws.md, Blue/green). Only the first "
+                        "deploy may leave both empty (-c shop:first_deploy=true).",
+                    )
+                ],
+            )
         weighted = []
         groups = []
         for colour in colours:
             other = next(name for name in COLOURS if name != colour)
-            pinned = CfnParameter(
-                self,
-                f"{colour.title()}Image",
-                default="",
-                description=f"Image URI the {colour} colour runs; empty: the image of this deploy",
-            )
-            builds = CfnCondition(
-                self,
-                f"{colour.title()}RunsBuild",
-                expression=Fn.condition_equals(pinned.value_as_string, ""),
-            )
-            image_uri = Token.as_string(
-                Fn.condition_if(builds.logical_id, image.image_uri, pinned.value_as_string)
-            )
+            image_uri = self._pinned_image(colour.title(), image, what=f"the {colour} colour")
             idle = is_live[other].logical_id
             group = scaling_group(
                 self,
@@ -696,7 +764,9 @@ class ShopStack(Stack):
                 vpc=network.vpc,
                 subnets=network.app_subnets,
                 instance_type=fleet.instance_type,
-                min_size=Token.as_number(Fn.condition_if(idle, "1", str(fleet.min_size))),
+                min_size=Token.as_number(
+                    Fn.condition_if(idle, idle_size.value_as_string, str(fleet.min_size))
+                ),
                 max_size=fleet.max_size,
                 volume_gib=fleet.volume_gib,
                 image_uri=image_uri,
@@ -704,17 +774,16 @@ class ShopStack(Stack):
             )
             target_group = load_balancer.target_group(f"{colour.title()}Targets")
             group.attach_to_application_target_group(target_group)
-            weight = Fn.condition_if(idle, 0, Fn.condition_if(is_live["split"].logical_id, 50, 100))
+            weight = Fn.condition_if(
+                idle,
+                weights.find_in_map(shift.value_as_string, "idle"),
+                weights.find_in_map(shift.value_as_string, "live"),
+            )
             weighted.append(
                 elbv2.WeightedTargetGroup(target_group=target_group, weight=Token.as_number(weight))
             )
             groups.append(group)
-            CfnOutput(
-                self,
-                f"{colour.title()}ImageInUse",
-                value=image_uri,
-                description=f"Image the {colour} colour runs (pin it with {colour.title()}Image)",
-            )
+            self.target_groups.append(target_group)
         load_balancer.listener.add_action(
             "Default", action=elbv2.ListenerAction.weighted_forward(weighted)
         )
@@ -724,6 +793,38 @@ class ShopStack(Stack):
                 target_requests_per_minute=fleet.requests_per_target_per_minute,
             )
         return groups
+
+    def _rollback_triggers(
+        self, observability: Observability, errors: list[cloudwatch.Alarm]
+    ) -> None:
+        """The health gate of a blue/green shift: alarms CloudFormation watches as it goes.
+
+        The app's and the load balancer's 5xx, and an unhealthy target in either colour. The
+        CDK CLI cannot pass rollback triggers, so the output `RollbackTriggers` is the text of
+        `aws cloudformation update-stack --rollback-configuration` (docs/aws.md, Blue/green).
+        """
+        unhealthy = [
+            observability.alarm(
+                f"{group.node.id}Unhealthy",
+                group.metrics.unhealthy_host_count(period=Duration.minutes(1), statistic="Maximum"),
+                threshold=1,
+                evaluation_periods=2,
+                description=f"A target of {group.node.id} has failed its /healthz checks for "
+                "2 minutes (a blue/green shift's rollback trigger).",
+            )
+            for group in self.target_groups
+        ]
+        parts: list[str] = ["RollbackTriggers=["]
+        for index, alarm in enumerate([*errors, *unhealthy]):
+            separator = "," if index else ""
+            parts += [f"{separator}{{Arn=", alarm.alarm_arn, ",Type=AWS::CloudWatch::Alarm}"]
+        parts.append(f"],MonitoringTimeInMinutes={ROLLBACK_MONITORING_MINUTES}")
+        CfnOutput(
+            self,
+            "RollbackTriggers",
+            value=Fn.join("", parts),
+            description="aws cloudformation update-stack --rollback-configuration for a shift",
+        )
 
     def _observe(
         self,
@@ -762,19 +863,21 @@ class ShopStack(Stack):
                 threshold=0.5,
                 description="p95 latency at the load balancer is above 500 ms.",
             )
-            observability.alarm(
+            app_5xx = observability.alarm(
                 "ServerErrors",
                 errors,
                 threshold=10,
                 description="The app answers 5xx (10 or more a minute).",
             )
-            observability.alarm(
+            balancer_5xx = observability.alarm(
                 "LoadBalancerErrors",
                 balancer_errors,
                 threshold=10,
                 description="The load balancer itself answers 5xx (10 or more a minute): "
                 "targets closing connections, none healthy, or too slow.",
             )
+            if self.target_groups:
+                self._rollback_triggers(observability, [app_5xx, balancer_5xx])
         if database is not None:
             primary = database.primary
             observability.graph(

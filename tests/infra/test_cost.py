@@ -76,4 +76,7 @@ def _minimum(template, size) -> int:
         return int(size)
     [condition, if_true, if_false] = size["Fn::If"]
     live = template["Parameters"]["LiveColour"]["Default"]
-    return int(if_true if condition == f"{live.title()}IsLive" else if_false)
+    chosen = if_true if condition == f"{live.title()}IsLive" else if_false
+    if isinstance(chosen, dict):  # the idle colour's IdleSize
+        return int(template["Parameters"][chosen["Ref"]]["Default"])
+    return int(chosen)

@@ -82,7 +82,8 @@ EXPECTED = {
         "AWS::AutoScaling::AutoScalingGroup": 2,  # from a launch template, as the instances were)
         "AWS::AutoScaling::ScalingPolicy": 2,  # target tracking on requests per target
         "AWS::ElasticLoadBalancingV2::TargetGroup": 1,  # one per colour
-        "AWS::CloudWatch::Alarm": 1,  # fleet at its maximum
+        # fleet at its maximum; an unhealthy target per colour (a shift's rollback triggers)
+        "AWS::CloudWatch::Alarm": 3,
         "AWS::EC2::NatGateway": 1,  # a NAT gateway per AZ
         "AWS::EC2::EIP": 1,
     },

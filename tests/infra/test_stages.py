@@ -179,7 +179,7 @@ def test_stage_6_scales_two_colours_on_request_count_behind_a_weighted_listener(
     [listener] = synth.resources("AWS::ElasticLoadBalancingV2::Listener").values()
     [action] = listener["Properties"]["DefaultActions"]
     assert len(action["ForwardConfig"]["TargetGroups"]) == 2
-    assert synth.template["Parameters"]["LiveColour"]["AllowedValues"] == ["blue", "green", "split"]
+    assert synth.template["Parameters"]["LiveColour"]["AllowedValues"] == ["blue", "green"]
     assert not synth.resources("AWS::EC2::Instance")
 
 
