@@ -11,10 +11,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, inspect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import NullPool
 
 from app.core.db import Database
+from app.core.models import SchemaCompatibility
 from app.core.settings import to_sync_url
 
 log = logging.getLogger("shop")
@@ -33,7 +34,7 @@ class SchemaProblem(RuntimeError):
     """The database's schema is not the one this shop needs; the message says what to run."""
 
 
-COMPATIBILITY = "schema_compatibility"
+COMPATIBILITY = SchemaCompatibility.__tablename__
 """The table where `shop migrate` records which older app revisions a database still serves."""
 
 
@@ -73,21 +74,30 @@ def upgrade(url: str, revision: str = "head", *, location: Path | None = None) -
             log.info("database at %s, ahead of this app and compatible with it", ahead)
             return
         command.upgrade(config, revision)
-        with engine.begin() as connection:
-            current = MigrationContext.configure(connection).get_current_heads()
-            if len(current) == 1 and inspect(connection).has_table(COMPATIBILITY):
-                [head] = current
-                table = sa.table(
-                    COMPATIBILITY, sa.column("revision"), sa.column("oldest_app_revision")
-                )
-                connection.execute(sa.delete(table).where(table.c.revision == head))
-                connection.execute(
-                    sa.insert(table).values(
-                        revision=head, oldest_app_revision=oldest_compatible(script, head)
-                    )
-                )
+        _record_compatibility(engine, script)
     finally:
         engine.dispose()
+
+
+def _record_compatibility(engine: sa.Engine, script: ScriptDirectory) -> None:
+    """Record the oldest app revision the database's revision still serves. Instances booting
+    together each write the same row: the second insert finds it there, and that is fine."""
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_heads()
+        if len(current) != 1 or not inspect(connection).has_table(COMPATIBILITY):
+            return
+    [head] = current
+    oldest = oldest_compatible(script, head)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.delete(SchemaCompatibility).where(SchemaCompatibility.revision == head)
+            )
+            connection.execute(
+                sa.insert(SchemaCompatibility).values(revision=head, oldest_app_revision=oldest)
+            )
+    except IntegrityError:
+        log.info("schema compatibility of %s recorded by another instance", head)
 
 
 def _ahead(connection: Connection, script: ScriptDirectory) -> str | None:
@@ -110,9 +120,10 @@ def _compatibility_problem(
     heads = ", ".join(sorted(script.get_heads()))
     oldest = None
     if inspect(connection).has_table(COMPATIBILITY):
-        table = sa.table(COMPATIBILITY, sa.column("revision"), sa.column("oldest_app_revision"))
         oldest = connection.execute(
-            sa.select(table.c.oldest_app_revision).where(table.c.revision == ahead)
+            sa.select(SchemaCompatibility.oldest_app_revision).where(
+                SchemaCompatibility.revision == ahead
+            )
         ).scalar_one_or_none()
     known = {revision.revision for revision in script.walk_revisions()}
     if oldest is not None and oldest in known:
