@@ -219,9 +219,12 @@ class Engine:
         return image
 
     def _build(self, tag: str, context: Path, key: str, *args: str) -> None:
+        # The host's network for builds (they download from Debian's archive and PyPI): no
+        # bridge and no firewall rules of podman's on the machine itself.
         started = time.monotonic()
-        self.podman("build", "--format", "docker", "--label", f"{KEY_LABEL}={key}", "-t", tag,
-                    *args, str(context), timeout=1200)  # fmt: skip
+        self.podman("build", "--format", "docker", "--network", "host",
+                    "--label", f"{KEY_LABEL}={key}", "-t", tag, *args, str(context),
+                    timeout=1200)  # fmt: skip
         self._timed(f"build {tag}", started)
 
     def stand_in(self, standin: StandIn, base: str) -> None:
@@ -248,7 +251,7 @@ class Engine:
         only: HTTPS here may go through a proxy with its own authority."""
         started = time.monotonic()
         self.podman(
-            "build", "--format", "docker", "-t", SHOP_IMAGE,
+            "build", "--format", "docker", "--network", "host", "-t", SHOP_IMAGE,
             "-v", "/etc/ssl/certs:/etc/ssl/certs:ro",
             "-v", f"{HERE / 'uv.toml'}:/etc/uv/uv.toml:ro",
             str(ROOT), timeout=1800,
