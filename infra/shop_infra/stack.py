@@ -30,7 +30,6 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
-from aws_cdk import aws_elasticloadbalancingv2_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_route53 as route53
 from aws_cdk import aws_route53_targets as route53_targets
@@ -464,22 +463,33 @@ class ShopStack(Stack):
                 load_balancer.alb, ec2.Port.tcp(80), "HTTP from the load balancer"
             )
             if not fleet.auto_scaling:
-                group = load_balancer.target_group("Targets")
-                for instance in instances(
+                # A group of fixed size rather than plain instances: its rolling update
+                # replaces one instance at a time behind its /healthz signal, while plain
+                # instances were replaced together and swapped in the target group at once.
+                fixed = scaling_group(
                     self,
+                    "WebGroup",
                     tier=web,
                     vpc=vpc,
                     subnets=network.app_subnets,
                     instance_type=fleet.instance_type,
-                    count=fleet.min_size,
+                    min_size=fleet.min_size,
+                    max_size=fleet.max_size,
                     volume_gib=fleet.volume_gib,
                     image_uri=image.image_uri,
-                ):
-                    group.add_target(targets.InstanceTarget(instance))
-                    web_cpu.append(
-                        metric("AWS/EC2", "CPUUtilization", {"InstanceId": instance.instance_id})
+                    elb_health_check=True,
+                )
+                target_group = load_balancer.target_group("Targets")
+                fixed.attach_to_application_target_group(target_group)
+                load_balancer.listener.add_target_groups("Default", target_groups=[target_group])
+                web_groups = [fixed]
+                web_cpu.append(
+                    metric(
+                        "AWS/EC2",
+                        "CPUUtilization",
+                        {"AutoScalingGroupName": fixed.auto_scaling_group_name},
                     )
-                load_balancer.listener.add_target_groups("Default", target_groups=[group])
+                )
             else:
                 groups = web_groups = self._blue_green(
                     web=web,

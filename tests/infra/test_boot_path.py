@@ -170,7 +170,9 @@ def run(script: str, tmp_path: Path, **fail: str) -> Boot:
 
 def _web_instance(synthesized, number: int) -> tuple[str, str]:
     [(logical_id, script)] = [
-        (k, v) for k, v in boot_scripts(synthesized[number]).items() if k.startswith("Instance1")
+        (k, v)
+        for k, v in boot_scripts(synthesized[number]).items()
+        if k.startswith(("Instance1", "WebGroup"))  # the box (1-2), the fixed group (3-5)
     ]
     return logical_id, script
 
@@ -450,7 +452,9 @@ def test_no_fake_is_left_unused_by_the_web_boot(synthesized, tmp_path):
 @pytest.mark.parametrize("number", [1, 3, 7])
 def test_the_units_the_boot_script_writes_are_ones_systemd_accepts(synthesized, tmp_path, number):
     scripts = boot_scripts(synthesized[number])
-    script = next(v for k, v in scripts.items() if k.startswith(("Instance1", "WorkerGroup")))
+    script = next(
+        v for k, v in scripts.items() if k.startswith(("Instance1", "WebGroup", "WorkerGroup"))
+    )
     boot = run(script, tmp_path)
     units = sorted((boot.root / "etc/systemd/system").iterdir())
     assert units

@@ -39,15 +39,16 @@ EXPECTED = {
         "AWS::EC2::SecurityGroup": 2,  # the load balancer's, the VPC endpoints'
         "AWS::EC2::SecurityGroupIngress": 1,  # app port from the load balancer only
         "AWS::EC2::SecurityGroupEgress": 1,  # load balancer to the app port only
-        "AWS::EC2::Instance": 1,  # 1 -> 2 instances, ...
-        "AWS::EC2::LaunchTemplate": 1,  # ... each booted from its launch template
+        # The box becomes a group of fixed size (2) from the same kind of launch template, whose
+        # rolling update replaces one instance at a time.
+        "AWS::EC2::Instance": -1,
+        "AWS::AutoScaling::AutoScalingGroup": 1,
         "AWS::S3::Bucket": 1,  # access logs ...
         "AWS::S3::BucketPolicy": 1,
         "Custom::S3AutoDeleteObjects": 1,  # ... emptied on destroy
         "AWS::Lambda::Function": 1,  # ... by a function, which logs to a group of the stack
         "AWS::Logs::LogGroup": 1,
         "AWS::IAM::Role": 1,
-        "AWS::IAM::InstanceProfile": 1,
         "AWS::CloudWatch::Alarm": 3,  # latency p95, the app's 5xx, the load balancer's 5xx
         **VPC_WITH_A_NAT_GATEWAY,
     },
@@ -78,8 +79,11 @@ EXPECTED = {
         "AWS::CloudWatch::Alarm": 2,  # cache engine CPU, CloudFront 5xx (us-east-1 only)
     },
     "5 cache-cdn -> 6 auto-scaling: let the fleet follow demand": {
-        "AWS::EC2::Instance": -2,  # the fixed group goes, blue and green groups come (each
-        "AWS::AutoScaling::AutoScalingGroup": 2,  # from a launch template, as the instances were)
+        # The fixed group becomes blue and green, each from its launch template (with its
+        # instance profile).
+        "AWS::AutoScaling::AutoScalingGroup": 1,
+        "AWS::EC2::LaunchTemplate": 1,
+        "AWS::IAM::InstanceProfile": 1,
         "AWS::AutoScaling::ScalingPolicy": 2,  # target tracking on requests per target
         "AWS::ElasticLoadBalancingV2::TargetGroup": 1,  # one per colour
         # fleet at its maximum; an unhealthy target per colour (a shift's rollback triggers)

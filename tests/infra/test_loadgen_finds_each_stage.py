@@ -33,7 +33,7 @@ def test_each_stages_parts_are_found_in_its_template(synthesized, stage):
     topology = _as_deployed(synthesized[stage.number])
     assert (topology.stage, topology.name) == (stage.number, stage.name)
     fleet = stage.fleet
-    if fleet.auto_scaling:  # blue and green
+    if stage.load_balanced:  # a fixed group (3-5), blue and green (6-7)
         assert len(topology.web_groups) == (2 if fleet.blue_green else 1)
         assert topology.web_instances == []
     else:

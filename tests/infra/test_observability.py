@@ -180,7 +180,7 @@ def test_every_taggable_resource_carries_the_stage_cost_tag(synthesized, each):
     assert untagged == [], untagged
 
 
-@pytest.mark.parametrize("number", [6, 7])
+@pytest.mark.parametrize("number", [3, 4, 5, 6, 7])
 def test_instances_and_volumes_launched_by_groups_carry_the_cost_tag(synthesized, number):
     synth = synthesized[number]
     for group in synth.resources("AWS::AutoScaling::AutoScalingGroup").values():
@@ -197,6 +197,6 @@ def test_instances_and_volumes_launched_by_groups_carry_the_cost_tag(synthesized
 
 
 def test_fixed_instances_pass_the_cost_tag_to_their_volumes(synthesized):
-    for instance in synthesized[3].resources("AWS::EC2::Instance").values():
-        assert instance["Properties"]["PropagateTagsToVolumeOnCreation"] is True
-        assert re.search(COST_TAG, json.dumps(instance["Properties"]["Tags"]))
+    [instance] = synthesized[2].resources("AWS::EC2::Instance").values()  # the single box
+    assert instance["Properties"]["PropagateTagsToVolumeOnCreation"] is True
+    assert re.search(COST_TAG, json.dumps(instance["Properties"]["Tags"]))

@@ -235,7 +235,7 @@ def test_the_app_is_published_on_the_loopback_only(synthesized, tmp_path, number
 def test_behind_a_load_balancer_the_app_keeps_its_target_port_and_a_loopback_one(
     synthesized, tmp_path
 ):
-    [script] = [v for k, v in boot_scripts(synthesized[3]).items() if k.startswith("Instance1")]
+    [script] = [v for k, v in boot_scripts(synthesized[3]).items() if k.startswith("WebGroup")]
     boot = run(script, tmp_path)
     app = _unit_exec(boot, "shop.service")
     assert re.findall(r"-p (\S+)", app) == [f"80:{APP_PORT}", f"127.0.0.1:{APP_PORT}:{APP_PORT}"]

@@ -234,3 +234,27 @@ def test_stages_without_blue_green_have_no_rollout_parameters(synthesized):
             params = synthesized[stage.number].template.get("Parameters", {})
             assert not {"LiveColour", "ShiftPercent", "IdleSize"} & set(params)
             assert "OneColourTakesTheBuild" not in synthesized[stage.number].template["Rules"]
+
+
+FIXED = [stage.number for stage in STAGES if stage.load_balanced and not stage.fleet.auto_scaling]
+
+
+@pytest.mark.parametrize("number", FIXED)
+def test_a_fixed_fleet_is_replaced_one_instance_at_a_time_never_both(synthesized, number):
+    """Stages 3-5: a group of fixed size whose rolling update takes one instance out, waits for
+    its replacement's /healthz signal, then the next; the other keeps serving meanwhile. (Two
+    plain instances were replaced together and swapped in the target group at once.)"""
+    synth = synthesized[number]
+    fleet = synth.stage.fleet
+    assert not synth.resources("AWS::EC2::Instance")
+    [group] = synth.resources("AWS::AutoScaling::AutoScalingGroup").values()
+    props = group["Properties"]
+    assert props["MinSize"] == props["MaxSize"] == str(fleet.min_size)
+    assert props["HealthCheckType"] == "ELB"
+    [target_group] = synth.resources("AWS::ElasticLoadBalancingV2::TargetGroup")
+    assert props["TargetGroupARNs"] == [{"Ref": target_group}]
+    rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
+    assert rolling["MaxBatchSize"] == 1
+    assert 1 <= rolling["MinInstancesInService"] <= fleet.min_size - rolling["MaxBatchSize"]
+    assert rolling["WaitOnResourceSignals"] is True
+    assert group["CreationPolicy"]["ResourceSignal"]["Count"] == fleet.min_size

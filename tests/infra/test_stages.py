@@ -94,13 +94,13 @@ def test_stage_3_load_balancer_spans_two_azs_in_front_of_the_instance_group(synt
     [alb] = synth.resources("AWS::ElasticLoadBalancingV2::LoadBalancer").values()
     assert alb["Properties"]["Scheme"] == "internet-facing"
     assert len(alb["Properties"]["Subnets"]) == 2
-    instances = synth.resources("AWS::EC2::Instance").values()
-    assert len(instances) == STAGES[2].fleet.min_size
-    assert len({json.dumps(i["Properties"]["SubnetId"]) for i in instances}) == 2
+    [instances] = synth.resources("AWS::AutoScaling::AutoScalingGroup").values()
+    size = str(STAGES[2].fleet.min_size)
+    assert instances["Properties"]["MinSize"] == instances["Properties"]["MaxSize"] == size
+    assert len(instances["Properties"]["VPCZoneIdentifier"]) == 2
     [group] = synth.resources("AWS::ElasticLoadBalancingV2::TargetGroup").values()
     props = group["Properties"]
     assert props["HealthCheckPath"] == "/healthz"
-    assert len(props["Targets"]) == STAGES[2].fleet.min_size
     assert {"Key": "deregistration_delay.timeout_seconds", "Value": str(GRACEFUL_SHUTDOWN_S)} in (
         props["TargetGroupAttributes"]
     )

@@ -1,8 +1,9 @@
 """Compute: plain EC2 instances that run the app's container with docker, started by user data.
 
 A `ContainerTier` is what every instance of one tier shares (role, security group, log group, the
-boot script); the tier is then placed as one box, a fixed group of instances, or Auto Scaling
-groups. Nothing listens on port 22 and there is no key pair: shell access is SSM Session Manager.
+boot script); the tier is then placed as one box (stages 1-2) or as Auto Scaling groups (of
+fixed size on stages 3-5, whose rolling update replaces one instance at a time). Nothing listens
+on port 22 and there is no key pair: shell access is SSM Session Manager.
 Behind a load balancer the app's container is published on port 80 (the target port); a single
 box publishes it on its loopback only, behind a reverse proxy (`proxy.py`) that owns the public
 ports. Every web instance also has the app on 127.0.0.1:8000, for scraping /metrics from it.
