@@ -227,8 +227,9 @@ class ShopStack(Stack):
         )
         self.stage = stage
         self.first_deploy = first_deploy
-        self.target_groups: list[elbv2.ApplicationTargetGroup] = []
-        """The blue/green colours' target groups, whose health gates a shift."""
+        self.target_groups: list[tuple[elbv2.ApplicationTargetGroup, str]] = []
+        """The blue/green colours' target groups, each with its group's minimum size (a token):
+        their health gates a shift."""
         add_cost_tag(self, stage.name)  # every taggable resource says which stage it is
         network = Network(self, "Network", nat_gateways=stage.nat_gateways)
         vpc = network.vpc
@@ -767,6 +768,7 @@ class ShopStack(Stack):
             other = next(name for name in COLOURS if name != colour)
             image_uri = self._pinned_image(colour.title(), image, what=f"the {colour} colour")
             idle = is_live[other].logical_id
+            minimum = Fn.condition_if(idle, idle_size.value_as_string, str(fleet.min_size))
             group = scaling_group(
                 self,
                 f"{colour.title()}Group",
@@ -774,9 +776,7 @@ class ShopStack(Stack):
                 vpc=network.vpc,
                 subnets=network.app_subnets,
                 instance_type=fleet.instance_type,
-                min_size=Token.as_number(
-                    Fn.condition_if(idle, idle_size.value_as_string, str(fleet.min_size))
-                ),
+                min_size=Token.as_number(minimum),
                 max_size=fleet.max_size,
                 volume_gib=fleet.volume_gib,
                 image_uri=image_uri,
@@ -793,7 +793,7 @@ class ShopStack(Stack):
                 elbv2.WeightedTargetGroup(target_group=target_group, weight=Token.as_number(weight))
             )
             groups.append(group)
-            self.target_groups.append(target_group)
+            self.target_groups.append((target_group, Token.as_string(minimum)))
         load_balancer.listener.add_action(
             "Default", action=elbv2.ListenerAction.weighted_forward(weighted)
         )
@@ -809,21 +809,34 @@ class ShopStack(Stack):
     ) -> None:
         """The health gate of a blue/green shift: alarms CloudFormation watches as it goes.
 
-        The app's and the load balancer's 5xx, and an unhealthy target in either colour. The
-        CDK CLI cannot pass rollback triggers, so the output `RollbackTriggers` is the text of
+        The app's and the load balancer's 5xx, and per colour: a target failing its health
+        checks, or fewer healthy targets than the group's minimum (so a shift to an idle colour
+        that has not reached `IdleSize` healthy instances is rolled back). The CDK CLI cannot
+        pass rollback triggers, so the output `RollbackTriggers` is the text of
         `aws cloudformation update-stack --rollback-configuration` (docs/aws.md, Blue/green).
         """
-        unhealthy = [
-            observability.alarm(
-                f"{group.node.id}Unhealthy",
-                group.metrics.unhealthy_host_count(period=Duration.minutes(1), statistic="Maximum"),
-                threshold=1,
-                evaluation_periods=2,
-                description=f"A target of {group.node.id} has failed its /healthz checks for "
-                "2 minutes (a blue/green shift's rollback trigger).",
+        unhealthy = []
+        for group, minimum in self.target_groups:
+            health = {
+                "unhealthy": group.metrics.unhealthy_host_count(statistic="Maximum"),
+                "healthy": group.metrics.healthy_host_count(statistic="Minimum"),
+            }
+            unhealthy.append(
+                observability.alarm(
+                    f"{group.node.id}Unhealthy",
+                    cloudwatch.MathExpression(
+                        expression=Fn.join("", ["MAX([unhealthy, ", minimum, " - healthy])"]),
+                        using_metrics=health,
+                        label=f"{group.node.id}: unhealthy, or missing below the minimum",
+                        period=Duration.minutes(1),
+                    ),
+                    threshold=1,
+                    evaluation_periods=2,
+                    description=f"{group.node.id}: a target has failed its /healthz checks, or "
+                    "fewer targets are healthy than the group's minimum, for 2 minutes (a "
+                    "blue/green shift's rollback trigger).",
+                )
             )
-            for group in self.target_groups
-        ]
         parts: list[str] = ["RollbackTriggers=["]
         for index, alarm in enumerate([*errors, *unhealthy]):
             separator = "," if index else ""

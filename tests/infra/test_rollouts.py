@@ -46,6 +46,8 @@ class Evaluate:
             return any(self(part) for part in argument)
         if function == "Fn::If":
             return self(argument[1] if self.condition(argument[0]) else argument[2])
+        if function == "Fn::Join":
+            return argument[0].join(str(self(part)) for part in argument[1])
         if function == "Fn::FindInMap":
             mapping, key, attribute = (self(part) for part in argument)
             return self.template["Mappings"][mapping][key][attribute]
@@ -152,9 +154,13 @@ def _alarm_metrics(synth: Synthesized, output: str) -> list[tuple[str, str]]:
     metrics = []
     for ref in refs:
         props = alarms[ref]["Properties"]
-        dimensions = {d["Name"]: d["Value"] for d in props.get("Dimensions", [])}
-        group = dimensions.get("TargetGroup", {})
-        metrics.append((props["MetricName"], str(group)))
+        if "MetricName" in props:
+            metrics.append((props["MetricName"], ""))
+        else:  # a colour's targets: the unhealthy count beside the healthy one
+            [query] = [q for q in props["Metrics"] if q["Id"] == "unhealthy"]
+            metric = query["MetricStat"]["Metric"]
+            group = next(d["Value"] for d in metric["Dimensions"] if d["Name"] == "TargetGroup")
+            metrics.append((metric["MetricName"], str(group)))
     return metrics
 
 
@@ -258,3 +264,39 @@ def test_a_fixed_fleet_is_replaced_one_instance_at_a_time_never_both(synthesized
     assert 1 <= rolling["MinInstancesInService"] <= fleet.min_size - rolling["MaxBatchSize"]
     assert rolling["WaitOnResourceSignals"] is True
     assert group["CreationPolicy"]["ResourceSignal"]["Count"] == fleet.min_size
+
+
+def _colour_alarm(synth: Synthesized, colour: str) -> dict[str, Any]:
+    [alarm] = [
+        a["Properties"]
+        for k, a in synth.resources("AWS::CloudWatch::Alarm").items()
+        if k.startswith(f"Observability{colour.title()}Targets")
+    ]
+    return alarm
+
+
+@pytest.mark.parametrize("number", BLUE_GREEN)
+def test_a_shift_is_gated_on_each_colour_having_its_minimum_of_healthy_targets(synthesized, number):
+    """A colour alarms when a target is unhealthy or when fewer targets are healthy than its
+    minimum: a shift to an idle colour that has not reached IdleSize healthy instances rolls
+    back, so the idle colour is scaled up before it takes traffic, not after."""
+    synth = synthesized[number]
+    fleet = synth.stage.fleet
+    for colour, live, idle_size in itertools.product(
+        ("blue", "green"), ("blue", "green"), ("1", "5")
+    ):
+        alarm = _colour_alarm(synth, colour)
+        assert alarm["Threshold"] == 1
+        assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+        queries = {q["Id"]: q for q in alarm["Metrics"]}
+        expression = next(q for q in alarm["Metrics"] if "Expression" in q)["Expression"]
+        evaluate = Evaluate(synth.template, {"LiveColour": live, "IdleSize": idle_size})
+        minimum = fleet.min_size if colour == live else int(idle_size)
+        text = "".join(str(evaluate(part)) for part in expression["Fn::Join"][1])
+        assert text == f"MAX([unhealthy, {minimum} - healthy])", text
+        names = {queries[i]["MetricStat"]["Metric"]["MetricName"] for i in ("unhealthy", "healthy")}
+        assert names == {"UnHealthyHostCount", "HealthyHostCount"}
+        for i in ("unhealthy", "healthy"):
+            dimensions = queries[i]["MetricStat"]["Metric"]["Dimensions"]
+            group = next(d["Value"] for d in dimensions if d["Name"] == "TargetGroup")
+            assert f"{colour.title()}Targets" in str(group)
