@@ -80,8 +80,9 @@ def pinned_ami(region: str) -> str | None:
 
 
 def peak_vcpus(of: Stage) -> int:
-    """On-Demand vCPUs the stage runs at its maximum size, blue/green's idle colour included."""
-    web = of.fleet.max_size + (1 if of.fleet.blue_green else 0)
+    """On-Demand vCPUs the stage runs at its maximum size, in the middle of a blue/green shift:
+    the idle colour then has the live colour's size (IdleSize), at most the maximum."""
+    web = of.fleet.max_size * (2 if of.fleet.blue_green else 1)
     total = web * vcpus(of.fleet.instance_type)
     if of.workers:
         total += of.workers.max_size * vcpus(of.workers.instance_type)

@@ -102,3 +102,15 @@ def test_the_peak_vcpus_and_addresses_come_from_the_stage_catalog():
 
     assert preflight.elastic_ips(stage(1)) == 1  # the box's own address, no NAT gateway
     assert preflight.peak_vcpus(stage(7)) > preflight.peak_vcpus(stage(5))
+
+
+def test_the_peak_vcpus_of_blue_green_hold_both_colours_at_their_maximum_during_a_shift():
+    """Before a shift, IdleSize raises the idle colour to the live colour's size: up to the
+    fleet's maximum, so both colours may run max_size instances at once."""
+    from shop_infra.stages import stage, vcpus
+
+    for number in (6, 7):
+        of = stage(number)
+        web = 2 * of.fleet.max_size * vcpus(of.fleet.instance_type)
+        workers = of.workers.max_size * vcpus(of.workers.instance_type) if of.workers else 0
+        assert preflight.peak_vcpus(of) == web + workers
