@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ import pytest
 from shop_infra.stack import DEFAULT_REGION, SHIFT_STEPS
 from shop_infra.stages import STAGES
 
-from .conftest import Synthesized, _synth
+from .conftest import INFRA, Synthesized, _context, _synth
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "aws.md"
 BLUE_GREEN = [stage.number for stage in STAGES if stage.fleet.blue_green]
@@ -300,3 +303,24 @@ def test_a_shift_is_gated_on_each_colour_having_its_minimum_of_healthy_targets(s
             dimensions = queries[i]["MetricStat"]["Metric"]["Dimensions"]
             group = next(d["Value"] for d in dimensions if d["Name"] == "TargetGroup")
             assert f"{colour.title()}Targets" in str(group)
+
+
+def test_the_cdk_app_passes_shop_first_deploy_to_the_stack(tmp_path):
+    """`cdk deploy -c shop:first_deploy=true` is the only way to leave both colours unpinned."""
+    context = {**_context(), "shop:stages": "6", "shop:first_deploy": "true"}
+    run = subprocess.run(
+        [sys.executable, str(INFRA / "app.py")],
+        env={
+            **os.environ,
+            "CDK_CONTEXT_JSON": json.dumps(context),
+            "CDK_OUTDIR": str(tmp_path),
+            "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    template = json.loads((tmp_path / f"{STAGES[5].stack_id}.template.json").read_text())
+    assert "OneColourTakesTheBuild" not in template["Rules"]
