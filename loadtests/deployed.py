@@ -13,12 +13,13 @@ and writes the same per-stage JSON as the local ladder, with `"source": "aws"`, 
 Command, with no port, key or bucket to open.
 
 What each stage has is found from the stack's own resources (logical id prefixes are those of
-infra/shop_infra), not from the catalog: web instances (`Instance<n>`) or web Auto Scaling groups
-(any group but `WorkerGroup...`), RDS instances (`DatabasePrimary...`, `DatabaseReplica<n>...`),
-the ElastiCache replication group, the orders queue (not its dead-letter queue) and the load
-balancer. CPU is expressed as vCPUs used (utilisation x vCPUs of the instance type, x instances
-in service for a group) and budgets as the vCPUs of each tier, as the ladder does with cgroups.
-Redis runs its commands on one engine thread: its budget is 1 vCPU, its use EngineCPUUtilization.
+infra/shop_infra), not from the catalog: web instances (`Instance1`, the box of stages 1-2) or web
+Auto Scaling groups (stages 3-7; any group but `WorkerGroup...`), RDS instances
+(`DatabasePrimary...`, `DatabaseReplica<n>...`), the ElastiCache replication group, the orders
+queue (not its dead-letter queue) and the load balancer. CPU is expressed as vCPUs used
+(utilisation x vCPUs of the instance type, x instances in service for a group) and budgets as the
+vCPUs of each tier, as the ladder does with cgroups. Redis runs its commands on one engine thread:
+its budget is 1 vCPU, its use EngineCPUUtilization.
 
 CloudWatch keeps EC2 figures per minute at best (detailed monitoring; 5 minutes otherwise): run
 steps of two minutes or more against AWS (SHOP_LOAD_STEP_S=120).

@@ -28,8 +28,8 @@ COST_PER_HOUR_USD: dict[int, float] = {
     3: 0.7193,
     4: 1.0618,
     5: 1.3686,
-    6: 1.5136,
-    7: 1.6085,
+    6: 1.5139,
+    7: 1.6087,
 }
 """What each stage's AWS stack costs by the hour at its minimum size (us-east-1 list prices),
 as infra/cost.py computes it from the stage catalog. Copied here because that module imports
