@@ -96,7 +96,7 @@ async def app(settings) -> AsyncIterator[object]:  # type: ignore[no-untyped-def
     from app.main import create_app
 
     application = create_app(settings)
-    async with LifespanManager(application) as manager:
+    async with LifespanManager(application, startup_timeout=30) as manager:
         yield application
         assert manager is not None
 

@@ -136,7 +136,7 @@ async def seed_for_traffic(database_url: str) -> None:
 async def in_process(database_url: str, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     """The app with its lifespan, in this process; an unhandled error is a 500, as in uvicorn."""
     app = create_app(test_settings(database_url=database_url, **settings))
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=30):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
             yield client

@@ -154,7 +154,7 @@ async def _place_orders(
         aws_endpoint_url=moto_endpoint,
     )
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=30):
         resources = app.state.resources
         products = [await make_product(resources, initial_stock=100) for _ in range(3)]
         buyers = [await make_user(resources) for _ in range(4)]

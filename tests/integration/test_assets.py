@@ -255,7 +255,7 @@ async def s3_app(s3: Any, database_url: str) -> AsyncIterator[FastAPI]:
         env.setenv("AWS_ACCESS_KEY_ID", "testing")
         env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         application = create_app(settings)
-        async with LifespanManager(application):
+        async with LifespanManager(application, startup_timeout=30):
             yield application
 
 

@@ -85,7 +85,7 @@ def redis_server() -> Iterator[RedisServer]:
 async def shop(database_url: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
     """A shop of the test's own on the session's database, with these settings."""
     app = create_app(test_settings(database_url=database_url, **overrides))
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=30):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
             c.cache = app.state.resources.cache  # type: ignore[attr-defined]

@@ -565,7 +565,7 @@ async def test_with_shop_carts_table_set_the_shop_keeps_carts_in_dynamodb(
     )
     user = await make_user(resources)
     product = await make_product(resources)
-    async with LifespanManager(shop):
+    async with LifespanManager(shop, startup_timeout=30):
         transport = ASGITransport(app=shop)
         async with AsyncClient(transport=transport, base_url="http://shop.test") as http:
             response = await put_item(http, user, product.id, 2)

@@ -61,7 +61,7 @@ async def test_a_statement_over_the_timeout_answers_503_and_the_shop_goes_on(
     database_url: str,
 ) -> None:
     app = create_app(test_settings(database_url=database_url, database_statement_timeout_ms=200))
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=30):
         resources: Resources = app.state.resources
         admin = await make_user(resources, role=Role.ADMIN)
         product = await make_product(resources)
@@ -87,7 +87,7 @@ async def test_prepared_statements_can_be_turned_off_for_a_pooling_proxy(
     database_url: str,
 ) -> None:
     app = create_app(test_settings(database_url=database_url, database_prepared_statements=False))
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=30):
         resources: Resources = app.state.resources
         product = await make_product(resources)
         alice = await make_user(resources)

@@ -40,7 +40,7 @@ async def test_readyz_answers_503_when_the_database_is_down() -> None:
         database_pool_timeout_s=0.5,
     )
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=30):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
             assert (await c.get("/healthz")).status_code == 200
@@ -113,7 +113,7 @@ async def test_the_shop_runs_on_embedded_sqlite_with_no_services(tmp_path) -> No
     assert settings.is_embedded
     runner.upgrade(settings.primary_url)
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=30):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
             signed_up = await c.post(

@@ -131,7 +131,7 @@ async def queued(
         outbox_sweep_s=60,
     )
     application = create_app(settings)
-    async with LifespanManager(application):
+    async with LifespanManager(application, startup_timeout=30):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
             yield c, application.state.resources

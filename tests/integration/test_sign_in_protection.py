@@ -36,7 +36,7 @@ async def limited(database_url: str) -> AsyncIterator[tuple[Any, AsyncClient]]:
         sign_in_window_s=60,
     )
     application = create_app(settings)
-    async with LifespanManager(application):
+    async with LifespanManager(application, startup_timeout=30):
         transport = httpx.ASGITransport(app=application, client=("203.0.113.7", 4000))
         async with AsyncClient(transport=transport, base_url="http://shop.test") as c:
             yield application, c
