@@ -73,12 +73,13 @@ def install_packages() -> None:
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=300)
     subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+         "-o", "DPkg::Lock::Timeout=300", *missing],
         env=env,
         check=True,
         timeout=600,
         stdout=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
 
 
 def _digest(*parts: bytes | str) -> str:

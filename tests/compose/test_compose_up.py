@@ -63,15 +63,17 @@ class Stack:
         return self.engine.inside(httpx.request, method, url, timeout=30, **kwargs)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: the engine holds the machine-wide lock, which a full `pytest`
+# run must give back when this module is done, not when the whole suite is.
+@pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
     if os.geteuid() != 0 and shutil.which("podman") is None:
         pytest.skip("no podman, and only root can install it from Debian's packages")
-    started = time.monotonic()
-    if os.geteuid() == 0:
-        install_packages()
-    installed = round(time.monotonic() - started, 1)
     with engine_lock():
+        started = time.monotonic()
+        if os.geteuid() == 0:
+            install_packages()
+        installed = round(time.monotonic() - started, 1)
         started = time.monotonic()
         engine = Engine(netns=f"{NETNS_PREFIX}{os.getpid()}")
         engine.timings["install packages"] = installed
