@@ -178,7 +178,8 @@ def _password_rules() -> str:
 
     return (
         f"shop: a password needs {MIN_PASSWORD} to {MAX_PASSWORD} characters, at least 4 "
-        "different ones, and must not contain the e-mail's name (before the @)"
+        "different ones, must not contain the e-mail's name (before the @), and must not be easy "
+        "to guess (a common password, a keyboard row, a sequence); a few unrelated words are fine"
     )
 
 

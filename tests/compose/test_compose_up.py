@@ -194,3 +194,44 @@ def test_the_containers_reach_nothing_beyond_this_machine(stack: Stack) -> None:
     container = stack.engine.podman("ps", "-q", "--filter", label).split()[0]
     said = stack.engine.podman("exec", container, "python", "-c", REACH_OUT, timeout=60)
     assert said.splitlines() and all(line.startswith("unreachable") for line in said.splitlines())
+
+
+ADMIN = {"username": "compose-admin@example.com", "password": "river-lantern-basalt-42"}
+
+
+def test_an_uploaded_image_survives_a_new_app_container(stack: Stack) -> None:
+    """The development stack keeps product images in its `assets` volume: an admin uploads one,
+    the app's container is recreated (as a new image or `compose up` after a change does), and
+    the image is still served."""
+    if stack.profile.name != "default":
+        pytest.skip("the stage profiles are load-test topologies: nobody uploads there")
+    from app.seed import placeholder_png
+
+    made = stack.engine.compose(
+        "exec", "-T", "app", "sh", "-c",
+        f"echo '{ADMIN['password']}' | shop create-admin --email {ADMIN['username']} "
+        "--password-stdin",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    token = stack.request("POST", "/auth/token", data=ADMIN).json()["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    product = stack.request("GET", "/products?limit=1").json()["items"][0]["id"]
+    picture = placeholder_png((30, 120, 200))
+    uploaded = stack.request(
+        "PUT",
+        f"/admin/products/{product}/image",
+        content=picture,
+        headers=auth | {"Content-Type": "image/png"},
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    image_url = uploaded.json()["image_url"]
+    assert stack.request("GET", image_url).status_code == 200
+
+    recreated = stack.engine.compose(
+        "up", "-d", "--no-build", "--no-deps", "--force-recreate", "app"
+    )
+    assert recreated.returncode == 0, recreated.stderr[-2000:]
+    _wait_until_ready(stack, 120)
+    served = stack.request("GET", image_url)
+    assert served.status_code == 200, f"the image was lost with its container: {served.status_code}"
+    assert stack.request("GET", f"/products/{product}").json()["image_url"] == image_url
