@@ -14,7 +14,7 @@ itself, on the same claims, so every step still happens once; a failure is logge
 again at the next pass. `shop worker redrive` moves the dead-letter queue's messages back.
 
 The worker also keeps its tables bounded
-(`Retention`): published outbox events and processed-event claims older than the retention,
+(`Retention`): handled outbox events and processed-event claims older than the retention,
 and Idempotency-Keys older than their TTL, are deleted in batches of one transaction each, at
 most MAX_PURGE_BATCHES per table and pass. The sizes of those tables are then sampled into
 `shop_worker_table_rows`.
@@ -118,7 +118,7 @@ class Retention:
     """What the worker purges, and how often (see the module's docstring)."""
 
     keep_events: timedelta
-    """Published outbox events and processed-event claims older than this go."""
+    """Handled outbox events and processed-event claims older than this go."""
     keep_keys: timedelta
     """Idempotency-Keys older than this (their TTL) go."""
     every_s: float = 60.0
@@ -244,7 +244,7 @@ class Worker:
         cutoff = utcnow() - retention.keep_events
 
         async def outbox_event(limit: int) -> int:
-            return await outbox.purge_published(self.db, before=cutoff, limit=limit)
+            return await outbox.purge_handled(self.db, before=cutoff, limit=limit)
 
         async def processed_event(limit: int) -> int:
             return await outbox.purge_processed(self.db, before=cutoff, limit=limit)

@@ -156,7 +156,7 @@ async def unhandled(db: Database, *, before: datetime, limit: int) -> list[Event
         return [Event(id=r.id, kind=r.kind, payload=r.payload) for r in found]
 
 
-async def purge_published(db: Database, *, before: datetime, limit: int) -> int:
+async def purge_handled(db: Database, *, before: datetime, limit: int) -> int:
     """Delete up to `limit` events handled before `before`, oldest first, in one transaction;
     how many. An event no worker has finished (unpublished, or still failing) is never
     deleted, whatever its age."""

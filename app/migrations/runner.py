@@ -23,9 +23,9 @@ log = logging.getLogger("shop")
 HERE = Path(__file__).parent
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str, location: Path | None = None) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(HERE))
+    config.set_main_option("script_location", str(location or HERE))
     config.set_main_option("sqlalchemy.url", to_sync_url(url).replace("%", "%%"))
     return config
 
@@ -61,19 +61,17 @@ def upgrade(url: str, revision: str = "head", *, location: Path | None = None) -
     against it, is left as it is (an older colour starting beside a newer one); one that does
     not say so raises SchemaProblem."""
     script = _script(location)
-    config = alembic_config(url)
-    config.set_main_option("script_location", str(location or HERE))
     engine = create_engine(to_sync_url(url), poolclass=NullPool)
     try:
         with engine.connect() as connection:
             ahead = _ahead(connection, script)
+            problem = _compatibility_problem(connection, script, ahead) if ahead else None
+        if problem:
+            raise SchemaProblem(problem)
         if ahead is not None:
-            problem = _ahead_problem(engine, script, ahead)
-            if problem:
-                raise SchemaProblem(problem)
             log.info("database at %s, ahead of this app and compatible with it", ahead)
             return
-        command.upgrade(config, revision)
+        command.upgrade(alembic_config(url, location), revision)
         _record_compatibility(engine, script)
     finally:
         engine.dispose()
@@ -106,11 +104,6 @@ def _ahead(connection: Connection, script: ScriptDirectory) -> str | None:
     known = {revision.revision for revision in script.walk_revisions()}
     unknown = [revision for revision in current if revision not in known]
     return unknown[0] if unknown else None
-
-
-def _ahead_problem(engine: sa.Engine, script: ScriptDirectory, ahead: str) -> str | None:
-    with engine.connect() as connection:
-        return _compatibility_problem(connection, script, ahead)
 
 
 def _compatibility_problem(

@@ -109,13 +109,18 @@ def served_shop(fresh_database: Any, tmp_path_factory: pytest.TempPathFactory) -
     try:
         yield Shop(base=base, env=env)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         out.close()
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM, as an operator stops a server; SIGKILL if it has not exited in 30 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="module")

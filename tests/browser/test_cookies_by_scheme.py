@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from tests.browser.conftest import (
     SHOP,
     _free_port,
     _run,
+    stop,
 )
 
 HOST = "shop.test"
@@ -51,17 +52,8 @@ def _wait_for(url: str, process: subprocess.Popen[str], log: Path) -> None:
             pass
         if process.poll() is not None:
             raise AssertionError(f"{process.args[0]} did not start: {log.read_text()}")
-        subprocess.run(["sleep", "0.1"], check=True)
+        time.sleep(0.1)
     raise AssertionError(f"{url} did not answer: {log.read_text()}")
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +133,8 @@ http {{
             _wait_for(f"https://127.0.0.1:{tls_port}/readyz", proxy, proxy_log)
             yield Entrances(plain=f"http://{HOST}:{app_port}", https=f"https://{HOST}:{tls_port}")
         finally:
-            _stop(proxy)
-            _stop(app)
+            stop(proxy)
+            stop(app)
 
 
 @pytest.fixture(scope="module")
