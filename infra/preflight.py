@@ -115,7 +115,10 @@ def checks(session: Any, *, of: Stage, region: str, mail_sender: str | None) -> 
         account = sts.get_caller_identity()["Account"]
         return Check("credentials", OK, f"account {account}, region {region}")
 
-    found.append(_guarded("credentials", "aws configure, or set AWS_PROFILE", identity))
+    who = _guarded("credentials", "aws configure, or set AWS_PROFILE", identity)
+    if who.status != OK:  # nothing else can be asked: a failure, never "cannot tell"
+        return [Check(who.name, FAIL, who.detail, who.fix)]
+    found.append(who)
 
     def bootstrap() -> Check:
         try:
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None, *, endpoint_url: str | None = None) -> i
     try:
         of = stage(int(options.stage) if options.stage.isdigit() else options.stage)
     except (KeyError, ValueError) as error:
-        print(f"preflight: {error}", file=sys.stderr)
+        print(f"preflight: {error.args[0]}", file=sys.stderr)
         return 2
     session = boto3.session.Session(region_name=options.region)
     region = session.region_name

@@ -114,3 +114,21 @@ def test_the_peak_vcpus_of_blue_green_hold_both_colours_at_their_maximum_during_
         web = 2 * of.fleet.max_size * vcpus(of.fleet.instance_type)
         workers = of.workers.max_size * vcpus(of.workers.instance_type) if of.workers else 0
         assert preflight.peak_vcpus(of) == web + workers
+
+
+def test_without_credentials_preflight_fails_instead_of_saying_cannot_tell(capsys, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code = preflight.main(["--region", REGION, "--stage", "3"])
+    output = capsys.readouterr()
+    assert code == 1
+    assert line(output.out, "credentials").split()[0] == "FAIL"
+    assert "preflight: 1 check(s) failed: credentials" in output.err
+
+
+def test_an_unknown_stage_is_one_plain_line(capsys):
+    assert preflight.main(["--region", REGION, "--stage", "9"]) == 2
+    assert capsys.readouterr().err.startswith("preflight: no stage 9; known:")
