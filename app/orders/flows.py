@@ -8,13 +8,16 @@ instead (`record_placed`), and the worker applies it with `handle_order_placed`:
 
 - step `fulfil`, one transaction: claim the step, lock the order, post the ledger and open the
   shipment unless the order was cancelled first, mark it fulfilled;
-- step `mail`, one transaction held while SES accepts the message: claim the step, send the
-  confirmation to the customer of a fulfilled order that is not cancelled. A failure rolls the
-  claim back and the message comes again; only a worker killed between SES's answer and the
-  COMMIT sends a second e-mail. A refusal that no retry can change (MailRefused: SES's
-  sandbox, an unverified identity, an address it cannot parse) is logged at ERROR with the
-  order's id and the claim committed: the mail is given up, and the message is not received
-  again until it is dead-lettered.
+- step `mail`, no transaction open while SES answers: (1) lock the order and take a lease on
+  its confirmation (`confirmation_claimed_until`, MAIL_LEASE) if the order is fulfilled, not
+  cancelled and not yet mailed, and commit; (2) send; (3) record the outcome on the order
+  (`confirmation_sent_at`, or `confirmation_refused` with SES's reason) and claim the step.
+  A failure releases the lease and the message comes again. A refusal that no retry can change
+  (MailRefused: SES's sandbox, an unverified identity, an address it cannot parse) is recorded,
+  logged at ERROR with the order's id, and not retried. Another delivery of the same event
+  that finds the lease held fails and comes back after it. Only a worker killed between SES's
+  answer and (3) sends a second e-mail, once its lease has run out; and a cancellation that
+  lands during the call itself cannot stop a mail already handed to SES.
 
 Each claim is a `processed_event` row (app/core/outbox.py), so an event delivered twice, or to
 two workers at once, is applied once. A cancellation locks the same order row: either the
@@ -27,6 +30,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -98,22 +102,15 @@ def confirmation(
     return Mail(to=email, subject=f"Your order #{order_id}", text=text)
 
 
-async def _confirmation_of(db: Database, conn: AsyncConnection, order_id: int) -> Mail | None:
-    """The confirmation of a fulfilled order that still stands, or None: an unknown order, or a
-    cancelled one (before it was fulfilled, or after: a cancellation leaves `fulfilled_at` set,
-    and the mail step may come after it when SES failed the first time)."""
+async def _confirmation_of(db: Database, conn: AsyncConnection, order_id: int) -> Mail:
+    """The confirmation of an order (its lines, total and the customer's address)."""
     order = (
         await conn.execute(
-            select(
-                CustomerOrder.customer_id,
-                CustomerOrder.status,
-                CustomerOrder.total_cents,
-                CustomerOrder.fulfilled_at,
-            ).where(CustomerOrder.id == order_id)
+            select(CustomerOrder.customer_id, CustomerOrder.total_cents).where(
+                CustomerOrder.id == order_id
+            )
         )
-    ).one_or_none()
-    if order is None or order.fulfilled_at is None or order.status == OrderStatus.CANCELLED.value:
-        return None
+    ).one()
     lines = await conn.execute(
         select(OrderLine.name, OrderLine.quantity, OrderLine.line_total_cents)
         .where(OrderLine.order_id == order_id)
@@ -188,19 +185,75 @@ async def handle_order_placed(
                     .where(CustomerOrder.id == order_id)
                     .values(fulfilled_at=utcnow())
                 )
+    await _mail(db, mailer, event_id=event_id, order_id=order_id)
+
+
+class MailInFlight(Exception):
+    """Another delivery of the same event holds the order's mail lease: this one comes back."""
+
+
+MAIL_LEASE = timedelta(seconds=90)
+"""How long a worker may take to hand a confirmation to SES (the SES client gives up within
+about 40 s: 3 attempts of a 2 s connect and a 10 s read); past it, another worker may send."""
+
+
+async def _mail(db: Database, mailer: Mailer, *, event_id: uuid.UUID, order_id: int) -> None:
+    """The `mail` step (see the module's docstring): lease, commit, send, record."""
     async with db.write() as conn:
-        if await outbox.claim(conn, event_id=event_id, step="mail"):
-            mail = await _confirmation_of(db, conn, order_id)
-            if mail is not None:
-                # Inside the claiming transaction: SES failing rolls the claim back, and the
-                # message comes again. A refusal no retry can change commits the claim instead:
-                # the mail is given up, not retried until the message is dead-lettered.
-                try:
-                    await mailer.send(mail)
-                except MailRefused as exc:
-                    log.error(
-                        "confirmation of order %s given up (event %s): %s", order_id, event_id, exc
-                    )
+        done = await conn.execute(
+            select(outbox.ProcessedEvent.event_id).where(
+                outbox.ProcessedEvent.event_id == event_id, outbox.ProcessedEvent.step == "mail"
+            )
+        )
+        if done.first() is not None:
+            return
+        order = (
+            await conn.execute(
+                select(
+                    CustomerOrder.status,
+                    CustomerOrder.fulfilled_at,
+                    CustomerOrder.confirmation_sent_at,
+                    CustomerOrder.confirmation_refused,
+                    CustomerOrder.confirmation_claimed_until,
+                )
+                .where(CustomerOrder.id == order_id)
+                .with_for_update()
+            )
+        ).one_or_none()
+        if (
+            order is None
+            or order.fulfilled_at is None
+            or order.status == OrderStatus.CANCELLED.value
+            or order.confirmation_sent_at is not None
+            or order.confirmation_refused is not None
+        ):
+            # Nothing to send: unknown, cancelled (before it was fulfilled or after: a cancel
+            # leaves `fulfilled_at` set), or its outcome already recorded.
+            await outbox.claim(conn, event_id=event_id, step="mail")
+            return
+        now = utcnow()
+        if order.confirmation_claimed_until is not None and order.confirmation_claimed_until > now:
+            raise MailInFlight(f"order {order_id}: its confirmation is being sent")
+        await _set_confirmation(conn, order_id, confirmation_claimed_until=now + MAIL_LEASE)
+        mail = await _confirmation_of(db, conn, order_id)
+    try:
+        await mailer.send(mail)
+    except MailRefused as exc:
+        log.error("confirmation of order %s given up (event %s): %s", order_id, event_id, exc)
+        outcome: dict[str, Any] = {"confirmation_refused": str(exc)[:500] or "refused"}
+    except BaseException:
+        async with db.write() as conn:
+            await _set_confirmation(conn, order_id, confirmation_claimed_until=None)
+        raise
+    else:
+        outcome = {"confirmation_sent_at": utcnow()}
+    async with db.write() as conn:
+        await _set_confirmation(conn, order_id, confirmation_claimed_until=None, **outcome)
+        await outbox.claim(conn, event_id=event_id, step="mail")
+
+
+async def _set_confirmation(conn: AsyncConnection, order_id: int, **values: Any) -> None:
+    await conn.execute(update(CustomerOrder).where(CustomerOrder.id == order_id).values(**values))
 
 
 Handler = Callable[[Database, Mailer, uuid.UUID, Mapping[str, Any]], Awaitable[None]]

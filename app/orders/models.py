@@ -27,6 +27,12 @@ class CustomerOrder(Base):
     # When the ledger was posted and the shipment opened: in the placing transaction without a
     # queue, by `shop worker` with one (NULL until then; stays NULL if cancelled before).
     fulfilled_at: Mapped[datetime | None]
+    # The confirmation e-mail, where a worker sends it (stage 7): when SES accepted it, or why
+    # SES refused it for good (a sandbox, an unverified identity); and the lease a worker holds
+    # while SES answers, so that no transaction stays open across the call.
+    confirmation_sent_at: Mapped[datetime | None]
+    confirmation_refused: Mapped[str | None] = mapped_column(String(500))
+    confirmation_claimed_until: Mapped[datetime | None]
 
 
 class OrderLine(Base):

@@ -264,15 +264,19 @@ async def test_an_event_applied_twice_or_at_once_twice_posts_ships_and_mails_onc
     event = await event_of(resources, order["id"])
     mailer = RecordingMailer()
 
-    await asyncio.gather(
+    outcomes = await asyncio.gather(
         *(
             flows.handle_order_placed(
                 resources.db, mailer, event_id=event.id, payload=event.payload
             )
             for _ in range(3)
-        )
+        ),
+        return_exceptions=True,
     )
     await flows.handle_order_placed(resources.db, mailer, event_id=event.id, payload=event.payload)
+
+    # A delivery that finds another sending the mail fails, so that its message comes back.
+    assert all(o is None or isinstance(o, flows.MailInFlight) for o in outcomes), outcomes
 
     assert await counts(resources, order["id"]) == (3, 1)
     assert [m.to for m in mailer.sent] == ["alice@example.com"]
@@ -550,6 +554,8 @@ async def test_a_mail_ses_refuses_for_good_is_given_up_and_its_message_deleted_a
     assert await counts(resources, order["id"]) == (3, 1)
     [given_up] = [r.getMessage() for r in caplog.records if r.name == "shop.orders"]
     assert f"order {order['id']}" in given_up and "MessageRejected" in given_up
+    refused, sent_at = await confirmation_of(resources, order["id"])
+    assert refused is not None and "MessageRejected" in refused and sent_at is None
     # Handled again (the relay published it twice), it does not ask SES again.
     caplog.clear()
     with caplog.at_level(logging.WARNING):
@@ -557,6 +563,86 @@ async def test_a_mail_ses_refuses_for_good_is_given_up_and_its_message_deleted_a
             resources.db, unverified, event_id=event.id, payload=event.payload
         )
     assert not [r for r in caplog.records if r.name == "shop.orders"]
+
+
+async def confirmation_of(resources: Resources, order_id: int) -> tuple[str | None, Any]:
+    """What the order records of its confirmation: (why SES refused it, when it was sent)."""
+    async with resources.db.read(primary=True) as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT confirmation_refused, confirmation_sent_at FROM customer_order"
+                    " WHERE id = :id"
+                ),
+                {"id": order_id},
+            )
+        ).one()
+    return row[0], row[1]
+
+
+async def test_no_transaction_stays_open_while_ses_answers_and_the_sending_is_recorded(
+    queued: tuple[httpx.AsyncClient, Resources], database_url: str, alice: User
+) -> None:
+    """SES can take tens of seconds; a transaction held across the call would hold a pooled
+    connection and the claim's row locks that long. During the call no session of the shop's
+    database is idle in a transaction; after it the order records when the mail was sent."""
+    import psycopg
+
+    client, resources = queued
+    product = await make_product(resources)
+    order = await place(client, alice, product.id)
+    event = await event_of(resources, order["id"])
+    plain = database_url.replace("postgresql+psycopg://", "postgresql://")
+    seen: list[int] = []
+
+    class Watching:
+        async def send(self, mail: Mail) -> None:
+            async with await psycopg.AsyncConnection.connect(plain, autocommit=True) as conn:
+                cursor = await conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+                )
+                seen.append(int((await cursor.fetchone() or [0])[0]))
+
+    await flows.handle_order_placed(
+        resources.db, Watching(), event_id=event.id, payload=event.payload
+    )
+
+    assert seen == [0]
+    refused, sent_at = await confirmation_of(resources, order["id"])
+    assert refused is None and sent_at is not None
+    # Delivered again, the event sends nothing more.
+    mailer = RecordingMailer()
+    await flows.handle_order_placed(resources.db, mailer, event_id=event.id, payload=event.payload)
+    assert mailer.sent == []
+
+
+async def test_a_second_delivery_while_the_first_is_sending_sends_nothing_and_comes_back(
+    queued: tuple[httpx.AsyncClient, Resources], alice: User
+) -> None:
+    """The same event handled twice at once (the relay published it twice): the second finds
+    the first's lease on the order's confirmation, fails so that its message comes back, and
+    once the first has recorded the mail, handling it again sends nothing."""
+    client, resources = queued
+    product = await make_product(resources)
+    order = await place(client, alice, product.id)
+    event = await event_of(resources, order["id"])
+    second = RecordingMailer()
+
+    class Slow(RecordingMailer):
+        async def send(self, mail: Mail) -> None:
+            with pytest.raises(flows.MailInFlight):
+                await flows.handle_order_placed(
+                    resources.db, second, event_id=event.id, payload=event.payload
+                )
+            await super().send(mail)
+
+    first = Slow()
+    await flows.handle_order_placed(resources.db, first, event_id=event.id, payload=event.payload)
+    await flows.handle_order_placed(resources.db, second, event_id=event.id, payload=event.payload)
+
+    assert len(first.sent) == 1 and second.sent == []
+    assert await counts(resources, order["id"]) == (3, 1)
 
 
 # --- retention: the worker keeps its tables bounded ----------------------------------------------
