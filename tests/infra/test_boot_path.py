@@ -9,6 +9,7 @@ tests then read what CloudFormation would have been told, and when.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -17,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shop_infra.constructs.agent import (
+    AGENT_CONFIG,
+    HOST_ADDRESS,
+    PROMETHEUS_CONFIG,
+    TRACE_SAMPLE_RATIO,
+)
 from shop_infra.constructs.compute import (
     BOOT_ATTEMPTS,
     HEALTH_CHECKS,
@@ -29,7 +36,16 @@ from shop_infra.stages import STAGES
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 INSTANCE_ID = "i-0123456789abcdef0"
-FAKES = ("dnf", "systemctl", "docker", "aws", "curl", "cfn-signal", "sleep")
+FAKES = (
+    "dnf",
+    "systemctl",
+    "docker",
+    "aws",
+    "curl",
+    "cfn-signal",
+    "sleep",
+    "amazon-cloudwatch-agent-ctl",
+)
 
 # One fake for every command: log the call, then behave as the FAIL_* variables say.
 FAKE = r"""#!/bin/bash
@@ -42,9 +58,15 @@ fail() {  # fail KEY LIMIT: fail the first LIMIT calls for KEY ("always": every 
   if [ "$2" = always ] || [ "$count" -le "$2" ]; then exit 1; fi
 }
 case "$name $1" in
-  "dnf install") fail dnf "${FAIL_DNF:-0}" ;;
+  "dnf install")
+    case "$*" in
+      *amazon-cloudwatch-agent*) fail agent-install "${FAIL_AGENT_INSTALL:-0}" ;;
+      *) fail dnf "${FAIL_DNF:-0}" ;;
+    esac ;;
+  "amazon-cloudwatch-agent-ctl -a") fail agent-start "${FAIL_AGENT_START:-0}" ;;
   "docker pull") fail pull "${FAIL_PULL:-0}" ;;
   "docker login") cat > /dev/null ;;
+  "docker network") [ "$2" != inspect ] || [ "${NETWORK_EXISTS:-no}" = yes ] || exit 1 ;;
   "aws ecr") echo registry-password ;;
   "aws secretsmanager") echo '{"password": "from-secrets-manager"}' ;;
   "systemctl is-failed") [ "${UNIT_FAILED:-no}" = yes ] || exit 1 ;;
@@ -273,7 +295,7 @@ def test_a_package_install_that_fails_once_is_retried(synthesized, tmp_path):
     _, script = _web_instance(synthesized, 2)
     boot = run(script, tmp_path, FAIL_DNF="1")
     assert boot.returncode == 0, boot.output
-    assert len(boot.called("dnf install")) == 2
+    assert len(boot.called("dnf install -y docker")) == 2
     assert boot.signals[-1].endswith("--exit-code 0")
 
 
@@ -314,6 +336,72 @@ def test_the_container_logs_without_blocking_the_app(synthesized, tmp_path):
     assert "--log-driver awslogs" in start
     assert "--log-opt mode=non-blocking" in start
     assert re.search(r"--log-opt max-buffer-size=\d+m", start)
+
+
+# --- the CloudWatch agent: useful when it starts, harmless when it does not ----------------------
+
+
+def _agent_started(boot: Boot) -> None:
+    config = boot.root / AGENT_CONFIG.lstrip("/")
+    assert boot.called("amazon-cloudwatch-agent-ctl") == [
+        f"amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s -c file:{config}"
+    ]
+    assert json.loads(config.read_text())["traces"]["traces_collected"]["otlp"]
+    assert json.loads((boot.root / PROMETHEUS_CONFIG.lstrip("/")).read_text())["scrape_configs"]
+    assert "boot: CloudWatch agent started" in boot.output
+
+
+@pytest.mark.parametrize("number", [1, 3, 7], ids=["box", "web group", "worker group"])
+def test_the_agent_starts_before_the_app_which_is_told_where_to_send_its_traces(
+    synthesized, tmp_path, number
+):
+    if number == 7:
+        script = _worker_template(synthesized)
+    else:
+        _, script = _web_instance(synthesized, number)
+    boot = run(script, tmp_path)
+    assert boot.returncode == 0, boot.output
+    _agent_started(boot)
+    # The network the app's container joins has the agent's address as its gateway ...
+    [network] = boot.called("docker network create")
+    assert f"--gateway {HOST_ADDRESS} " in network
+    assert boot.index("docker network create") < boot.index("amazon-cloudwatch-agent-ctl")
+    # ... the agent listens there, and is up before the app starts sending to it.
+    assert boot.index("amazon-cloudwatch-agent-ctl") < boot.index("systemctl enable --now shop")
+    settings = (boot.root / "etc/shop/app.env").read_text().splitlines()
+    assert f"SHOP_OTLP_ENDPOINT=http://{HOST_ADDRESS}:4318" in settings
+    assert f"SHOP_TRACE_SAMPLE_RATIO={TRACE_SAMPLE_RATIO}" in settings
+    assert "--env-file /etc/shop/app.env" in _unit(boot)
+    assert boot.signals[-1].endswith("--exit-code 0")
+
+
+@pytest.mark.parametrize(
+    ("failure", "attempts", "started"),
+    [("FAIL_AGENT_INSTALL", BOOT_ATTEMPTS, 0), ("FAIL_AGENT_START", 1, 1)],
+    ids=["install", "start"],
+)
+def test_an_agent_that_fails_is_logged_and_the_app_still_starts_and_signals(
+    synthesized, tmp_path, failure, attempts, started
+):
+    _, script = _web_instance(synthesized, 3)
+    boot = run(script, tmp_path, **{failure: "always"})
+    assert boot.returncode == 0, boot.output
+    assert len(boot.called("dnf install -y amazon-cloudwatch-agent")) == attempts
+    assert len(boot.called("amazon-cloudwatch-agent-ctl")) == started
+    assert "boot: WARNING: the CloudWatch agent did not start" in boot.output
+    assert boot.called("systemctl enable --now shop")
+    [signal] = boot.signals
+    assert signal.endswith("--exit-code 0")
+
+
+def test_a_worker_whose_agent_fails_still_signals_and_reports_no_unhealthy_instance(
+    synthesized, tmp_path
+):
+    boot = run(_worker_template(synthesized), tmp_path, FAIL_AGENT_INSTALL="always")
+    assert boot.returncode == 0, boot.output
+    assert "the CloudWatch agent did not start" in boot.output
+    assert not boot.called("aws autoscaling set-instance-health")
+    assert boot.signals[-1].endswith("--exit-code 0")
 
 
 # --- workers: a crashing process is noticed ----------------------------------------------------

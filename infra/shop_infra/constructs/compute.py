@@ -42,6 +42,7 @@ from constructs import Construct
 
 from ..nag import acknowledge
 from ..stages import APP_PORT, GRACEFUL_SHUTDOWN_S
+from . import agent
 from .proxy import CADDY_IMAGE, CADDYFILE, ReverseProxy
 from .proxy import CONTAINER as PROXY_CONTAINER
 from .proxy import UNIT as PROXY_UNIT
@@ -157,7 +158,8 @@ class ContainerTier(Construct):
         proxy: ReverseProxy | None = None,
     ) -> None:
         super().__init__(scope, id)
-        self._environment = dict(environment)
+        # Every container reaches the CloudWatch agent on its own instance for its traces.
+        self._environment = {**environment, **agent.app_environment()}
         self._command = command
         self._publish = publish
         self._on_box_secret = on_box_secret
@@ -177,6 +179,14 @@ class ContainerTier(Construct):
             retention=logs.RetentionDays.TWO_WEEKS,
             removal_policy=RemovalPolicy.DESTROY,
         )
+        self.metrics_log_group = logs.LogGroup(
+            self,
+            "AppMetrics",
+            retention=logs.RetentionDays.TWO_WEEKS,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        """The app's scraped metrics as embedded metric format (the agent's Prometheus
+        pipeline), apart from the app's own log lines."""
         self.role = iam.Role(
             self,
             "Role",
@@ -188,6 +198,8 @@ class ContainerTier(Construct):
         )
         repository.grant_pull(self.role)
         self.log_group.grant_write(self.role)
+        agent.grant_agent(self.role, log_groups=[self.log_group, self.metrics_log_group])
+        self._describes_tags = False
         if on_box_secret is not None:
             on_box_secret.grant_read(self.role)
         acknowledge(
@@ -204,7 +216,11 @@ class ContainerTier(Construct):
             "the image pull itself is limited to the one asset repository. A worker's "
             "autoscaling:SetInstanceHealth is on '*' too, but only for the group that carries "
             "this stack's id and the group's logical id as CloudFormation tags: the group's ARN "
-            "holds a generated id, and naming it would make the role depend on the group.",
+            "holds a generated id, and naming it would make the role depend on the group. The "
+            "CloudWatch agent's xray:PutTraceSegments, xray:PutTelemetryRecords, "
+            "cloudwatch:PutMetricData (held to the shop's namespace by its condition) and, in a "
+            "group, ec2:DescribeTags (its AutoScalingGroupName dimension) have no resource-level "
+            "permissions at all.",
         )
 
     def boot(
@@ -214,14 +230,17 @@ class ContainerTier(Construct):
         image_uri: str,
         signal: CfnResource,
         report_health: bool,
+        in_group: bool,
     ) -> None:
-        """Write the boot script into `user_data`: docker, the image, the app under systemd.
+        """Write the boot script into `user_data`: docker, the image, the CloudWatch agent,
+        the app under systemd.
 
         `signal` is the resource whose creation policy (or rolling update) waits for this
         instance. With `report_health` (queue workers), a worker that has answered once and then
         stays silent on its metrics port makes the instance report itself unhealthy to its Auto
         Scaling group (there is no load balancer health check to notice it), and so does a
-        failed boot.
+        failed boot. `in_group`: the instance is in an Auto Scaling group (its agent's memory and
+        disk metrics carry the group's name).
         """
         region = Aws.REGION
         resource = Stack.of(self).get_logical_id(signal)
@@ -230,7 +249,7 @@ class ContainerTier(Construct):
             "set -euo pipefail",
             "# Each step that reaches the network is retried with backoff; CloudFormation hears",
             "# success only once the app is healthy here, and failure from the exit trap.",
-            'export PATH="$PATH:/opt/aws/bin"',
+            f'export PATH="$PATH:/opt/aws/bin:{agent.AGENT_DIR}/bin"',
             "# Empty on an instance; the tests walk this script with files under a scratch folder.",
             'ROOT="${SHOP_BOOT_ROOT:-}"',
             f"REGION='{region}'",
@@ -271,7 +290,10 @@ class ContainerTier(Construct):
         if self.proxy is not None:
             lines.append(f"retry docker pull {CADDY_IMAGE}")
         lines += [
-            "docker network inspect shop >/dev/null 2>&1 || docker network create shop",
+            # A fixed subnet: the agent listens for traces on its gateway (agent.HOST_ADDRESS).
+            "docker network inspect shop >/dev/null 2>&1 || docker network create "
+            f"--subnet {agent.CONTAINER_NETWORK} --gateway {agent.HOST_ADDRESS} shop",
+            *self._agent(in_group=in_group),
             "STEP='write the configuration'",
             'install -d -m 0700 "$ROOT/etc/shop"',
             # Addresses and secret ARNs only: no password is ever in this file.
@@ -335,6 +357,32 @@ class ContainerTier(Construct):
             ]
         lines += ['echo "boot: healthy; signalling success"', "signal 0"]
         user_data.add_commands(*lines)
+
+    def _agent(self, *, in_group: bool) -> list[str]:
+        """The boot step that installs and starts the CloudWatch agent (never fatal)."""
+        if self._publish:
+            scrape = agent.Scrape(
+                "web", f"127.0.0.1:{LOOPBACK_PORT}", "/metrics", agent.WEB_METRICS
+            )
+        else:
+            scrape = agent.Scrape(
+                "worker", f"127.0.0.1:{WORKER_METRICS_PORT}", "/metrics", agent.WORKER_METRICS
+            )
+        config = agent.agent_config(
+            log_group=self.log_group.log_group_name,
+            metrics_log_group=self.metrics_log_group.log_group_name,
+            stack_name=Aws.STACK_NAME,
+            scrape=scrape,
+            in_group=in_group,
+        )
+        prometheus = agent.prometheus_config(stack_name=Aws.STACK_NAME, scrape=scrape)
+        return agent.boot_lines(config=agent.as_text(config), prometheus=agent.as_text(prometheus))
+
+    def describe_tags(self) -> None:
+        """Let the agent read its instance's tags (once per tier): the group-name dimension."""
+        if not self._describes_tags:
+            self.grant(agent.group_dimension_statement())
+            self._describes_tags = True
 
     def _unit(self, image_uri: str) -> str:
         region = Aws.REGION
@@ -597,7 +645,13 @@ def instances(
         instance.instance.cfn_options.creation_policy = CfnCreationPolicy(
             resource_signal=CfnResourceSignal(count=1, timeout=BOOT_TIMEOUT.to_iso_string())
         )
-        tier.boot(user_data, image_uri=image_uri, signal=instance.instance, report_health=False)
+        tier.boot(
+            user_data,
+            image_uri=image_uri,
+            signal=instance.instance,
+            report_health=False,
+            in_group=False,
+        )
         acknowledge(
             instance,
             id="CloudFormation-Validate::W9010",
@@ -685,7 +739,14 @@ def scaling_group(
     resource = group.node.default_child
     assert isinstance(resource, CfnResource)
     report_health = not elb_health_check
-    tier.boot(user_data, image_uri=image_uri, signal=resource, report_health=report_health)
+    tier.boot(
+        user_data,
+        image_uri=image_uri,
+        signal=resource,
+        report_health=report_health,
+        in_group=True,
+    )
+    tier.describe_tags()
     if report_health:
         tier.grant(
             iam.PolicyStatement(
