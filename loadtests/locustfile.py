@@ -9,7 +9,10 @@ Knobs (environment): `SHOP_LOAD_SHAPE` (step, daily, spike; unset: -u/-r/-t), th
 knobs (loadtests/shapes.py), `SHOP_LOAD_THINK_S` (mean think time, default 1.0),
 `SHOP_LOAD_ADMIN_EMAIL`/`SHOP_LOAD_ADMIN_PASSWORD` (the admin who restocks and checks the
 invariants), `SHOP_LOAD_P95_MS` (the latency objective, default 500), and the outputs
-`SHOP_LOAD_STEPS_OUT` (one JSON line per measured step) and `SHOP_LOAD_INVARIANTS_OUT`.
+`SHOP_LOAD_STEPS_OUT` (one JSON line per measured step) and `SHOP_LOAD_INVARIANTS_OUT`; for the
+fault runs (loadtests/ladder/faults.py), `SHOP_LOAD_REQUESTS_OUT` (one JSON line per request:
+start, name, status, milliseconds, error kind, Retry-After) and `SHOP_LOAD_ACKED_OUT` (one JSON
+line per order answered 201: its id and Idempotency-Key).
 A violated invariant makes Locust exit with code 1. The catalog must be seeded beforehand.
 """
 
@@ -52,6 +55,8 @@ ADMIN_EMAIL = os.environ.get("SHOP_LOAD_ADMIN_EMAIL") or None
 ADMIN_PASSWORD = os.environ.get("SHOP_LOAD_ADMIN_PASSWORD") or None
 STEPS_OUT = os.environ.get("SHOP_LOAD_STEPS_OUT") or None
 INVARIANTS_OUT = os.environ.get("SHOP_LOAD_INVARIANTS_OUT") or None
+REQUESTS_OUT = os.environ.get("SHOP_LOAD_REQUESTS_OUT") or None
+ACKED_OUT = os.environ.get("SHOP_LOAD_ACKED_OUT") or None
 CUSTOMER_PASSWORD = "load-test-customer-1"  # accounts made by the run itself, on a test shop
 SEARCH_WORDS = ("lamp", "oak", "steel", "desk", "mug", "chair", "blue", "linen", "lite", "pro")
 LOW_STOCK = 10
@@ -143,11 +148,48 @@ def replay_pending(host: str, *, deadline_s: float = 15.0) -> None:
                     break
                 if answer.status_code == 201:
                     TALLY.orders.add(int(answer.json()["id"]))
+                    _acknowledged(int(answer.json()["id"]), replay.headers)
                 in_progress = answer.status_code == 409 and "in progress" in answer.text
                 if not in_progress or time.monotonic() > deadline:
                     break
                 gevent.sleep(0.2)
             PENDING.pop(key, None)
+
+
+class Journal:
+    """The fault runs' record (off unless SHOP_LOAD_REQUESTS_OUT or SHOP_LOAD_ACKED_OUT is
+    set): every request, and every order the suite saw acknowledged, one JSON line each."""
+
+    request_log = Path(REQUESTS_OUT).open("a", encoding="utf-8") if REQUESTS_OUT else None  # noqa: SIM115
+    acked_log = Path(ACKED_OUT).open("a", encoding="utf-8") if ACKED_OUT else None  # noqa: SIM115
+
+
+def _acknowledged(order_id: int, headers: dict[str, str]) -> None:
+    if Journal.acked_log is not None:
+        key = headers.get("Idempotency-Key")
+        Journal.acked_log.write(json.dumps({"order": order_id, "key": key}) + "\n")
+        Journal.acked_log.flush()
+
+
+if Journal.request_log is not None:
+
+    @events.request.add_listener
+    def _journal_request(
+        name: str,
+        response_time: float,
+        response: Any,
+        exception: BaseException | None,
+        start_time: float | None = None,
+        **_: Any,
+    ) -> None:
+        status = int(getattr(response, "status_code", 0) or 0)
+        kind = type(exception).__name__ if exception is not None and not status else ""
+        headers = getattr(response, "headers", None) or {}
+        retry_after = bool(status and headers.get("Retry-After"))
+        line = [round(start_time or time.time(), 3), name, status, round(response_time, 1)]
+        line += [exception is not None, kind, retry_after]
+        assert Journal.request_log is not None
+        Journal.request_log.write(json.dumps(line) + "\n")
 
 
 def _think() -> Any:
@@ -303,6 +345,7 @@ class Customer(FastHttpUser):
         if placed:
             order_id = int(response.json()["id"])
             TALLY.orders.add(order_id)
+            _acknowledged(order_id, headers)
             self.orders.append(order_id)
 
     @task(3)
@@ -359,8 +402,9 @@ class Customer(FastHttpUser):
             name="/orders/[id]/shipment",
             catch_response=True,
         ) as response:
-            # 404 while a worker has yet to open the shipment (stage 7, orders through a queue).
-            _expect(response, (200,), (404,))
+            # 202 while a worker has yet to open the shipment (stage 7, orders through a queue),
+            # as the API documents; 404 from an older shop.
+            _expect(response, (200,), (202, 404))
 
     @task(1)
     def cancel_order(self) -> None:
@@ -683,6 +727,9 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
         RunState.tally.merge(TALLY.as_data())
     report = _check_invariants()
     log.info("invariants:\n%s", invariants.render(report))
+    for journal in (Journal.request_log, Journal.acked_log):
+        if journal is not None:
+            journal.flush()
     if INVARIANTS_OUT:
         Path(INVARIANTS_OUT).parent.mkdir(parents=True, exist_ok=True)
         Path(INVARIANTS_OUT).write_text(json.dumps(report, indent=2))

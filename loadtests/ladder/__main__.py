@@ -1,5 +1,7 @@
 """`python -m loadtests.ladder [--stages 3,4]`: build, load, measure and tear down each stage in
-turn, write ladder-results/stage-<n>.json, then the report (docs/ladder/)."""
+turn, write ladder-results/stage-<n>.json, then the report (docs/ladder/). With `--faults`: one
+fault at a time under a steady load (loadtests/ladder/faults.py, report in docs/faults/); with
+`--soak`: a long steady run on one stage (loadtests/ladder/soak.py)."""
 
 from __future__ import annotations
 
@@ -42,7 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "ladder")
     parser.add_argument("--locustfile", type=Path, default=LOCUSTFILE)
     parser.add_argument("--no-budgets", action="store_true", help="run without cgroup CPU quotas")
+    parser.add_argument("--faults", action="store_true", help="faults under load (docs/faults/)")
+    parser.add_argument("--soak", action="store_true", help="a long steady run (docs/faults/)")
+    parser.add_argument("--fault", default="", help="with --faults: e.g. app-kill,primary-freeze")
+    parser.add_argument(
+        "--users", type=int, default=0, help="steady users (default: from the knee)"
+    )
+    parser.add_argument("--soak-min", type=float, default=30, help="the soak's minutes (30)")
     args = parser.parse_args(argv)
+    if args.faults or args.soak:
+        from loadtests.ladder import faults
+
+        return faults.main(args)
     try:
         stages = parse_stages(args.stages)
     except ValueError as exc:

@@ -1,0 +1,205 @@
+"""A soak (`python -m loadtests.ladder --soak`, `make soak`): the fullest local stage under a
+steady load of about 60 % of its knee for 30 minutes, with every minute the memory of every
+process, the sizes of the tables that grow with traffic, the queue's depth and p95. After the
+first five minutes none may grow by more than 10 %: a leak, a table the purge does not keep
+bounded, or a queue the workers do not keep up with shows here, not after a week in production.
+
+The worker's retention is shortened for the soak to the least its settings allow
+(SHOP_WORKER_RETENTION_H=1, a purge every SOAK_PURGE_EVERY_S): the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from contextlib import ExitStack, suppress
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from loadtests.ladder.components import Topology
+from loadtests.ladder.faults import (
+    _sqs,
+    open_stage,
+    percentile,
+    read_jsonl,
+    start_locust,
+    steady_users,
+    stop_locust,
+)
+from loadtests.ladder.provenance import provenance
+from loadtests.ladder.runner import say
+from loadtests.ladder.stages import Stage
+
+LOAD_SHARE = 0.6
+WARMUP_MIN = 5
+GROWTH_LIMIT = 0.10
+SOAK_RETENTION_H = "1"
+"""The least SHOP_WORKER_RETENTION_H allows (app/core/settings.py: at least one hour)."""
+SOAK_PURGE_EVERY_S = "30"
+TABLES = ("outbox_event", "processed_event", "idempotency_key", "customer_order")
+BOUNDED = ("outbox_event", "processed_event", "idempotency_key")
+"""The tables the worker's purge must keep bounded; orders grow by design."""
+P95_FLOOR_MS = 20.0
+DEPTH_FLOOR = 10.0
+"""Small absolute allowances: p95 and queue depth near zero jitter by more than 10 %."""
+
+
+def memory_kib(pid: int) -> int:
+    """Proportional set size (shared pages split among their users), else resident size."""
+    for name, key in (("smaps_rollup", "Pss:"), ("status", "VmRSS:")):
+        with suppress(OSError):
+            for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+                if line.startswith(key):
+                    return int(line.split()[1])
+    return 0
+
+
+def memory_per_process(topology: Topology) -> dict[str, float]:
+    """MiB per process (app-0, worker-1, redis, nginx...), with each one's children; the
+    primary and the replica with all their server processes."""
+    from loadtests.ladder.cgroups import descendants
+
+    found: dict[str, float] = {}
+    for process in topology.processes:
+        if process.popen.poll() is None:
+            pids = [process.pid, *descendants(process.pid)]
+            found[process.name] = round(sum(memory_kib(p) for p in pids) / 1024, 1)
+    for name, cluster in (("postgres", topology.primary), ("replica", topology.replica)):
+        if cluster is not None:
+            with suppress(OSError, ValueError):
+                pid = topology.postmaster_pid(cluster)
+                pids = [pid, *descendants(pid)]
+                found[name] = round(sum(memory_kib(p) for p in pids) / 1024, 1)
+    return found
+
+
+def table_rows(topology: Topology) -> dict[str, int]:
+    assert topology.primary is not None
+    url = topology.primary.libpq_url(topology.database)
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        return {
+            table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+            for table in TABLES
+        }
+
+
+def growth(series: list[float], *, floor: float, warmup: int) -> float | None:
+    """How much the series rose after the warm-up: (highest after - value at the warm-up's end)
+    over that value (at least `floor`); None before there is anything after the warm-up."""
+    if len(series) <= warmup:
+        return None
+    base = series[warmup - 1] if warmup else series[0]
+    return round((max(series[warmup:]) - base) / max(base, floor), 3)
+
+
+def verdict(minutes: list[dict[str, Any]]) -> tuple[dict[str, float | None], list[str]]:
+    """Growth after the warm-up per series, and the series that grew past the limit."""
+    series: dict[str, tuple[list[float], float]] = {}
+    names = sorted({name for m in minutes for name in m["memory_mib"]})
+    for name in names:
+        series[f"memory {name}"] = ([m["memory_mib"].get(name, 0.0) for m in minutes], 1.0)
+    for table in BOUNDED:
+        series[f"rows {table}"] = ([float(m["rows"].get(table, 0)) for m in minutes], 100.0)
+    series["queue depth"] = ([float(m["queue_depth"] or 0) for m in minutes], DEPTH_FLOOR)
+    series["p95"] = ([float(m["p95_ms"]) for m in minutes], P95_FLOOR_MS)
+    grown = {
+        name: growth(values, floor=floor, warmup=WARMUP_MIN)
+        for name, (values, floor) in series.items()
+    }
+    fails = [
+        f"{name} grew {100 * g:.0f} %"
+        for name, g in grown.items()
+        if g is not None and g > GROWTH_LIMIT
+    ]
+    return grown, fails
+
+
+def run_soak(
+    stage: Stage,
+    out: Path,
+    *,
+    users: int | None = None,
+    minutes: float = 30,
+    enforce: bool = True,
+    products: int = 1000,
+) -> dict[str, Any]:
+    count, load_from = steady_users(stage, users, LOAD_SHARE)
+    run_id = f"soak-{stage.number}-{uuid.uuid4().hex[:8]}"
+    samples: list[dict[str, Any]] = []
+    with ExitStack() as stack:
+        settings = {
+            "SHOP_WORKER_RETENTION_H": SOAK_RETENTION_H,
+            "SHOP_WORKER_PURGE_EVERY_S": SOAK_PURGE_EVERY_S,
+        }
+        h = open_stage(stage, stack, run_id, enforce=enforce, products=products, settings=settings)
+        say(f"  soak: {load_from}, {minutes:.0f} min")
+        process, journals = start_locust(h.topology, count, h.topology.folder / "soak")
+        sqs = _sqs(h.topology) if h.topology.queue_url else None
+        started = time.time()
+        seen = 0
+        try:
+            for minute in range(1, int(minutes) + 1):
+                time.sleep(max(0.0, started + 60 * minute - time.time()))
+                lines = [x for x in read_jsonl(journals.requests) if isinstance(x, list)]
+                recent = [x for x in lines[seen:] if x[0] >= started + 60 * (minute - 1)]
+                seen = len(lines)
+                depth = None
+                if sqs is not None:
+                    with suppress(Exception):
+                        depth = int(
+                            sqs.get_queue_attributes(
+                                QueueUrl=h.topology.queue_url,
+                                AttributeNames=["ApproximateNumberOfMessages"],
+                            )["Attributes"]["ApproximateNumberOfMessages"]
+                        )
+                sample = {
+                    "minute": minute,
+                    "requests": len(recent),
+                    "rps": round(len(recent) / 60, 1),
+                    "failures": sum(1 for x in recent if x[4]),
+                    "p95_ms": round(percentile([float(x[3]) for x in recent], 0.95), 1),
+                    "memory_mib": memory_per_process(h.topology),
+                    "rows": table_rows(h.topology),
+                    "queue_depth": depth,
+                }
+                samples.append(sample)
+                rows = " ".join(f"{k} {v}" for k, v in sample["rows"].items())
+                mem = sum(sample["memory_mib"].values())
+                say(
+                    f"  soak minute {minute}: {sample['rps']} req/s p95 {sample['p95_ms']:.0f} ms"
+                    f" {sample['failures']} failed; memory {mem:.0f} MiB; rows {rows};"
+                    f" queue {depth}"
+                )
+        finally:
+            stop_locust(process)
+        invariants: dict[str, Any] = {"ok": False, "checks": {}}
+        if journals.invariants.is_file():
+            with suppress(json.JSONDecodeError):
+                invariants = json.loads(journals.invariants.read_text())
+        budgets_enforced = h.budgets.enforced
+    grown, fails = verdict(samples)
+    if not invariants.get("ok"):
+        fails.append("invariants broken")
+    result = {
+        "kind": "soak",
+        "stage": stage.number,
+        "name": stage.name,
+        "users": count,
+        "load_from": load_from,
+        "minutes": samples,
+        "warmup_min": WARMUP_MIN,
+        "growth_limit": GROWTH_LIMIT,
+        "growth": grown,
+        "settings": settings,
+        "invariants": invariants,
+        "budgets_enforced": budgets_enforced,
+        "fails": fails,
+        "provenance": provenance(),
+    }
+    say("  soak: " + ("PASS" if not fails else "FAIL: " + "; ".join(fails)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "soak.json").write_text(json.dumps(result, indent=1))
+    return result

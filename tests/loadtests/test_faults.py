@@ -1,0 +1,70 @@
+"""Faults under load, the short version of `make faults`: stage 3's topology (nginx, two app
+processes, a private PostgreSQL, each under its budget) under a light steady load, one app
+process killed with SIGKILL. The supervisor brings it back, no order the suite saw
+acknowledged is lost or doubled, the invariants hold, and the only errors are a balancer's 502,
+the app's 503 or a refused connection, inside the fault's window and its recovery."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from loadtests.ladder.faults import ACCEPTED_ERRORS, FAULTS, run_stage_faults, summarise
+from loadtests.ladder.stages import STAGES
+from tests import pg_cluster
+
+pytestmark = [
+    pytest.mark.skipif(pg_cluster.why_unavailable() is not None, reason="no private PostgreSQL"),
+    pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed"),
+]
+
+
+def test_killing_an_app_process_under_load_loses_no_acknowledged_order(tmp_path: Path) -> None:
+    result = run_stage_faults(
+        STAGES[3],
+        [FAULTS["app-kill"]],
+        tmp_path,
+        users=8,
+        baseline_s=4,
+        after_s=6,
+        products=100,
+        think_s=0.3,
+    )
+
+    [row] = result["faults"]
+    assert row["detail"]["killed"] == "app-0"
+    assert row["window_s"] < 30, "the supervisor brought the process back"
+    orders = row["orders"]
+    assert orders["acknowledged"] > 0
+    assert orders["lost"] == 0 and orders["duplicated"] == 0, orders
+    assert orders["keys_not_one_row"] == 0, orders
+    assert row["invariants"]["ok"], row["invariants"]
+    errors = row["summary"]["errors"]
+    assert errors["before"] == {}
+    assert set(errors["during"]) | set(errors["after"]) <= set(ACCEPTED_ERRORS), errors
+    assert row["fails"] == [], row["fails"]
+    assert (tmp_path / "stage-3.json").is_file()
+
+
+def test_errors_are_counted_by_phase_and_kind_and_recovery_runs_to_the_last_one() -> None:
+    # start, name, status, ms, failed, exception, Retry-After
+    lines = [
+        [100.0, "/products", 200, 10.0, False, "", False],
+        [101.0, "/orders", 502, 5.0, True, "", False],
+        [102.0, "/orders", 503, 5.0, True, "", True],
+        [103.0, "/products", 503, 5.0, True, "", False],
+        [104.0, "/products", 0, 1.0, True, "ConnectionRefusedError", False],
+        [108.0, "/products", 500, 20.0, True, "", False],
+        [130.0, "/products", 200, 10.0, False, "", False],
+    ]
+    summary = summarise(lines, injected_at=100.5, restored_at=103.5, p95_ms=500)
+
+    assert summary["errors"]["before"] == {}
+    assert summary["errors"]["during"] == {"502": 1, "503": 1, "503 without Retry-After": 1}
+    assert summary["errors"]["after"] == {"refused": 1, "500": 1}
+    assert summary["errors_500"] == 1
+    assert summary["unaccepted_errors"] == {"503 without Retry-After": 1, "500": 1}
+    assert summary["recovery_s"] == pytest.approx(108.02 - 103.5, abs=0.1)
+    assert summary["recovered"]
