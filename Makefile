@@ -21,7 +21,7 @@ EXTRAS := --extra dev --extra infra --extra load
 LOCK_DATE := $(shell sed -n 's/^exclude-newer = "\(.*\)"/\1/p' pyproject.toml)
 STALE_LOCK := uv.lock does not match pyproject.toml: run 'make lock' (or 'make upgrade'), then 'make test', and commit both
 
-.PHONY: system-packages install run test test-lowest lint types contracts compose-check unit integration synth bench ladder clean lock upgrade lock-check docs preflight
+.PHONY: system-packages install run test test-lowest lint types contracts compose-check unit integration synth bench ladder faults soak clean lock upgrade lock-check docs preflight
 
 $(UV): tools/uv/requirements.txt
 	@test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
@@ -116,6 +116,15 @@ bench: $(STAMP)
 ## results in ladder-results/, report in docs/ladder/ (STAGES=3,4 for some; about 25 min for all)
 ladder: $(STAMP) system-packages
 	$(BIN)/python -m loadtests.ladder $(if $(STAGES),--stages $(STAGES))
+
+## faults: stages 3-7 under a steady load (70 % of the knee), one fault at a time (kill -9 an app or a worker,
+## replica, Redis, primary restart and freeze, queue unreachable); report in docs/faults/ (about 15 min a stage)
+faults: $(STAMP) system-packages
+	$(BIN)/python -m loadtests.ladder --faults $(if $(STAGES),--stages $(STAGES))
+
+## soak: stage 7 for 30 min at 60 % of its knee: memory, table sizes, queue depth, p95 each minute (about 35 min)
+soak: $(STAMP) system-packages
+	$(BIN)/python -m loadtests.ladder --soak
 
 ## test-lowest: the app's suite (unit, integration, e2e) on the lowest versions pyproject.toml allows
 LOWEST := .venv-lowest
