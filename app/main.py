@@ -37,6 +37,7 @@ from app.core.ratelimit import RateLimit
 from app.core.replicas import PositionTokens, ReadYourWrites
 from app.core.security import LocalTokens, Passwords
 from app.core.settings import Settings
+from app.core.tracing import WEB_SERVICE, quiet, tracing_for
 from app.customers.router import router as customers_router
 from app.customers.service import Accounts
 from app.delivery.router import router as delivery_router
@@ -176,13 +177,21 @@ async def close_resources(resources: Resources) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    tracing = tracing_for(settings, service=WEB_SERVICE)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if tracing is not None:
+            tracing.start()  # before the first connection, or its statements make no spans
         try:
-            resources = await open_resources(settings)
+            # Quiet: the tasks started here (replica health checks, the cache's listener)
+            # would start a trace every few seconds.
+            with quiet():
+                resources = await open_resources(settings)
         except StartupProblem as exc:
             log.error("shop cannot start: %s", exc)
+            if tracing is not None:
+                tracing.stop()
             raise
         app.state.resources = resources
         sampler = asyncio.create_task(sample_pools_forever(resources)) if settings.metrics else None
@@ -197,6 +206,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if resources.relay is not None:
                 await resources.relay.stop()
             await close_resources(resources)
+            if tracing is not None:
+                tracing.stop()
 
     app = FastAPI(
         title="Shop",
@@ -207,6 +218,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         generate_unique_id_function=operation_id,
     )
+    if tracing is not None:
+        tracing.instrument_app(app)
     # FastAPI matches a request against the routes in order, and each route tried costs CPU on
     # every request: the shop's API comes first, the docs, static files and schema last.
     framework_routes = list(app.router.routes)

@@ -47,6 +47,15 @@ from app.core.models import utcnow
 from app.core.outbox import Event
 from app.core.queue import Message, Queue
 from app.core.settings import WorkerSettings
+from app.core.tracing import (
+    WORKER_SERVICE,
+    TraceIds,
+    continue_trace,
+    quiet,
+    record_failure,
+    span,
+    tracing_for,
+)
 from app.migrations import runner
 from app.orders import service as orders
 from app.orders.flows import HANDLERS
@@ -154,7 +163,17 @@ class Worker:
         self._next_purge = 0.0
 
     async def handle(self, message: Message) -> bool:
-        """Apply one message's event; True when it may be deleted."""
+        """Apply one message's event; True when it may be deleted.
+
+        Traced as `worker.handle`, in the trace of the request that placed the order (its
+        context travels in the message's attributes); a failure marks the span, and its log
+        line names the trace."""
+        with continue_trace(
+            "worker.handle", message.attributes, kind="consumer", message_id=message.id
+        ):
+            return await self._handle(message)
+
+    async def _handle(self, message: Message) -> bool:
         kind = "?"
         try:
             event = Event.from_message(message.body)
@@ -164,6 +183,7 @@ class Worker:
                 raise ValueError(f"no handler for events of kind {event.kind!r}")
             await handler(self.db, self.mailer, event.id, event.payload)
         except Exception as exc:
+            record_failure(exc)
             FAILED.labels(kind).inc()
             last = self.max_receives is not None and message.receive_count >= self.max_receives
             if last:
@@ -212,14 +232,24 @@ class Worker:
         done already, or that a worker is doing at this moment, a no-op."""
         assert self.retention is not None and self.retention.redrive_after is not None
         before = utcnow() - self.retention.redrive_after
+        found = await outbox.unhandled(self.db, before=before, limit=limit)
+        if not found:
+            return 0
+        # A pass that applies events is a trace of its own: their requests' traces are not
+        # kept with them in the table.
+        with continue_trace("worker.reconcile", {}, events=len(found)):
+            return await self._apply_unhandled(found)
+
+    async def _apply_unhandled(self, events: list[Event]) -> int:
         applied = 0
-        for event in await outbox.unhandled(self.db, before=before, limit=limit):
+        for event in events:
             handler = HANDLERS.get(event.kind)
             if handler is None:
                 log.error("reconcile: no handler for event %s of kind %r", event.id, event.kind)
                 continue
             try:
-                await handler(self.db, self.mailer, event.id, event.payload)
+                with span("worker.redrive", event_id=str(event.id), kind=event.kind):
+                    await handler(self.db, self.mailer, event.id, event.payload)
             except Exception as exc:
                 log.warning(
                     "reconcile: event %s (%s) failed, next pass: %s", event.id, event.kind, exc
@@ -377,6 +407,24 @@ async def serve(settings: WorkerSettings) -> None:
     """The whole life of `shop worker`: open, consume until SIGTERM or SIGINT, close."""
     if not settings.queue_url:
         raise WorkerProblem("SHOP_QUEUE_URL is not set: there is no queue to work from")
+    tracing = tracing_for(settings, service=WORKER_SERVICE)
+    if tracing is not None:
+        tracing.start()  # before the first connection, or its statements make no spans
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(TraceIds())
+    try:
+        # Quiet: the polling (receives, deletes, purges) would start a trace every few
+        # seconds; each message's handling, and a reconciliation that applies events, are
+        # spans of their own (continue_trace).
+        with quiet():
+            await _serve(settings)
+    finally:
+        if tracing is not None:
+            tracing.stop()
+
+
+async def _serve(settings: WorkerSettings) -> None:
+    assert settings.queue_url is not None
     db = await open_database(settings)
     # After the schema check: a deployment waits for this port to call the worker started.
     if settings.worker_metrics_port:

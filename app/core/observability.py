@@ -1,5 +1,6 @@
 """What a load test reads from the shop: Prometheus metrics, a Server-Timing header and one JSON
-log line per request, all keyed by the route template and a request id.
+log line per request, all keyed by the route template and a request id (and, when the request's
+trace is recorded, its trace id: app/core/tracing.py).
 
 Time spent in the database and in the cache is summed per request in a context variable: the
 code that talks to them wraps each call in `timed("db")` / `timed("cache")`, and the middleware
@@ -32,6 +33,8 @@ from prometheus_client import (
     multiprocess,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.tracing import current_trace_id
 
 log = logging.getLogger("shop.access")
 
@@ -187,18 +190,20 @@ class Observe:
                 REQUESTS.labels(route, scope["method"], str(status)).observe(elapsed)
                 DB_TIME.labels(route).observe(timings.spent.get("db", 0.0))
             if self.access_log and log.isEnabledFor(logging.INFO):
-                log.info(
-                    json.dumps(
-                        {
-                            "request_id": request_id,
-                            "method": scope["method"],
-                            "route": route,
-                            "status": status,
-                            "ms": round(elapsed * 1000, 2),
-                            **{f"{k}_ms": round(v * 1000, 2) for k, v in timings.spent.items()},
-                        }
-                    )
-                )
+                line: dict[str, object] = {
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "ms": round(elapsed * 1000, 2),
+                    **{f"{k}_ms": round(v * 1000, 2) for k, v in timings.spent.items()},
+                }
+                # Inside the request's span (the tracing middleware is outermost): the line
+                # names the trace that shows this request, when it is recorded.
+                trace_id = current_trace_id()
+                if trace_id is not None:
+                    line["trace_id"] = trace_id
+                log.info(json.dumps(line))
 
 
 def _route_template(scope: Scope) -> str:

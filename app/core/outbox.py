@@ -19,7 +19,7 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +43,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.core.db import Database, insert_or_ignore, named_values, run
 from app.core.models import Base, UtcDateTime, utcnow
 from app.core.queue import Queue
+from app.core.tracing import carrier, continue_trace, quiet
 
 log = logging.getLogger("shop.outbox")
 
@@ -88,6 +89,10 @@ class Event:
     id: uuid.UUID
     kind: str
     payload: dict[str, Any]
+    trace: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """The trace context of the code that recorded it (W3C traceparent/tracestate; empty with
+    tracing off, and for an event read back from the table: it is kept in memory only). It
+    travels in the message's attributes, not its body, so a worker's spans join that trace."""
 
     def to_message(self) -> str:
         return json.dumps({"id": str(self.id), "kind": self.kind, "payload": self.payload})
@@ -108,7 +113,7 @@ _INSERT_EVENT = insert(OutboxEvent).values(named_values("id", "kind", "payload",
 async def record(conn: AsyncConnection, *, kind: str, payload: Mapping[str, Any]) -> Event:
     """Write an event in the caller's transaction (pipelined blocks included); it exists if and
     only if that transaction commits. Hand it to `Relay.publish_soon` after the commit."""
-    event = Event(id=uuid.uuid4(), kind=kind, payload=dict(payload))
+    event = Event(id=uuid.uuid4(), kind=kind, payload=dict(payload), trace=carrier())
     await run(
         conn,
         _INSERT_EVENT,
@@ -299,18 +304,26 @@ class Relay:
         self._tasks = []
 
     async def publish(self, events: Sequence[Event]) -> int:
-        """Send events to the queue, then mark those it accepted published; how many."""
-        sent: list[uuid.UUID] = []
-        for start in range(0, len(events), PUBLISH_BATCH):
-            chunk = events[start : start + PUBLISH_BATCH]
-            failed = await self._queue.send({str(e.id): e.to_message() for e in chunk})
-            for name, reason in failed.items():
-                log.warning("outbox event %s not published (%s); the sweep retries", name, reason)
-            sent += [e.id for e in chunk if str(e.id) not in failed]
-        if sent:
-            async with self._db.write() as conn:
-                await conn.execute(_MARK_PUBLISHED, {"ids": sent, "now": utcnow()})
-        return len(sent)
+        """Send events to the queue, then mark those it accepted published; how many.
+
+        Traced as one `outbox.publish` span in the trace of the first event (the request that
+        recorded it); each message carries its own event's trace context."""
+        if not events:
+            return 0
+        with continue_trace("outbox.publish", events[0].trace, kind="producer", events=len(events)):
+            sent: list[uuid.UUID] = []
+            for start in range(0, len(events), PUBLISH_BATCH):
+                chunk = events[start : start + PUBLISH_BATCH]
+                failed = await self._send(chunk, {str(e.id): e.trace for e in chunk})
+                for name, reason in failed.items():
+                    log.warning(
+                        "outbox event %s not published (%s); the sweep retries", name, reason
+                    )
+                sent += [e.id for e in chunk if str(e.id) not in failed]
+            if sent:
+                async with self._db.write() as conn:
+                    await conn.execute(_MARK_PUBLISHED, {"ids": sent, "now": utcnow()})
+            return len(sent)
 
     async def sweep(self, *, limit: int = 100) -> int:
         """Publish unpublished events older than `sweep_after_s`, oldest first; how many.
@@ -319,6 +332,9 @@ class Relay:
         lease of CLAIM_S, committed; SKIP LOCKED and the lease keep other processes' sweeps
         off them, so two sweeps do not publish the same event twice), send them, then mark
         those the queue accepted published.
+
+        A sweep that finds events is traced as the root of a trace of its own (`outbox.sweep`;
+        the requests' trace contexts are not kept in the table), which the messages carry.
         """
         now = utcnow()
         cutoff = now - self._sweep_after
@@ -344,14 +360,16 @@ class Relay:
                 )
         if not events:
             return 0
-        sent: list[uuid.UUID] = []
-        for start in range(0, len(events), PUBLISH_BATCH):
-            chunk = events[start : start + PUBLISH_BATCH]
-            failed = await self._queue.send({str(e.id): e.to_message() for e in chunk})
-            sent += [e.id for e in chunk if str(e.id) not in failed]
-        if sent:
-            async with self._db.write() as conn:
-                await conn.execute(_MARK_PUBLISHED, {"ids": sent, "now": utcnow()})
+        with continue_trace("outbox.sweep", {}, kind="producer", events=len(events)):
+            sent: list[uuid.UUID] = []
+            for start in range(0, len(events), PUBLISH_BATCH):
+                chunk = events[start : start + PUBLISH_BATCH]
+                trace = carrier()
+                failed = await self._send(chunk, {str(e.id): trace for e in chunk})
+                sent += [e.id for e in chunk if str(e.id) not in failed]
+            if sent:
+                async with self._db.write() as conn:
+                    await conn.execute(_MARK_PUBLISHED, {"ids": sent, "now": utcnow()})
         if len(sent) < len(events):
             log.warning(
                 "outbox sweep: %d of %d events not published", len(events) - len(sent), len(events)
@@ -359,6 +377,17 @@ class Relay:
         elif sent:
             log.info("outbox sweep: published %d events left behind", len(sent))
         return len(sent)
+
+    async def _send(
+        self, events: Sequence[Event], traces: Mapping[str, Mapping[str, str]]
+    ) -> dict[str, str]:
+        """Send one batch; with trace contexts (tracing on), each in its message's attributes.
+        With tracing off the call is exactly what it was before tracing existed."""
+        bodies = {str(e.id): e.to_message() for e in events}
+        carried = {name: trace for name, trace in traces.items() if trace}
+        if not carried:
+            return await self._queue.send(bodies)
+        return await self._queue.send(bodies, attributes=carried)
 
     async def _publish_forever(self) -> None:
         while True:
@@ -381,6 +410,7 @@ class Relay:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.sweep()
+                with quiet():  # polling: only a sweep that sends is traced
+                    await self.sweep()
             except Exception as exc:
                 log.warning("outbox sweep failed (%s); retrying in %.0f s", exc, interval)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -30,6 +30,8 @@ class Message:
     """How many times it has been received, this time included (SQS's ApproximateReceiveCount)."""
     sent_at: float
     """When it was first sent, in seconds since the epoch."""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    """Its string message attributes (the trace context it carries, when traced)."""
 
     @property
     def age_s(self) -> float:
@@ -47,11 +49,27 @@ class Queue:
             "sqs", region_name=region, endpoint_url=endpoint_url, config=CLIENT_CONFIG
         )
 
-    async def send(self, bodies: Mapping[str, str]) -> dict[str, str]:
-        """Send up to 10 messages, keyed by a batch entry id; the ids that failed, with why."""
+    async def send(
+        self,
+        bodies: Mapping[str, str],
+        *,
+        attributes: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> dict[str, str]:
+        """Send up to 10 messages, keyed by a batch entry id, each with the string attributes
+        given under its id (at most 10, SQS's limit); the ids that failed, with why."""
         if not bodies:
             return {}
-        entries = [{"Id": key, "MessageBody": body} for key, body in bodies.items()]
+        entries: list[dict[str, Any]] = []
+        for key, body in bodies.items():
+            entry: dict[str, Any] = {"Id": key, "MessageBody": body}
+            strings = attributes.get(key) if attributes else None
+            if strings:
+                entry["MessageAttributes"] = {
+                    name: {"DataType": "String", "StringValue": value}
+                    for name, value in strings.items()
+                    if value
+                }
+            entries.append(entry)
         answer = await asyncio.to_thread(
             self._client.send_message_batch, QueueUrl=self.url, Entries=entries
         )
@@ -65,6 +83,7 @@ class Queue:
             MaxNumberOfMessages=max_messages,
             WaitTimeSeconds=wait_s,
             MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            MessageAttributeNames=["All"],
         )
         return [
             Message(
@@ -74,6 +93,11 @@ class Queue:
                 receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
                 sent_at=int(m.get("Attributes", {}).get("SentTimestamp", time.time() * 1000))
                 / 1000,
+                attributes={
+                    name: value["StringValue"]
+                    for name, value in m.get("MessageAttributes", {}).items()
+                    if "StringValue" in value
+                },
             )
             for m in answer.get("Messages", [])
         ]
@@ -118,7 +142,10 @@ class Queue:
             batch = await self.receive(max_messages=min(10, limit - moved), wait_s=0)
             if not batch:
                 return moved
-            failed = await target.send({str(n): m.body for n, m in enumerate(batch)})
+            failed = await target.send(
+                {str(n): m.body for n, m in enumerate(batch)},
+                attributes={str(n): m.attributes for n, m in enumerate(batch)},
+            )
             sent = [m for n, m in enumerate(batch) if str(n) not in failed]
             await self.delete([m.receipt for m in sent])
             moved += len(sent)

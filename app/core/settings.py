@@ -332,6 +332,26 @@ class Settings(BaseSettings):
         True, description="One JSON log line per request (request id, route, status, durations)."
     )
 
+    # --- traces -----------------------------------------------------------------------------
+    otlp_endpoint: str | None = Field(
+        None,
+        description="Base URL of an OTLP/HTTP receiver of traces (spans go to its /v1/traces), "
+        "e.g. http://127.0.0.1:4318 (a collector, Jaeger). Unset: OpenTelemetry's standard "
+        "OTEL_EXPORTER_OTLP_ENDPOINT from the environment, if set (SHOP_OTLP_ENDPOINT wins, an "
+        "empty one included); neither: tracing is off, with no tracer provider, "
+        "instrumentation or exporter thread at all. See Traces in docs/performance.md.",
+    )
+    trace_sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of new traces (requests, the relay's sweeps, reconciliations) that "
+        "are recorded and exported, 0 to 1; a span with a caller (a worker's message) follows "
+        "its caller's decision. Each recorded request costs CPU in this process and the "
+        "collector; unrecorded ones still pay for the instrumentation, a fraction of that: "
+        "measured figures in docs/performance.md.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _csv_lists(cls, data: object) -> object:
@@ -340,6 +360,28 @@ class Settings(BaseSettings):
                 if name in data:
                     data[name] = _split_csv(data[name])
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _standard_otlp_endpoint(cls, data: object) -> object:
+        # OpenTelemetry's own variable is honoured, from the environment only (not .env), when
+        # the shop's is not given at all.
+        if isinstance(data, dict) and "otlp_endpoint" not in data:
+            standard = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            if standard:
+                data["otlp_endpoint"] = standard
+        return data
+
+    @model_validator(mode="after")
+    def _otlp_endpoint_is_a_url(self) -> Self:
+        endpoint = self.otlp_endpoint
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            raise ValueError(
+                f"SHOP_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT) must be an http:// or "
+                f"https:// base URL of an OTLP/HTTP receiver, e.g. http://127.0.0.1:4318; got "
+                f"{endpoint!r}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Self:
