@@ -5,8 +5,8 @@ Run `python infra/cost.py` to print the Markdown table; a test checks that READM
 exactly this output. Prices are on-demand list prices of us-east-1 in USD, as known on the date in
 PRICES_AS_OF (no network here to re-check them): verify with the AWS Pricing Calculator before
 quoting them. Usage-priced services (data transfer, CloudFront, S3, DynamoDB on demand, SQS, SES,
-load balancer capacity units, log ingestion) are left out: at the idle baseline they are cents;
-during a load test they follow the traffic.
+load balancer capacity units, log ingestion, X-Ray traces) are left out: at the idle baseline
+they are cents; during a load test they follow the traffic.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from shop_infra.constructs.agent import WEB_METRICS, WORKER_METRICS
 from shop_infra.constructs.network import AZS, INTERFACE_ENDPOINTS
 from shop_infra.stages import STAGES, Stage
 
@@ -32,6 +33,10 @@ NAT_PER_HOUR = 0.045
 INTERFACE_ENDPOINT_PER_AZ_HOUR = 0.01  # gateway endpoints (S3, DynamoDB) are free
 PUBLIC_IPV4_PER_HOUR = 0.005
 DETAILED_MONITORING_PER_INSTANCE_MONTH = 2.10  # 7 one-minute EC2 metrics at 0.30 $/metric-month
+CUSTOM_METRIC_PER_MONTH = 0.30  # the first 10,000 metrics of an account
+PUT_METRIC_DATA_PER_REQUEST = 0.01 / 1000
+AGENT_REQUESTS_PER_INSTANCE_HOUR = 60  # the agent sends its memory and disk once a minute
+HOST_METRICS = 2  # mem_used_percent, disk_used_percent: per group (or single box), not per instance
 EBS_GP3_PER_GB_MONTH = 0.08
 RDS_GP3_PER_GB_MONTH = 0.115
 SECRET_PER_MONTH = 0.40
@@ -76,6 +81,20 @@ def line_items(stage: Stage, *, at_max: bool = False) -> list[Item]:
     # The box's Elastic IP (stages 1-2); an internet-facing load balancer's address in each of
     # its AZs (stages 3-4; from stage 5 it is internal, behind CloudFront, and has none); and
     # each NAT gateway's Elastic IP.
+    # The CloudWatch agent (agent.py): memory and disk per group (a group's instances share
+    # them), the named app metrics per tier, and one PutMetricData a minute per instance. The
+    # embedded-metric logs of the app metrics are log ingestion (left out: a few MB a month).
+    groups = 1 if not fleet.auto_scaling else (2 if fleet.blue_green else 1)
+    metrics = HOST_METRICS * groups + sum(m.series for m in WEB_METRICS)
+    if stage.workers:
+        metrics += HOST_METRICS + sum(m.series for m in WORKER_METRICS)
+    items.append(
+        Item(
+            f"{metrics} custom metrics (CloudWatch agent)",
+            _monthly(metrics * CUSTOM_METRIC_PER_MONTH)
+            + instances * AGENT_REQUESTS_PER_INSTANCE_HOUR * PUT_METRIC_DATA_PER_REQUEST,
+        )
+    )
     public_ips = 1 if not stage.load_balanced else 0
     if stage.load_balanced and not stage.edge:
         public_ips += AZS

@@ -23,13 +23,13 @@ from typing import Any
 from loadtests import analysis
 
 COST_PER_HOUR_USD: dict[int, float] = {
-    1: 0.1184,
-    2: 0.2759,
-    3: 0.7193,
-    4: 1.0618,
-    5: 1.3686,
-    6: 1.5139,
-    7: 1.6087,
+    1: 0.1223,
+    2: 0.2798,
+    3: 0.7238,
+    4: 1.0663,
+    5: 1.3731,
+    6: 1.5198,
+    7: 1.6173,
 }
 """What each stage's AWS stack costs by the hour at its minimum size (us-east-1 list prices),
 as infra/cost.py computes it from the stage catalog. Copied here because that module imports

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cost
 import pytest
+from shop_infra.constructs.agent import WEB_METRICS, WORKER_METRICS
 from shop_infra.stages import STAGES
 
 README = Path(__file__).resolve().parents[2] / "docs" / "aws.md"
@@ -80,3 +81,18 @@ def _minimum(template, size) -> int:
     if isinstance(chosen, dict):  # the idle colour's IdleSize
         return int(template["Parameters"][chosen["Ref"]]["Default"])
     return int(chosen)
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.stack_id)
+def test_the_agent_metrics_are_paid_for_each_group_and_tier_that_publishes_them(synthesized, stage):
+    """Memory and disk for each Auto Scaling group or single box (whatever its size), and the
+    named app metrics once per tier (its instances share them)."""
+    synth = synthesized[stage.number]
+    launched = synth.resources("AWS::EC2::Instance") | synth.resources(
+        "AWS::AutoScaling::AutoScalingGroup"
+    )
+    metrics = 2 * len(launched) + sum(metric.series for metric in WEB_METRICS)
+    if any(logical_id.startswith("Worker") for logical_id in launched):
+        metrics += sum(metric.series for metric in WORKER_METRICS)
+    [item] = [item for item in cost.line_items(stage) if "(CloudWatch agent)" in item.name]
+    assert item.name.startswith(f"{metrics} custom metrics")
