@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -42,7 +43,7 @@ from typing import Any
 import httpx
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
+SHOP = shutil.which("shop", path=str(Path(sys.executable).parent)) or "shop"
 ADMIN_URL = os.environ.get("SHOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "demand-" + "x" * 40
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
@@ -80,7 +81,7 @@ def _database() -> Iterator[tuple[str, str]]:
             "SHOP_ENV": "test",
             "SHOP_JWT_SECRET": SECRET,
         }
-        subprocess.run([str(ROOT / ".venv/bin/shop"), "migrate"], env=env, check=True)
+        subprocess.run([SHOP, "migrate"], env=env, check=True)
         yield name, url
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
