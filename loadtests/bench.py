@@ -1,7 +1,8 @@
 """`make bench`: requests/s of the shop's hot routes beside a bare FastAPI route, one worker.
 
-Every server (the bare app, and the shop as shipped, without metrics, with the Redis cache, and
-with the order queue on moto's server) runs the same way (one uvicorn worker, uvloop + httptools,
+Every server (the bare app, and the shop as shipped, without metrics, with the Redis cache, with
+the order queue on moto's server, and with traces exported to a sink for 5% and for 100% of
+requests) runs the same way (one uvicorn worker, uvloop + httptools,
 no access log, pinned to CPU 0) and wrk drives them one at a time from CPU 1, so the figures that
 matter are the ratios to the bare route measured in the same run; absolute numbers move with the
 machine. Each route gets a discarded warm-up, then `--rounds` measured runs interleaved with the
@@ -50,9 +51,12 @@ SERVERS = {
     "shop, metrics off": {"SHOP_METRICS": "false"},
     "shop + Redis": {"SHOP_REDIS_URL": REDIS},
     "shop + queue": {},  # SHOP_QUEUE_URL and the moto endpoint are added once moto runs
+    # SHOP_OTLP_ENDPOINT (a sink that takes OTLP/HTTP and drops it) is added once the sink runs.
+    "shop, traced 5%": {"SHOP_TRACE_SAMPLE_RATIO": "0.05"},
+    "shop, traced 100%": {"SHOP_TRACE_SAMPLE_RATIO": "1"},
 }
 """The shop's configurations measured beside the bare route: as shipped, without metrics (to price
-them), and with the Redis cache of stage 5."""
+them), with the Redis cache of stage 5, and with traces exported for 5% and for all requests."""
 HOT = 100
 """Products the cached read asks for: the hot, repeated reads a cache is for (STAGES.md, stage 4).
 The same read spread over every product is measured too, where most look-ups miss."""
@@ -66,6 +70,8 @@ ROUTES: dict[str, tuple[str, float | None]] = {
     "my orders (20)": ("shop", 0.15),
     "place order": ("shop", 0.05),
     "place order, queue on": ("shop + queue", None),
+    "product by id, traced 5%": ("shop, traced 5%", None),
+    "product by id, traced 100%": ("shop, traced 100%", None),
 }
 """Each route: the server that answers it, and its target as a ratio to the bare route."""
 
@@ -130,7 +136,7 @@ def shop_env(url: str) -> dict[str, str]:
         SHOP_DATABASE_URL=url,
         SHOP_ENV="local",
         SHOP_JWT_SECRET="bench-only-" + secrets.token_hex(24),
-        # Four shops share the one PostgreSQL (100 connections): small idle pools, room to grow.
+        # Six shops share the one PostgreSQL (100 connections): small idle pools, room to grow.
         SHOP_DATABASE_POOL_SIZE="6",
         SHOP_DATABASE_MAX_OVERFLOW="10",
         SHOP_PASSWORD_TIME_COST="1",
@@ -252,6 +258,7 @@ def scripts(folder: Path, token: str, products: int, orders: list[int]) -> dict[
         ),
     }
     texts["place order, queue on"] = texts["place order"]
+    texts["product by id, traced 5%"] = texts["product by id, traced 100%"] = by_id
     paths = {}
     for name, text in texts.items():
         path = folder / (re.sub(r"\W+", "_", name) + ".lua")
@@ -284,6 +291,42 @@ def cache_counts(base: str) -> dict[str, float]:
     text = httpx.get(f"{base}/metrics", timeout=10).text
     found = re.findall(r'^shop_cache_requests_total\{result="(\w+)"\} ([0-9.e+]+)$', text, re.M)
     return {result: float(value) for result, value in found}
+
+
+TRACE_SINK = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Sink(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+"""
+
+
+def start_trace_sink() -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """An OTLP/HTTP receiver that accepts spans and drops them (pinned beside wrk: it stands
+    for the collector, not for the shop); the setting that points the shop at it."""
+    port = free_port()
+    process = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", TRACE_SINK, str(port)])
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            httpx.post(f"{endpoint}/v1/traces", content=b"", timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    return process, {"SHOP_OTLP_ENDPOINT": endpoint}
 
 
 def start_queue() -> tuple[subprocess.Popen[bytes], dict[str, str]]:
@@ -400,12 +443,16 @@ def main() -> None:
     bare_port = free_port()
     ports = {name: free_port() for name in SERVERS}
     moto, queue_env = start_queue()
+    sink, sink_env = start_trace_sink()
     servers = [start("loadtests.bare:app", bare_port, env, factory=False)]
     servers += [
         start(
             "app.main:create_app",
             ports[name],
-            env | extra | (queue_env if name == "shop + queue" else {}),
+            env
+            | extra
+            | (queue_env if name == "shop + queue" else {})
+            | (sink_env if name.startswith("shop, traced") else {}),
             factory=True,
         )
         for name, extra in SERVERS.items()
@@ -467,6 +514,8 @@ def main() -> None:
             process.wait()
         moto.terminate()  # last: the queued shop publishes what it still holds as it stops
         moto.wait()
+        sink.terminate()
+        sink.wait()
 
     bare_rps = statistics.median(results["bare"])
     routes: dict[str, dict[str, Any]] = {}
@@ -531,6 +580,11 @@ def main() -> None:
         f"\nproduct by id with metrics / without: {priced:.2f} (target >= 0.95)  "
         + ("ok" if cost_ok else "BELOW TARGET")
     )
+    # What traces cost: the same read exported for 5% and for every request, against none.
+    for share in ("5%", "100%"):
+        traced = paired(results[f"product by id, traced {share}"], results["product by id"])
+        report[f"traced_{share.rstrip('%')}_vs_off"] = traced
+        print(f"product by id traced at {share} / tracing off: {traced:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nfigures written to {args.out}")
