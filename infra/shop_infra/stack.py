@@ -38,6 +38,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from .constructs import agent
 from .constructs.cache import Cache
 from .constructs.compute import (
     WORKER_COMMAND,
@@ -419,6 +420,8 @@ class ShopStack(Stack):
         )
         web_cpu = []
         web_groups: list[autoscaling.AutoScalingGroup] = []
+        hosts: list[dict[str, str]] = []
+        """The dimensions of each group's (or the box's) memory and disk metrics."""
         target_url: str
         if load_balancer is None:
             [box] = instances(
@@ -459,6 +462,7 @@ class ShopStack(Stack):
                 )
                 target_url = f"https://{record_name}"
             web_cpu.append(metric("AWS/EC2", "CPUUtilization", {"InstanceId": box.instance_id}))
+            hosts.append({"InstanceId": box.instance_id})
         else:
             web.security_group.connections.allow_from(
                 load_balancer.alb, ec2.Port.tcp(80), "HTTP from the load balancer"
@@ -541,6 +545,7 @@ class ShopStack(Stack):
                     target=route53.RecordTarget.from_alias(alias),
                 )
                 target_url = f"{'https' if certificate else 'http'}://{record_name}"
+        hosts += [{"AutoScalingGroupName": g.auto_scaling_group_name} for g in web_groups]
         if database is not None:
             database.allow_from(web.security_group)
         if cache is not None:
@@ -589,6 +594,8 @@ class ShopStack(Stack):
             # instance that has run `shop migrate` and answers /healthz, and workers of the new
             # version start only after that, rather than racing the migration and exiting.
             worker_group.node.add_dependency(*web_groups)
+            hosts.append({"AutoScalingGroupName": worker_group.auto_scaling_group_name})
+            CfnOutput(self, "WorkerLogGroup", value=workers.log_group.log_group_name)
             _scale_on_backlog(
                 worker_group, queue=queue.queue, backlog_per_instance=spec.messages_per_instance
             )
@@ -601,6 +608,7 @@ class ShopStack(Stack):
             cache=cache,
             queue=queue,
         )
+        self._observe_agent(observability, hosts=hosts, workers=stage.workers is not None)
         if edge is not None:
             observability.edge(edge.distribution)
         CfnOutput(
@@ -848,6 +856,52 @@ class ShopStack(Stack):
             value=Fn.join("", parts),
             description="aws cloudformation update-stack --rollback-configuration for a shift",
         )
+
+    def _observe_agent(
+        self, observability: Observability, *, hosts: list[dict[str, str]], workers: bool
+    ) -> None:
+        """Graphs of what the CloudWatch agents publish (agent.py): memory and root disk of the
+        busiest instance of each group (or the box), and the app's own figures summed over the
+        instances of a tier."""
+        namespace = agent.NAMESPACE
+        observability.graph(
+            "Memory % and root disk % (busiest instance)",
+            [metric(namespace, "mem_used_percent", host, statistic="Maximum") for host in hosts]
+            + [
+                # Amazon Linux 2023's root file system is XFS.
+                metric(
+                    namespace,
+                    "disk_used_percent",
+                    {**host, "path": "/", "fstype": "xfs"},
+                    statistic="Maximum",
+                )
+                for host in hosts
+            ],
+        )
+        web = {"Stack": Aws.STACK_NAME, "Tier": "web"}
+        observability.graph(
+            "Requests in flight; requests waiting for a database connection",
+            [
+                metric(namespace, "shop_requests_in_flight", web, statistic="Sum"),
+                metric(
+                    namespace,
+                    "shop_db_pool_connections",
+                    {**web, "state": "waiting"},
+                    statistic="Sum",
+                ),
+            ],
+        )
+        if workers:
+            worker = {"Stack": Aws.STACK_NAME, "Tier": "worker"}
+            observability.graph(
+                "Worker events handled and failed / min",
+                [
+                    metric(
+                        namespace, "shop_worker_events_processed_total", worker, statistic="Sum"
+                    ),
+                    metric(namespace, "shop_worker_events_failed_total", worker, statistic="Sum"),
+                ],
+            )
 
     def _observe(
         self,

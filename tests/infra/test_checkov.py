@@ -101,6 +101,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("CKV_AWS_158", "FlowLogs"): _LOG_GROUPS,  # Shop-LoadGen's own VPC
     ("CKV_AWS_158", "WebLogs"): _LOG_GROUPS,
     ("CKV_AWS_158", "WorkersLogs"): _LOG_GROUPS,
+    ("CKV_AWS_158", "WebAppMetrics"): _LOG_GROUPS,  # the CloudWatch agent's embedded metrics
+    ("CKV_AWS_158", "WorkersAppMetrics"): _LOG_GROUPS,
     ("CKV_AWS_158", "DatabasePostgresqlLogs"): _LOG_GROUPS,  # RDS log, made by the stack
     ("CKV_AWS_158", "FunctionLogs"): _LOG_GROUPS,  # aws-cdk-lib's helper functions' logs
     ("CKV_AWS_26", "ObservabilityAlarms"): (

@@ -202,3 +202,30 @@ def test_the_metrics_log_groups_keep_as_long_and_go_with_the_stack(synthesized, 
         metrics = groups[_log_group(synth, f"{tier}AppMetrics")]
         assert metrics["Properties"]["RetentionInDays"] == logs["Properties"]["RetentionInDays"]
         assert metrics["DeletionPolicy"] == "Delete" == logs["DeletionPolicy"]
+
+
+def _dashboard_metrics(synth) -> list[list[Any]]:
+    """Every metric line of the stage's dashboard, references shown as {"Ref": id}."""
+    [dashboard] = synth.resources("AWS::CloudWatch::Dashboard").values()
+    parts = dashboard["Properties"]["DashboardBody"]["Fn::Join"][1]
+    body = json.loads(
+        "".join(p if isinstance(p, str) else json.dumps(json.dumps(p))[1:-1] for p in parts)
+    )
+    return [line for widget in body["widgets"] for line in widget["properties"].get("metrics", [])]
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.stack_id)
+def test_the_dashboard_graphs_memory_and_disk_of_every_group_or_box(synthesized, stage):
+    synth = synthesized[stage.number]
+    launched = set(synth.resources("AWS::EC2::Instance")) | set(
+        synth.resources("AWS::AutoScaling::AutoScalingGroup")
+    )
+    graphed = {
+        name: {
+            json.loads(line[3])["Ref"]
+            for line in _dashboard_metrics(synth)
+            if line[:2] == [NAMESPACE, name]
+        }
+        for name in ("mem_used_percent", "disk_used_percent")
+    }
+    assert graphed == {"mem_used_percent": launched, "disk_used_percent": launched}
