@@ -404,15 +404,16 @@ def summarise(
     restored_at: float,
     p95_ms: float,
 ) -> dict[str, Any]:
-    """Slices of SLICE_S seconds from the injection, errors by phase and kind, recovery."""
+    """Slices of SLICE_S seconds from the injection (by a request's start), errors by phase
+    (by a request's end) and kind, recovery."""
     slices: dict[int, list[Sequence[Any]]] = {}
     phases: dict[str, Counter[str]] = {"before": Counter(), "during": Counter(), "after": Counter()}
     requests: Counter[str] = Counter()
     for line in lines:
-        started, _name, status, _ms, failed, kind, retry_after = line[:7]
-        phase = (
-            "before" if started < injected_at else "during" if started < restored_at else "after"
-        )
+        started, _name, status, ms, failed, kind, retry_after = line[:7]
+        # By its end: a request sent just before the fault and answered in it is the fault's.
+        ended = started + ms / 1000
+        phase = "before" if ended < injected_at else "during" if ended < restored_at else "after"
         requests[phase] += 1
         if failed:
             phases[phase][error_kind(int(status), str(kind), bool(retry_after))] += 1
@@ -433,8 +434,8 @@ def summarise(
         )
     last_bad = None
     for line in lines:
-        if line[4] and line[0] >= injected_at:
-            ended = float(line[0]) + float(line[3]) / 1000
+        ended = float(line[0]) + float(line[3]) / 1000
+        if line[4] and ended >= injected_at:
             last_bad = ended if last_bad is None else max(last_bad, ended)
     for row in rows:
         if row["t_s"] >= -SLICE_S and row["p95_ms"] >= p95_ms:

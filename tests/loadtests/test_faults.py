@@ -52,6 +52,7 @@ def test_errors_are_counted_by_phase_and_kind_and_recovery_runs_to_the_last_one(
     # start, name, status, ms, failed, exception, Retry-After
     lines = [
         [100.0, "/products", 200, 10.0, False, "", False],
+        [100.4, "/orders", 503, 300.0, True, "", True],  # sent before the fault, answered in it
         [101.0, "/orders", 502, 5.0, True, "", False],
         [102.0, "/orders", 503, 5.0, True, "", True],
         [103.0, "/products", 503, 5.0, True, "", False],
@@ -62,7 +63,7 @@ def test_errors_are_counted_by_phase_and_kind_and_recovery_runs_to_the_last_one(
     summary = summarise(lines, injected_at=100.5, restored_at=103.5, p95_ms=500)
 
     assert summary["errors"]["before"] == {}
-    assert summary["errors"]["during"] == {"502": 1, "503": 1, "503 without Retry-After": 1}
+    assert summary["errors"]["during"] == {"502": 1, "503": 2, "503 without Retry-After": 1}
     assert summary["errors"]["after"] == {"refused": 1, "500": 1}
     assert summary["errors_500"] == 1
     assert summary["unaccepted_errors"] == {"503 without Retry-After": 1, "500": 1}
