@@ -37,7 +37,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounting import service as accounting
-from app.core import outbox
+from app.core import outbox, tracing
 from app.core.db import Database
 from app.core.mail import Mail, Mailer, MailRefused
 from app.core.models import utcnow
@@ -153,6 +153,14 @@ async def handle_order_placed(
     """Apply an `order.placed` event at most once per step (see the module's docstring).
     Raises when a step failed; the steps already committed stay done."""
     order_id = int(payload["order_id"])
+    with tracing.span("order.fulfil", order_id=order_id):
+        await _fulfil_once(db, event_id=event_id, order_id=order_id)
+    with tracing.span("order.mail", order_id=order_id):
+        await _mail(db, mailer, event_id=event_id, order_id=order_id)
+
+
+async def _fulfil_once(db: Database, *, event_id: uuid.UUID, order_id: int) -> None:
+    """The `fulfil` step (see the module's docstring)."""
     async with db.write() as conn:
         if await outbox.claim(conn, event_id=event_id, step="fulfil"):
             order = (
@@ -185,7 +193,6 @@ async def handle_order_placed(
                     .where(CustomerOrder.id == order_id)
                     .values(fulfilled_at=utcnow())
                 )
-    await _mail(db, mailer, event_id=event_id, order_id=order_id)
 
 
 class MailInFlight(Exception):
