@@ -7,7 +7,9 @@ on port 22 and there is no key pair: shell access is SSM Session Manager.
 Behind a load balancer the app's container is published on port 80 (the target port); a single
 box publishes it on its loopback only, behind a reverse proxy (`proxy.py`) that owns the public
 ports. Every web instance also has the app on 127.0.0.1:8000, for scraping /metrics from it.
-Every instance requires IMDSv2 with a hop limit of 2 (see `_metadata_options`).
+Every instance requires IMDSv2 with a hop limit of 2 (see `_metadata_options`), and runs the
+CloudWatch agent (`agent.py`): boot logs, memory and disk, the app's named metrics, and its traces,
+which the containers send to the agent at the gateway of the instance's docker network `shop`.
 
 Deploys wait for health: every instance and Auto Scaling group has a creation policy (and every
 group a rolling update) that waits for the boot script's `cfn-signal`. The boot script retries
