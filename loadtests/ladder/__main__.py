@@ -16,6 +16,7 @@ from types import FrameType
 
 from loadtests.ladder.components import ROOT, ComponentFailed
 from loadtests.ladder.runner import LOCUSTFILE, Load, run_stage, say, write_missing
+from loadtests.ladder.sizes import from_stacks
 from loadtests.ladder.stages import parse_stages
 
 
@@ -44,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "ladder")
     parser.add_argument("--locustfile", type=Path, default=LOCUSTFILE)
     parser.add_argument("--no-budgets", action="store_true", help="run without cgroup CPU quotas")
+    parser.add_argument(
+        "--sizes",
+        choices=("tuned", "stacks"),
+        default="tuned",
+        help="CPU budgets: tuned (stages.py, the committed report's) or stacks (derived from "
+        "the stacks' sizes, loadtests/ladder/sizes.py)",
+    )
     parser.add_argument("--faults", action="store_true", help="faults under load (docs/faults/)")
     parser.add_argument("--soak", action="store_true", help="a long steady run (docs/faults/)")
     parser.add_argument("--fault", default="", help="with --faults: e.g. app-kill,primary-freeze")
@@ -60,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         stages = parse_stages(args.stages)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.sizes == "stacks":
+        stages = [from_stacks(stage) for stage in stages]
     for name in ("step_s", "warmup_s", "daily_s", "p95_ms"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""The stage catalog's sizes as JSON, for the local ladder to scale its CPU budgets from.
+
+    python infra/sizes.py > loadtests/ladder/aws_sizes.json
+
+The ladder (loadtests/) may not import the stacks' code (an import contract), so it reads this
+export instead; a test checks that the committed file is exactly this output. Sizes are vCPUs
+per instance or node, and counts, at each stage's minimum and maximum.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from shop_infra.stages import STAGES, Stage, vcpus
+
+MANAGED_VCPUS = {"m7g.large": 2}
+"""vCPUs of the RDS and ElastiCache node types the catalog uses (db./cache. prefixes dropped;
+AWS's published figures). A type missing here is refused rather than given a guess."""
+
+
+def _managed_vcpus(node_type: str) -> int:
+    try:
+        return MANAGED_VCPUS[node_type]
+    except KeyError:
+        raise ValueError(f"unknown node type {node_type!r}: add it to MANAGED_VCPUS") from None
+
+
+def sizes(stage: Stage) -> dict[str, Any]:
+    """One stage's sizes: what the ladder needs to keep the stack's proportions."""
+    fleet = stage.fleet
+    found: dict[str, Any] = {
+        "number": stage.number,
+        "name": stage.name,
+        "web": {
+            "instance_type": fleet.instance_type,
+            "vcpus": vcpus(fleet.instance_type),
+            "min": fleet.min_size,
+            "max": fleet.max_size,
+        },
+        "database": None,
+        "cache": None,
+        "edge": stage.edge,
+        "load_balancer": stage.load_balanced,
+        "workers": None,
+    }
+    if stage.database is not None:
+        found["database"] = {
+            "instance_type": stage.database.instance_type,
+            "vcpus": _managed_vcpus(stage.database.instance_type),
+            "multi_az": stage.database.multi_az,
+            "read_replicas": stage.database.read_replicas,
+        }
+    if stage.cache is not None:
+        found["cache"] = {
+            "node_type": stage.cache.node_type,
+            "vcpus": _managed_vcpus(stage.cache.node_type),
+            "nodes": stage.cache.nodes,
+        }
+    if stage.workers is not None:
+        found["workers"] = {
+            "instance_type": stage.workers.instance_type,
+            "vcpus": vcpus(stage.workers.instance_type),
+            "min": stage.workers.min_size,
+            "max": stage.workers.max_size,
+        }
+    return found
+
+
+def export() -> str:
+    return json.dumps({"stages": [sizes(s) for s in STAGES]}, indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(export())

@@ -1,0 +1,173 @@
+"""CPU budgets derived from the stacks' own sizes: one scale factor per stage, nothing tuned.
+
+The stacks' sizes come from `aws_sizes.json` (the output of `python infra/sizes.py`; the ladder
+may not import the stacks' code, and a test keeps the file equal to that output). For each
+stage, every component that is an instance or a node on AWS gets a budget in proportion to its
+vCPUs there, times one factor per stage chosen so that those components share MODEL_CPUS of
+this machine at the stage's minimum size:
+
+- stage 1's box: its instance's vCPUs (the app, PostgreSQL and Redis share them, as on AWS);
+- each app process stands for one web instance (its vCPUs); each `shop worker` process for one
+  worker instance;
+- the primary: its instance's vCPUs (a Multi-AZ standby serves nothing and is not counted);
+- the replicas: the sum of their vCPUs, run as one local replica (said in `notes`);
+- Redis: one vCPU of its node (Redis runs commands on one thread; the second node is a
+  failover replica that serves nothing here).
+
+Managed services that AWS scales by itself are not scaled: the load balancer's and the CDN's
+stand-ins get MANAGED_CPUS each, a fixed budget that the stage's knee should not reach (the
+report names a stand-in that saturates as a failed run, never as the stage's bottleneck), and
+moto (SQS, SES, DynamoDB) runs outside the budgets and is reported as outside the system.
+
+An autoscaled fleet (stage 6) starts at its minimum; the local autoscaler may add processes of
+the same budget while the system under test stays within MACHINE_CPUS, which is fewer than the
+stack's maximum: the largest proportional slice that fits, said in `notes`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from loadtests.ladder.stages import STAGES, Stage
+
+AWS_SIZES = Path(__file__).with_name("aws_sizes.json")
+
+MODEL_CPUS = 0.9
+"""What the scaled components of a stage share at its minimum size: less than one core, so that
+on a 2-core machine the load generator (whose CPU each step reports) keeps a core of its own."""
+MANAGED_CPUS = 0.1
+"""The load balancer's and the CDN's stand-ins, each: at about 0.1 ms of nginx per request this
+holds about 1,000 requests/s, several times any stage's knee here."""
+MACHINE_CPUS = 1.3
+"""The most the system under test may hold when an autoscaler adds processes (stage 6)."""
+REDIS_VCPUS = 1
+"""Redis executes commands on one thread: one vCPU of its node is what it can use."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Derived:
+    """One stage's budgets from its AWS sizes, and what the mapping could not keep."""
+
+    scale: float
+    """Local CPUs per AWS vCPU for this stage."""
+    aws_vcpus: float
+    """The scaled components' vCPUs on AWS at the stage's minimum size."""
+    budgets: dict[str, float]
+    """CPUs per component at the minimum size (app: the sum of its processes)."""
+    app_processes: int
+    app_cpus: float
+    worker_processes: int
+    worker_cpus: float
+    max_app_processes: int
+    notes: tuple[str, ...]
+
+
+def load(path: Path = AWS_SIZES) -> dict[int, dict[str, Any]]:
+    """The stacks' sizes per stage number."""
+    return {int(s["number"]): s for s in json.loads(path.read_text())["stages"]}
+
+
+def derive(aws: dict[str, Any]) -> Derived:
+    """The budgets of one stage from its entry in aws_sizes.json."""
+    web, database, cache, workers = aws["web"], aws["database"], aws["cache"], aws["workers"]
+    notes: list[str] = []
+    vcpus: dict[str, float] = {}
+    if database is None:
+        vcpus["box"] = web["vcpus"] * web["min"]
+    else:
+        vcpus["app"] = web["vcpus"] * web["min"]
+        vcpus["postgres"] = database["vcpus"]
+        if database["read_replicas"]:
+            vcpus["replica"] = database["vcpus"] * database["read_replicas"]
+            if database["read_replicas"] > 1:
+                notes.append(
+                    f"{database['read_replicas']} read replicas of {database['vcpus']} vCPUs "
+                    "run as one local replica with their summed budget"
+                )
+    if cache is not None:
+        vcpus["redis"] = REDIS_VCPUS
+        notes.append(
+            f"Redis counts {REDIS_VCPUS} of its node's {cache['vcpus']} vCPUs (one command "
+            "thread); its failover replica serves nothing"
+        )
+    if workers is not None:
+        vcpus["worker"] = workers["vcpus"] * workers["min"]
+    total = sum(vcpus.values())
+    scale = MODEL_CPUS / total
+    budgets = {name: round(v * scale, 3) for name, v in vcpus.items()}
+    if aws["load_balancer"]:
+        budgets["nginx"] = MANAGED_CPUS
+    if aws["edge"]:
+        budgets["cdn"] = MANAGED_CPUS
+        notes.append("SQS, SES and DynamoDB (moto) run outside the budgets, reported apart")
+    app_cpus = round(web["vcpus"] * scale, 3)
+    max_app = web["min"] if database is not None else 1
+    if web["max"] > web["min"]:
+        room = MACHINE_CPUS - (sum(budgets.values()) - budgets["app"])
+        fits = max(web["min"], math.floor(room / app_cpus + 1e-9))
+        max_app = min(web["max"], fits)
+        if max_app < web["max"]:
+            notes.append(
+                f"the fleet scales to {max_app} of the stack's {web['max']} instances: the "
+                f"largest slice within {MACHINE_CPUS} CPUs of this machine"
+            )
+    return Derived(
+        scale=round(scale, 4),
+        aws_vcpus=total,
+        budgets=budgets,
+        app_processes=web["min"] if database is not None else 1,
+        app_cpus=app_cpus,
+        worker_processes=workers["min"] if workers else 0,
+        worker_cpus=round(workers["vcpus"] * scale, 3) if workers else 0.0,
+        max_app_processes=max_app if web["max"] > web["min"] else 0,
+        notes=tuple(notes),
+    )
+
+
+def from_stacks(stage: Stage, aws: dict[str, Any] | None = None) -> Stage:
+    """`stage` with the budgets derived from its stack's sizes (everything else unchanged)."""
+    derived = derive(aws if aws is not None else load()[stage.number])
+    b = derived.budgets
+    if "box" in b:
+        return replace(stage, box_cpus=b["box"], app_cpus=b["box"])
+    return replace(
+        stage,
+        app_processes=derived.app_processes,
+        app_cpus=derived.app_cpus,
+        postgres_cpus=b["postgres"],
+        replica_cpus=b.get("replica", 0.0),
+        redis_cpus=b.get("redis", 0.0),
+        nginx_cpus=b.get("nginx", 0.0),
+        cdn_cpus=b.get("cdn", 0.0),
+        worker_processes=derived.worker_processes,
+        worker_cpus=derived.worker_cpus,
+        max_app_processes=derived.max_app_processes,
+    )
+
+
+def table() -> str:
+    """The derived budgets as Markdown, one row per stage, with what the mapping changed."""
+    sizes = load()
+    rows = [
+        "| # | stage | AWS vCPUs scaled | CPUs per vCPU | budgets (CPUs) "
+        "| what the mapping changed |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for number, stage in STAGES.items():
+        derived = derive(sizes[number])
+        budgets = ", ".join(f"{name} {cpus:g}" for name, cpus in derived.budgets.items())
+        if derived.app_processes > 1:
+            budgets += f" (app: {derived.app_processes} x {derived.app_cpus:g})"
+        rows.append(
+            f"| {number} | {stage.name} | {derived.aws_vcpus:g} | {derived.scale:g} | {budgets} "
+            f"| {'; '.join(derived.notes) or '-'} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(table(), end="")
