@@ -120,6 +120,9 @@ class Supervisor:
         new = self.topology.spawn(
             old.name, old.group, command, env=self.topology.shop_env(extra), port=old.port
         )
+        # The replacement's stop runs first on the way out: the supervisor must stop before it,
+        # or it would start again what the teardown stops.
+        self.topology.stack.callback(self.stop.set)
         record: dict[str, Any] = {"name": old.name, "died_at": died_at, "back_at": None}
         self.restarts.append(record)
         try:
