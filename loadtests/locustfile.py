@@ -183,7 +183,11 @@ if Journal.request_log is not None:
         **_: Any,
     ) -> None:
         status = int(getattr(response, "status_code", 0) or 0)
-        kind = type(exception).__name__ if exception is not None and not status else ""
+        kind = ""
+        if exception is not None and not status:
+            # A failure marked by the suite ("no answer: ConnectionRefusedError") says its cause.
+            kind = str(exception) if str(exception).startswith("no answer") else ""
+            kind = kind or type(exception).__name__
         headers = getattr(response, "headers", None) or {}
         retry_after = bool(status and headers.get("Retry-After"))
         line = [round(start_time or time.time(), 3), name, status, round(response_time, 1)]

@@ -395,9 +395,12 @@ def error_kind(status: int, kind: str, retry_after: bool) -> str:
         if status == 503 and not retry_after:
             return "503 without Retry-After"
         return str(status)
-    if kind in ("ConnectionRefusedError",):
+    cause = kind.removeprefix("no answer: ")
+    if cause == "ConnectionRefusedError":
         return "refused"
-    return kind or "unknown"
+    if kind == "CatchResponseError":
+        return "no answer"  # runs journaled before the cause was: reset or timed out
+    return f"no answer: {cause}" if cause else "unknown"
 
 
 def summarise(

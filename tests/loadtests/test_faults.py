@@ -57,6 +57,8 @@ def test_errors_are_counted_by_phase_and_kind_and_recovery_runs_to_the_last_one(
         [102.0, "/orders", 503, 5.0, True, "", True],
         [103.0, "/products", 503, 5.0, True, "", False],
         [104.0, "/products", 0, 1.0, True, "ConnectionRefusedError", False],
+        [105.0, "/cart", 0, 1.0, True, "no answer: ConnectionRefusedError", False],
+        [106.0, "/cart", 0, 6000.0, True, "no answer: RetriesExceeded", False],
         [108.0, "/products", 500, 20.0, True, "", False],
         [130.0, "/products", 200, 10.0, False, "", False],
     ]
@@ -64,8 +66,12 @@ def test_errors_are_counted_by_phase_and_kind_and_recovery_runs_to_the_last_one(
 
     assert summary["errors"]["before"] == {}
     assert summary["errors"]["during"] == {"502": 1, "503": 2, "503 without Retry-After": 1}
-    assert summary["errors"]["after"] == {"refused": 1, "500": 1}
+    assert summary["errors"]["after"] == {"refused": 2, "no answer: RetriesExceeded": 1, "500": 1}
     assert summary["errors_500"] == 1
-    assert summary["unaccepted_errors"] == {"503 without Retry-After": 1, "500": 1}
-    assert summary["recovery_s"] == pytest.approx(108.02 - 103.5, abs=0.1)
+    assert summary["unaccepted_errors"] == {
+        "503 without Retry-After": 1,
+        "no answer: RetriesExceeded": 1,
+        "500": 1,
+    }
+    assert summary["recovery_s"] == pytest.approx(112.0 - 103.5, abs=0.1)
     assert summary["recovered"]
