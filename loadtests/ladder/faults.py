@@ -676,6 +676,7 @@ def run_stage_faults(
     run_id = f"{stage.number}-{uuid.uuid4().hex[:8]}"
     rows: list[dict[str, Any]] = []
     began = time.time()
+    source = provenance()  # the code that runs, before anything changes the checkout
     with ExitStack() as stack:
         h = open_stage(stage, stack, run_id, enforce=enforce, products=products)
         say(f"  steady load: {load_from}")
@@ -710,7 +711,7 @@ def run_stage_faults(
         "budgets": stage.budgets(),
         "minutes": round((time.time() - began) / 60, 1),
         "faults": rows,
-        "provenance": provenance(),
+        "provenance": source,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"stage-{stage.number}.json").write_text(json.dumps(result, indent=1))

@@ -129,6 +129,7 @@ def run_soak(
     count, load_from = steady_users(stage, users, LOAD_SHARE)
     run_id = f"soak-{stage.number}-{uuid.uuid4().hex[:8]}"
     samples: list[dict[str, Any]] = []
+    source = provenance()
     with ExitStack() as stack:
         settings = {
             "SHOP_WORKER_RETENTION_H": SOAK_RETENTION_H,
@@ -197,7 +198,7 @@ def run_soak(
         "invariants": invariants,
         "budgets_enforced": budgets_enforced,
         "fails": fails,
-        "provenance": provenance(),
+        "provenance": source,
     }
     say("  soak: " + ("PASS" if not fails else "FAIL: " + "; ".join(fails)))
     out.mkdir(parents=True, exist_ok=True)
