@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 RAW = "raw"
+FINDINGS = "findings.md"
+"""Written by hand beside the report: what the failing rows show, file and line."""
 FAULT_ORDER = (
     "app-kill",
     "replica-stop",
@@ -190,6 +192,11 @@ def markdown(
             f"- Stage {result['stage']} ({result['name']}): {result['load_from']}; budgets "
             f"{'enforced' if result.get('budgets_enforced') else 'NOT enforced'}; "
             f"{result['minutes']} min."
+            + (
+                f" Rows derived again at {result['summarised_by']}."
+                if "summarised_by" in result
+                else ""
+            )
         )
     if missing:
         out.append(
@@ -198,6 +205,11 @@ def markdown(
             "and adds their rows."
         )
     out += ["", *fault_rows(stages), ""]
+    if stages:
+        out += [
+            f"What the failing rows show, and what was left alone: [{FINDINGS}]({FINDINGS}).",
+            "",
+        ]
     for chart in charts:
         if chart.startswith("fault-"):
             name = chart.removeprefix("fault-").removesuffix(".png")

@@ -410,8 +410,9 @@ def summarise(
     restored_at: float,
     p95_ms: float,
 ) -> dict[str, Any]:
-    """Slices of SLICE_S seconds from the injection (by a request's start), errors by phase
-    (by a request's end) and kind, recovery."""
+    """Slices of SLICE_S seconds from the injection and phases (before, during, after the
+    fault), both by when a request ended (its answer or its error was seen); errors by phase
+    and kind; the recovery."""
     slices: dict[int, list[Sequence[Any]]] = {}
     phases: dict[str, Counter[str]] = {"before": Counter(), "during": Counter(), "after": Counter()}
     requests: Counter[str] = Counter()
@@ -423,7 +424,7 @@ def summarise(
         requests[phase] += 1
         if failed:
             phases[phase][error_kind(int(status), str(kind), bool(retry_after))] += 1
-        slices.setdefault(math.floor((started - injected_at) / SLICE_S), []).append(line)
+        slices.setdefault(math.floor((ended - injected_at) / SLICE_S), []).append(line)
     rows = []
     # The first and last slices are cut by the load's start and stop: not shown.
     for index in sorted(slices)[1:-1]:
