@@ -192,11 +192,7 @@ def markdown(
             f"- Stage {result['stage']} ({result['name']}): {result['load_from']}; budgets "
             f"{'enforced' if result.get('budgets_enforced') else 'NOT enforced'}; "
             f"{result['minutes']} min."
-            + (
-                f" Rows derived again at {result['summarised_by']}."
-                if "summarised_by" in result
-                else ""
-            )
+            + (f" {result['summarised_by']}" if "summarised_by" in result else "")
         )
     if missing:
         out.append(
@@ -241,7 +237,7 @@ def _plot_fault(stages: Sequence[Mapping[str, Any]], name: str, path: Path) -> b
     figure, (rps_axis, error_axis, p95_axis) = plt.subplots(3, 1, figsize=(12, 8), sharex=True)
     for result, row in runs:
         slices = row["summary"]["slices"]
-        ts = [float(s["t_s"]) for s in slices]
+        ts = [float(s["t_s"]) + 2.5 for s in slices]  # the middle of each 5-s slice
         label = f"{result['stage']} {result['name']}"
         (line,) = rps_axis.plot(ts, [float(s["rps"]) for s in slices], label=label)
         color = line.get_color()
