@@ -5,7 +5,8 @@
 
 The ladder (loadtests/) may not import the stacks' code (an import contract), so it reads this
 export instead; a test checks that the committed file is exactly this output. Sizes are vCPUs
-per instance or node, and counts, at each stage's minimum and maximum.
+per instance or node, and counts, at each stage's minimum and maximum; the talk's user class;
+and the cost by the hour at both sizes (infra/cost.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cost import hourly
 from shop_infra.stages import STAGES, Stage, vcpus
 
 MANAGED_VCPUS = {"m7g.large": 2}
@@ -37,6 +39,9 @@ def sizes(stage: Stage) -> dict[str, Any]:
     found: dict[str, Any] = {
         "number": stage.number,
         "name": stage.name,
+        "users": stage.users,
+        "cost_per_hour_usd": round(hourly(stage), 4),
+        "cost_per_hour_usd_at_max": round(hourly(stage, at_max=True), 4),
         "web": {
             "instance_type": fleet.instance_type,
             "vcpus": vcpus(fleet.instance_type),

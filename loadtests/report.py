@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtests import analysis
+from loadtests import analysis, model
+from loadtests.ladder import sizes
 
 COST_PER_HOUR_USD: dict[int, float] = {
     1: 0.1223,
@@ -210,6 +211,8 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
             *[f"- Stage {s.stage} ({s.name}), {s.past_knee}." for s in beyond],
             "",
         ]
+    parts += model.model_section(results)
+    parts += model.projection_section(results, sizes.load())
     parts += provenance_section(results)
     titles = {
         "throughput.png": "Throughput and p95 against users, every stage",

@@ -71,31 +71,43 @@ def load(path: Path = AWS_SIZES) -> dict[int, dict[str, Any]]:
     return {int(s["number"]): s for s in json.loads(path.read_text())["stages"]}
 
 
+def aws_vcpus(
+    aws: dict[str, Any], *, web: int | None = None, workers: int | None = None
+) -> dict[str, float]:
+    """vCPUs on AWS per component the model scales, with `web` and `workers` instances (the
+    stage's minimum sizes by default): the same mapping the budgets are derived with."""
+    fleet, database, cache, group = aws["web"], aws["database"], aws["cache"], aws["workers"]
+    instances = fleet["min"] if web is None else web
+    found: dict[str, float] = {}
+    if database is None:
+        found["box"] = fleet["vcpus"] * instances
+        return found
+    found["app"] = fleet["vcpus"] * instances
+    found["postgres"] = database["vcpus"]
+    if database["read_replicas"]:
+        found["replica"] = database["vcpus"] * database["read_replicas"]
+    if cache is not None:
+        found["redis"] = REDIS_VCPUS
+    if group is not None:
+        found["worker"] = group["vcpus"] * (group["min"] if workers is None else workers)
+    return found
+
+
 def derive(aws: dict[str, Any]) -> Derived:
     """The budgets of one stage from its entry in aws_sizes.json."""
     web, database, cache, workers = aws["web"], aws["database"], aws["cache"], aws["workers"]
     notes: list[str] = []
-    vcpus: dict[str, float] = {}
-    if database is None:
-        vcpus["box"] = web["vcpus"] * web["min"]
-    else:
-        vcpus["app"] = web["vcpus"] * web["min"]
-        vcpus["postgres"] = database["vcpus"]
-        if database["read_replicas"]:
-            vcpus["replica"] = database["vcpus"] * database["read_replicas"]
-            if database["read_replicas"] > 1:
-                notes.append(
-                    f"{database['read_replicas']} read replicas of {database['vcpus']} vCPUs "
-                    "run as one local replica with their summed budget"
-                )
+    vcpus = aws_vcpus(aws)
+    if database is not None and database["read_replicas"] > 1:
+        notes.append(
+            f"{database['read_replicas']} read replicas of {database['vcpus']} vCPUs "
+            "run as one local replica with their summed budget"
+        )
     if cache is not None:
-        vcpus["redis"] = REDIS_VCPUS
         notes.append(
             f"Redis counts {REDIS_VCPUS} of its node's {cache['vcpus']} vCPUs (one command "
             "thread); its failover replica serves nothing"
         )
-    if workers is not None:
-        vcpus["worker"] = workers["vcpus"] * workers["min"]
     total = sum(vcpus.values())
     scale = MODEL_CPUS / total
     budgets = {name: round(v * scale, 3) for name, v in vcpus.items()}

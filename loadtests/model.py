@@ -1,0 +1,287 @@
+"""Service demands, predicted capacity and the projection to AWS, from a stage's measured steps.
+
+The operational laws (Menascé and Almeida; Jain): a component's utilisation is throughput times
+its service demand, U = X x D. From the steps at or below the knee, each component's demand D
+(CPU seconds per request of the suite's mix) is fitted by least squares through the origin.
+Its capacity is then its budget over its demand; the bottleneck is the component of lowest
+capacity, and a co-bottleneck is named when another is within CO_BOTTLENECK of it. The
+prediction stands beside the highest throughput a step measured, with the error: a model that
+misses by more than ±20 % says that CPU is not what limits the stage (locks, pools, the load
+generator, a quota's bursts).
+
+The projection puts the same demands on the stack's real sizes (`aws_sizes.json`): each scaled
+component's AWS vCPUs times SPEED over its demand, at the stage's largest size. Managed
+services (the load balancer, CloudFront, SQS, SES, DynamoDB) scale by themselves and are not
+modelled. Users and dollars follow from declared assumptions (`Assumptions`), printed above the
+table that uses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from loadtests import analysis
+from loadtests.ladder.sizes import aws_vcpus
+
+CO_BOTTLENECK = 0.10
+STAND_INS = ("nginx", "cdn", "moto")
+"""Local stand-ins of managed services: measured, never projected to AWS."""
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """What turns requests/s into users and dollars; declared, so that a reader can change it."""
+
+    speed: float = 1.0
+    """CPU work one AWS vCPU does for one of this machine's CPUs (not measured on AWS)."""
+    session_requests: int = 30
+    """Requests one visitor's day brings (a visit of browsing, a cart, sometimes an order)."""
+    peak_to_average: float = 3.0
+    """The busiest hour's rate over the day's average."""
+    target_utilisation: float = 0.6
+    """How full a fleet is run: the dollars per million requests are counted at this share of
+    capacity."""
+
+
+@dataclass(frozen=True)
+class Demand:
+    component: str
+    seconds: float
+    """CPU seconds per request of the suite's mix."""
+    points: int
+
+
+@dataclass(frozen=True)
+class Prediction:
+    capacities: dict[str, float]
+    """Requests/s each budgeted component could serve: budget over demand."""
+    bottleneck: str
+    co_bottleneck: str | None
+    predicted_rps: float
+    measured_rps: float
+
+    @property
+    def error(self) -> float:
+        """Predicted over measured, minus one (+0.1: the model promised 10 % more)."""
+        return self.predicted_rps / self.measured_rps - 1
+
+
+@dataclass(frozen=True)
+class Projection:
+    stage: int
+    name: str
+    users: str
+    rps: float
+    limit: str
+    concurrent_users: float | None
+    daily_users: float
+    cost_per_hour_usd: float
+    usd_per_million: float
+
+
+def demands(result: Mapping[str, Any]) -> dict[str, Demand]:
+    """Each component's CPU seconds per request, fitted on the steps up to the knee."""
+    steps: Sequence[Mapping[str, Any]] = result.get("steps") or []
+    at = analysis.knee(steps, p95_ms=float(result.get("p95_objective_ms") or 500.0))
+    if at is None:
+        return {}
+    sums: dict[str, list[float]] = {}
+    for step in steps[: at + 1]:
+        rps = float(step.get("rps") or 0.0)
+        if rps <= 0:
+            continue
+        for name, used in (step.get("cpu") or {}).items():
+            if used is None:
+                continue
+            xy_xx_n = sums.setdefault(name, [0.0, 0.0, 0.0])
+            xy_xx_n[0] += rps * float(used)
+            xy_xx_n[1] += rps * rps
+            xy_xx_n[2] += 1
+    return {
+        name: Demand(name, xy / xx, int(n))
+        for name, (xy, xx, n) in sums.items()
+        if xx > 0 and xy > 0
+    }
+
+
+def _largest_budgets(result: Mapping[str, Any]) -> dict[str, float]:
+    """The budgets at the fleet's largest size during the run (an autoscaler changes them)."""
+    largest = {k: float(v) for k, v in (result.get("budgets") or {}).items()}
+    for step in result.get("steps") or []:
+        for name, cpus in (step.get("budgets") or {}).items():
+            largest[name] = max(largest.get(name, 0.0), float(cpus))
+    return largest
+
+
+def _lowest(capacities: Mapping[str, float]) -> tuple[str, str | None, float]:
+    ranked = sorted(capacities.items(), key=lambda kv: (kv[1], kv[0]))
+    name, lowest = ranked[0]
+    second = ranked[1] if len(ranked) > 1 else None
+    close = second is not None and second[1] <= lowest * (1 + CO_BOTTLENECK)
+    return name, (second[0] if close and second else None), lowest
+
+
+def predict(result: Mapping[str, Any]) -> Prediction | None:
+    """The model's capacity of the stage as run here, beside the highest measured throughput;
+    None without a knee or without a budgeted component it can fit."""
+    fitted = demands(result)
+    budgets = _largest_budgets(result)
+    capacities = {
+        name: cpus / fitted[name].seconds
+        for name, cpus in budgets.items()
+        if name in fitted and cpus > 0 and fitted[name].seconds > 0
+    }
+    steps = result.get("steps") or []
+    if not capacities or not steps:
+        return None
+    name, co, lowest = _lowest(capacities)
+    measured = max(float(step.get("rps") or 0.0) for step in steps)
+    if measured <= 0:
+        return None
+    return Prediction(
+        capacities={k: round(v, 1) for k, v in capacities.items()},
+        bottleneck=name,
+        co_bottleneck=co,
+        predicted_rps=lowest,
+        measured_rps=measured,
+    )
+
+
+def _rate_per_user(result: Mapping[str, Any]) -> float | None:
+    """Requests/s one simulated user brought at the knee (think time and answers included)."""
+    steps = result.get("steps") or []
+    at = analysis.knee(steps, p95_ms=float(result.get("p95_objective_ms") or 500.0))
+    if at is None or not steps[at].get("users"):
+        return None
+    return float(steps[at]["rps"]) / float(steps[at]["users"])
+
+
+def project(
+    result: Mapping[str, Any], aws: Mapping[str, Any], assumptions: Assumptions = Assumptions()
+) -> Projection | None:
+    """The stage at its stack's largest size, from the demands measured here."""
+    fitted = demands(result)
+    web = aws["web"]["max"]
+    workers = aws["workers"]["max"] if aws.get("workers") else None
+    vcpus = aws_vcpus(dict(aws), web=web, workers=workers)
+    capacities = {
+        name: vcpus[name] * assumptions.speed / fitted[name].seconds
+        for name in vcpus
+        if name in fitted and fitted[name].seconds > 0
+    }
+    if not capacities:
+        return None
+    limit, co, rps = _lowest(capacities)
+    per_user = _rate_per_user(result)
+    cost = float(aws["cost_per_hour_usd_at_max"])
+    daily_requests = rps / assumptions.peak_to_average * 86_400
+    return Projection(
+        stage=int(aws["number"]),
+        name=str(aws["name"]),
+        users=str(aws["users"]),
+        rps=rps,
+        limit=limit if co is None else f"{limit} (with {co})",
+        concurrent_users=rps / per_user if per_user else None,
+        daily_users=daily_requests / assumptions.session_requests,
+        cost_per_hour_usd=cost,
+        usd_per_million=cost / (assumptions.target_utilisation * rps * 3600) * 1e6,
+    )
+
+
+def _count(value: float) -> str:
+    for size, unit in ((1e9, " billion"), (1e6, " million"), (1e3, ",000")):
+        if value >= size:
+            if unit == ",000":
+                return f"{value:,.0f}"
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.0f}"
+
+
+def model_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's "model" section: demands, predicted capacity, measured peak, error."""
+    rows = []
+    for result in results:
+        prediction = predict(result)
+        if prediction is None:
+            continue
+        fitted = demands(result)
+        shown = ", ".join(
+            f"{name} {fitted[name].seconds * 1000:.2f}"
+            for name in sorted(fitted, key=lambda n: -fitted[n].seconds)
+            if name in prediction.capacities
+        )
+        named = prediction.bottleneck + (
+            f" (with {prediction.co_bottleneck})" if prediction.co_bottleneck else ""
+        )
+        steps = result.get("steps") or []
+        objective = float(result.get("p95_objective_ms") or 500.0)
+        if analysis.knee(steps, p95_ms=objective) == len(steps) - 1:
+            verdict = "**the ramp ended before the objective broke: the peak is a lower bound**"
+        elif abs(prediction.error) <= 0.2:
+            verdict = "within ±20 %"
+        else:
+            verdict = "**misses by more than 20 %**"
+        rows.append(
+            f"| {result['stage']} | {result['name']} | {shown} | {named} "
+            f"| {prediction.predicted_rps:.0f} | {prediction.measured_rps:.0f} "
+            f"| {prediction.error:+.0%} ({verdict}) |"
+        )
+    if not rows:
+        return []
+    return [
+        "## The model: service demands and predicted capacity",
+        "",
+        "Each component's CPU milliseconds per request of the mix, fitted on the steps up to the "
+        "knee (utilisation = throughput x demand); its capacity is its budget over its demand, "
+        "and the lowest names the bottleneck (a second within 10 % is named with it). The "
+        "prediction stands beside the highest throughput any step measured.",
+        "",
+        "| # | stage | CPU ms per request | predicted bottleneck | predicted requests/s "
+        "| measured peak | error |",
+        "|---|---|---|---|---:|---:|---|",
+        *rows,
+        "",
+    ]
+
+
+def projection_section(
+    results: Sequence[Mapping[str, Any]],
+    sizes: Mapping[int, Mapping[str, Any]],
+    assumptions: Assumptions = Assumptions(),
+) -> list[str]:
+    """The report's projection of every measured stage to its stack's sizes."""
+    rows = []
+    for result in results:
+        aws = sizes.get(int(result["stage"]))
+        found = project(result, aws, assumptions) if aws else None
+        if found is None:
+            continue
+        concurrent = _count(found.concurrent_users) if found.concurrent_users else "-"
+        rows.append(
+            f"| {found.stage} | {found.name} | {found.users} | {found.rps:,.0f} | {found.limit} "
+            f"| {concurrent} | {_count(found.daily_users)} | {found.cost_per_hour_usd:.2f} "
+            f"| {found.usd_per_million:.2f} |"
+        )
+    if not rows:
+        return []
+    a = assumptions
+    return [
+        "## Projected to AWS",
+        "",
+        "The demands above on each stack's own sizes at its largest (infra/shop_infra/stages.py"
+        ", through loadtests/ladder/aws_sizes.json): every scaled component's vCPUs times the "
+        f"speed factor ({a.speed:g}: one AWS vCPU does the work of one CPU here, not measured "
+        "on AWS) over its demand; managed services are not modelled. Concurrent users: at the "
+        "rate one simulated user brought at the knee. Daily users: "
+        f"{a.session_requests} requests a visitor, the busiest hour at {a.peak_to_average:g} "
+        "times the average. $ per million requests: the stack at its largest size, run at "
+        f"{a.target_utilisation:.0%} of capacity.",
+        "",
+        "| # | stage | talk's users | requests/s | limit on AWS | concurrent users "
+        "| daily users | $/hour | $ per million requests |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]

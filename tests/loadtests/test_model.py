@@ -1,0 +1,126 @@
+"""The ladder's model: demands fitted from steps, capacity predicted beside the measured peak,
+and the projection of a stage to its stack's sizes (loadtests/model.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from loadtests import model
+from loadtests.ladder import sizes
+
+AWS = sizes.load()
+
+
+def _result(
+    demands_ms: dict[str, float],
+    budgets: dict[str, float],
+    *,
+    users: list[int],
+    rps: list[float],
+    p95: list[float],
+    stage: int = 3,
+) -> dict[str, Any]:
+    steps = [
+        {
+            "users": u,
+            "requests": int(r * 10),
+            "failures": 0,
+            "rps": r,
+            "p95_ms": p,
+            "cpu": {name: round(r * d / 1000, 4) for name, d in demands_ms.items()},
+        }
+        for u, r, p in zip(users, rps, p95, strict=True)
+    ]
+    return {
+        "stage": stage,
+        "name": "horizontal",
+        "budgets": budgets,
+        "steps": steps,
+        "p95_objective_ms": 500,
+    }
+
+
+def test_demands_are_fitted_from_the_steps_up_to_the_knee_only() -> None:
+    result = _result(
+        {"app": 5.0, "postgres": 1.0},
+        {"app": 0.6, "postgres": 0.3, "nginx": 0.1},
+        users=[10, 20, 30, 40],
+        rps=[20, 40, 60, 62],
+        p95=[50, 60, 200, 900],
+    )
+    # Past the knee the app is throttled: its CPU stops following the throughput.
+    result["steps"][3]["cpu"]["app"] = 0.6
+    fitted = model.demands(result)
+    assert fitted["app"].seconds == pytest.approx(0.005, rel=0.01)
+    assert fitted["postgres"].seconds == pytest.approx(0.001, rel=0.01)
+    assert fitted["app"].points == 3
+
+
+def test_the_bottleneck_is_the_lowest_capacity_and_the_error_is_against_the_measured_peak() -> None:
+    result = _result(
+        {"app": 5.0, "postgres": 2.4},
+        {"app": 0.6, "postgres": 0.3},
+        users=[10, 20, 30, 40],
+        rps=[20, 60, 100, 110],
+        p95=[50, 60, 300, 900],
+    )
+    prediction = model.predict(result)
+    assert prediction is not None
+    # app: 0.6 / 5 ms = 120/s; postgres: 0.3 / 2.4 ms = 125/s, within 10 %: named with it.
+    assert prediction.bottleneck == "app" and prediction.co_bottleneck == "postgres"
+    assert prediction.predicted_rps == pytest.approx(120, rel=0.01)
+    assert prediction.error == pytest.approx(120 / 110 - 1, rel=0.01)
+    section = "\n".join(model.model_section([result]))
+    assert "app (with postgres)" in section and "within ±20 %" in section
+
+
+def test_a_model_that_misses_says_so() -> None:
+    result = _result(
+        {"app": 1.0},
+        {"app": 0.6},
+        users=[10, 20],
+        rps=[50, 60],
+        p95=[100, 900],
+    )
+    section = "\n".join(model.model_section([result]))
+    assert "misses by more than 20 %" in section  # predicts 600/s against a peak of 60
+
+
+def test_no_knee_no_model() -> None:
+    result = _result({"app": 5.0}, {"app": 0.6}, users=[10], rps=[20], p95=[900])
+    assert model.predict(result) is None and model.model_section([result]) == []
+
+
+def test_the_projection_puts_the_demands_on_the_stacks_largest_size() -> None:
+    result = _result(
+        {"app": 5.0, "postgres": 1.0, "nginx": 0.3},
+        {"app": 0.6, "postgres": 0.3, "nginx": 0.1},
+        users=[10, 20, 30],
+        rps=[20, 40, 60],
+        p95=[50, 60, 200],
+    )
+    aws = AWS[3]
+    found = model.project(result, aws, model.Assumptions(speed=1.0, session_requests=30))
+    assert found is not None
+    app_vcpus = aws["web"]["vcpus"] * aws["web"]["max"]
+    db_vcpus = aws["database"]["vcpus"]
+    expected = min(app_vcpus / 0.005, db_vcpus / 0.001)
+    assert found.rps == pytest.approx(expected, rel=0.01)
+    assert found.limit.startswith("app")  # nginx stands for the ALB: never the limit on AWS
+    assert found.concurrent_users == pytest.approx(expected / 2.0, rel=0.01)  # 60/s from 30
+    assert found.daily_users == pytest.approx(expected / 3 * 86_400 / 30, rel=0.01)
+    cost = aws["cost_per_hour_usd_at_max"]
+    assert found.usd_per_million == pytest.approx(cost / (0.6 * expected * 3600) * 1e6, rel=0.01)
+    # A faster AWS vCPU is more capacity, in proportion.
+    faster = model.project(result, aws, model.Assumptions(speed=2.0))
+    assert faster is not None and faster.rps == pytest.approx(2 * found.rps, rel=0.01)
+    table = "\n".join(model.projection_section([result], AWS))
+    assert f"| 3 | horizontal | {aws['users']} |" in table
+
+
+def test_a_ramp_that_never_broke_the_objective_is_not_a_verdict_on_the_model() -> None:
+    result = _result({"app": 5.0}, {"app": 0.6}, users=[10, 20], rps=[20, 40], p95=[50, 60])
+    section = "\n".join(model.model_section([result]))
+    assert "the peak is a lower bound" in section and "misses" not in section
