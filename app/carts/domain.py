@@ -142,7 +142,12 @@ def remove_item(cart: Cart, *, product_id: int) -> Cart:
 def checkout_key(cart: Cart) -> str:
     """The Idempotency-Key that orders this content of the cart: the same for every retry of
     one version, never the same for two versions."""
-    return f"cart:{cart.cart_id}:v{cart.version}"
+    return f"{checkout_key_prefix(cart)}{cart.version}"
+
+
+def checkout_key_prefix(cart: Cart) -> str:
+    """What every checkout key of this cart starts with, its version following."""
+    return f"cart:{cart.cart_id}:v"
 
 
 def record_checkout(cart: Cart, *, version: int, order_id: int, ordered: Mapping[int, int]) -> Cart:

@@ -7,7 +7,8 @@ SHOP_CARTS_TABLE is set. Prices and stock are never stored in a cart; they are t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from app.carts.domain import (
     CartEmpty,
     add_quantities,
     checkout_key,
+    checkout_key_prefix,
     record_checkout,
     remove_item,
     set_quantity,
@@ -33,6 +35,8 @@ from app.core.outbox import Relay
 from app.core.security import Principal, Role
 from app.orders import service as orders
 from app.orders.schemas import OrderCreate
+
+log = logging.getLogger("shop.carts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +193,12 @@ async def checkout(
             consistent=True,
         )
         return CheckoutResult(201, order.model_dump(mode="json"), replayed=True)
-    if cart.version != version:
+    cart, recovered = await _record_lost_checkouts(
+        store, db, cart, customer_id=customer_id, ttl=idempotency_ttl
+    )
+    if version in recovered:
+        return CheckoutResult(201, recovered[version], replayed=True)
+    if recovered or cart.version != version:
         raise CartChanged(current=cart.version, seen=version)
     if not cart.items:
         raise CartEmpty()
@@ -215,8 +224,43 @@ async def checkout(
         ) from exc
     order_id: int = placed.body["id"]
     ordered = dict(cart.items)
-    await store.change(
-        customer_id,
-        lambda c: record_checkout(c, version=version, order_id=order_id, ordered=ordered),
-    )
+    try:
+        await store.change(
+            customer_id,
+            lambda c: record_checkout(c, version=version, order_id=order_id, ordered=ordered),
+        )
+    except Exception as exc:
+        # The order is committed: the answer must name it. The cart still holds the ordered
+        # units until the next checkout finds this one by its key (_record_lost_checkouts).
+        log.warning(
+            "order %s placed from cart %s v%s, not yet recorded on the cart: %s",
+            order_id,
+            cart.cart_id,
+            version,
+            exc,
+        )
     return CheckoutResult(placed.status_code, placed.body, replayed=placed.replayed)
+
+
+async def _record_lost_checkouts(
+    store: CartStore, db: Database, cart: Cart, *, customer_id: int, ttl: timedelta
+) -> tuple[Cart, dict[int, dict[str, Any]]]:
+    """Checkouts of this cart whose order was placed but never recorded on the cart (its store
+    failed after the order's commit), found by their Idempotency-Keys and recorded now, so that
+    their units are not ordered a second time. Returns the cart and those orders by version."""
+    prefix = checkout_key_prefix(cart)
+    answers = await orders.answered_keys(db, customer_id=customer_id, prefix=prefix, ttl=ttl)
+    done = cart.checked_out_version or 0
+    lost: dict[int, dict[str, Any]] = {}
+    for key, body in answers.items():
+        tail = key[len(prefix) :]
+        if tail.isdigit() and done < int(tail) <= cart.version:
+            lost[int(tail)] = body
+    for lost_version, body in sorted(lost.items()):
+        cart = await store.change(customer_id, _recording(lost_version, body))
+    return cart, lost
+
+
+def _recording(version: int, order: Mapping[str, Any]) -> Callable[[Cart], Cart]:
+    ordered = {int(line["product_id"]): int(line["quantity"]) for line in order["lines"]}
+    return lambda c: record_checkout(c, version=version, order_id=int(order["id"]), ordered=ordered)

@@ -220,6 +220,25 @@ async def _claim_key(
     return PlaceResult(status_code=first["status_code"], body=first["response_body"], replayed=True)
 
 
+async def answered_keys(
+    db: Database, *, customer_id: int, prefix: str, ttl: timedelta
+) -> dict[str, dict[str, Any]]:
+    """The orders this customer's unexpired Idempotency-Keys starting with `prefix` were
+    answered with (201 only), by key, read from the primary: what a caller whose own record of
+    a placed order was lost (a cart store that failed after the commit) can find it by."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    async with db.read(primary=True) as conn:
+        found = await conn.execute(
+            select(IdempotencyKey.key, IdempotencyKey.response_body).where(
+                IdempotencyKey.customer_id == customer_id,
+                IdempotencyKey.key.like(f"{escaped}%", escape="\\"),
+                IdempotencyKey.status_code == 201,
+                IdempotencyKey.created_at >= utcnow() - ttl,
+            )
+        )
+        return {row.key: row.response_body for row in found if row.response_body is not None}
+
+
 async def place_order(
     db: Database,
     *,

@@ -388,17 +388,66 @@ async def test_a_checkout_whose_order_failed_to_empty_the_cart_is_replayed_by_it
         return await change(customer_id, mutate)
 
     monkeypatch.setattr(store, "change", flaky_change)
-    with pytest.raises(ConnectionError):
-        await http.post("/cart/checkout", json={"version": version}, headers=alice.headers)
-    # The order was placed but the cart still holds it: the retry must not order again.
+    first = await http.post("/cart/checkout", json={"version": version}, headers=alice.headers)
+    # The order was committed: the answer names it, though the cart could not record it.
+    assert first.status_code == 201, first.text
     assert (await read_cart(http, alice))["version"] == version
 
     retry = await http.post("/cart/checkout", json={"version": version}, headers=alice.headers)
 
     assert retry.status_code == 201
     assert retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.json()["id"] == first.json()["id"]
     assert len(await orders_of(http, alice)) == 1
     assert (await read_cart(http, alice))["lines"] == []
+
+
+async def test_a_checkout_the_cart_failed_to_record_is_never_ordered_again_after_a_change(
+    http: AsyncClient,
+    resources: Resources,
+    alice: User,
+    store: CartStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cart store fails just after the order's commit (found by `make faults`, queue and
+    carts endpoint unreachable); the customer then adds to the cart before checking out again.
+    The ordered units are not ordered a second time, and a retry of the first checkout still
+    names its order."""
+    mug, tea = await make_product(resources, initial_stock=10), await make_product(resources)
+    await put_item(http, alice, mug.id, 2)
+    version = (await read_cart(http, alice))["version"]
+    change = store.change
+    failures = iter([ConnectionError("the cart store went away")])
+
+    async def flaky_change(customer_id: int, mutate: Any) -> Cart:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await change(customer_id, mutate)
+
+    monkeypatch.setattr(store, "change", flaky_change)
+    first = await http.post("/cart/checkout", json={"version": version}, headers=alice.headers)
+    assert first.status_code == 201, first.text
+    await put_item(http, alice, tea.id, 1)
+    moved = (await read_cart(http, alice))["version"]
+
+    again = await http.post("/cart/checkout", json={"version": moved}, headers=alice.headers)
+
+    # The lost checkout is recorded first: the cart changed under the client, which re-reads it.
+    assert again.status_code == 409, again.text
+    cart = await read_cart(http, alice)
+    assert [(line["product_id"], line["quantity"]) for line in cart["lines"]] == [(tea.id, 1)]
+    retry = await http.post("/cart/checkout", json={"version": version}, headers=alice.headers)
+    assert retry.status_code == 201 and retry.json()["id"] == first.json()["id"]
+    final = await http.post(
+        "/cart/checkout", json={"version": cart["version"]}, headers=alice.headers
+    )
+    assert final.status_code == 201, final.text
+    ordered = []
+    for order in await orders_of(http, alice):
+        seen = (await http.get(f"/orders/{order['id']}", headers=alice.headers)).json()
+        ordered += [(line["product_id"], line["quantity"]) for line in seen["lines"]]
+    assert sorted(ordered) == sorted([(mug.id, 2), (tea.id, 1)])
 
 
 async def test_out_of_stock_at_checkout_answers_409_naming_it_and_keeps_the_cart(
