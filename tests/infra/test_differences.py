@@ -101,7 +101,7 @@ EXPECTED = {
         "AWS::IAM::Role": 1,
         "AWS::IAM::Policy": 1,
         "AWS::IAM::InstanceProfile": 1,
-        "AWS::Logs::LogGroup": 1,
+        "AWS::Logs::LogGroup": 2,  # the workers' logs, and their agent's embedded metrics
         "AWS::EC2::SecurityGroup": 1,
         "AWS::EC2::SecurityGroupIngress": 2,  # workers to the database and to the cache
         "AWS::CloudWatch::Alarm": 2,  # oldest message age, dead letters
