@@ -261,7 +261,12 @@ def test_one_order_is_one_trace_from_the_request_through_the_queue_to_the_worker
     worker_sql = [s for s in worker_spans if s.attributes.get("db.system") == "postgresql"]
     assert any("processed_event" in str(s.attributes.get("db.statement")) for s in worker_sql)
     assert any("ledger_entry" in str(s.attributes.get("db.statement")) for s in worker_sql)
-    assert any(s.name.startswith("SES.") for s in worker_spans)
+    steps = {s.name: s for s in worker_spans if s.name.startswith("order.")}
+    assert {"order.fulfil", "order.mail"} <= set(steps)
+    assert any(
+        s.name.startswith("SES.") and _descends_from(s, steps["order.mail"], spans)
+        for s in worker_spans
+    )
     assert all(_descends_from(s, handle, spans) for s in worker_spans if s is not handle)
     # Polling (receives, deletes, purges) makes no trace of its own.
     assert not [s for s in receiver.spans if s.name == "SQS.ReceiveMessage"]
