@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -53,6 +54,10 @@ class StartupProblem(RuntimeError):
     """The shop cannot serve with this configuration; the message says why and what to do."""
 
 
+DYNAMODB_CONNECTIONS = 32
+"""The carts client's connection pool, and the threads that run its calls."""
+
+
 def _dynamodb_client(settings: Settings) -> Any:
     """The carts table's client: thread-safe, shared by the worker threads that run its calls
     (boto3 blocks), with short timeouts so that a DynamoDB hiccup costs a request seconds,
@@ -62,7 +67,7 @@ def _dynamodb_client(settings: Settings) -> Any:
         region_name=settings.aws_region,
         endpoint_url=settings.aws_endpoint_url,
         config=BotoConfig(
-            max_pool_connections=32,
+            max_pool_connections=DYNAMODB_CONNECTIONS,
             connect_timeout=2,
             read_timeout=5,
             retries={"max_attempts": 3, "mode": "standard"},
@@ -162,6 +167,11 @@ async def open_resources(settings: Settings) -> Resources:
         dynamodb=(
             await asyncio.to_thread(_dynamodb_client, settings) if settings.carts_table else None
         ),
+        dynamodb_threads=(
+            ThreadPoolExecutor(DYNAMODB_CONNECTIONS, thread_name_prefix="dynamodb")
+            if settings.carts_table
+            else None
+        ),
     )
 
 
@@ -171,6 +181,9 @@ async def close_resources(resources: Resources) -> None:
     if resources.cache is not None:
         await resources.cache.close()
     resources.passwords.close()
+    if resources.dynamodb_threads is not None:
+        # A call hung on an unreachable endpoint ends with botocore's timeouts, not here.
+        resources.dynamodb_threads.shutdown(wait=False, cancel_futures=True)
     resources.assets.close()
     await resources.db.dispose()
 

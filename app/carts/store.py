@@ -39,5 +39,10 @@ def store_for(resources: Resources) -> CartStore:
     settings = resources.settings
     ttl = timedelta(days=settings.cart_ttl_days)
     if settings.carts_table and resources.dynamodb is not None:
-        return DynamoCartStore(resources.dynamodb, table=settings.carts_table, ttl=ttl)
+        return DynamoCartStore(
+            resources.dynamodb,
+            table=settings.carts_table,
+            ttl=ttl,
+            threads=resources.dynamodb_threads,
+        )
     return SqlCartStore(resources.db, ttl=ttl)

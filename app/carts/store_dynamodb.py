@@ -7,8 +7,12 @@ The table is the one infra/shop_infra/constructs/edge.py defines: partition key 
 so of two concurrent changes one fails its condition, reads the other's result and applies
 itself again: both land. The retries are bounded (CartBusy after MAX_ATTEMPTS).
 
-boto3 blocks: each call runs in a worker thread (asyncio.to_thread); the client, made once in
-the lifespan, is thread-safe.
+boto3 blocks: each call runs in a thread of the carts' own pool (`Resources.dynamodb_threads`,
+made in the lifespan with the client, which is thread-safe). A read that has not answered within
+READ_DEADLINE_S answers 503 (CartStoreUnavailable) at once, however long botocore would go on
+trying: with the endpoint unreachable, requests get a clear error instead of queueing behind
+hung calls. A write gets no such deadline: one abandoned while DynamoDB may still apply it could
+be applied twice by the client's retry; botocore's own timeouts bound it.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -33,6 +39,7 @@ from app.carts.domain import (
 )
 from app.core.models import utcnow
 
+T = TypeVar("T")
 MAX_ATTEMPTS = 8
 # Answers that mean "not now" (botocore has already retried them): 503, which a client may
 # retry. Anything else (a missing table, denied access) is the operator's to fix: a 500.
@@ -88,11 +95,34 @@ def _from_item(item: dict[str, Any] | None, customer_id: int) -> Cart:
     )
 
 
+READ_DEADLINE_S = 3.0
+"""How long a read may take before the request answers 503 (a healthy DynamoDB answers in
+milliseconds; botocore would go on for up to 3 attempts of a 2 s connect and a 5 s read)."""
+
+
 class DynamoCartStore:
-    def __init__(self, client: Any, *, table: str, ttl: timedelta) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        table: str,
+        ttl: timedelta,
+        threads: ThreadPoolExecutor | None = None,
+    ) -> None:
         self.client = client
         self.table = table
         self.ttl = ttl
+        self.threads = threads
+
+    async def _call(self, work: Callable[[], T], *, deadline_s: float | None = None) -> T:
+        """Run a blocking call in the carts' threads; past `deadline_s`, CartStoreUnavailable."""
+        running = asyncio.get_running_loop().run_in_executor(self.threads, work)
+        if deadline_s is None:
+            return await running
+        try:
+            return await asyncio.wait_for(running, deadline_s)
+        except TimeoutError:
+            raise CartStoreUnavailable() from None
 
     def _read(self, customer_id: int, *, consistent: bool) -> tuple[Cart, bool]:
         """The cart and whether an item exists for it (blocking)."""
@@ -108,8 +138,13 @@ class DynamoCartStore:
     async def get(self, customer_id: int, *, consistent: bool = False) -> Cart:
         # Always a strongly consistent read: a customer who just added an item and looks at
         # the cart must see it (an eventually consistent read may not, and saves little here).
-        cart, _ = await asyncio.to_thread(self._read, customer_id, consistent=True)
+        cart, _ = await self._read_soon(customer_id)
         return cart
+
+    async def _read_soon(self, customer_id: int) -> tuple[Cart, bool]:
+        return await self._call(
+            partial(self._read, customer_id, consistent=True), deadline_s=READ_DEADLINE_S
+        )
 
     def _put(self, stored: Cart, *, exists: bool, expected_version: int) -> bool:
         """Write the cart if nobody wrote since it was read; False when somebody did."""
@@ -131,13 +166,13 @@ class DynamoCartStore:
 
     async def change(self, customer_id: int, mutate: Callable[[Cart], Cart]) -> Cart:
         for attempt in range(MAX_ATTEMPTS):
-            current, exists = await asyncio.to_thread(self._read, customer_id, consistent=True)
+            current, exists = await self._read_soon(customer_id)
             changed = mutate(current)
             if changed == current:
                 return current
             stored = replace(changed, version=current.version + 1, expires_at=utcnow() + self.ttl)
-            written = await asyncio.to_thread(
-                self._put, stored, exists=exists, expected_version=current.version
+            written = await self._call(
+                partial(self._put, stored, exists=exists, expected_version=current.version)
             )
             if written:
                 return stored

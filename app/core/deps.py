@@ -5,6 +5,7 @@
 # resolve the string annotations of a callable instance: `request: Request` became a query
 # parameter.
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -44,6 +45,10 @@ class Resources:
     """The response cache (stage 5): None without SHOP_REDIS_URL."""
     dynamodb: Any = None
     """boto3 DynamoDB client of the carts table (stage 5): None without SHOP_CARTS_TABLE."""
+    dynamodb_threads: ThreadPoolExecutor | None = None
+    """The threads that run that client's blocking calls: its own, as many as its connection
+    pool, so that calls hung on an unreachable endpoint never hold the threads every other
+    blocking call shares (password hashing, the mail, the queue)."""
     relay: Relay | None = None
     """Publishes outbox events to the queue (stage 7): None without SHOP_QUEUE_URL."""
     mailer: Mailer = field(default_factory=LogMailer)

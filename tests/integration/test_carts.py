@@ -592,6 +592,74 @@ async def test_an_unreachable_dynamodb_answers_503_with_retry_after(
     assert response.headers["Retry-After"] == "1"
 
 
+async def test_a_hung_dynamodb_answers_every_waiting_cart_read_503_instead_of_queueing_them(
+    alice: User,
+) -> None:
+    """An endpoint that accepts connections and never answers (a partition, a frozen host):
+    botocore would keep each call for up to 3 attempts of its 5 s read timeout. A hundred
+    readers at once, three times the carts' threads, all get a 503 within the read deadline's
+    reach, not after each other's timeouts (found by `make faults`: requests went unanswered)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from botocore.config import Config
+
+    from app.carts.domain import CartStoreUnavailable
+    from app.main import DYNAMODB_CONNECTIONS
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def hold() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    hung = boto3.client(
+        "dynamodb",
+        region_name="us-east-1",
+        endpoint_url=f"http://127.0.0.1:{listener.getsockname()[1]}",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(
+            max_pool_connections=DYNAMODB_CONNECTIONS,
+            connect_timeout=2,
+            read_timeout=5,
+            retries={"max_attempts": 3, "mode": "standard"},
+        ),
+    )
+    threads = ThreadPoolExecutor(DYNAMODB_CONNECTIONS)
+    store = DynamoCartStore(hung, table="carts", ttl=TTL, threads=threads)
+
+    async def read() -> BaseException | None:
+        try:
+            await store.get(alice.id)
+        except CartStoreUnavailable as exc:
+            return exc
+        return None
+
+    try:
+        # A liveness bound, not a speed target: queued behind each other's botocore timeouts
+        # (about 11 s a call here, 32 at a time) the hundred would need about 45 s.
+        outcomes = await asyncio.wait_for(asyncio.gather(*(read() for _ in range(100))), 25)
+    finally:
+        stop.set()
+        holder.join()
+        for connection in held:
+            connection.close()
+        listener.close()
+        threads.shutdown(wait=False, cancel_futures=True)
+    assert all(isinstance(o, CartStoreUnavailable) for o in outcomes)
+
+
 async def test_with_shop_carts_table_set_the_shop_keeps_carts_in_dynamodb(
     settings: Any, resources: Resources, dynamodb: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
