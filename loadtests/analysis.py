@@ -193,6 +193,16 @@ def past_knee(
     ]
     if shares:
         parts.append(", ".join(f"{name} {share:.0%}" for name, share in shares) + " of budget")
+    stopped = sorted(
+        ((name, t["throttled"]) for name, t in (step.get("throttled") or {}).items()),
+        key=lambda kv: (-kv[1], kv[0]),
+    )
+    if any(share > 0 for _, share in stopped):
+        parts.append(
+            "throttled in "
+            + ", ".join(f"{name} {share:.0%}" for name, share in stopped if share > 0)
+            + " of its quota periods"
+        )
     signals = _signals_text(step)
     if signals:
         parts.append(signals)

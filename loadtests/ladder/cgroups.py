@@ -154,6 +154,17 @@ class Budgets:
                 found[name] = int((group.folders[-1] / "cpuacct.usage").read_text()) / 1e9
         return found
 
+    def throttling(self) -> dict[str, Throttling]:
+        """How often each group's quota stopped it so far (cumulative): the saturation a CPU
+        average hides. Empty without a controller (nothing is throttled then)."""
+        if self.controller is None:
+            return {}
+        return {
+            name: read_throttling(group.folders[0] / "cpu.stat")
+            for name, group in self.groups.items()
+            if group.cpus > 0 and group.folders
+        }
+
     def close(self) -> None:
         """Move stragglers back to the root groups, then remove every group folder."""
         if self.controller is None:
@@ -185,6 +196,64 @@ def _members(folder: Path) -> list[int]:
         return [int(line) for line in (folder / "cgroup.procs").read_text().split()]
     except OSError:
         return []
+
+
+@dataclass(frozen=True)
+class Throttling:
+    """A group's cpu.stat counters: quota periods it ran in, periods in which it used its whole
+    quota and was stopped until the next one, and the time its threads spent stopped."""
+
+    periods: int
+    throttled: int
+    throttled_s: float
+
+
+def read_throttling(stat: Path) -> Throttling:
+    """The counters of a cpu.stat, v1 (throttled_time, ns) or v2 (throttled_usec)."""
+    values: dict[str, int] = {}
+    try:
+        for line in stat.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if value.strip().isdigit():
+                values[key] = int(value)
+    except OSError:
+        pass
+    if "throttled_usec" in values:
+        seconds = values["throttled_usec"] / 1e6
+    else:
+        seconds = values.get("throttled_time", 0) / 1e9
+    return Throttling(values.get("nr_periods", 0), values.get("nr_throttled", 0), seconds)
+
+
+def throttling_per_component(
+    samples: list[tuple[float, dict[str, Throttling]]],
+    components: dict[str, str],
+    started_at: float,
+    ended_at: float,
+) -> dict[str, dict[str, float]]:
+    """Per component between `started_at` and `ended_at`: the share of its quota periods in
+    which it was stopped (`throttled`), and its threads' stopped time per second (`stalled_s`,
+    summed over its groups), from the samples nearest the two ends."""
+    inside = [s for s in samples if started_at - 0.75 <= s[0] <= ended_at + 0.75]
+    if len(inside) < 2:
+        return {}
+    (t0, first), (t1, last) = inside[0], inside[-1]
+    if t1 <= t0:
+        return {}
+    sums: dict[str, list[float]] = {}
+    for group, now in last.items():
+        before = first.get(group, Throttling(0, 0, 0.0))
+        component = sums.setdefault(components.get(group, group), [0.0, 0.0, 0.0])
+        component[0] += max(0, now.periods - before.periods)
+        component[1] += max(0, now.throttled - before.throttled)
+        component[2] += max(0.0, now.throttled_s - before.throttled_s)
+    return {
+        name: {
+            "throttled": round(throttled / periods, 4) if periods else 0.0,
+            "stalled_s": round(stalled / (t1 - t0), 4),
+        }
+        for name, (periods, throttled, stalled) in sums.items()
+    }
 
 
 def read_v2_usage(stat: Path) -> float:
@@ -237,9 +306,12 @@ class CpuSampler:
 
     budgets: Budgets
     samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    throttling: list[tuple[float, dict[str, Throttling]]] = field(default_factory=list)
 
     def sample(self) -> None:
-        self.samples.append((time.time(), self.budgets.usage_s()))
+        now = time.time()
+        self.samples.append((now, self.budgets.usage_s()))
+        self.throttling.append((now, self.budgets.throttling()))
 
 
 def cpu_per_component(

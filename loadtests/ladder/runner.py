@@ -348,9 +348,15 @@ def describe(step: dict[str, Any], budgets: dict[str, float]) -> str:
         for name, used in sorted(step.get("cpu", {}).items())
     )
     failures = f" {step['failures']} failed" if step.get("failures") else ""
+    stopped = " ".join(
+        f"{name} {t['throttled']:.0%}"
+        for name, t in sorted((step.get("throttled") or {}).items())
+        if t["throttled"] >= 0.1
+    )
     return (
         f"  step {step['step']}: {step['users']:4d} users {step['rps']:7.1f} req/s "
         f"p95 {step['p95_ms']:6.0f} ms{failures}  cpu {cpu}"
+        + (f"  throttled {stopped}" if stopped else "")
     )
 
 
@@ -404,6 +410,7 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
                     lag_samples=sampler.lag,
                     depth_samples=sampler.depth,
                     cache=stage.cache,
+                    throttling_samples=cpu.throttling,
                 )
                 if scaler is not None:
                     # The fleet's size changed during the run: a slice's CPU is judged against

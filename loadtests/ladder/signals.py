@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from loadtests.ladder.cgroups import cpu_per_component
+from loadtests.ladder.cgroups import Throttling, cpu_per_component, throttling_per_component
 
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\S+)?$")
 """name{labels} value [timestamp]; label values may hold braces (route templates)."""
@@ -117,13 +117,22 @@ def merge_step(
     lag_samples: list[tuple[float, float]] | None,
     depth_samples: list[tuple[float, float]] | None,
     cache: bool,
+    throttling_samples: list[tuple[float, dict[str, Throttling]]] | None = None,
 ) -> dict[str, Any]:
-    """One suite step line plus `cpu` (CPUs per component over its window) and `signals`."""
+    """One suite step line plus `cpu` (CPUs per component over its window), `throttled` (the
+    share of its quota periods each component was stopped in, and its stopped time per second)
+    and `signals`."""
     started, ended = float(step["started_at"]), float(step["ended_at"])
     lag = gauge_mean(lag_samples, started, ended) if lag_samples is not None else None
     depth = gauge_mean(depth_samples, started, ended) if depth_samples is not None else None
+    throttled = (
+        throttling_per_component(throttling_samples, dict(groups), started, ended)
+        if throttling_samples
+        else {}
+    )
     return step | {
         "cpu": cpu_per_component(cpu_samples, dict(groups), started, ended),
+        "throttled": throttled,
         "signals": signals_of(
             metric_deltas(metric_samples, started, ended), cache=cache, lag=lag, depth=depth
         ),

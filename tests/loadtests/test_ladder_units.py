@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.ladder.cgroups import Budgets, cpu_per_component, detect, quota_and_period
+from loadtests.ladder.cgroups import (
+    Budgets,
+    Throttling,
+    cpu_per_component,
+    detect,
+    quota_and_period,
+    read_throttling,
+    throttling_per_component,
+)
 from loadtests.ladder.signals import merge_step, metric_deltas, parse_metrics
 from loadtests.ladder.stages import COMPONENTS, STAGES, parse_stages
 
@@ -301,3 +309,44 @@ def test_a_stage_that_could_not_run_keeps_its_row_with_the_reason(tmp_path: Path
     assert result["stage"] == 4 and result["steps"] == []
     assert result["missing"] == "could not run here: nginx is not installed"
     assert result["budgets"] == STAGES[4].budgets()
+
+
+def test_throttling_is_read_from_cpu_stat_in_both_cgroup_versions(tmp_path: Path) -> None:
+    v1, v2 = tmp_path / "v1.stat", tmp_path / "v2.stat"
+    v1.write_text("nr_periods 200\nnr_throttled 50\nthrottled_time 1500000000\n")
+    v2.write_text("usage_usec 9\nnr_periods 10\nnr_throttled 4\nthrottled_usec 250000\n")
+    assert read_throttling(v1) == Throttling(200, 50, 1.5)
+    assert read_throttling(v2) == Throttling(10, 4, 0.25)
+    assert read_throttling(tmp_path / "gone") == Throttling(0, 0, 0.0)
+
+
+def test_a_step_says_how_often_each_component_hit_its_quota(tmp_path: Path) -> None:
+    """Two app processes, one stopped in half its periods and one never: the app component was
+    stopped in a quarter of its periods, 0.3 s a second; a group that appears later counts
+    from zero."""
+    samples = [
+        (100.0, {"app-0": Throttling(100, 10, 1.0), "app-1": Throttling(100, 0, 0.0)}),
+        (
+            110.0,
+            {
+                "app-0": Throttling(200, 60, 4.0),
+                "app-1": Throttling(200, 0, 0.0),
+                "postgres": Throttling(50, 5, 0.5),
+            },
+        ),
+    ]
+    groups = {"app-0": "app", "app-1": "app", "postgres": "postgres"}
+    found = throttling_per_component(samples, groups, 100.0, 110.0)
+    assert found["app"] == {"throttled": 0.25, "stalled_s": 0.3}
+    assert found["postgres"] == {"throttled": 0.1, "stalled_s": 0.05}
+
+
+def test_a_budgets_throttling_reads_each_quota_group(tmp_path: Path) -> None:
+    for hierarchy, marker in (("cpu", "cpu.cfs_quota_us"), ("cpuacct", "cpuacct.usage")):
+        (tmp_path / hierarchy).mkdir()
+        (tmp_path / hierarchy / marker).write_text("0\n")
+    budgets = Budgets("t3", root=tmp_path)
+    group = budgets.group("postgres", "postgres", 0.14)
+    budgets.group("moto", "moto", 0)  # measured only: no quota, never throttled
+    (group.folders[0] / "cpu.stat").write_text("nr_periods 8\nnr_throttled 2\nthrottled_time 0\n")
+    assert budgets.throttling() == {"postgres": Throttling(8, 2, 0.0)}
