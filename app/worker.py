@@ -49,7 +49,6 @@ from app.core.queue import Message, Queue
 from app.core.settings import WorkerSettings
 from app.core.tracing import (
     WORKER_SERVICE,
-    TraceIds,
     continue_trace,
     quiet,
     record_failure,
@@ -409,9 +408,9 @@ async def serve(settings: WorkerSettings) -> None:
         raise WorkerProblem("SHOP_QUEUE_URL is not set: there is no queue to work from")
     tracing = tracing_for(settings, service=WORKER_SERVICE)
     if tracing is not None:
-        tracing.start()  # before the first connection, or its statements make no spans
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(TraceIds())
+        # Before the first connection, or its statements make no spans; after the logging
+        # set-up, whose lines it tags with their trace id.
+        tracing.start()
     try:
         # Quiet: the polling (receives, deletes, purges) would start a trace every few
         # seconds; each message's handling, and a reconciliation that applies events, are

@@ -67,6 +67,7 @@ class Tracing:
             sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
         )
         self._instrumentors: list[Any] = []
+        self._log_handlers: list[logging.Handler] = []
         self._started = False
 
     def instrument_app(self, app: FastAPI) -> None:
@@ -102,6 +103,15 @@ class Tracing:
                 instrumentor.instrument(tracer_provider=self.provider)
                 self._instrumentors.append(instrumentor)
         _tracer = self.provider.get_tracer("shop")
+        # Log lines written inside a recorded trace name it: the handlers of the root logger
+        # (the worker's) and of the shop's own (the server's, set up by `shop serve`).
+        self._log_handlers = [
+            handler
+            for logger in (logging.getLogger(), logging.getLogger("shop"))
+            for handler in logger.handlers
+        ]
+        for handler in self._log_handlers:
+            handler.addFilter(_TRACE_IDS)
         self._started = True
         log.info("tracing: %s exports to %s", self.service, self.endpoint)
 
@@ -112,6 +122,9 @@ class Tracing:
         if not self._started:
             return
         _tracer = None
+        for handler in self._log_handlers:
+            handler.removeFilter(_TRACE_IDS)
+        self._log_handlers = []
         for instrumentor in self._instrumentors:
             instrumentor.uninstrument()
         self._instrumentors = []
@@ -210,12 +223,18 @@ def current_trace_id() -> str | None:
 
 class TraceIds(logging.Filter):
     """Appends ` trace_id=<hex>` to each record logged inside a span of a recorded trace (set
-    on a handler, it sees every logger's records); changes nothing with tracing off."""
+    on a handler, it sees every logger's records); changes nothing with tracing off, nor the
+    access log's JSON lines, which carry the trace id as a field of their own."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "shop.access":
+            return True
         trace_id = current_trace_id()
         if trace_id is not None and not getattr(record, "trace_id", None):
             record.msg = f"{record.getMessage()} trace_id={trace_id}"
             record.args = None
             record.trace_id = trace_id
         return True
+
+
+_TRACE_IDS = TraceIds()
