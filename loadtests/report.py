@@ -174,6 +174,41 @@ def table(summaries: Sequence[analysis.StageSummary]) -> str:
     return "\n".join(lines)
 
 
+ROUTES = ("GET /products/[id]", "GET /products", "GET /cart", "POST /orders", "POST /cart/checkout")
+"""The routes whose p95 at the knee the report shows for every stage: a cached read, a listing,
+the cart (DynamoDB from stage 5), and the two order writes (through the queue at stage 7)."""
+
+
+def routes_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """p95 per route at each stage's knee: where the mix's p95 hides a slow write."""
+    rows = []
+    for result in results:
+        steps = result.get("steps") or []
+        at = analysis.knee(steps, p95_ms=float(result.get("p95_objective_ms") or 500.0))
+        if at is None:
+            continue
+        by_name = steps[at].get("by_name") or {}
+        cells = [
+            f"{float(by_name[r]['p95_ms']):.0f}"
+            if r in by_name and by_name[r].get("requests")
+            else "-"
+            for r in ROUTES
+        ]
+        rows.append(f"| {result['stage']} | {result['name']} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        "## p95 per route at the knee",
+        "",
+        "Milliseconds, at the step each stage's knee was measured at (the suite's own names).",
+        "",
+        "| # | stage | " + " | ".join(f"`{r}`" for r in ROUTES) + " |",
+        "|---|---|" + "---:|" * len(ROUTES),
+        *rows,
+        "",
+    ]
+
+
 def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> str:
     summaries = [analysis.summarise(result) for result in results]
     objectives = sorted({float(r.get("p95_objective_ms") or 500.0) for r in results})
@@ -211,6 +246,7 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
             *[f"- Stage {s.stage} ({s.name}), {s.past_knee}." for s in beyond],
             "",
         ]
+    parts += routes_section(results)
     parts += model.model_section(results)
     parts += model.projection_section(results, sizes.load())
     parts += provenance_section(results)

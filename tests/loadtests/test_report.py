@@ -193,3 +193,25 @@ def test_the_report_says_where_its_figures_come_from(tmp_path: Path) -> None:
     row = next(line for line in text.splitlines() if line.startswith(f"| {stamped[0]['stage']} ("))
     assert stamped[0]["provenance"]["commit"] in row and stamped[0]["provenance"]["kernel"] in row
     assert "not recorded" in text  # the fixtures of older runs carry none, and it is said
+
+
+def test_the_report_shows_each_routes_p95_at_the_knee_and_the_model_beside_the_peak() -> None:
+    from loadtests import analysis
+
+    found = results()
+    page = report.markdown(found, charts=[])
+    assert "## p95 per route at the knee" in page
+    for result in found:
+        steps = result["steps"]
+        at = analysis.knee(steps, p95_ms=float(result["p95_objective_ms"]))
+        if at is None:
+            continue
+        orders = steps[at]["by_name"]["POST /orders"]["p95_ms"]
+        routes = next(
+            line
+            for line in page.split("## p95 per route at the knee")[1].splitlines()
+            if line.startswith(f"| {result['stage']} | ")
+        )
+        assert f"| {orders:.0f} |" in routes
+    assert "## The model: service demands and predicted capacity" in page
+    assert "## Projected to AWS" in page
