@@ -343,3 +343,104 @@ def test_with_tracing_off_no_span_is_made_and_no_exporter_thread_runs(
     probe = json.loads(ran.stdout.strip().splitlines()[-1])
     assert [t for t in probe["threads"] if t.startswith("OtelBatch")]
     assert {"GET /products", "GET /readyz"} <= {s.name for s in receiver.spans}
+
+
+async def _sweep_then_reconcile(settings: Any, endpoint: str, aws_endpoint: str) -> None:
+    """Two orders whose events the relay left behind (both swept, neither handled), then a
+    worker's reconciliation, traced as `shop-worker`."""
+    from datetime import timedelta
+
+    import httpx
+    from asgi_lifespan import LifespanManager
+    from sqlalchemy import text
+
+    from app.core.mail import mailer_for
+    from app.core.queue import Queue
+    from app.core.tracing import WORKER_SERVICE, Tracing
+    from app.main import create_app
+    from app.worker import Retention, Worker, open_database
+
+    app = create_app(settings)
+    async with LifespanManager(app, startup_timeout=30):
+        resources = app.state.resources
+        product = await make_product(resources, initial_stock=10)
+        buyer = await make_user(resources)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
+            for _ in range(2):
+                answer = await client.post(
+                    "/orders",
+                    headers=buyer.headers,
+                    json={"lines": [{"product_id": product.id, "quantity": 1}]},
+                )
+                assert answer.status_code == 201, answer.text
+        await resources.relay.flush()
+        async with resources.db.write() as conn:  # as if the relay had died before sending
+            await conn.execute(
+                text(
+                    "UPDATE outbox_event SET published_at = NULL, "
+                    "created_at = created_at - interval '1 hour'"
+                )
+            )
+        assert await resources.relay.sweep() == 2
+
+    tracing = Tracing(endpoint=endpoint, service=WORKER_SERVICE, sample_ratio=1.0)
+    tracing.start()
+    db = await open_database(settings)
+    try:
+        worker = Worker(
+            db,
+            Queue(settings.queue_url, region=REGION, endpoint_url=aws_endpoint),
+            mailer_for(settings),
+            retention=Retention(
+                keep_events=timedelta(days=15),
+                keep_keys=timedelta(hours=24),
+                redrive_after=timedelta(minutes=15),
+            ),
+        )
+        assert await worker.reconcile() == 2
+    finally:
+        await db.dispose()
+        tracing.stop()
+
+
+def test_a_sweep_and_a_reconciliation_are_traces_of_their_own(
+    database: str,  # noqa: F811 (the fixtures of test_worker.py)
+    moto_endpoint: str,  # noqa: F811
+    receiver: OtlpReceiver,
+) -> None:
+    queue_url, _ = _queue(moto_endpoint)
+    settings = test_settings(
+        database_url=database,
+        redis_url=REDIS_URL,
+        queue_url=queue_url,
+        aws_region=REGION,
+        aws_endpoint_url=moto_endpoint,
+        otlp_endpoint=receiver.endpoint,
+        trace_sample_ratio=1.0,
+    )
+    asyncio.run(_sweep_then_reconcile(settings, receiver.endpoint, moto_endpoint))
+
+    # The sweep's messages carry the sweep's trace: the requests' are not kept in the table.
+    [sweep] = [s for s in receiver.spans if s.name == "outbox.sweep"]
+    assert (sweep.service, sweep.kind, sweep.parent_id) == ("shop-web", PRODUCER, "")
+    swept = receiver.in_trace(sweep.trace_id)
+    assert any(s.name == "SQS.SendMessageBatch" and _descends_from(s, sweep, swept) for s in swept)
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=moto_endpoint)
+    carried = []
+    while batch := sqs.receive_message(
+        QueueUrl=queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+    ).get("Messages", []):
+        carried += [m["MessageAttributes"]["traceparent"]["StringValue"] for m in batch]
+    assert len(carried) == 4  # each order twice: published by the relay, then by the sweep
+    assert sum(sweep.trace_id in traceparent for traceparent in carried) == 2
+
+    # Reconciliation: one trace in shop-worker, a redrive per event, each with the order's steps.
+    [reconcile] = [s for s in receiver.spans if s.name == "worker.reconcile"]
+    assert (reconcile.service, reconcile.parent_id) == ("shop-worker", "")
+    spans = receiver.in_trace(reconcile.trace_id)
+    redrives = [s for s in spans if s.name == "worker.redrive"]
+    assert len(redrives) == 2
+    for redrive in redrives:
+        assert redrive.parent_id == reconcile.span_id
+        assert any(s.name == "order.fulfil" and _descends_from(s, redrive, spans) for s in spans)
