@@ -45,13 +45,20 @@ def error_ratio(step: Mapping[str, Any]) -> float:
     return 0.0 if requests == 0 else int(step.get("failures") or 0) / requests
 
 
+def loadgen_saturated(step: Mapping[str, Any]) -> bool:
+    """The load generator used SATURATED of its core or more during the step: its figures
+    measure Locust as much as the shop."""
+    return float((step.get("cpu") or {}).get("loadgen") or 0.0) >= SATURATED
+
+
 def meets_objective(step: Mapping[str, Any], *, p95_ms: float, max_error_ratio: float) -> bool:
-    """A step meets the objective when it served something, its p95 is under the bound and
-    under `max_error_ratio` of its requests failed."""
+    """A step meets the objective when it served something, its p95 is under the bound, under
+    `max_error_ratio` of its requests failed, and the load generator was not the limit."""
     return (
         int(step.get("requests") or 0) > 0
         and float(step["p95_ms"]) < p95_ms
         and error_ratio(step) < max_error_ratio
+        and not loadgen_saturated(step)
     )
 
 
@@ -226,7 +233,15 @@ def summarise(result: Mapping[str, Any]) -> StageSummary:
     loadgen = result.get("loadgen_cpu")
     if loadgen is not None and float(loadgen) >= SATURATED:
         notes.append(f"the load generator used {float(loadgen):.2f} of a core: it may be the limit")
+    busy = [step for step in steps if loadgen_saturated(step)]
+    if busy:
+        notes.append(
+            f"{len(busy)} step(s) not judged: the load generator used {SATURATED:.0%} of its "
+            "core or more"
+        )
     at = knee(steps, p95_ms=objective)
+    if at is not None and "loadgen" in (steps[at].get("cpu") or {}):
+        notes.append(f"load generator at the knee: {float(steps[at]['cpu']['loadgen']):.2f} CPU")
     if at is None:
         notes.append(
             f"no step met p95 < {objective:g} ms with under 1 % errors"

@@ -296,6 +296,10 @@ def build(stage: Stage, topology: Topology, budgets: Budgets, *, products: int =
         budgets.add(process.group, process.pid)
 
 
+LOADGEN = "loadgen"
+"""The load generator's component name in a step's `cpu` (outside the system under test)."""
+
+
 def locust(
     topology: Topology, load: Load, shape: str | None, folder: Path, *, seconds: float = 0
 ) -> tuple[subprocess.Popen[bytes], dict[str, Path]]:
@@ -392,6 +396,10 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
         children_before = os.times()
         process, outputs = locust(topology, load, shape, folder)
         stack.callback(_stop_locust, process)
+        # Measured, never budgeted: the load generator's CPU per step (a step where it used
+        # most of its core says more about Locust than about the shop, and is no knee).
+        budgets.group(LOADGEN, LOADGEN, 0)
+        budgets.add(LOADGEN, process.pid)
         started = time.time()
         thread.start()
         merged: list[dict[str, Any]] = []

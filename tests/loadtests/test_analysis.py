@@ -149,3 +149,20 @@ def test_the_step_past_the_knee_shows_what_queued_there() -> None:
     slices = [step(users=u, p95_ms=p) for u, p in ((5, 90), (30, 900), (20, 300), (10, 120))]
     assert analysis.past_knee(slices, 2, {}).startswith("past the knee (30 users,")
     assert analysis.past_knee(slices, 1, {}) == ""  # nothing heavier than the busiest slice
+
+
+def test_a_step_where_the_load_generator_was_the_limit_is_never_the_knee() -> None:
+    steps = [
+        {"users": 10, "requests": 100, "failures": 0, "rps": 50.0, "p95_ms": 80.0,
+         "cpu": {"app": 0.1, "loadgen": 0.3}},
+        {"users": 20, "requests": 200, "failures": 0, "rps": 90.0, "p95_ms": 90.0,
+         "cpu": {"app": 0.2, "loadgen": 0.9}},
+    ]  # fmt: skip
+    assert analysis.knee(steps, p95_ms=500) == 0
+    summary = analysis.summarise(
+        {"stage": 3, "name": "horizontal", "steps": steps, "budgets": {"app": 0.5},
+         "p95_objective_ms": 500, "budgets_enforced": True}
+    )  # fmt: skip
+    assert summary.knee_rps == 50.0
+    assert "1 step(s) not judged: the load generator" in summary.note
+    assert "load generator at the knee: 0.30 CPU" in summary.note
