@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 WEB_SERVICE = "shop-web"
 WORKER_SERVICE = "shop-worker"
+UNTRACED_PATHS = ("healthz", "readyz", "metrics")
 
 log = logging.getLogger("shop.tracing")
 
@@ -71,8 +72,9 @@ class Tracing:
         self._started = False
 
     def instrument_app(self, app: FastAPI) -> None:
-        """Give every request a server span named by its route (`POST /orders`); before the
-        app serves (its middleware stack is built on the first call)."""
+        """Give every request a server span named by its route (`POST /orders`), except the
+        health checks and /metrics; before the app serves (its middleware stack is built on
+        the first call)."""
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
         from opentelemetry.metrics import NoOpMeterProvider
 
@@ -81,6 +83,9 @@ class Tracing:
             tracer_provider=self.provider,
             meter_provider=NoOpMeterProvider(),  # the shop's metrics are Prometheus'
             exclude_spans=["receive", "send"],  # one span per ASGI message is noise
+            # A load balancer's health checks and the metrics scrapes are no one's request:
+            # traced, they would be most of the traces recorded.
+            excluded_urls=",".join(f"/{path}$" for path in UNTRACED_PATHS),
         )
 
     def start(self) -> None:
