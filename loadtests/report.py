@@ -280,7 +280,8 @@ def provenance_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [
         "## Where these figures come from",
         "",
-        f"The raw per-stage results are in [`{RAW}/`]({RAW}/), gzipped; "
+        # Plain text, not a link: the docs site (mkdocs --strict) refuses links to folders.
+        f"The raw per-stage results are in `docs/ladder/{RAW}/`, gzipped; "
         f"`python -m loadtests.report docs/ladder/{RAW} docs/ladder` writes this page again.",
         "",
         "| stages (date) | " + " | ".join(n for n in PROVENANCE if n != "date") + " |",
