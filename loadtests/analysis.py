@@ -6,6 +6,7 @@ README "Load tests"), so they are tested on recorded runs without a server.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -180,6 +181,35 @@ class StageSummary:
     past_knee: str = ""
     """What the next step (or, without a knee, the first) shows, where the objective broke: a
     component far from its CPU budget at the knee can be the one that queues past it."""
+    spread: Spread | None = None
+    """The knee of each fine pass around the ramp's knee: its repeatability."""
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Knees (requests/s) of repeated passes: median, lowest, highest, and how many passes
+    found one out of how many ran."""
+
+    median: float
+    low: float
+    high: float
+    found: int
+    passes: int
+
+    def overlaps(self, other: Spread) -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+
+def spread(passes: Sequence[Sequence[Mapping[str, Any]]], *, p95_ms: float) -> Spread | None:
+    """The spread of the knees of `passes` (each a list of steps); None without any knee."""
+    knees = []
+    for steps in passes:
+        at = knee(steps, p95_ms=p95_ms)
+        if at is not None:
+            knees.append(float(steps[at]["rps"]))
+    if not knees:
+        return None
+    return Spread(statistics.median(knees), min(knees), max(knees), len(knees), len(passes))
 
 
 def past_knee(
@@ -255,6 +285,13 @@ def summarise(result: Mapping[str, Any]) -> StageSummary:
     found = bottleneck(
         step, result.get("budgets") or {}, beyond=steps[past] if past is not None else None
     )
+    fine = result.get("fine") or []
+    repeated = spread(fine, p95_ms=objective) if fine else None
+    if fine and (repeated is None or repeated.found < len(fine)):
+        notes.append(
+            f"{len(fine) - (repeated.found if repeated else 0)} of {len(fine)} fine passes "
+            "found no knee"
+        )
     return StageSummary(
         stage,
         name,
@@ -264,4 +301,5 @@ def summarise(result: Mapping[str, Any]) -> StageSummary:
         found,
         "; ".join(notes),
         past_knee(steps, at, result.get("budgets") or {}),
+        repeated,
     )

@@ -117,10 +117,21 @@ def story(summaries: Sequence[analysis.StageSummary]) -> list[str]:
                 f"Stage {lower.stage} to {upper.stage}: not compared, "
                 "a knee is missing (see its note)."
             )
+        elif lower.spread and upper.spread and lower.spread.overlaps(upper.spread):
+            lines.append(
+                f"Stage {lower.stage} to {upper.stage}: the knees' ranges overlap "
+                f"({_range(lower.spread)} and {_range(upper.spread)} requests/s over the fine "
+                "passes): no rise or fall is shown."
+            )
         elif upper.knee_rps > lower.knee_rps:
             lines.append(
                 f"Stage {lower.stage} to {upper.stage}: the knee rises from "
-                f"{lower.knee_rps:.0f} to {upper.knee_rps:.0f} requests/s."
+                f"{lower.knee_rps:.0f} to {upper.knee_rps:.0f} requests/s"
+                + (
+                    f" (fine passes: {_range(lower.spread)} and {_range(upper.spread)})."
+                    if lower.spread and upper.spread
+                    else "."
+                )
             )
         else:
             # Why, in the figures: what saturated past the upper stage's knee, and what had
@@ -150,6 +161,18 @@ def story(summaries: Sequence[analysis.StageSummary]) -> list[str]:
     return lines
 
 
+def _range(spread: analysis.Spread) -> str:
+    return f"{spread.low:.0f}-{spread.high:.0f}"
+
+
+def _knee(s: analysis.StageSummary) -> str:
+    """The ramp's knee, and with fine passes their median and range."""
+    figure = _figure(s.knee_rps, "{:.0f}")
+    if s.spread is None:
+        return figure
+    return f"{figure} (median {s.spread.median:.0f}, {_range(s.spread)} over {s.spread.passes})"
+
+
 def table(summaries: Sequence[analysis.StageSummary]) -> str:
     """The report's one table, in Markdown."""
     lines = [
@@ -167,7 +190,7 @@ def table(summaries: Sequence[analysis.StageSummary]) -> str:
         if neck is not None and s.note:
             evidence = f"{evidence} ({s.note})"
         lines.append(
-            f"| {s.stage} | {s.name} | {_figure(s.knee_rps, '{:.0f}')} | "
+            f"| {s.stage} | {s.name} | {_knee(s)} | "
             f"{_figure(s.knee_users, '{:d}')} | {_figure(s.p95_at_knee_ms, '{:.0f}')} | "
             f"{component} | {evidence.replace('|', '/')} | {_cost(s.stage)} |"
         )
@@ -223,7 +246,9 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
         "the step past the knee, where the objective broke (at the knee when there is none), "
         f"and none when no component reaches {analysis.SATURATED:.0%} of its budget there "
         "(the limit is then the load generator, or latency: locks, pools, waits). "
-        "AWS $/hour: the stage's stack at its minimum size (infra/cost.py).",
+        "AWS $/hour: the stage's stack at its minimum size (infra/cost.py). Where passes of "
+        "half steps were run around a ramp's knee, the knee column adds their median and range, "
+        "and a knee is said to rise only when the ranges do not overlap.",
         "",
         table(summaries),
         "",

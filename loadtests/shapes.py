@@ -87,12 +87,14 @@ class StepRamp(MeasuredShape):
     per step (default 20), `SHOP_LOAD_STEPS` number of steps (default 8), `SHOP_LOAD_SPAWN_RATE`
     users started per second (default 50), `SHOP_LOAD_STOP_AFTER_MISSED` (default 0: never) ends
     the ramp once that many steps in a row missed the latency objective: past the knee, more
-    load only measures a longer queue. Step i (from 0) runs (i + 1) x STEP_USERS users; its
-    first 3 seconds are not measured.
+    load only measures a longer queue. Step i (from 0) runs START_USERS + i x STEP_USERS users
+    (`SHOP_LOAD_START_USERS`, default STEP_USERS: a ramp from nothing; higher for a fine pass
+    around a knee found before); its first 3 seconds are not measured.
     """
 
     def __init__(self) -> None:
         self.step_users = _env_int("SHOP_LOAD_STEP_USERS", 10, minimum=1)
+        self.start_users = _env_int("SHOP_LOAD_START_USERS", self.step_users, minimum=1)
         self.step_s = _env_number("SHOP_LOAD_STEP_S", 20.0, minimum=RAMP_DISCARD_S + 1)
         self.steps = _env_int("SHOP_LOAD_STEPS", 8, minimum=1)
         self.spawn_rate = _env_number("SHOP_LOAD_SPAWN_RATE", 50.0, minimum=0.1)
@@ -111,7 +113,10 @@ class StepRamp(MeasuredShape):
             return None
         start = step * self.step_s
         return Window(
-            step, (step + 1) * self.step_users, start + RAMP_DISCARD_S, start + self.step_s
+            step,
+            self.start_users + step * self.step_users,
+            start + RAMP_DISCARD_S,
+            start + self.step_s,
         )
 
     def users_at(self, run_time_s: float) -> int | None:

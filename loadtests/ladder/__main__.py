@@ -38,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         help="end a stage's ramp after this many steps in a row past the objective (2; 0: never)",
     )
     parser.add_argument("--step-users", type=int, default=10, help="users added per step (10)")
+    parser.add_argument(
+        "--fine-passes",
+        type=int,
+        default=3,
+        help="passes of half steps around each step ramp's knee, for its spread (3; 0: none)",
+    )
+    parser.add_argument("--fine-steps", type=int, default=5, help="steps of a fine pass (5)")
+    parser.add_argument("--fine-step-s", type=float, default=15, help="seconds per fine step (15)")
     parser.add_argument("--p95-ms", type=float, default=500, help="latency objective (500)")
     parser.add_argument("--warmup-s", type=float, default=10, help="discarded warm-up (10)")
     parser.add_argument("--daily-s", type=float, default=180, help="stage 6's day, seconds (180)")
@@ -70,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.sizes == "stacks":
         stages = [from_stacks(stage) for stage in stages]
-    for name in ("step_s", "warmup_s", "daily_s", "p95_ms"):
+    if args.fine_passes < 0 or args.fine_steps < 1:
+        parser.error("--fine-passes must be 0 or more and --fine-steps at least 1")
+    for name in ("step_s", "warmup_s", "daily_s", "p95_ms", "fine_step_s"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.steps < 1 or args.step_users < 1:
@@ -88,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         warmup_s=args.warmup_s,
         daily_s=args.daily_s,
         locustfile=args.locustfile,
+        fine_passes=args.fine_passes,
+        fine_steps=args.fine_steps,
+        fine_step_s=args.fine_step_s,
     )
     signal.signal(signal.SIGTERM, _interrupted)
     began = time.monotonic()

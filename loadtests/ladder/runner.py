@@ -19,10 +19,11 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from loadtests import analysis
 from loadtests.ladder.cgroups import Budgets, CpuSampler, cpu_per_component
 from loadtests.ladder.components import ROOT, Topology, jwt_secret
 from loadtests.ladder.provenance import provenance
@@ -53,10 +54,31 @@ class Load:
     locustfile: Path = LOCUSTFILE
     products: int = PRODUCTS
     """Products seeded before the run."""
+    start_users: int = 0
+    """Users of the ramp's first step (0: step_users)."""
+    fine_passes: int = 0
+    """After the ramp, passes of finer steps around its knee, each measured on its own (the
+    spread of the knee across them is the run's repeatability); 0: none."""
+    fine_steps: int = 5
+    fine_step_s: float = 15
+
+    def fine(self, knee_users: int) -> Load:
+        """One fine pass: half steps from two below the knee's users, held longer, never cut
+        short (every pass covers the same loads)."""
+        step = max(1, self.step_users // 2)
+        return replace(
+            self,
+            start_users=max(1, knee_users - 2 * step),
+            step_users=step,
+            steps=self.fine_steps,
+            step_s=self.fine_step_s,
+            stop_after_missed=0,
+        )
 
     def env(self, shape: str) -> dict[str, str]:
         return {
             "SHOP_LOAD_SHAPE": shape,
+            "SHOP_LOAD_START_USERS": str(self.start_users or self.step_users),
             "SHOP_LOAD_STEP_USERS": str(self.step_users),
             "SHOP_LOAD_STEP_S": str(self.step_s),
             "SHOP_LOAD_STEPS": str(self.steps),
@@ -364,6 +386,74 @@ def describe(step: dict[str, Any], budgets: dict[str, float]) -> str:
     )
 
 
+@dataclass
+class _Pass:
+    """What every Locust pass over one built stage shares."""
+
+    stage: Stage
+    topology: Topology
+    budgets: Budgets
+    cpu: CpuSampler
+    sampler: Sampler
+    scaler: Autoscaler | None
+    stack: ExitStack
+
+    def measure(
+        self, load: Load, shape: str, folder: Path
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Run the suite once with `load`'s shape; its steps, merged with what was sampled
+        during each, and the invariants it checked at the end."""
+        folder.mkdir(parents=True, exist_ok=True)
+        stage, scaler = self.stage, self.scaler
+        process, outputs = locust(self.topology, load, shape, folder)
+        self.stack.callback(_stop_locust, process)
+        # Measured, never budgeted: the load generator's CPU per step (a step where it used
+        # most of its core says more about Locust than about the shop, and is no knee).
+        self.budgets.add(LOADGEN, process.pid)
+        merged: list[dict[str, Any]] = []
+        seen = 0
+        while True:
+            finished = process.poll() is not None
+            lines = _lines(outputs["steps"])
+            for line in lines[seen:]:
+                time.sleep(1.2 if not finished else 0)  # the sample after the step's end
+                groups = {name: group.component for name, group in self.budgets.groups.items()}
+                step = merge_step(
+                    line,
+                    cpu_samples=self.cpu.samples,
+                    groups=groups,
+                    metric_samples=self.sampler.metrics,
+                    lag_samples=self.sampler.lag,
+                    depth_samples=self.sampler.depth,
+                    cache=stage.cache,
+                    throttling_samples=self.cpu.throttling,
+                )
+                if scaler is not None:
+                    # The fleet's size changed during the run: a slice's CPU is judged against
+                    # the processes that ran during it, not against the largest fleet.
+                    step["budgets"] = stage.budgets(
+                        scaler.mean_count(step["started_at"], step["ended_at"])
+                    )
+                merged.append(step)
+                count = scaler.count_at(step["ended_at"]) if scaler else stage.app_processes
+                say(describe(step, step.get("budgets") or stage.budgets(count)))
+            seen = len(lines)
+            if finished:
+                break
+            time.sleep(0.5)
+        return merged, _invariants(outputs["invariants"], process.returncode)
+
+
+def _both(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """The invariants of two passes as one: each check holds only if it held in both."""
+    checks = dict(first.get("checks") or {})
+    for name, check in (second.get("checks") or {}).items():
+        if name in checks and checks[name].get("ok") and not check.get("ok"):
+            checks[name] = check
+        checks.setdefault(name, check)
+    return {**first, "ok": bool(first.get("ok")) and bool(second.get("ok")), "checks": checks}
+
+
 def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> dict[str, Any]:
     """Build, warm up, measure and tear down one stage; write and return its result."""
     if not load.locustfile.is_file():
@@ -380,7 +470,6 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
         build(stage, topology, budgets, products=load.products)
         cpu = CpuSampler(budgets)
         sampler = Sampler(topology, cpu, cache=stage.cache)
-        groups = {name: group.component for name, group in budgets.groups.items()}
 
         say(f"  warm-up {load.warmup_s:.0f} s against {topology.target} (discarded)")
         warm, _ = locust(topology, load, None, folder, seconds=load.warmup_s)
@@ -394,50 +483,24 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
             sampler.hooks.append(scaler.check)
         thread = threading.Thread(target=sampler.run, daemon=True)
         children_before = os.times()
-        process, outputs = locust(topology, load, shape, folder)
-        stack.callback(_stop_locust, process)
-        # Measured, never budgeted: the load generator's CPU per step (a step where it used
-        # most of its core says more about Locust than about the shop, and is no knee).
         budgets.group(LOADGEN, LOADGEN, 0)
-        budgets.add(LOADGEN, process.pid)
         started = time.time()
         thread.start()
-        merged: list[dict[str, Any]] = []
-        seen = 0
-        while True:
-            finished = process.poll() is not None
-            lines = _lines(outputs["steps"])
-            for line in lines[seen:]:
-                time.sleep(1.2 if not finished else 0)  # the sample after the step's end
-                groups = {name: group.component for name, group in budgets.groups.items()}
-                step = merge_step(
-                    line,
-                    cpu_samples=cpu.samples,
-                    groups=groups,
-                    metric_samples=sampler.metrics,
-                    lag_samples=sampler.lag,
-                    depth_samples=sampler.depth,
-                    cache=stage.cache,
-                    throttling_samples=cpu.throttling,
-                )
-                if scaler is not None:
-                    # The fleet's size changed during the run: a slice's CPU is judged against
-                    # the processes that ran during it, not against the largest fleet.
-                    step["budgets"] = stage.budgets(
-                        scaler.mean_count(step["started_at"], step["ended_at"])
-                    )
-                merged.append(step)
-                count = scaler.count_at(step["ended_at"]) if scaler else stage.app_processes
-                say(describe(step, step.get("budgets") or stage.budgets(count)))
-            seen = len(lines)
-            if finished:
-                break
-            time.sleep(0.5)
+        run = _Pass(stage, topology, budgets, cpu, sampler, scaler, stack)
+        merged, invariants = run.measure(load, shape, folder)
+        fine: list[list[dict[str, Any]]] = []
+        at = analysis.knee(merged, p95_ms=load.p95_ms) if shape == "step" else None
+        if load.fine_passes and at is not None:
+            users = int(merged[at]["users"])
+            for number in range(1, load.fine_passes + 1):
+                say(f"  fine pass {number}/{load.fine_passes} around {users} users")
+                steps, checked = run.measure(load.fine(users), shape, folder / f"fine-{number}")
+                fine.append(steps)
+                invariants = _both(invariants, checked)
         ended = time.time()
         sampler.stop.set()
         thread.join(10)
         children_after = os.times()  # Locust has been waited for: its CPU time is in here
-        invariants = _invariants(outputs["invariants"], process.returncode)
         daily: list[dict[str, Any]] = []
         if scaler is not None:
             daily = [
@@ -458,6 +521,7 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
             "budgets_enforced": budgets.enforced,
             "budgets": stage.budgets(peak_apps or None),
             "steps": merged,
+            "fine": fine,
             "invariants": invariants,
             "daily": daily,
             "missing": None if merged else f"the suite wrote no step (see {folder})",

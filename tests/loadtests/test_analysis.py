@@ -166,3 +166,45 @@ def test_a_step_where_the_load_generator_was_the_limit_is_never_the_knee() -> No
     assert summary.knee_rps == 50.0
     assert "1 step(s) not judged: the load generator" in summary.note
     assert "load generator at the knee: 0.30 CPU" in summary.note
+
+
+def _pass(*rps_p95: tuple[float, float]) -> list[dict[str, Any]]:
+    return [
+        {"users": 10 * (i + 1), "requests": 100, "failures": 0, "rps": r, "p95_ms": p}
+        for i, (r, p) in enumerate(rps_p95)
+    ]
+
+
+def test_the_knees_of_repeated_passes_give_a_median_and_a_range() -> None:
+    passes = [
+        _pass((100, 200), (120, 300), (125, 900)),
+        _pass((100, 200), (110, 400), (130, 700)),
+        _pass((100, 200), (140, 450)),
+        _pass((90, 800)),  # found no knee
+    ]
+    found = analysis.spread(passes, p95_ms=500)
+    assert found == analysis.Spread(median=120, low=110, high=140, found=3, passes=4)
+    assert found.overlaps(analysis.Spread(135, 135, 150, 3, 3))
+    assert not found.overlaps(analysis.Spread(150, 141, 160, 3, 3))
+
+
+def test_with_fine_passes_a_knee_rises_only_when_the_ranges_do_not_overlap() -> None:
+    from loadtests import report
+
+    def stage(number: int, knees: list[float]) -> dict[str, Any]:
+        return {
+            "stage": number, "name": f"stage-{number}", "budgets": {}, "budgets_enforced": True,
+            "p95_objective_ms": 500, "steps": _pass((knees[0], 100), (knees[0] + 50, 900)),
+            "fine": [_pass((k, 100), (k + 30, 900)) for k in knees],
+        }  # fmt: skip
+
+    told = report.story(
+        [analysis.summarise(stage(2, [100, 110, 120])), analysis.summarise(stage(3, [115, 130]))]
+    )
+    assert any("ranges overlap (100-120 and 115-130" in line for line in told), told
+    told = report.story(
+        [analysis.summarise(stage(2, [100, 110])), analysis.summarise(stage(3, [150, 160]))]
+    )
+    assert any("the knee rises from 100 to 150" in line for line in told), told
+    row = report.table([analysis.summarise(stage(3, [150, 160, 155]))])
+    assert "150 (median 155, 150-160 over 3)" in row

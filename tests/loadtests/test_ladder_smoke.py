@@ -28,8 +28,15 @@ pytestmark = [
 def test_stage_three_at_low_load_serves_without_errors_and_keeps_invariants(
     tmp_path: Path,
 ) -> None:
-    load = Load(step_s=10, steps=2, step_users=3, spawn_rate=10, warmup_s=3, products=100)
+    load = Load(
+        step_s=10, steps=2, step_users=3, spawn_rate=10, warmup_s=3, products=100,
+        fine_passes=1, fine_steps=1, fine_step_s=6,
+    )  # fmt: skip
     result = run_stage(STAGES[3], load, tmp_path)
+    # One fine pass of one half step, around the ramp's knee (its last step at this load).
+    [fine] = result["fine"]
+    assert [step["users"] for step in fine] == [max(1, 6 - 2)]
+    assert fine[0]["requests"] > 0 and fine[0]["failures"] == 0
 
     assert result["invariants"]["ok"], result["invariants"]
     assert [step["failures"] for step in result["steps"]] == [0, 0]

@@ -9,7 +9,7 @@ from loadtests import shapes
 
 def step_ramp(monkeypatch: pytest.MonkeyPatch, **knobs: str) -> shapes.StepRamp:
     """A step ramp made from these SHOP_LOAD_* knobs, the others unset."""
-    for name in ("STEP_USERS", "STEP_S", "STEPS", "STOP_AFTER_MISSED"):
+    for name in ("STEP_USERS", "START_USERS", "STEP_S", "STEPS", "STOP_AFTER_MISSED"):
         monkeypatch.delenv(f"SHOP_LOAD_{name}", raising=False)
     for name, value in knobs.items():
         monkeypatch.setenv(f"SHOP_LOAD_{name.upper()}", value)
@@ -23,6 +23,14 @@ def test_the_step_ramp_adds_users_per_step_and_skips_each_steps_ramp(
     assert [ramp.users_at(t) for t in (0, 9.9, 10, 25, 29.9)] == [5, 5, 10, 15, 15]
     assert ramp.users_at(30) is None  # the run ends after the last step
     assert ramp.window_at(12) == shapes.Window(1, 10, 13.0, 20.0)
+
+
+def test_a_fine_pass_starts_where_it_is_told_and_keeps_its_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ramp = step_ramp(monkeypatch, start_users="130", step_users="5", step_s="20", steps="5")
+    assert [ramp.users_at(t) for t in (0, 20, 40, 60, 80)] == [130, 135, 140, 145, 150]
+    assert ramp.users_at(100) is None
 
 
 def test_the_step_ramps_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
