@@ -368,16 +368,8 @@ async def test_a_double_clicked_checkout_orders_once(
     assert (await read_cart(http, alice))["lines"] == []
 
 
-async def test_a_checkout_whose_order_failed_to_empty_the_cart_is_replayed_by_its_retry(
-    http: AsyncClient,
-    resources: Resources,
-    alice: User,
-    store: CartStore,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    mug = await make_product(resources, initial_stock=5)
-    await put_item(http, alice, mug.id, 2)
-    version = (await read_cart(http, alice))["version"]
+def fail_next_change(store: CartStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's next change fails as an unreachable store would; the ones after work."""
     change = store.change
     failures = iter([ConnectionError("the cart store went away")])
 
@@ -388,6 +380,19 @@ async def test_a_checkout_whose_order_failed_to_empty_the_cart_is_replayed_by_it
         return await change(customer_id, mutate)
 
     monkeypatch.setattr(store, "change", flaky_change)
+
+
+async def test_a_checkout_whose_order_failed_to_empty_the_cart_is_replayed_by_its_retry(
+    http: AsyncClient,
+    resources: Resources,
+    alice: User,
+    store: CartStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mug = await make_product(resources, initial_stock=5)
+    await put_item(http, alice, mug.id, 2)
+    version = (await read_cart(http, alice))["version"]
+    fail_next_change(store, monkeypatch)
     first = await http.post("/cart/checkout", json={"version": version}, headers=alice.headers)
     # The order was committed: the answer names it, though the cart could not record it.
     assert first.status_code == 201, first.text
@@ -416,16 +421,7 @@ async def test_a_checkout_the_cart_failed_to_record_is_never_ordered_again_after
     mug, tea = await make_product(resources, initial_stock=10), await make_product(resources)
     await put_item(http, alice, mug.id, 2)
     version = (await read_cart(http, alice))["version"]
-    change = store.change
-    failures = iter([ConnectionError("the cart store went away")])
-
-    async def flaky_change(customer_id: int, mutate: Any) -> Cart:
-        failure = next(failures, None)
-        if failure is not None:
-            raise failure
-        return await change(customer_id, mutate)
-
-    monkeypatch.setattr(store, "change", flaky_change)
+    fail_next_change(store, monkeypatch)
     first = await http.post("/cart/checkout", json={"version": version}, headers=alice.headers)
     assert first.status_code == 201, first.text
     await put_item(http, alice, tea.id, 1)
