@@ -105,8 +105,8 @@ def soak_lines(soak: Mapping[str, Any]) -> list[str]:
         f"Growth after the first {soak['warmup_min']} minutes (highest value after them against "
         f"the value at minute {soak['warmup_min']}; limit {100 * soak['growth_limit']:.0f} %):",
         "",
-        "| series | at warm-up end | last | growth | |",
-        "|---|---:|---:|---:|---|",
+        "| series | at warm-up end | highest after | last | growth | |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     warm = soak["warmup_min"]
 
@@ -123,9 +123,10 @@ def soak_lines(soak: Mapping[str, Any]) -> list[str]:
         if grown is None or len(minutes) < warm:
             continue
         flag = "**over**" if grown > soak["growth_limit"] else ""
+        highest = max(value(m, name) for m in minutes[warm:])
         lines.append(
-            f"| {name} | {value(minutes[warm - 1], name):g} | {value(minutes[-1], name):g} "
-            f"| {100 * grown:.0f} % | {flag} |"
+            f"| {name} | {value(minutes[warm - 1], name):g} | {highest:g} "
+            f"| {value(minutes[-1], name):g} | {100 * grown:.0f} % | {flag} |"
         )
     rows = minutes[-1]["rows"].get("customer_order", 0) if minutes else 0
     verdict = "pass" if not soak["fails"] else "**FAIL**: " + "; ".join(soak["fails"])
