@@ -154,8 +154,9 @@ def markdown(
     out = [
         "# Faults under load",
         "",
+        # Plain text, not a link: the docs site (mkdocs --strict) refuses links to folders.
         "Written by `python -m loadtests.faults_report` from the raw results in "
-        f"[`{RAW}/`]({RAW}/) (gzipped JSON; commit and date: {'; '.join(stamps) or 'none'}). "
+        f"`docs/faults/{RAW}/` (gzipped JSON; commit and date: {'; '.join(stamps) or 'none'}). "
         "`make faults` (`python -m loadtests.ladder --faults`) builds each stage 3-7 as the "
         "ladder does, under its CPU budgets, drives the Locust suite at a steady load of about "
         "70 % of the stage's knee (the users at the knee in "
