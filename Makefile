@@ -118,7 +118,7 @@ ladder: $(STAMP) system-packages
 	$(BIN)/python -m loadtests.ladder $(if $(STAGES),--stages $(STAGES))
 
 ## faults: stages 3-7 under a steady load (70 % of the knee), one fault at a time (kill -9 an app or a worker,
-## replica, Redis, primary restart and freeze, queue unreachable); report in docs/faults/ (about 15 min a stage)
+## replica, Redis, primary restart and freeze, queue unreachable); report in docs/faults/ (4-12 min a stage, ~40 for all)
 faults: $(STAMP) system-packages
 	$(BIN)/python -m loadtests.ladder --faults $(if $(STAGES),--stages $(STAGES))
 

@@ -197,10 +197,11 @@ def markdown(
             + (f" {result['summarised_by']}" if "summarised_by" in result else "")
         )
     if missing:
+        names = ", ".join(map(str, missing))
         out.append(
-            f"- Stages {', '.join(map(str, missing))}: not run yet; "
-            f"`make faults STAGES={','.join(map(str, missing))}` runs them (about 15 min each) "
-            "and adds their rows."
+            f"- {'Stage' if len(missing) == 1 else 'Stages'} {names}: not run yet; "
+            f"`make faults STAGES={names.replace(', ', ',')}` adds their rows "
+            "(4 to 12 minutes a stage)."
         )
     out += ["", *fault_rows(stages), ""]
     if stages:
