@@ -33,6 +33,16 @@ def _managed_vcpus(node_type: str) -> int:
         raise ValueError(f"unknown node type {node_type!r}: add it to MANAGED_VCPUS") from None
 
 
+def _group(instance_type: str, min_size: int, max_size: int) -> dict[str, Any]:
+    """A group of EC2 instances (web or workers): their type, vCPUs each, and counts."""
+    return {
+        "instance_type": instance_type,
+        "vcpus": vcpus(instance_type),
+        "min": min_size,
+        "max": max_size,
+    }
+
+
 def sizes(stage: Stage) -> dict[str, Any]:
     """One stage's sizes: what the ladder needs to keep the stack's proportions."""
     fleet = stage.fleet
@@ -42,12 +52,7 @@ def sizes(stage: Stage) -> dict[str, Any]:
         "users": stage.users,
         "cost_per_hour_usd": round(hourly(stage), 4),
         "cost_per_hour_usd_at_max": round(hourly(stage, at_max=True), 4),
-        "web": {
-            "instance_type": fleet.instance_type,
-            "vcpus": vcpus(fleet.instance_type),
-            "min": fleet.min_size,
-            "max": fleet.max_size,
-        },
+        "web": _group(fleet.instance_type, fleet.min_size, fleet.max_size),
         "database": None,
         "cache": None,
         "edge": stage.edge,
@@ -68,12 +73,8 @@ def sizes(stage: Stage) -> dict[str, Any]:
             "nodes": stage.cache.nodes,
         }
     if stage.workers is not None:
-        found["workers"] = {
-            "instance_type": stage.workers.instance_type,
-            "vcpus": vcpus(stage.workers.instance_type),
-            "min": stage.workers.min_size,
-            "max": stage.workers.max_size,
-        }
+        workers = stage.workers
+        found["workers"] = _group(workers.instance_type, workers.min_size, workers.max_size)
     return found
 
 

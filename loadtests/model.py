@@ -191,12 +191,11 @@ def project(
 
 
 def _count(value: float) -> str:
-    for size, unit in ((1e9, " billion"), (1e6, " million"), (1e3, ",000")):
-        if value >= size:
-            if unit == ",000":
-                return f"{value:,.0f}"
-            return f"{value / size:.1f}{unit}"
-    return f"{value:.0f}"
+    if value >= 1e9:
+        return f"{value / 1e9:.1f} billion"
+    if value >= 1e6:
+        return f"{value / 1e6:.1f} million"
+    return f"{value:,.0f}"
 
 
 def model_section(results: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -23,19 +23,6 @@ from typing import Any
 from loadtests import analysis, model
 from loadtests.ladder import sizes
 
-COST_PER_HOUR_USD: dict[int, float] = {
-    1: 0.1223,
-    2: 0.2798,
-    3: 0.7238,
-    4: 1.0663,
-    5: 1.3731,
-    6: 1.5198,
-    7: 1.6173,
-}
-"""What each stage's AWS stack costs by the hour at its minimum size (us-east-1 list prices),
-as infra/cost.py computes it from the stage catalog. Copied here because that module imports
-aws_cdk, which a load generator need not have; a test checks that the two agree."""
-
 PREDICTED_BOTTLENECK: dict[int, str] = {
     1: "box",
     2: "app",
@@ -97,8 +84,10 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
 
 
 def _cost(stage: int) -> str:
-    cost = COST_PER_HOUR_USD.get(stage)
-    return "" if cost is None else f"{cost:.2f}"
+    """The stage's stack by the hour at its minimum size (us-east-1 list prices), as
+    infra/cost.py computes it, through the catalog's export (loadtests/ladder/aws_sizes.json)."""
+    found = sizes.load().get(stage)
+    return "" if found is None else f"{float(found['cost_per_hour_usd']):.2f}"
 
 
 def _figure(value: float | None, pattern: str) -> str:

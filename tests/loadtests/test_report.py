@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from loadtests import report
+from loadtests.ladder import sizes
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ def test_the_report_has_one_row_per_stage_with_its_knee_bottleneck_and_cost(
     )
     assert rows[2].startswith("| 3 | horizontal | 95 | 24 | 420 | postgres | postgres 0.50")
     assert rows[3].startswith("| 4 | read-replicas | 100 | 24 | 260 | replica | replica 0.50")
-    cost = report.COST_PER_HOUR_USD
+    cost = {n: s["cost_per_hour_usd"] for n, s in sizes.load().items()}
     assert rows[1].endswith(f"| {cost[2]:.2f} |") and rows[3].endswith(f"| {cost[4]:.2f} |")
     assert "Stage 2 to 3: the knee rises from 60 to 95 requests/s." in text
     assert "Stage 4: the bottleneck is replica, as STAGES.md predicts." in text
@@ -153,11 +154,11 @@ def test_the_cli_writes_the_report_where_it_is_told(tmp_path: Path) -> None:
 def test_the_cost_per_hour_is_the_infra_catalogs() -> None:
     sys.path.insert(0, str(ROOT / "infra"))
     try:
-        import cost  # infra/cost.py: imports aws_cdk, hence the copy in loadtests/report.py
+        import cost  # infra/cost.py: imports aws_cdk, hence the export the report reads
     finally:
         sys.path.remove(str(ROOT / "infra"))
     catalog = {stage.number: round(cost.hourly(stage), 4) for stage in cost.STAGES}
-    assert catalog == report.COST_PER_HOUR_USD
+    assert catalog == {n: s["cost_per_hour_usd"] for n, s in sizes.load().items()}
 
 
 def test_the_report_keeps_its_raw_results_and_regenerates_the_same_page_from_them(
