@@ -16,7 +16,6 @@ from types import FrameType
 
 from loadtests.ladder.components import ROOT, ComponentFailed
 from loadtests.ladder.runner import LOCUSTFILE, Load, run_stage, say, write_missing
-from loadtests.ladder.sizes import from_stacks
 from loadtests.ladder.stages import parse_stages
 
 
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stages", default=os.environ.get("STAGES", ""), help="e.g. 3,4 or 2-5 (default: all)"
     )
     parser.add_argument("--step-s", type=float, default=12, help="seconds per step (12)")
-    parser.add_argument("--steps", type=int, default=20, help="steps of the ramp, at most (20)")
+    parser.add_argument("--steps", type=int, default=30, help="steps of the ramp, at most (30)")
     parser.add_argument(
         "--stop-after-missed",
         type=int,
@@ -49,17 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p95-ms", type=float, default=500, help="latency objective (500)")
     parser.add_argument("--warmup-s", type=float, default=10, help="discarded warm-up (10)")
     parser.add_argument("--daily-s", type=float, default=180, help="stage 6's day, seconds (180)")
+    parser.add_argument(
+        "--daily-peak-users", type=int, default=200, help="stage 6's busiest hour, users (200)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "ladder-results")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "ladder")
     parser.add_argument("--locustfile", type=Path, default=LOCUSTFILE)
     parser.add_argument("--no-budgets", action="store_true", help="run without cgroup CPU quotas")
-    parser.add_argument(
-        "--sizes",
-        choices=("tuned", "stacks"),
-        default="tuned",
-        help="CPU budgets: tuned (stages.py, the committed report's) or stacks (derived from "
-        "the stacks' sizes, loadtests/ladder/sizes.py)",
-    )
     parser.add_argument("--faults", action="store_true", help="faults under load (docs/faults/)")
     parser.add_argument("--soak", action="store_true", help="a long steady run (docs/faults/)")
     parser.add_argument("--fault", default="", help="with --faults: e.g. app-kill,primary-freeze")
@@ -76,15 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         stages = parse_stages(args.stages)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.sizes == "stacks":
-        stages = [from_stacks(stage) for stage in stages]
     if args.fine_passes < 0 or args.fine_steps < 1:
         parser.error("--fine-passes must be 0 or more and --fine-steps at least 1")
     for name in ("step_s", "warmup_s", "daily_s", "p95_ms", "fine_step_s"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.steps < 1 or args.step_users < 1:
-        parser.error("--steps and --step-users must be at least 1")
+    if args.steps < 1 or args.step_users < 1 or args.daily_peak_users < 1:
+        parser.error("--steps, --step-users and --daily-peak-users must be at least 1")
     if args.stop_after_missed < 0:
         parser.error("--stop-after-missed must be 0 or more")
     if not args.locustfile.is_file():
@@ -97,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         p95_ms=args.p95_ms,
         warmup_s=args.warmup_s,
         daily_s=args.daily_s,
+        daily_peak_users=args.daily_peak_users,
         locustfile=args.locustfile,
         fine_passes=args.fine_passes,
         fine_steps=args.fine_steps,
@@ -130,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(stage.number)
     say(f"ladder done in {(time.monotonic() - began) / 60:.1f} min; results in {args.out}")
     if (ROOT / "loadtests" / "report.py").is_file():
-        made = subprocess.run(
-            [sys.executable, "-m", "loadtests.report", str(args.out), str(args.report)], cwd=ROOT
-        )
+        command = [sys.executable, "-m", "loadtests.report", str(args.out), str(args.report)]
+        if args.report.resolve() == (ROOT / "docs" / "ladder").resolve() and not args.stages:
+            command += ["--readme", str(ROOT / "README.md")]  # a full run is the README's
+        made = subprocess.run(command, cwd=ROOT)
         if made.returncode != 0:
             failed.append(0)
     else:

@@ -104,6 +104,7 @@ class Topology:
     moto_url: str | None = None
     queue_url: str | None = None
     apps: list[Process] = field(default_factory=list)
+    workers: list[Process] = field(default_factory=list)
     nginx_conf: Path | None = None
     nginx: Process | None = None
     target: str = ""
@@ -260,6 +261,7 @@ class Topology:
             f"worker-{index}", group, [str(BIN / "shop"), "worker"], env=env, port=port
         )
         wait_http(f"http://127.0.0.1:{port}/metrics", worker.popen, worker.log)
+        self.workers.append(worker)
         return worker
 
     # --- nginx --------------------------------------------------------------------------

@@ -5,6 +5,7 @@ ladder-results/stage-<n>.json (the interface analysis.py and report.py read), te
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -106,12 +107,16 @@ class Sampler:
     metrics: list[tuple[float, dict[str, Metrics]]] = field(default_factory=list)
     lag: list[tuple[float, float]] | None = None
     depth: list[tuple[float, float]] | None = None
+    fulfilment: list[tuple[float, float]] | None = None
+    """The workers' age of the last order they finished (placed to done), the oldest of them."""
     stop: threading.Event = field(default_factory=threading.Event)
     hooks: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.topology.replica is not None:
             self.lag = []
+        if self.topology.workers:
+            self.fulfilment = []
         if self.topology.queue_url is not None:
             self.depth = []
             import boto3
@@ -135,6 +140,10 @@ class Sampler:
             except OSError:
                 pass
         self.metrics.append((now, scraped))
+        if self.fulfilment is not None:
+            ages = [age for w in list(self.topology.workers) if (age := _last_event_age(w.port))]
+            if ages:
+                self.fulfilment.append((now, max(ages)))
         if self.lag is not None and self.topology.primary is not None:
             try:
                 lag = self.topology.primary.query(
@@ -161,6 +170,20 @@ class Sampler:
             started = time.monotonic()
             self.once()
             self.stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
+
+
+def _last_event_age(port: int) -> float | None:
+    """A worker's `shop_worker_last_event_age_seconds` (0 before its first message: None)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("shop_worker_last_event_age_seconds "):
+            with contextlib.suppress(ValueError):
+                return float(line.split()[1]) or None
+    return None
 
 
 @dataclass
@@ -425,6 +448,7 @@ class _Pass:
                     metric_samples=self.sampler.metrics,
                     lag_samples=self.sampler.lag,
                     depth_samples=self.sampler.depth,
+                    fulfilment_samples=self.sampler.fulfilment,
                     cache=stage.cache,
                     throttling_samples=self.cpu.throttling,
                 )
@@ -520,6 +544,7 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
             "source": "local",
             "budgets_enforced": budgets.enforced,
             "budgets": stage.budgets(peak_apps or None),
+            "cpus_per_vcpu": stage.cpus_per_vcpu,
             "steps": merged,
             "fine": fine,
             "invariants": invariants,
@@ -542,6 +567,7 @@ def write_missing(stage: Stage, load: Load, out: Path, why: str) -> dict[str, An
         "source": "local",
         "budgets_enforced": False,
         "budgets": stage.budgets(),
+        "cpus_per_vcpu": stage.cpus_per_vcpu,
         "steps": [],
         "invariants": {"ok": False, "checks": {}},
         "daily": [],

@@ -4,7 +4,8 @@ the merge of every timestamped sample into the suite's per-step lines.
 Each app process's /metrics is scraped about once a second; a step's figure is the difference
 of the counters between the samples nearest its two ends, summed over the processes present at
 both (a process added mid-step counts from its first sample). Replica lag and queue depth are
-gauges: their mean over the step.
+gauges: their mean over the step, as is the fulfilment lag (stage 7: the workers' age of the
+last order they finished, from its first send to its last step).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def signals_of(
     cache: bool,
     lag: float | None,
     depth: float | None,
+    fulfilment: float | None = None,
 ) -> dict[str, float | None]:
     """The interface's `signals` of one step from its counter increases and gauges."""
     db_share = pool_wait_ms = hit_ratio = None
@@ -105,6 +107,7 @@ def signals_of(
         "cache_hit_ratio": hit_ratio,
         "replica_lag_s": lag,
         "queue_depth": depth,
+        "fulfilment_lag_s": fulfilment,
     }
 
 
@@ -117,6 +120,7 @@ def merge_step(
     lag_samples: list[tuple[float, float]] | None,
     depth_samples: list[tuple[float, float]] | None,
     cache: bool,
+    fulfilment_samples: list[tuple[float, float]] | None = None,
     throttling_samples: list[tuple[float, dict[str, Throttling]]] | None = None,
 ) -> dict[str, Any]:
     """One suite step line plus `cpu` (CPUs per component over its window), `throttled` (the
@@ -125,6 +129,7 @@ def merge_step(
     started, ended = float(step["started_at"]), float(step["ended_at"])
     lag = gauge_mean(lag_samples, started, ended) if lag_samples is not None else None
     depth = gauge_mean(depth_samples, started, ended) if depth_samples is not None else None
+    fulfilment = gauge_mean(fulfilment_samples, started, ended) if fulfilment_samples else None
     throttled = (
         throttling_per_component(throttling_samples, dict(groups), started, ended)
         if throttling_samples
@@ -134,6 +139,10 @@ def merge_step(
         "cpu": cpu_per_component(cpu_samples, dict(groups), started, ended),
         "throttled": throttled,
         "signals": signals_of(
-            metric_deltas(metric_samples, started, ended), cache=cache, lag=lag, depth=depth
+            metric_deltas(metric_samples, started, ended),
+            cache=cache,
+            lag=lag,
+            depth=depth,
+            fulfilment=fulfilment,
         ),
     }

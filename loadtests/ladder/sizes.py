@@ -30,9 +30,10 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from loadtests.ladder.stages import STAGES, Stage
+if TYPE_CHECKING:  # stages.py derives its budgets through this module
+    from loadtests.ladder.stages import Stage
 
 AWS_SIZES = Path(__file__).with_name("aws_sizes.json")
 
@@ -145,7 +146,7 @@ def from_stacks(stage: Stage, aws: dict[str, Any] | None = None) -> Stage:
     derived = derive(aws if aws is not None else load()[stage.number])
     b = derived.budgets
     if "box" in b:
-        return replace(stage, box_cpus=b["box"], app_cpus=b["box"])
+        return replace(stage, box_cpus=b["box"], app_cpus=b["box"], cpus_per_vcpu=derived.scale)
     return replace(
         stage,
         app_processes=derived.app_processes,
@@ -158,6 +159,7 @@ def from_stacks(stage: Stage, aws: dict[str, Any] | None = None) -> Stage:
         worker_processes=derived.worker_processes,
         worker_cpus=derived.worker_cpus,
         max_app_processes=derived.max_app_processes,
+        cpus_per_vcpu=derived.scale,
     )
 
 
@@ -169,13 +171,13 @@ def table() -> str:
         "| what the mapping changed |",
         "|---|---|---:|---:|---|---|",
     ]
-    for number, stage in STAGES.items():
-        derived = derive(sizes[number])
+    for number, aws in sizes.items():
+        derived = derive(aws)
         budgets = ", ".join(f"{name} {cpus:g}" for name, cpus in derived.budgets.items())
         if derived.app_processes > 1:
             budgets += f" (app: {derived.app_processes} x {derived.app_cpus:g})"
         rows.append(
-            f"| {number} | {stage.name} | {derived.aws_vcpus:g} | {derived.scale:g} | {budgets} "
+            f"| {number} | {aws['name']} | {derived.aws_vcpus:g} | {derived.scale:g} | {budgets} "
             f"| {'; '.join(derived.notes) or '-'} |"
         )
     return "\n".join(rows) + "\n"

@@ -3,19 +3,19 @@
 Declared once and used by every runner: the native ladder (`python -m loadtests.ladder`), the
 docker compose profiles (`stage-N`, whose `cpus:` a test checks against these figures) and the
 smoke test. A budget is in CPUs (0.25 = a quarter of one core, enforced by a cgroup CPU quota).
-The whole system under test of a stage stays well under one CPU, so that on a 2-core machine the
-load generator keeps a core of its own and the shop, not Locust, saturates first.
 
-Why these figures: one app process costs several times the CPU of the PostgreSQL work it asks
-for (SQLAlchemy and the HTTP stack per request; FACTS.md). So the primary's budget is chosen
-small enough that one app process (stage 2) saturates before it, and two (stage 3) after it;
-the replica takes the reads at stage 4; the cache and the caching proxy take the hot reads off
-both at stage 5, and the fixed pair of app processes is the limit again.
+No budget is chosen here. Each stage declares what runs (its components, the load's shape, the
+component STAGES.md predicts to saturate first) and `sizes.from_stacks` gives every component a
+budget in proportion to its vCPUs in the stage's stack, one scale factor per stage, so that the
+whole system under test stays under one CPU and the load generator keeps a core of its own.
+Whether the predicted component saturates first is then what the run finds out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from loadtests.ladder.sizes import from_stacks
 
 COMPONENTS = ("box", "app", "postgres", "replica", "redis", "nginx", "cdn", "moto", "worker")
 """Component names of the per-stage results (the interface the report reads)."""
@@ -29,8 +29,8 @@ class Stage:
     name: str
     predicted: str
     """The component STAGES.md says saturates first at this stage (for the report's check)."""
-    app_processes: int
-    app_cpus: float
+    app_processes: int = 1
+    app_cpus: float = 0.0
     """Budget of each app process (one uvicorn worker each)."""
     postgres_cpus: float = 0.0
     replica_cpus: float = 0.0
@@ -52,6 +52,9 @@ class Stage:
     """The Locust load shape of the run: step (find the knee) or daily (stage 6)."""
     max_app_processes: int = 0
     """Stage 6: the local autoscaler adds app processes up to this many (0: a fixed fleet)."""
+    cpus_per_vcpu: float = 0.0
+    """Local CPUs per AWS vCPU of this stage (sizes.from_stacks): a knee over it is the same
+    proportions' knee at the stack's minimum size."""
     settings: dict[str, str] = field(default_factory=dict)
     """Extra SHOP_* settings beyond the addresses the runner fills in."""
 
@@ -104,100 +107,22 @@ class Stage:
         return round(sum(self.budgets(processes).values()), 3)
 
 
-APP_CPUS = 0.25
-"""One app process: a quarter of a core (FACTS.md: two of them behind nginx scale 1.7-2x)."""
-PRIMARY_CPUS = 0.14
-"""The primary: more than one app process can use, less than two do. Measured with the suite's
-mix: one saturated app process (0.25) keeps the primary at about 0.1 CPU (stage 2: 0.09 at 0.23),
-so two would need about 0.2; 0.14 sits between. (The app used to cost more per request: the
-primary was then 0.1, between 0.07 and 0.14; at that figure the app of stage 2 and the primary
-saturated together once the app had got cheaper.)"""
-
-STAGES: dict[int, Stage] = {
-    stage.number: stage
-    for stage in (
-        Stage(
-            number=1,
-            name="single-box",
-            predicted="box",
-            app_processes=1,
-            app_cpus=APP_CPUS,
-            box_cpus=0.3,
-        ),
-        Stage(
-            number=2,
-            name="separate-db",
-            predicted="app",
-            app_processes=1,
-            app_cpus=APP_CPUS,
-            postgres_cpus=PRIMARY_CPUS,
-        ),
-        Stage(
-            number=3,
-            name="horizontal",
-            predicted="postgres",
-            app_processes=2,
-            app_cpus=APP_CPUS,
-            postgres_cpus=PRIMARY_CPUS,
-            nginx_cpus=0.1,
-        ),
-        Stage(
-            number=4,
-            name="read-replicas",
-            predicted="replica",
-            app_processes=2,
-            app_cpus=APP_CPUS,
-            postgres_cpus=PRIMARY_CPUS,
-            replica_cpus=PRIMARY_CPUS,
-            nginx_cpus=0.1,
-        ),
-        Stage(
-            number=5,
-            name="cache-cdn",
-            predicted="app",
-            app_processes=2,
-            app_cpus=APP_CPUS,
-            postgres_cpus=PRIMARY_CPUS,
-            replica_cpus=PRIMARY_CPUS,
-            redis_cpus=0.05,
-            nginx_cpus=0.05,
-            cdn_cpus=0.05,
-            aws=True,
-        ),
-        Stage(
-            number=6,
-            name="auto-scaling",
-            predicted="app",
-            app_processes=1,
-            max_app_processes=3,
-            app_cpus=0.2,
-            postgres_cpus=PRIMARY_CPUS,
-            replica_cpus=PRIMARY_CPUS,
-            redis_cpus=0.03,
-            nginx_cpus=0.03,
-            cdn_cpus=0.05,  # at 0.03 the caching proxy saturated at 85 req/s
-            aws=True,
-            shape="daily",
-        ),
-        Stage(
-            number=7,
-            name="service-oriented",
-            predicted="postgres",
-            app_processes=2,
-            app_cpus=0.2,
-            postgres_cpus=PRIMARY_CPUS,
-            replica_cpus=PRIMARY_CPUS,
-            redis_cpus=0.03,
-            nginx_cpus=0.03,
-            cdn_cpus=0.05,  # at 0.03 the caching proxy saturated at 85 req/s
-            aws=True,
-            # Workers scale on queue depth (STAGES.md): two of them keep up with what the
-            # fleet sends at its knee; one at 0.05 CPU fell behind at 20 users.
-            worker_processes=2,
-            worker_cpus=0.08,
-        ),
+def _declared() -> tuple[Stage, ...]:
+    """What runs at each stage; budgets, process counts and the autoscaler's ceiling are left
+    to `sizes.from_stacks`, which derives them from the stage's AWS sizes."""
+    return (
+        Stage(number=1, name="single-box", predicted="box"),
+        Stage(number=2, name="separate-db", predicted="app"),
+        Stage(number=3, name="horizontal", predicted="postgres"),
+        Stage(number=4, name="read-replicas", predicted="replica"),
+        Stage(number=5, name="cache-cdn", predicted="app", aws=True),
+        Stage(number=6, name="auto-scaling", predicted="app", aws=True, shape="daily"),
+        Stage(number=7, name="service-oriented", predicted="postgres", aws=True),
     )
-}
+
+
+STAGES: dict[int, Stage] = {stage.number: from_stacks(stage) for stage in _declared()}
+"""Every stage with the budgets derived from its stack's sizes (loadtests/ladder/sizes.py)."""
 
 
 def parse_stages(text: str | None) -> list[Stage]:

@@ -3,10 +3,12 @@ detection, and the merge of CPU samples and /metrics scrapes into the suite's st
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from loadtests.ladder import sizes
 from loadtests.ladder.cgroups import (
     Budgets,
     Throttling,
@@ -29,8 +31,8 @@ def test_every_stage_of_stages_md_is_declared_in_order() -> None:
 
 
 @pytest.mark.parametrize("stage", STAGES.values(), ids=lambda s: s.name)
-def test_a_stage_leaves_the_load_generator_a_core(stage) -> None:  # type: ignore[no-untyped-def]
-    assert 0 < stage.total_cpus() < 1.0
+def test_a_stage_leaves_the_load_generator_most_of_a_core(stage) -> None:  # type: ignore[no-untyped-def]
+    assert 0 < stage.total_cpus() <= sizes.MACHINE_CPUS + 0.001 < 1.5
     assert set(stage.budgets()) <= set(COMPONENTS)
 
 
@@ -44,10 +46,12 @@ def test_each_stage_adds_what_stages_md_says() -> None:
     assert "worker" in STAGES[7].budgets()
 
 
-def test_stage_three_doubles_the_app_of_stage_two_on_the_same_database() -> None:
+def test_stage_three_doubles_the_app_of_stage_two_against_the_same_database() -> None:
+    """Each stage has its own scale factor, so budgets compare across stages as proportions:
+    two web instances against one database of the same size, as the stacks deploy them."""
     two, three = STAGES[2].budgets(), STAGES[3].budgets()
-    assert three["app"] == 2 * two["app"]
-    assert three["postgres"] == two["postgres"]
+    assert three["app"] / three["postgres"] == pytest.approx(2 * two["app"] / two["postgres"])
+    assert STAGES[3].app_processes == 2 * STAGES[2].app_processes
 
 
 def test_the_app_budget_follows_the_autoscaler() -> None:
@@ -183,6 +187,7 @@ def test_signals_of_a_step_come_from_counter_increases() -> None:
         metric_samples=metric_samples,
         lag_samples=[(101.0, 0.002), (105.0, 0.004)],
         depth_samples=None,
+        fulfilment_samples=[(102.0, 1.5), (108.0, 2.5), (130.0, 60.0)],
         cache=True,
     )
     assert merged["cpu"] == {"app": 0.25}
@@ -192,6 +197,7 @@ def test_signals_of_a_step_come_from_counter_increases() -> None:
         "cache_hit_ratio": 0.75,
         "replica_lag_s": 0.003,
         "queue_depth": None,
+        "fulfilment_lag_s": 2.0,  # the mean within the step; the later sample is not its own
     }
     assert merged["step"] == 0 and merged["rps"] == 10.0
 
@@ -238,6 +244,10 @@ class _App:
         self.stopped = True
 
 
+SCALED = replace(STAGES[6], app_processes=1, max_app_processes=3, app_cpus=0.2)
+"""A fleet of 1 to 3 processes of 0.2 CPU: the autoscaler's rules, apart from any stage's sizes."""
+
+
 def _scaler(apps: int, used_per_app: float, tmp_path: Path):  # type: ignore[no-untyped-def]
     import time
 
@@ -246,7 +256,7 @@ def _scaler(apps: int, used_per_app: float, tmp_path: Path):  # type: ignore[no-
 
     budgets = Budgets("t", root=tmp_path)  # no controller: groups without quotas
     for n in range(apps):
-        budgets.group(f"app-{n}", "app", STAGES[6].app_cpus)
+        budgets.group(f"app-{n}", "app", SCALED.app_cpus)
     sampler = CpuSampler(budgets)
     now = time.time()
     sampler.samples = [
@@ -254,7 +264,7 @@ def _scaler(apps: int, used_per_app: float, tmp_path: Path):  # type: ignore[no-
         (now, {f"app-{n}": 5 * used_per_app for n in range(apps)}),
     ]
     topology = _Topology(apps)
-    scaler = Autoscaler(topology, budgets, STAGES[6], sampler, cooldown_s=0)  # type: ignore[arg-type]
+    scaler = Autoscaler(topology, budgets, SCALED, sampler, cooldown_s=0)  # type: ignore[arg-type]
     return scaler, topology
 
 
@@ -350,3 +360,40 @@ def test_a_budgets_throttling_reads_each_quota_group(tmp_path: Path) -> None:
     budgets.group("moto", "moto", 0)  # measured only: no quota, never throttled
     (group.folders[0] / "cpu.stat").write_text("nr_periods 8\nnr_throttled 2\nthrottled_time 0\n")
     assert budgets.throttling() == {"postgres": Throttling(8, 2, 0.0)}
+
+
+def test_a_workers_fulfilment_lag_is_read_from_its_metrics_port() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from loadtests.ladder.runner import _last_event_age
+
+    bodies = iter(
+        [
+            "# TYPE shop_worker_last_event_age_seconds gauge\n"
+            "shop_worker_last_event_age_seconds 1.25\nshop_worker_batches_total 3.0\n",
+            "shop_worker_last_event_age_seconds 0.0\n",  # no order finished yet
+        ]
+    )
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = next(bodies).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        assert _last_event_age(port) == 1.25
+        assert _last_event_age(port) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _last_event_age(port) is None  # nothing listens any more
