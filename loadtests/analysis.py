@@ -119,6 +119,8 @@ def _signals_text(step: Mapping[str, Any]) -> str:
         parts.append(f"replica lag {float(signals['replica_lag_s']):.2f} s")
     if signals.get("queue_depth") is not None:
         parts.append(f"queue depth {float(signals['queue_depth']):.0f}")
+    if signals.get("fulfilment_lag_s") is not None:
+        parts.append(f"fulfilment lag {float(signals['fulfilment_lag_s']):.1f} s")
     return "; ".join(parts)
 
 
@@ -183,6 +185,13 @@ class StageSummary:
     component far from its CPU budget at the knee can be the one that queues past it."""
     spread: Spread | None = None
     """The knee of each fine pass around the ramp's knee: its repeatability."""
+    cpus_per_vcpu: float | None = None
+    """Local CPUs per AWS vCPU of the run's budgets (one factor per stage)."""
+
+    def at_stack_size(self, rps: float) -> float | None:
+        """`rps` here as requests/s of the stack's minimum size: every scaled component has
+        the same factor, so a knee divides by it (CPU alone; the stand-ins are not scaled)."""
+        return rps / self.cpus_per_vcpu if self.cpus_per_vcpu else None
 
 
 @dataclass(frozen=True)
@@ -198,6 +207,11 @@ class Spread:
 
     def overlaps(self, other: Spread) -> bool:
         return self.low <= other.high and other.low <= self.high
+
+    def times(self, factor: float) -> Spread:
+        return Spread(
+            self.median * factor, self.low * factor, self.high * factor, self.found, self.passes
+        )
 
 
 def spread(passes: Sequence[Sequence[Mapping[str, Any]]], *, p95_ms: float) -> Spread | None:
@@ -302,4 +316,5 @@ def summarise(result: Mapping[str, Any]) -> StageSummary:
         "; ".join(notes),
         past_knee(steps, at, result.get("budgets") or {}),
         repeated,
+        float(result["cpus_per_vcpu"]) if result.get("cpus_per_vcpu") else None,
     )

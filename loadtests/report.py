@@ -95,41 +95,14 @@ def _figure(value: float | None, pattern: str) -> str:
 
 
 def story(summaries: Sequence[analysis.StageSummary]) -> list[str]:
-    """Whether the figures tell the talk's story, in plain sentences: the knee rises from stage
-    2 to 5, and each stage's bottleneck is the one STAGES.md predicts."""
+    """Whether the figures tell the talk's story, in plain sentences: the knee rises from each
+    stage to the next (stage 6, a daily curve, has none), and each stage's bottleneck is the
+    one STAGES.md predicts."""
     by_stage = {s.stage: s for s in summaries}
     lines = []
-    ladder = [by_stage[n] for n in (2, 3, 4, 5) if n in by_stage]
+    ladder = [by_stage[n] for n in (1, 2, 3, 4, 5, 7) if n in by_stage]
     for lower, upper in itertools.pairwise(ladder):
-        if lower.knee_rps is None or upper.knee_rps is None:
-            lines.append(
-                f"Stage {lower.stage} to {upper.stage}: not compared, "
-                "a knee is missing (see its note)."
-            )
-        elif lower.spread and upper.spread and lower.spread.overlaps(upper.spread):
-            lines.append(
-                f"Stage {lower.stage} to {upper.stage}: the knees' ranges overlap "
-                f"({_range(lower.spread)} and {_range(upper.spread)} requests/s over the fine "
-                "passes): no rise or fall is shown."
-            )
-        elif upper.knee_rps > lower.knee_rps:
-            lines.append(
-                f"Stage {lower.stage} to {upper.stage}: the knee rises from "
-                f"{lower.knee_rps:.0f} to {upper.knee_rps:.0f} requests/s"
-                + (
-                    f" (fine passes: {_range(lower.spread)} and {_range(upper.spread)})."
-                    if lower.spread and upper.spread
-                    else "."
-                )
-            )
-        else:
-            # Why, in the figures: what saturated past the upper stage's knee, and what had
-            # room (a component of the new stage far from its budget did not take the load).
-            why = f" {upper.past_knee[0].upper()}{upper.past_knee[1:]}." if upper.past_knee else ""
-            lines.append(
-                f"Stage {lower.stage} to {upper.stage}: the knee does NOT rise "
-                f"({lower.knee_rps:.0f} to {upper.knee_rps:.0f} requests/s).{why}"
-            )
+        lines.append(_rise(lower, upper))
     for summary in summaries:
         predicted = PREDICTED_BOTTLENECK.get(summary.stage)
         if summary.bottleneck is None or predicted is None:
@@ -150,6 +123,39 @@ def story(summaries: Sequence[analysis.StageSummary]) -> list[str]:
     return lines
 
 
+def _rise(lower: analysis.StageSummary, upper: analysis.StageSummary) -> str:
+    """Whether the knee rises from one stage to the next. Each stage runs at its own CPUs per
+    vCPU, so knees compare at the stacks' sizes (the knee over that factor) when both runs
+    recorded it, and as measured otherwise."""
+    pair = f"Stage {lower.stage} to {upper.stage}"
+    if lower.knee_rps is None or upper.knee_rps is None:
+        return f"{pair}: not compared, a knee is missing (see its note)."
+    low, high = lower.at_stack_size(1.0), upper.at_stack_size(1.0)
+    if low is None or high is None:
+        low = high = 1.0
+        unit = "requests/s here"
+    else:
+        unit = "requests/s at the stacks' sizes"
+    a, b = lower.knee_rps * low, upper.knee_rps * high
+    ranges = (
+        (lower.spread.times(low), upper.spread.times(high))
+        if (lower.spread and upper.spread)
+        else None
+    )
+    if ranges and ranges[0].overlaps(ranges[1]):
+        return (
+            f"{pair}: the knees' ranges overlap ({_range(ranges[0])} and {_range(ranges[1])} "
+            f"{unit} over the fine passes): no rise or fall is shown."
+        )
+    if b > a:
+        shown = f" (fine passes: {_range(ranges[0])} and {_range(ranges[1])})" if ranges else ""
+        return f"{pair}: the knee rises from {a:,.0f} to {b:,.0f} {unit}{shown}."
+    # Why, in the figures: what saturated past the upper stage's knee, and what had room (a
+    # component of the new stage far from its budget did not take the load).
+    why = f" {upper.past_knee[0].upper()}{upper.past_knee[1:]}." if upper.past_knee else ""
+    return f"{pair}: the knee does NOT rise ({a:,.0f} to {b:,.0f} {unit}).{why}"
+
+
 def _range(spread: analysis.Spread) -> str:
     return f"{spread.low:.0f}-{spread.high:.0f}"
 
@@ -165,9 +171,9 @@ def _knee(s: analysis.StageSummary) -> str:
 def table(summaries: Sequence[analysis.StageSummary]) -> str:
     """The report's one table, in Markdown."""
     lines = [
-        "| # | stage | knee (requests/s) | users at knee | p95 at knee (ms) | bottleneck | "
-        "evidence | AWS $/hour |",
-        "|---|---|---:|---:|---:|---|---|---:|",
+        "| # | stage | knee (requests/s) | at the stack's size | users at knee "
+        "| p95 at knee (ms) | bottleneck | evidence | AWS $/hour |",
+        "|---|---|---:|---:|---:|---:|---|---|---:|",
     ]
     for s in summaries:
         neck = s.bottleneck
@@ -179,7 +185,8 @@ def table(summaries: Sequence[analysis.StageSummary]) -> str:
         if neck is not None and s.note:
             evidence = f"{evidence} ({s.note})"
         lines.append(
-            f"| {s.stage} | {s.name} | {_knee(s)} | "
+            f"| {s.stage} | {s.name} | {_knee(s)} "
+            f"| {_figure(s.at_stack_size(s.knee_rps) if s.knee_rps else None, '{:,.0f}')} | "
             f"{_figure(s.knee_users, '{:d}')} | {_figure(s.p95_at_knee_ms, '{:.0f}')} | "
             f"{component} | {evidence.replace('|', '/')} | {_cost(s.stage)} |"
         )
@@ -235,6 +242,11 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
         "the step past the knee, where the objective broke (at the knee when there is none), "
         f"and none when no component reaches {analysis.SATURATED:.0%} of its budget there "
         "(the limit is then the load generator, or latency: locks, pools, waits). "
+        "Each stage runs at its own CPUs per AWS vCPU (its budgets are its stack's vCPUs times "
+        "one factor, loadtests/ladder/sizes.py), so knees are compared at the stack's size: "
+        "the knee over that factor, what the same proportions would carry on the stack's "
+        "minimum size if a vCPU there did the work of a CPU here (CPU alone: the load "
+        "balancer's and the CDN's stand-ins are not scaled). "
         "AWS $/hour: the stage's stack at its minimum size (infra/cost.py). Where passes of "
         "half steps were run around a ramp's knee, the knee column adds their median and range, "
         "and a knee is said to rise only when the ranges do not overlap.",
@@ -431,12 +443,40 @@ def write_report(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
     return [readme, *written]
 
 
+README_BEGIN = "<!-- ladder table: written by python -m loadtests.report --readme -->"
+README_END = "<!-- end of the ladder table -->"
+
+
+def readme_block(results: Sequence[Mapping[str, Any]]) -> str:
+    """The ladder's table as the project's README shows it (the report's own table)."""
+    return f"{README_BEGIN}\n{table([analysis.summarise(r) for r in results])}\n{README_END}"
+
+
+def update_readme(path: Path, results: Sequence[Mapping[str, Any]]) -> bool:
+    """Replace the README's ladder table with this run's; False when it has no markers."""
+    text = path.read_text(encoding="utf-8")
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        return False
+    new = text[:begin] + readme_block(results) + text[end + len(README_END) :]
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.report", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("results", type=Path, help="folder of stage-<n>.json (ladder-results)")
     parser.add_argument("out", type=Path, help="folder to write README.md and the charts into")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        help="also replace the ladder table of this file (the project's README.md) with the run's",
+    )
     args = parser.parse_args(argv)
+    if args.readme is not None and not args.readme.is_file():
+        parser.error(f"no file at {args.readme}")
     try:
         results = load_results(args.results)
     except ResultError as exc:
@@ -444,6 +484,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for path in write_report(results, args.out):
         print(path)
+    if args.readme is not None:
+        if not update_readme(args.readme, results):
+            print(
+                f"python -m loadtests.report: {args.readme} has no ladder table markers "
+                f"({README_BEGIN} ... {README_END})",
+                file=sys.stderr,
+            )
+            return 2
+        print(args.readme)
     return 0
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from loadtests import report
+from loadtests import analysis, report
 from loadtests.ladder import sizes
 
 DATA = Path(__file__).parent / "data"
@@ -55,14 +55,14 @@ def test_the_report_has_one_row_per_stage_with_its_knee_bottleneck_and_cost(
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[0].startswith("| # | stage | knee (requests/s)")
     assert rows[1].startswith(
-        "| 2 | separate-db | 60 | 18 | 380 | app | app 0.50 of 0.5 CPU (100%) past the knee, "
+        "| 2 | separate-db | 60 | - | 18 | 380 | app | app 0.50 of 0.5 CPU (100%) past the knee, "
         "94% at it"
     )
-    assert rows[2].startswith("| 3 | horizontal | 95 | 24 | 420 | postgres | postgres 0.50")
-    assert rows[3].startswith("| 4 | read-replicas | 100 | 24 | 260 | replica | replica 0.50")
+    assert rows[2].startswith("| 3 | horizontal | 95 | - | 24 | 420 | postgres | postgres 0.50")
+    assert rows[3].startswith("| 4 | read-replicas | 100 | - | 24 | 260 | replica | replica 0.50")
     cost = {n: s["cost_per_hour_usd"] for n, s in sizes.load().items()}
     assert rows[1].endswith(f"| {cost[2]:.2f} |") and rows[3].endswith(f"| {cost[4]:.2f} |")
-    assert "Stage 2 to 3: the knee rises from 60 to 95 requests/s." in text
+    assert "Stage 2 to 3: the knee rises from 60 to 95 requests/s here." in text
     assert "Stage 4: the bottleneck is replica, as STAGES.md predicts." in text
     assert "![Throughput and p95 against users, every stage](throughput.png)" in text
     assert "- Stage 3 (horizontal), past the knee (30 users, 97 requests/s, p95 1500 ms" in text
@@ -85,7 +85,8 @@ def test_a_stage_that_could_not_run_says_why_and_the_story_says_what_is_missing(
     missing = {"stage": 5, "name": "cache-cdn", "missing": "the CDN stand-in is not built yet"}
     report.write_report([*results(), missing], tmp_path)
     text = (tmp_path / "README.md").read_text()
-    assert "| 5 | cache-cdn | - | - | - | - | not run: the CDN stand-in is not built yet |" in text
+    row = "| 5 | cache-cdn | - | - | - | - | - | not run: the CDN stand-in is not built yet |"
+    assert row in text
     assert "Stage 4 to 5: not compared, a knee is missing" in text
 
 
@@ -94,10 +95,32 @@ def test_a_knee_that_does_not_rise_is_said_plainly(tmp_path: Path) -> None:
     flat[1]["steps"] = flat[0]["steps"]  # stage 3 measured no better than stage 2
     report.write_report(flat, tmp_path)
     text = (tmp_path / "README.md").read_text()
-    assert "Stage 2 to 3: the knee does NOT rise (60 to 60 requests/s). Past the knee (" in text
+    said = "Stage 2 to 3: the knee does NOT rise (60 to 60 requests/s here). Past the knee ("
+    assert said in text
     # ... with the figures that say why: each component's share of its budget past the knee.
     [line] = [x for x in text.splitlines() if "Stage 2 to 3" in x]
     assert "of budget" in line and "app " in line
+
+
+def test_knees_compare_at_the_stacks_sizes_when_the_runs_recorded_their_factor(
+    tmp_path: Path,
+) -> None:
+    """Each stage runs at its own CPUs per vCPU: a knee that rises here can fall at the
+    stacks' sizes, and the story and the table say the latter."""
+    scaled = results()
+    for result, factor in zip(scaled, (0.2, 0.1, 0.05), strict=True):
+        result["cpus_per_vcpu"] = factor
+    report.write_report(scaled, tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    # 59.8 / 0.2 = 299, 94.9 / 0.1 = 949, 100 / 0.05 = 2,000.
+    assert "Stage 2 to 3: the knee rises from 299 to 949 requests/s at the stacks' sizes." in text
+    assert "| 4 | read-replicas | 100 | 2,000 | 24 |" in text
+    scaled[1]["cpus_per_vcpu"] = 0.5  # 94.9 / 0.5 = 190: fewer than stage 2's 299
+    report.write_report(scaled, tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "Stage 2 to 3: the knee does NOT rise (299 to 190 requests/s at the stacks' sizes)" in (
+        text
+    )
 
 
 def test_a_bottleneck_other_than_the_predicted_one_comes_with_the_figures_that_say_why(
@@ -216,3 +239,29 @@ def test_the_report_shows_each_routes_p95_at_the_knee_and_the_model_beside_the_p
         assert f"| {orders:.0f} |" in routes
     assert "## The model: service demands and predicted capacity" in page
     assert "## Projected to AWS" in page
+
+
+def test_the_readme_table_is_replaced_by_the_runs_and_nothing_else_moves(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    before, after = "# Shop\n\nIntro.\n\n", "\n\n## Two commands\n"
+    readme.write_text(f"{before}{report.README_BEGIN}\n| old |\n{report.README_END}{after}")
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtests.report", str(DATA), str(tmp_path / "out"),
+         "--readme", str(readme)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    text = readme.read_text()
+    assert text.startswith(before) and text.endswith(after) and "| old |" not in text
+    table = report.table([analysis.summarise(r) for r in results()])
+    assert table in text and table in (tmp_path / "out" / "README.md").read_text()
+
+    unmarked = tmp_path / "plain.md"
+    unmarked.write_text("# Shop\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtests.report", str(DATA), str(tmp_path / "out"),
+         "--readme", str(unmarked)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2 and "has no ladder table markers" in run.stderr
+    assert unmarked.read_text() == "# Shop\n"
