@@ -159,7 +159,7 @@ def bottleneck(
     return Bottleneck(name, share, f"{figure}; {signals}" if signals else figure)
 
 
-def _heavier(steps: Sequence[Mapping[str, Any]], at: int | None) -> int | None:
+def heavier(steps: Sequence[Mapping[str, Any]], at: int | None) -> int | None:
     """The least loaded step with more users than step `at` (all steps when None): the next
     step of a ramp, the next busier slice of a daily curve."""
     floor = -1 if at is None else int(steps[at]["users"])
@@ -232,7 +232,7 @@ def past_knee(
     """The figures of the step after the knee (the least loaded step when there is no knee):
     users, p95, errors, each component's CPU against its budget (highest first), and the
     signals."""
-    index = _heavier(steps, at)
+    index = heavier(steps, at)
     if index is None:
         return ""
     step = steps[index]
@@ -295,7 +295,7 @@ def summarise(result: Mapping[str, Any]) -> StageSummary:
         beyond = past_knee(steps, None, result.get("budgets") or {})
         return StageSummary(stage, name, None, None, None, None, "; ".join(notes), beyond)
     step = steps[at]
-    past = _heavier(steps, at)
+    past = heavier(steps, at)
     found = bottleneck(
         step, result.get("budgets") or {}, beyond=steps[past] if past is not None else None
     )

@@ -1,11 +1,13 @@
-"""The ladder report: one Markdown table and three PNG charts from the per-stage results.
+"""The ladder report: Markdown tables and up to four PNG charts from the per-stage results.
 
     python -m loadtests.report ladder-results docs/ladder
 
 reads `ladder-results/stage-<n>.json` (written by the ladder runner or loadtests.deployed) and
-writes `docs/ladder/README.md`, `throughput.png` (throughput and p95 against users, every stage
-on one chart), `cpu-at-knee.png` (CPU per component at the knee, against its budget) and
-`daily.png` (stage 6's daily curve against the instance count). Each stage's knee and bottleneck
+writes `docs/ladder/README.md`, `throughput.png` (one panel per stage: throughput and p95
+against users, the knee and its fine passes' range), `cpu.png` (CPU and throttling per
+component at the step the rule judges), `daily.png` (stage 6's daily curve against the
+instance count) and `projection.png` (each stage's daily users on its stack's sizes against the
+talk's user class). Each stage's knee and bottleneck
 come from the rules in loadtests/analysis.py, never from a hand-written label.
 """
 
@@ -36,7 +38,7 @@ PREDICTED_BOTTLENECK: dict[int, str] = {
 stage 4's hot repeated reads land on the replica; at stages 5-6 a fixed fleet (the app) meets
 a changing curve; at stage 7 the single write primary."""
 
-CHARTS = ("throughput.png", "cpu-at-knee.png", "daily.png")
+CHARTS = ("throughput.png", "cpu.png", "daily.png", "projection.png")
 
 
 class ResultError(ValueError):
@@ -278,7 +280,8 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
     parts += provenance_section(results)
     titles = {
         "throughput.png": "Throughput and p95 against users, every stage",
-        "cpu-at-knee.png": "CPU per component at the knee, against its budget",
+        "projection.png": "Projected to AWS: daily users each stage carries",
+        "cpu.png": "CPU and throttling per component at the step the rule judges",
         "daily.png": "Stage 6: the daily curve against the instance count",
     }
     for chart in charts:
@@ -319,64 +322,107 @@ def provenance_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _plot_throughput(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    """One panel per stage: throughput and p95 against users, the objective, the knee (a
+    star) and, where fine passes ran, the range of their knees (a band)."""
     import matplotlib.pyplot as plt
 
     runs = [r for r in results if r.get("steps") and not r.get("missing")]
     if not runs:
         return False
-    figure, (rps_axis, p95_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for result in runs:
+    columns = min(4, len(runs))
+    rows = -(-len(runs) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.2 * rows), squeeze=False)
+    for axis in axes.flat[len(runs) :]:
+        axis.set_visible(False)
+    for axis, result in zip(axes.flat, runs, strict=False):
         steps = result["steps"]
-        label = f"{result['stage']} {result['name']}"
+        objective = float(result.get("p95_objective_ms") or 500.0)
         users = [int(step["users"]) for step in steps]
-        (line,) = rps_axis.plot(users, [float(s["rps"]) for s in steps], marker="o", label=label)
-        p95_axis.plot(users, [float(s["p95_ms"]) for s in steps], marker="o", label=label)
-        at = analysis.knee(steps, p95_ms=float(result.get("p95_objective_ms") or 500.0))
+        axis.plot(users, [float(s["rps"]) for s in steps], marker="o", color="tab:blue")
+        at = analysis.knee(steps, p95_ms=objective)
+        repeated = analysis.spread(result.get("fine") or [], p95_ms=objective)
+        if repeated is not None:
+            axis.axhspan(repeated.low, repeated.high, color="tab:blue", alpha=0.15)
         if at is not None:
-            rps_axis.plot(
-                [users[at]], [float(steps[at]["rps"])], marker="*", markersize=16,
-                color=line.get_color(), markeredgecolor="black",
+            axis.plot(
+                [users[at]], [float(steps[at]["rps"])], marker="*", markersize=15,
+                color="gold", markeredgecolor="black", zorder=5,
             )  # fmt: skip
-    for objective in sorted({float(r.get("p95_objective_ms") or 500.0) for r in runs}):
-        p95_axis.axhline(objective, color="grey", linestyle="--", linewidth=1)
-    rps_axis.set(xlabel="users", ylabel="requests/s", title="Throughput (star: the knee)")
-    p95_axis.set(xlabel="users", ylabel="p95 (ms)", title="p95 latency (dashed: objective)")
-    p95_axis.set_yscale("log")
-    rps_axis.legend(fontsize="small")
-    for axis in (rps_axis, p95_axis):
+        axis.set_title(f"{result['stage']} {result['name']}", fontsize="medium")
+        axis.set_xlabel("users", fontsize="small")
+        axis.set_ylabel("requests/s", color="tab:blue", fontsize="small")
+        axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
+        latency = axis.twinx()
+        latency.plot(users, [float(s["p95_ms"]) for s in steps], marker=".", color="tab:red")
+        latency.axhline(objective, color="tab:red", linestyle="--", linewidth=1)
+        latency.set_yscale("log")
+        latency.set_ylabel("p95 (ms)", color="tab:red", fontsize="small")
+    figure.suptitle(
+        "Throughput (blue; star: the knee; band: the fine passes' knees) and p95 (red; "
+        "dashed: the objective) against users"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return True
 
 
+def _judged(result: Mapping[str, Any]) -> int | None:
+    """The step the bottleneck rule judges: the one past the knee, else the knee."""
+    steps = result.get("steps") or []
+    at = analysis.knee(steps, p95_ms=float(result.get("p95_objective_ms") or 500.0))
+    if at is None:
+        return None
+    past = analysis.heavier(steps, at)
+    return at if past is None else past
+
+
 def _plot_cpu(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    """CPU used over budget per component at the step the rule judges (bars), and the share
+    of its quota periods it was stopped in (black ticks): a CPU average hides a throttled
+    component, the ticks show it."""
     import matplotlib.pyplot as plt
 
     rows = []
     for result in results:
-        steps = result.get("steps") or []
-        at = analysis.knee(steps, p95_ms=float(result.get("p95_objective_ms") or 500.0))
-        if at is None or result.get("missing"):
+        index = _judged(result)
+        if index is None or result.get("missing"):
             continue
-        shares = analysis.utilisations(steps[at], result.get("budgets") or {})
+        step = result["steps"][index]
+        shares = analysis.utilisations(step, result.get("budgets") or {})
+        stopped = {
+            name: float(figures.get("throttled") or 0.0)
+            for name, figures in (step.get("throttled") or {}).items()
+            if isinstance(figures, Mapping)
+        }
         if shares:
-            rows.append((f"{result['stage']} {result['name']}", shares))
+            rows.append((f"{result['stage']} {result['name']}", shares, stopped))
     if not rows:
         return False
-    components = sorted({name for _, shares in rows for name in shares})
+    components = sorted({name for _, shares, _ in rows for name in shares})
     width = 0.8 / len(components)
     figure, axis = plt.subplots(figsize=(12, 4.5))
     for index, component in enumerate(components):
         xs = [i + index * width for i in range(len(rows))]
         axis.bar(
-            xs, [100 * shares.get(component, 0.0) for _, shares in rows], width, label=component
+            xs, [100 * shares.get(component, 0.0) for _, shares, _ in rows], width, label=component
         )
+        ticks = [(x, 100 * stopped[component]) for x, (_, _, stopped) in zip(xs, rows, strict=True)
+                 if component in stopped]  # fmt: skip
+        if ticks:
+            axis.scatter(
+                [x for x, _ in ticks], [y for _, y in ticks], marker="_", s=120, color="black",
+                zorder=5, label="throttled periods" if index == 0 else None,
+            )  # fmt: skip
     axis.axhline(100 * analysis.SATURATED, color="red", linestyle="--", linewidth=1)
-    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [label for label, _ in rows])
-    axis.set(ylabel="CPU used, % of budget", title="CPU per component at the knee (dashed: 85 %)")
-    axis.legend(fontsize="small", ncol=min(len(components), 5))
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [label for label, *_ in rows])
+    axis.set(
+        ylabel="% of budget; % of quota periods",
+        title="CPU per component against its budget at the step the rule judges (past the "
+        "knee; dashed: 85 %)\nblack ticks: the share of its quota periods it was throttled in",
+    )
+    axis.legend(fontsize="small", ncol=min(len(components) + 1, 6))
     axis.grid(alpha=0.3, axis="y")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -412,6 +458,55 @@ def _plot_daily(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
     return True
 
 
+def _talk_users(text: str) -> float | None:
+    """The talk's user class as a number: "1+" -> 1, ">1,000,000" -> 1e6."""
+    digits = "".join(c for c in text if c.isdigit())
+    return float(digits) if digits else None
+
+
+def _plot_projection(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    """Each stage's daily users on its stack at its largest size (log scale, from the model's
+    projection) beside the talk's user class for the stage."""
+    import matplotlib.pyplot as plt
+
+    catalog = sizes.load()
+    found = [
+        projected
+        for result in results
+        if int(result["stage"]) in catalog
+        and (projected := model.project(result, catalog[int(result["stage"])])) is not None
+    ]
+    if not found:
+        return False
+    figure, axis = plt.subplots(figsize=(12, 4.5))
+    labels = [f"{p.stage} {p.name}" for p in found]
+    axis.barh(labels, [p.daily_users for p in found], color="tab:blue", label="projected")
+    talk = [(label, _talk_users(p.users)) for label, p in zip(labels, found, strict=True)]
+    shown = [(label, users) for label, users in talk if users]
+    axis.scatter(
+        [users for _, users in shown], [label for label, _ in shown], marker="|", s=400,
+        color="black", zorder=5, label="the talk's users for the stage",
+    )  # fmt: skip
+    for label, projected in zip(labels, found, strict=True):
+        axis.annotate(
+            f" {projected.rps:,.0f} req/s, {projected.limit}", (projected.daily_users, label),
+            va="center", fontsize="small",
+        )  # fmt: skip
+    axis.set_xscale("log")
+    axis.invert_yaxis()
+    axis.set(
+        xlabel="daily users (log scale; assumptions in the projection's table)",
+        title="Projected to AWS: what each stage's stack carries at its largest size, "
+        "and what it is limited by",
+    )
+    axis.legend(fontsize="small", loc="lower right")
+    axis.grid(alpha=0.3, axis="x")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
 def write_report(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
     """Write README.md and the charts that have data into `out`; returns the files written."""
     import matplotlib
@@ -420,7 +515,8 @@ def write_report(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     charts = []
-    for name, plot in zip(CHARTS, (_plot_throughput, _plot_cpu, _plot_daily), strict=True):
+    plots = (_plot_throughput, _plot_cpu, _plot_daily, _plot_projection)
+    for name, plot in zip(CHARTS, plots, strict=True):
         if plot(results, out / name):
             charts.append(name)
             written.append(out / name)

@@ -71,7 +71,8 @@ def test_the_report_has_one_row_per_stage_with_its_knee_bottleneck_and_cost(
 def test_the_charts_are_real_images_and_the_daily_one_needs_stage_6(tmp_path: Path) -> None:
     report.write_report(results(), tmp_path)
     assert_png(tmp_path / "throughput.png")
-    assert_png(tmp_path / "cpu-at-knee.png")
+    assert_png(tmp_path / "cpu.png")
+    assert_png(tmp_path / "projection.png")
     assert not (tmp_path / "daily.png").exists()
 
     report.write_report([*results(), daily_stage()], tmp_path)
@@ -168,7 +169,8 @@ def test_the_cli_writes_the_report_where_it_is_told(tmp_path: Path) -> None:
     assert {p.name for p in (tmp_path / "docs").iterdir()} == {
         "README.md",
         "throughput.png",
-        "cpu-at-knee.png",
+        "cpu.png",
+        "projection.png",
         report.RAW,
     }
 
