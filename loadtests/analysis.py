@@ -117,6 +117,11 @@ def _signals_text(step: Mapping[str, Any]) -> str:
         parts.append(f"cache hits {float(signals['cache_hit_ratio']):.0%}")
     if signals.get("replica_lag_s") is not None:
         parts.append(f"replica lag {float(signals['replica_lag_s']):.2f} s")
+    if signals.get("replica_read_share") is not None:
+        parts.append(
+            f"reads on the replica {float(signals['replica_read_share']):.0%}"
+            f" ({float(signals.get('replica_skipped_share') or 0):.1%} passed over)"
+        )
     if signals.get("queue_depth") is not None:
         parts.append(f"queue depth {float(signals['queue_depth']):.0f}")
     if signals.get("fulfilment_lag_s") is not None:

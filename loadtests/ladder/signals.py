@@ -29,8 +29,12 @@ COUNTERS = {
     "pool_wait_s": ("shop_db_pool_wait_seconds_total", None),
     "cache_hit": ("shop_cache_requests_total", ("result", "hit")),
     "cache_miss": ("shop_cache_requests_total", ("result", "miss")),
+    "reads_primary": ("shop_db_reads_total", ("target", "primary")),
+    "reads_replica": ("shop_db_reads_total", ("target", "replica-*")),
+    "replica_skips": ("shop_db_replica_skips_total", None),
 }
-"""What is read from each /metrics: a name for it, the metric, and an optional label filter."""
+"""What is read from each /metrics: a name for it, the metric, and an optional label filter
+(a value ending in * matches by prefix)."""
 
 Metrics = dict[str, float]
 
@@ -48,11 +52,19 @@ def parse_metrics(text: str) -> Metrics:
         for key, (metric, label) in COUNTERS.items():
             if name != metric:
                 continue
-            if label is not None and dict(_LABEL.findall(labels)).get(label[0]) != label[1]:
-                continue
+            if label is not None:
+                value_of = dict(_LABEL.findall(labels)).get(label[0])
+                if not _matches(value_of, label[1]):
+                    continue
             with contextlib.suppress(ValueError):
                 found[key] += float(value)
     return found
+
+
+def _matches(value: str | None, wanted: str) -> bool:
+    if value is None:
+        return False
+    return value.startswith(wanted[:-1]) if wanted.endswith("*") else value == wanted
 
 
 def _window(samples: Sequence[tuple[float, Any]], started_at: float, ended_at: float) -> list[Any]:
@@ -93,7 +105,7 @@ def signals_of(
     fulfilment: float | None = None,
 ) -> dict[str, float | None]:
     """The interface's `signals` of one step from its counter increases and gauges."""
-    db_share = pool_wait_ms = hit_ratio = None
+    db_share = pool_wait_ms = hit_ratio = replica_share = skipped = None
     if deltas is not None and deltas["requests"] > 0:
         if deltas["request_s"] > 0:
             db_share = round(min(1.0, deltas["db_s"] / deltas["request_s"]), 4)
@@ -101,11 +113,17 @@ def signals_of(
         looked_up = deltas["cache_hit"] + deltas["cache_miss"]
         if cache and looked_up > 0:
             hit_ratio = round(deltas["cache_hit"] / looked_up, 4)
+        reads = deltas.get("reads_primary", 0.0) + deltas.get("reads_replica", 0.0)
+        if lag is not None and reads > 0:  # a stage with a replica: who served the reads
+            replica_share = round(deltas.get("reads_replica", 0.0) / reads, 4)
+            skipped = round(deltas.get("replica_skips", 0.0) / reads, 4)
     return {
         "db_share": db_share,
         "pool_wait_ms": pool_wait_ms,
         "cache_hit_ratio": hit_ratio,
         "replica_lag_s": lag,
+        "replica_read_share": replica_share,
+        "replica_skipped_share": skipped,
         "queue_depth": depth,
         "fulfilment_lag_s": fulfilment,
     }

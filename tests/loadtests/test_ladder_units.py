@@ -159,6 +159,11 @@ shop_db_pool_wait_seconds_total{pool="primary"} 0.25
 shop_cache_requests_total{result="hit"} 60.0
 shop_cache_requests_total{result="miss"} 20.0
 shop_cache_requests_created{result="hit"} 1.7e9
+shop_db_reads_total{target="primary"} 20.0
+shop_db_reads_total{target="replica-1"} 50.0
+shop_db_reads_total{target="replica-2"} 30.0
+shop_db_replica_skips_total{reason="behind"} 4.0
+shop_db_replica_skips_total{reason="busy"} 1.0
 """
 
 
@@ -171,6 +176,9 @@ def test_metrics_are_summed_over_routes_and_labels() -> None:
         "pool_wait_s": 0.25,
         "cache_hit": 60.0,
         "cache_miss": 20.0,
+        "reads_primary": 20.0,
+        "reads_replica": 80.0,  # replica-1 and replica-2
+        "replica_skips": 5.0,
     }
 
 
@@ -196,6 +204,8 @@ def test_signals_of_a_step_come_from_counter_increases() -> None:
         "pool_wait_ms": 2.5,
         "cache_hit_ratio": 0.75,
         "replica_lag_s": 0.003,
+        "replica_read_share": 0.8,
+        "replica_skipped_share": 0.05,  # of the 100 reads, 5 passed the replicas over
         "queue_depth": None,
         "fulfilment_lag_s": 2.0,  # the mean within the step; the later sample is not its own
     }
