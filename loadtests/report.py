@@ -230,6 +230,60 @@ def routes_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
 
 
+def _fleet(day: Sequence[Mapping[str, Any]], objective: float) -> dict[str, float]:
+    """Instance-seconds, requests and the slices over the objective of one day's slices."""
+    seconds = [float(p.get("seconds") or 0.0) for p in day]
+    return {
+        "instance_s": sum(int(p["instances"]) * s for p, s in zip(day, seconds, strict=True)),
+        "requests": sum(float(p["rps"]) * s for p, s in zip(day, seconds, strict=True)),
+        "seconds": sum(seconds),
+        "over": sum(1 for p in day if float(p["p95_ms"]) >= objective),
+        "slices": len(day),
+        "worst_p95_ms": max((float(p["p95_ms"]) for p in day), default=0.0),
+        "peak": max((int(p["instances"]) for p in day), default=0),
+    }
+
+
+def daily_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Stage 6's probe: the same day on the autoscaled fleet and on stage 5's fixed fleet."""
+    found = next((r for r in results if int(r["stage"]) == 6 and r.get("daily")), None)
+    if found is None or not found.get("daily_fixed"):
+        return []
+    if not all(p.get("seconds") for p in [*found["daily"], *found["daily_fixed"]]):
+        return []
+    objective = float(found.get("p95_objective_ms") or 500.0)
+    scaled, fixed = _fleet(found["daily"], objective), _fleet(found["daily_fixed"], objective)
+    peak_sized = scaled["peak"] * scaled["seconds"]
+    rows = [
+        ("autoscaled (target tracking at 60 % CPU)", scaled, scaled["instance_s"]),
+        (f"fixed at stage 5's {fixed['peak']} instances", fixed, fixed["instance_s"]),
+    ]
+    saved = (
+        f" A fleet sized for the autoscaled day's peak ({scaled['peak']} processes all day) "
+        f"would have used {peak_sized:,.0f}: the autoscaler saved "
+        f"{1 - scaled['instance_s'] / peak_sized:.0%} of it."
+        if peak_sized
+        else ""
+    )
+    lines = [
+        "## Stage 6: the same day, autoscaled and on a fixed fleet",
+        "",
+        "The compressed day run twice on the same topology: once with the local autoscaler, "
+        "once on the fixed fleet of stage 5 (the stack's minimum). Instance-seconds are app "
+        f"processes times seconds.{saved}",
+        "",
+        "| fleet | instance-seconds | requests served | slices with p95 over "
+        f"{objective:g} ms | worst slice p95 (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, figures, used in rows:
+        lines.append(
+            f"| {label} | {used:,.0f} | {figures['requests']:,.0f} "
+            f"| {figures['over']:.0f} of {figures['slices']:.0f} | {figures['worst_p95_ms']:,.0f} |"
+        )
+    return [*lines, ""]
+
+
 def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> str:
     summaries = [analysis.summarise(result) for result in results]
     objectives = sorted({float(r.get("p95_objective_ms") or 500.0) for r in results})
@@ -275,6 +329,7 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
             "",
         ]
     parts += routes_section(results)
+    parts += daily_section(results)
     parts += model.model_section(results)
     parts += model.projection_section(results, sizes.load())
     parts += provenance_section(results)

@@ -201,6 +201,8 @@ class Autoscaler:
     cooldown_s: float = 8
     """Seconds after a change before the next scale-out; twice as long before a scale-in."""
     instances: list[tuple[float, int]] = field(default_factory=list)
+    enabled: bool = True
+    """False: the fleet stays as it is (stage 6's second day, on a fixed fleet)."""
     _last_change: float = 0.0
     _busy: bool = False
 
@@ -223,7 +225,7 @@ class Autoscaler:
 
     def check(self) -> None:
         since = time.time() - self._last_change
-        if self._busy or since < self.cooldown_s:
+        if not self.enabled or self._busy or since < self.cooldown_s:
             return
         level = self.utilisation()
         if level is None:
@@ -259,6 +261,16 @@ class Autoscaler:
         self._last_change = time.time()
         self.instances.append((self._last_change, len(self.topology.apps)))
         say(f"  autoscaler: {len(self.topology.apps)} app processes")
+
+    def fix(self, count: int) -> None:
+        """Stop scaling, with `count` processes (stage 5's fixed fleet, for the same day)."""
+        self.enabled = False
+        deadline = time.time() + 30
+        while self._busy and time.time() < deadline:
+            time.sleep(0.2)
+        while len(self.topology.apps) > count:
+            self._remove()
+        time.sleep(3)  # the processes taken out finish their requests and stop
 
     def mean_count(self, start: float, end: float) -> float:
         """App processes running between `start` and `end`, on average over the time."""
@@ -521,22 +533,21 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
                 steps, checked = run.measure(load.fine(users), shape, folder / f"fine-{number}")
                 fine.append(steps)
                 invariants = _both(invariants, checked)
+        fixed: list[dict[str, Any]] = []
+        if shape == "daily" and scaler is not None:
+            # The same day on the fixed fleet of stage 5 (the stack's minimum): what the
+            # autoscaler saves, and what a fleet that does not follow the curve costs in p95.
+            say(f"  the same day on a fixed fleet of {stage.app_processes} app processes")
+            scaler.fix(stage.app_processes)
+            again = time.time()
+            steps, checked = run.measure(load, shape, folder / "fixed")
+            invariants = _both(invariants, checked)
+            fixed = _day(steps, again, lambda _at: stage.app_processes)
         ended = time.time()
         sampler.stop.set()
         thread.join(10)
         children_after = os.times()  # Locust has been waited for: its CPU time is in here
-        daily: list[dict[str, Any]] = []
-        if scaler is not None:
-            daily = [
-                {
-                    "t_s": round(step["ended_at"] - started, 1),
-                    "users": step["users"],
-                    "instances": scaler.count_at(step["ended_at"]),
-                    "rps": step["rps"],
-                    "p95_ms": step["p95_ms"],
-                }
-                for step in merged
-            ]
+        daily = _day(merged, started, scaler.count_at) if scaler and shape == "daily" else []
         peak_apps = max((n for _, n in scaler.instances), default=0) if scaler else 0
         result = {
             "stage": stage.number,
@@ -549,6 +560,7 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
             "fine": fine,
             "invariants": invariants,
             "daily": daily,
+            "daily_fixed": fixed,
             "missing": None if merged else f"the suite wrote no step (see {folder})",
             "p95_objective_ms": load.p95_ms,
             "loadgen_cpu": _loadgen_cpu(children_before, children_after, ended - started),
@@ -557,6 +569,23 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
     out.mkdir(parents=True, exist_ok=True)
     (out / f"stage-{stage.number}.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _day(
+    steps: list[dict[str, Any]], started: float, count_at: Callable[[float], int]
+) -> list[dict[str, Any]]:
+    """A day's slices as the report draws them: time, users, app processes, throughput, p95."""
+    return [
+        {
+            "t_s": round(step["ended_at"] - started, 1),
+            "users": step["users"],
+            "instances": count_at(step["ended_at"]),
+            "rps": step["rps"],
+            "p95_ms": step["p95_ms"],
+            "seconds": round(step["ended_at"] - step["started_at"], 2),
+        }
+        for step in steps
+    ]
 
 
 def write_missing(stage: Stage, load: Load, out: Path, why: str) -> dict[str, Any]:

@@ -267,3 +267,27 @@ def test_the_readme_table_is_replaced_by_the_runs_and_nothing_else_moves(tmp_pat
     )  # fmt: skip
     assert run.returncode == 2 and "has no ladder table markers" in run.stderr
     assert unmarked.read_text() == "# Shop\n"
+
+
+def test_stage_6_compares_its_day_on_the_autoscaled_and_the_fixed_fleet(tmp_path: Path) -> None:
+    stage6 = daily_stage()
+    for point in stage6["daily"]:
+        point["seconds"] = 10.0
+    # The fixed fleet of 2 serves the same day with its p95 over the objective at the peak.
+    stage6["daily_fixed"] = [
+        point | {"instances": 2, "p95_ms": 900.0 if point["users"] >= 40 else 200.0}
+        for point in stage6["daily"]
+    ]
+    report.write_report([*results(), stage6], tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    scaled = sum(10.0 * p["instances"] for p in stage6["daily"])
+    over = sum(1 for p in stage6["daily_fixed"] if p["p95_ms"] >= 500)
+    assert "## Stage 6: the same day, autoscaled and on a fixed fleet" in text
+    assert f"would have used {4 * 300:,.0f}: the autoscaler saved {1 - scaled / 1200:.0%}" in text
+    assert f"| autoscaled (target tracking at 60 % CPU) | {scaled:,.0f} |" in text
+    assert f"| fixed at stage 5's 2 instances | {2 * 300:,.0f} |" in text
+    assert f"| {over} of 30 | 900 |" in text
+
+    del stage6["daily_fixed"]  # a run from before the fixed day: no section, no guess
+    report.write_report([*results(), stage6], tmp_path)
+    assert "the same day, autoscaled" not in (tmp_path / "README.md").read_text()
