@@ -129,6 +129,11 @@ def _signals_text(step: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+CONSUMERS = ("worker",)
+"""The queue's consumers: one that saturates grows a backlog (the fulfilment lag), not the
+requests' latency, so it is named beside the request path's bottleneck, never as it."""
+
+
 def bottleneck(
     step: Mapping[str, Any],
     budgets: Mapping[str, float],
@@ -145,9 +150,18 @@ def bottleneck(
     NO_BOTTLENECK: the limit is then the load generator, or latency (locks, pools, waits), not a
     CPU budget."""
     judged = beyond if beyond is not None else step
-    shares = utilisations(judged, budgets)
+    every = utilisations(judged, budgets)
+    shares = {name: share for name, share in every.items() if name not in CONSUMERS}
     cpu: Mapping[str, float] = judged.get("cpu") or {}
     signals = _signals_text(step)
+    behind = [
+        f"{name} {float(cpu[name]):.2f} of {float(budgets_during(judged, budgets)[name]):.3g} "
+        f"CPU ({every[name]:.0%}): the queue's consumer, its backlog grows"
+        for name in CONSUMERS
+        if every.get(name, 0.0) >= SATURATED
+    ]
+    if behind:
+        signals = "; ".join([*behind, signals] if signals else behind)
     if not shares:
         evidence = "no CPU figures for any budgeted component"
         return Bottleneck(NO_BOTTLENECK, 0.0, f"{evidence}; {signals}" if signals else evidence)

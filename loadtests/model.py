@@ -19,7 +19,7 @@ table that uses them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loadtests import analysis
@@ -28,6 +28,9 @@ from loadtests.ladder.sizes import aws_vcpus
 CO_BOTTLENECK = 0.10
 STAND_INS = ("nginx", "cdn", "moto")
 """Local stand-ins of managed services: measured, never projected to AWS."""
+CONSUMERS = analysis.CONSUMERS
+"""Their capacity is shown beside the request path's, never as its limit; over a day they do
+limit what is sustained, so the projection counts them."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class Prediction:
     co_bottleneck: str | None
     predicted_rps: float
     measured_rps: float
+    consumers: dict[str, float] = field(default_factory=dict)
+    """Requests/s of the mix each queue consumer keeps up with (budget over demand)."""
 
     @property
     def error(self) -> float:
@@ -128,11 +133,12 @@ def predict(result: Mapping[str, Any]) -> Prediction | None:
     None without a knee or without a budgeted component it can fit."""
     fitted = demands(result)
     budgets = _largest_budgets(result)
-    capacities = {
+    every = {
         name: cpus / fitted[name].seconds
         for name, cpus in budgets.items()
         if name in fitted and cpus > 0 and fitted[name].seconds > 0
     }
+    capacities = {name: rps for name, rps in every.items() if name not in CONSUMERS}
     steps = result.get("steps") or []
     if not capacities or not steps:
         return None
@@ -146,6 +152,7 @@ def predict(result: Mapping[str, Any]) -> Prediction | None:
         co_bottleneck=co,
         predicted_rps=lowest,
         measured_rps=measured,
+        consumers={k: round(v, 1) for k, v in every.items() if k in CONSUMERS},
     )
 
 
@@ -200,8 +207,11 @@ def _count(value: float) -> str:
 
 def model_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
     """The report's "model" section: demands, predicted capacity, measured peak, error."""
-    rows = []
+    rows, daily = [], []
     for result in results:
+        if result.get("daily"):
+            daily.append(f"{result['stage']} ({result['name']})")
+            continue  # a day's curve, not a ramp: its slices mix fleet sizes and warm-ups
         prediction = predict(result)
         if prediction is None:
             continue
@@ -209,7 +219,7 @@ def model_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
         shown = ", ".join(
             f"{name} {fitted[name].seconds * 1000:.2f}"
             for name in sorted(fitted, key=lambda n: -fitted[n].seconds)
-            if name in prediction.capacities
+            if name in prediction.capacities or name in prediction.consumers
         )
         named = prediction.bottleneck + (
             f" (with {prediction.co_bottleneck})" if prediction.co_bottleneck else ""
@@ -222,6 +232,8 @@ def model_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
             verdict = "within ±20 %"
         else:
             verdict = "**misses by more than 20 %**"
+        for consumer, rps in prediction.consumers.items():
+            verdict += f"; the {consumer} keeps up with {rps:.0f}"
         rows.append(
             f"| {result['stage']} | {result['name']} | {shown} | {named} "
             f"| {prediction.predicted_rps:.0f} | {prediction.measured_rps:.0f} "
@@ -235,7 +247,15 @@ def model_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
         "Each component's CPU milliseconds per request of the mix, fitted on the steps up to the "
         "knee (utilisation = throughput x demand); its capacity is its budget over its demand, "
         "and the lowest names the bottleneck (a second within 10 % is named with it). The "
-        "prediction stands beside the highest throughput any step measured.",
+        "prediction stands beside the highest throughput any step measured. A queue consumer "
+        "(the worker) is never the request path's limit: past its capacity the backlog grows, "
+        "not the requests' latency; its capacity is given beside the error."
+        + (
+            f" Not fitted: stage {', '.join(daily)}, a daily curve, not a ramp (its slices "
+            "mix fleet sizes)."
+            if daily
+            else ""
+        ),
         "",
         "| # | stage | CPU ms per request | predicted bottleneck | predicted requests/s "
         "| measured peak | error |",

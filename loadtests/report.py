@@ -393,7 +393,11 @@ def _plot_throughput(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
         steps = result["steps"]
         objective = float(result.get("p95_objective_ms") or 500.0)
         users = [int(step["users"]) for step in steps]
-        axis.plot(users, [float(s["rps"]) for s in steps], marker="o", color="tab:blue")
+        # A day's slices go up and down in users: points, not a line through them.
+        style = "none" if result.get("daily") else "-"
+        axis.plot(
+            users, [float(s["rps"]) for s in steps], marker="o", color="tab:blue", linestyle=style
+        )
         at = analysis.knee(steps, p95_ms=objective)
         repeated = analysis.spread(result.get("fine") or [], p95_ms=objective)
         if repeated is not None:
@@ -409,7 +413,10 @@ def _plot_throughput(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
         latency = axis.twinx()
-        latency.plot(users, [float(s["p95_ms"]) for s in steps], marker=".", color="tab:red")
+        latency.plot(
+            users, [float(s["p95_ms"]) for s in steps], marker=".", color="tab:red",
+            linestyle=style,
+        )  # fmt: skip
         latency.axhline(objective, color="tab:red", linestyle="--", linewidth=1)
         latency.set_yscale("log")
         latency.set_ylabel("p95 (ms)", color="tab:red", fontsize="small")
@@ -548,13 +555,14 @@ def _plot_projection(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
             va="center", fontsize="small",
         )  # fmt: skip
     axis.set_xscale("log")
+    axis.set_xlim(right=max(p.daily_users for p in found) * 30)  # room for the labels
     axis.invert_yaxis()
     axis.set(
         xlabel="daily users (log scale; assumptions in the projection's table)",
         title="Projected to AWS: what each stage's stack carries at its largest size, "
         "and what it is limited by",
     )
-    axis.legend(fontsize="small", loc="lower right")
+    axis.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     axis.grid(alpha=0.3, axis="x")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -623,11 +631,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--readme",
         type=Path,
-        help="also replace the ladder table of this file (the project's README.md) with the run's",
+        action="append",
+        default=[],
+        help="also replace the ladder table of this file (README.md, docs/index.md) with the "
+        "run's; may be given more than once",
     )
     args = parser.parse_args(argv)
-    if args.readme is not None and not args.readme.is_file():
-        parser.error(f"no file at {args.readme}")
+    for path in args.readme:
+        if not path.is_file():
+            parser.error(f"no file at {path}")
     try:
         results = load_results(args.results)
     except ResultError as exc:
@@ -635,15 +647,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for path in write_report(results, args.out):
         print(path)
-    if args.readme is not None:
-        if not update_readme(args.readme, results):
+    for path in args.readme:
+        if not update_readme(path, results):
             print(
-                f"python -m loadtests.report: {args.readme} has no ladder table markers "
+                f"python -m loadtests.report: {path} has no ladder table markers "
                 f"({README_BEGIN} ... {README_END})",
                 file=sys.stderr,
             )
             return 2
-        print(args.readme)
+        print(path)
     return 0
 
 

@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     if (ROOT / "loadtests" / "report.py").is_file():
         command = [sys.executable, "-m", "loadtests.report", str(args.out), str(args.report)]
         if args.report.resolve() == (ROOT / "docs" / "ladder").resolve() and not args.stages:
-            command += ["--readme", str(ROOT / "README.md")]  # a full run is the README's
+            # A full run is the one the README and the docs site's home page show.
+            for page in (ROOT / "README.md", ROOT / "docs" / "index.md"):
+                command += ["--readme", str(page)]
         made = subprocess.run(command, cwd=ROOT)
         if made.returncode != 0:
             failed.append(0)

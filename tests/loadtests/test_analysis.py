@@ -106,6 +106,21 @@ def test_the_component_that_saturates_past_the_knee_is_named_though_below_85_at_
     assert analysis.bottleneck(at_knee, budgets, beyond=shifted).component == "postgres"
 
 
+def test_a_saturated_queue_consumer_is_named_beside_the_request_paths_bottleneck() -> None:
+    """Stage 7: the worker at its budget grows a backlog, not the requests' p95; the request
+    path's component is named, and the evidence says the worker fell behind."""
+    budgets = {"app": 0.4, "worker": 0.14, "postgres": 0.14}
+    at_knee = {"cpu": {"app": 0.28, "worker": 0.12, "postgres": 0.05}}
+    past = {"cpu": {"app": 0.36, "worker": 0.14, "postgres": 0.06}}
+    found = analysis.bottleneck(at_knee, budgets, beyond=past)
+    assert found.component == "app"
+    assert "worker 0.14 of 0.14 CPU (100%): the queue's consumer, its backlog grows" in (
+        found.evidence
+    )
+    idle_worker = {"cpu": {"app": 0.36, "worker": 0.05, "postgres": 0.06}}
+    assert "consumer" not in analysis.bottleneck(at_knee, budgets, beyond=idle_worker).evidence
+
+
 def test_a_slice_of_a_changing_fleet_is_judged_against_the_processes_that_ran_in_it() -> None:
     """Stage 6: the autoscaler's largest fleet (3 x 0.2) is not what ran at every slice; two
     processes at 0.38 of their 0.4 are saturated, though at 63 % of the largest fleet."""

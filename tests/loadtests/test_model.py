@@ -124,3 +124,31 @@ def test_a_ramp_that_never_broke_the_objective_is_not_a_verdict_on_the_model() -
     result = _result({"app": 5.0}, {"app": 0.6}, users=[10, 20], rps=[20, 40], p95=[50, 60])
     section = "\n".join(model.model_section([result]))
     assert "the peak is a lower bound" in section and "misses" not in section
+
+
+def test_a_queue_consumer_is_never_the_request_paths_limit_but_its_capacity_is_shown() -> None:
+    """A saturated worker grows a backlog, not the requests' latency: the prediction is the
+    request path's lowest capacity, and the worker's stands beside it."""
+    result = _result(
+        {"app": 5.0, "worker": 4.0, "postgres": 1.0},
+        {"app": 0.4, "worker": 0.2, "postgres": 0.2},
+        users=[10, 20, 30, 40],
+        rps=[20, 40, 60, 75],
+        p95=[50, 60, 200, 900],
+        stage=7,
+    )
+    found = model.predict(result)
+    assert found is not None
+    assert found.bottleneck == "app" and found.predicted_rps == pytest.approx(80, rel=0.01)
+    assert found.consumers == {"worker": pytest.approx(50, rel=0.01)}
+    [row] = [line for line in model.model_section([result]) if line.startswith("| 7 ")]
+    assert "worker 4.00" in row and "the worker keeps up with 50" in row
+
+
+def test_a_daily_curve_is_not_fitted_and_the_section_says_so() -> None:
+    ramp = _result({"app": 5.0}, {"app": 0.6}, users=[10, 20], rps=[20, 40], p95=[50, 900])
+    day = _result({"app": 5.0}, {"app": 0.6}, users=[10, 20], rps=[20, 40], p95=[50, 60], stage=6)
+    day |= {"name": "auto-scaling", "daily": [{"t_s": 1.0}]}
+    text = "\n".join(model.model_section([ramp, day]))
+    assert "| 3 | horizontal |" in text and "| 6 |" not in text
+    assert "Not fitted: stage 6 (auto-scaling), a daily curve" in text

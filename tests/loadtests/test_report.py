@@ -291,3 +291,17 @@ def test_stage_6_compares_its_day_on_the_autoscaled_and_the_fixed_fleet(tmp_path
     del stage6["daily_fixed"]  # a run from before the fixed day: no section, no guess
     report.write_report([*results(), stage6], tmp_path)
     assert "the same day, autoscaled" not in (tmp_path / "README.md").read_text()
+
+
+def test_the_committed_report_and_the_readme_table_come_from_the_committed_raw_results() -> None:
+    """docs/ladder/README.md and the README's ladder table are what the report writes from
+    docs/ladder/raw/: nobody edited a figure by hand, and both are from the same run."""
+    folder = ROOT / "docs" / "ladder"
+    committed = report.load_results(folder / report.RAW)
+    charts = [name for name in report.CHARTS if (folder / name).is_file()]
+    assert (folder / "README.md").read_text() == report.markdown(committed, charts=charts) + "\n"
+    for page in (ROOT / "README.md", ROOT / "docs" / "index.md"):
+        assert report.readme_block(committed) in page.read_text(), page
+    # One run: every stage of the ladder, from one commit.
+    assert [r["stage"] for r in committed] == list(range(1, 8))
+    assert len({(r.get("provenance") or {}).get("commit") for r in committed}) == 1
