@@ -347,9 +347,9 @@ class Settings(BaseSettings):
         le=1,
         description="Share of new traces (requests, the relay's sweeps, reconciliations) that "
         "are recorded and exported, 0 to 1; a span with a caller (a worker's message) follows "
-        "its caller's decision. Each recorded request costs CPU in this process and the "
-        "collector; unrecorded ones still pay for the instrumentation, a fraction of that: "
-        "measured figures in docs/performance.md.",
+        "its caller's decision. Decided before any instrumentation runs: an unrecorded request "
+        "runs with the instrumentations suppressed; a recorded one costs CPU in this process "
+        "and the collector: measured figures in docs/performance.md.",
     )
 
     @model_validator(mode="before")

@@ -19,15 +19,24 @@ context manager, `carrier` an empty dict.
 
 On, one process has at most one running `Tracing` (the helpers use the last one started). Its
 tracer provider is its own, passed to each instrumentation, never installed as OpenTelemetry's
-global one: a process (a test) may start and stop tracing more than once. Sampling is
-parent-based with a trace-id ratio at the root, so a worker keeps or drops a message's spans as
-the request that placed the order did.
+global one: a process (a test) may start and stop tracing more than once.
+
+Sampling is decided once, at the door, before any instrumentation runs: a request by
+`SampleAtTheDoor` (the caller's `traceparent` flag when it sends one, else the ratio), a message
+or a sweep by `continue_trace` (its carrier's flag, else the ratio). What is not sampled runs
+with every instrumentation suppressed under a non-recording span whose context still travels
+(`traceparent` flag 00), so a worker drops a message's spans as the request that placed the
+order did, and an unsampled request costs a context switch, not a span per SQL statement. What
+is admitted carries a context value the tracer provider's sampler records at the root; any
+other root (a statement at start-up, say) is sampled by the ratio as before, and a child
+follows its parent.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import random
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -48,6 +57,10 @@ log = logging.getLogger("shop.tracing")
 _NOTHING: AbstractContextManager[None] = contextlib.nullcontext()
 _tracer: Tracer | None = None
 """The running tracer of this process; None while tracing is off."""
+_ratio = 1.0
+"""The running tracing's share of new traces recorded."""
+_admitted: Any = None
+"""The context key of a root admitted at the door (made with the first Tracing)."""
 
 
 class Tracing:
@@ -59,13 +72,14 @@ class Tracing:
     def __init__(self, *, endpoint: str, service: str, sample_ratio: float) -> None:
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.sdk.trace.sampling import ParentBased
 
         self.endpoint = endpoint.rstrip("/") + "/v1/traces"
         self.service = service
+        self.sample_ratio = sample_ratio
         self.provider: TracerProvider = TracerProvider(
             resource=Resource.create({SERVICE_NAME: service}),
-            sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+            sampler=ParentBased(_door_sampler(sample_ratio)),
         )
         self._instrumentors: list[Any] = []
         self._log_handlers: list[logging.Handler] = []
@@ -87,6 +101,14 @@ class Tracing:
             # traced, they would be most of the traces recorded.
             excluded_urls=",".join(f"/{path}$" for path in UNTRACED_PATHS),
         )
+        # Outside the instrumentation's own middleware, so that an unsampled request never
+        # reaches it (FastAPIInstrumentor wraps the stack the same way, on the first call).
+        instrumented = app.build_middleware_stack
+
+        def build_middleware_stack() -> Any:
+            return SampleAtTheDoor(instrumented())
+
+        app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 
     def start(self) -> None:
         """Start the exporter thread and instrument the libraries; before any connection."""
@@ -107,7 +129,9 @@ class Tracing:
             if not instrumentor.is_instrumented_by_opentelemetry:
                 instrumentor.instrument(tracer_provider=self.provider)
                 self._instrumentors.append(instrumentor)
+        global _ratio
         _tracer = self.provider.get_tracer("shop")
+        _ratio = self.sample_ratio
         # Log lines written inside a recorded trace name it: the handlers of the root logger
         # (the worker's) and of the shop's own (the server's, set up by `shop serve`).
         self._log_handlers = [
@@ -123,10 +147,10 @@ class Tracing:
     def stop(self) -> None:
         """Remove the instrumentations, export what is left (a few seconds at most) and stop
         the exporter thread."""
-        global _tracer
+        global _tracer, _ratio
         if not self._started:
             return
-        _tracer = None
+        _tracer, _ratio = None, 1.0
         for handler in self._log_handlers:
             handler.removeFilter(_TRACE_IDS)
         self._log_handlers = []
@@ -148,10 +172,119 @@ def tracing_for(settings: Settings, *, service: str) -> Tracing | None:
 
 def span(name: str, **attributes: str | int | float | bool) -> AbstractContextManager[Any]:
     """A span named `name`, child of the current one: `with span("worker.fulfil"): ...`.
-    With tracing off, a shared no-op context manager."""
-    if _tracer is None:
+    With tracing off, or inside a trace that is not sampled, a shared no-op context manager."""
+    if _tracer is None or _unsampled_here():
         return _NOTHING
     return _tracer.start_as_current_span(name, attributes=attributes or None)
+
+
+def _door_sampler(ratio: float) -> Any:
+    """The root sampler: a root admitted at the door is recorded; any other root is sampled by
+    `ratio` on its trace id."""
+    global _admitted
+    from opentelemetry import context
+    from opentelemetry.sdk.trace.sampling import (
+        Decision,
+        Sampler,
+        SamplingResult,
+        TraceIdRatioBased,
+    )
+
+    if _admitted is None:
+        _admitted = context.create_key("shop-admitted-at-the-door")
+    by_ratio = TraceIdRatioBased(ratio)
+
+    class AtTheDoor(Sampler):
+        def should_sample(self, parent_context: Any, *args: Any, **kwargs: Any) -> Any:
+            if parent_context is not None and context.get_value(_admitted, parent_context):
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, kwargs.get("attributes"))
+            return by_ratio.should_sample(parent_context, *args, **kwargs)
+
+        def get_description(self) -> str:
+            return f"AtTheDoor{{{by_ratio.get_description()}}}"
+
+    return AtTheDoor()
+
+
+@contextmanager
+def _admit() -> Iterator[None]:
+    """Run a block whose root span the sampler records (the door said yes)."""
+    from opentelemetry import context
+
+    token = context.attach(context.set_value(_admitted, True))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
+def _unsampled_here() -> bool:
+    from opentelemetry import trace
+
+    found = trace.get_current_span().get_span_context()
+    return found.is_valid and not found.trace_flags.sampled
+
+
+def _sampled(traceparent: str | None) -> bool:
+    """The caller's decision when `traceparent` is a W3C trace context, else the ratio's."""
+    if traceparent:
+        parts = traceparent.strip().split("-")
+        if len(parts) >= 4 and len(parts[3]) == 2:
+            try:
+                return bool(int(parts[3], 16) & 1)
+            except ValueError:
+                pass
+    return _ratio >= 1.0 or random.random() < _ratio
+
+
+@contextmanager
+def _not_sampled(carrier: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Run a block that is not sampled: every instrumentation suppressed, under a
+    non-recording span of the caller's trace (`carrier`) or of a new one, whose context is
+    what `carrier()` sends on (flag 00)."""
+    from opentelemetry import context, trace
+    from opentelemetry.instrumentation.utils import (
+        suppress_http_instrumentation,
+        suppress_instrumentation,
+    )
+    from opentelemetry.propagate import extract
+
+    parent = extract(carrier, context=context.Context()) if carrier else context.Context()
+    found = trace.get_current_span(parent).get_span_context()
+    if not found.is_valid:
+        generator = random.getrandbits
+        found = trace.SpanContext(
+            trace_id=generator(128) or 1,
+            span_id=generator(64) or 1,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
+        )
+    token = context.attach(trace.set_span_in_context(trace.NonRecordingSpan(found)))
+    try:
+        with suppress_instrumentation(), suppress_http_instrumentation():
+            yield
+    finally:
+        context.detach(token)
+
+
+class SampleAtTheDoor:
+    """ASGI middleware, outside OpenTelemetry's: decides whether a request is traced before
+    any instrumentation sees it. A request that is not runs with them all suppressed."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or _tracer is None:
+            await self.app(scope, receive, send)
+            return
+        parent = next((v for k, v in scope.get("headers", ()) if k == b"traceparent"), None)
+        if _sampled(parent.decode("latin-1") if parent else None):
+            with _admit():
+                await self.app(scope, receive, send)
+            return
+        with _not_sampled({"traceparent": parent.decode("latin-1")} if parent else None):
+            await self.app(scope, receive, send)
 
 
 @contextmanager
@@ -164,10 +297,17 @@ def continue_trace(
     if _tracer is None:
         yield
         return
+    if not _sampled(carrier.get("traceparent")):
+        with _not_sampled(carrier):
+            yield
+        return
     from opentelemetry import context, trace
     from opentelemetry.propagate import extract
 
-    token = context.attach(extract(carrier, context=context.Context()))
+    found = extract(carrier, context=context.Context())
+    if not carrier.get("traceparent"):  # a root, admitted by the draw above
+        found = context.set_value(_admitted, True, found)
+    token = context.attach(found)
     try:
         with _tracer.start_as_current_span(
             name, kind=trace.SpanKind[kind.upper()], attributes=attributes or None

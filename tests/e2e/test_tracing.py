@@ -136,9 +136,11 @@ def _exporter_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("OtelBatch")]
 
 
-async def _place_order(settings: Any) -> tuple[int, list[str]]:
-    """One order through the app with these settings; its id and the exporter threads seen
-    while the app ran."""
+async def _place_order(
+    settings: Any, *, then_list_with: dict[str, str] | None = None
+) -> tuple[int, list[str]]:
+    """One order through the app with these settings (then, if asked, the product listing with
+    these headers); its id and the exporter threads seen while the app ran."""
     import httpx
     from asgi_lifespan import LifespanManager
 
@@ -156,6 +158,9 @@ async def _place_order(settings: Any) -> tuple[int, list[str]]:
                 headers=buyer.headers,
                 json={"lines": [{"product_id": product.id, "quantity": 1}]},
             )
+            if then_list_with is not None:
+                listed = await client.get("/products", headers=then_list_with)
+                assert listed.status_code == 200
         assert answer.status_code == 201, answer.text
         await resources.relay.flush()
         threads = _exporter_threads()
@@ -406,21 +411,28 @@ async def _sweep_then_reconcile(settings: Any, endpoint: str, aws_endpoint: str)
         tracing.stop()
 
 
+def _traced(
+    db_url: str, aws_endpoint: str, receiver: OtlpReceiver, *, ratio: float
+) -> tuple[str, Any]:
+    """A fresh queue, and the settings of an app that uses it and traces `ratio` of requests."""
+    queue_url, _ = _queue(aws_endpoint)
+    return queue_url, test_settings(
+        database_url=db_url,
+        redis_url=REDIS_URL,
+        queue_url=queue_url,
+        aws_region=REGION,
+        aws_endpoint_url=aws_endpoint,
+        otlp_endpoint=receiver.endpoint,
+        trace_sample_ratio=ratio,
+    )
+
+
 def test_a_sweep_and_a_reconciliation_are_traces_of_their_own(
     database: str,  # noqa: F811 (the fixtures of test_worker.py)
     moto_endpoint: str,  # noqa: F811
     receiver: OtlpReceiver,
 ) -> None:
-    queue_url, _ = _queue(moto_endpoint)
-    settings = test_settings(
-        database_url=database,
-        redis_url=REDIS_URL,
-        queue_url=queue_url,
-        aws_region=REGION,
-        aws_endpoint_url=moto_endpoint,
-        otlp_endpoint=receiver.endpoint,
-        trace_sample_ratio=1.0,
-    )
+    queue_url, settings = _traced(database, moto_endpoint, receiver, ratio=1.0)
     asyncio.run(_sweep_then_reconcile(settings, receiver.endpoint, moto_endpoint))
 
     # The sweep's messages carry the sweep's trace: the requests' are not kept in the table.
@@ -446,3 +458,31 @@ def test_a_sweep_and_a_reconciliation_are_traces_of_their_own(
     for redrive in redrives:
         assert redrive.parent_id == reconcile.span_id
         assert any(s.name == "order.fulfil" and _descends_from(s, redrive, spans) for s in spans)
+
+
+def test_an_unsampled_request_records_nothing_and_its_message_says_so_while_a_caller_decides(
+    database: str,  # noqa: F811 (the fixtures of test_worker.py)
+    moto_endpoint: str,  # noqa: F811
+    receiver: OtlpReceiver,
+) -> None:
+    """Sampling is decided at the door: at a ratio of 0 an order makes no span at all (no
+    request span, no SQL span, no publish span), and the message it sends carries its trace
+    context with the not-sampled flag, so a worker drops it too; a caller that sends a sampled
+    `traceparent` is traced whatever the ratio, as its child."""
+    queue_url, settings = _traced(database, moto_endpoint, receiver, ratio=0.0)
+    caller_trace, caller_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    caller = {"traceparent": f"00-{caller_trace}-{caller_span}-01"}
+    asyncio.run(_place_order(settings, then_list_with=caller))
+
+    assert {s.trace_id for s in receiver.spans} == {caller_trace}, [s.name for s in receiver.spans]
+    [listing] = [s for s in receiver.spans if s.name == "GET /products"]
+    assert (listing.parent_id, listing.kind) == (caller_span, SERVER)
+    assert any(s.attributes.get("db.system") == "postgresql" for s in receiver.spans)
+
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=moto_endpoint)
+    [message] = sqs.receive_message(
+        QueueUrl=queue_url, MessageAttributeNames=["All"], WaitTimeSeconds=1
+    )["Messages"]
+    traceparent = message["MessageAttributes"]["traceparent"]["StringValue"]
+    version, trace_id, _, flags = traceparent.split("-")
+    assert (version, flags) == ("00", "00") and trace_id != caller_trace
