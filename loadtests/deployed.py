@@ -554,6 +554,9 @@ def evidence(
         # Instance sizes are real budgets: a tier cannot use more vCPUs than it has.
         "budgets_enforced": True,
         "budgets": budgets(topology, per_step),
+        # The stack itself: one vCPU per vCPU, so the report's knee "at the stack's size" is
+        # the knee, and the model's demands are AWS's own (they replace the local ones).
+        "cpus_per_vcpu": 1.0,
         "steps": [
             {**step, **step_evidence(topology, v)} for step, v in zip(steps, per_step, strict=True)
         ],

@@ -34,7 +34,13 @@ def endpoint() -> Iterator[str]:
         port = probe.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    # The module's stacks are made before any test's own fake credentials apply (a module
+    # fixture runs first): without these, one test run alone (-k) had no credentials.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        patch.setenv("AWS_DEFAULT_REGION", REGION)
+        yield f"http://127.0.0.1:{port}"
     server.stop()
 
 
@@ -244,6 +250,7 @@ def test_evidence_is_the_per_stage_json_of_the_ladder_with_source_aws(endpoint, 
     assert result["p95_objective_ms"] == 500.0
     # c7i.large has 2 vCPUs, db.m7g.xlarge 4 (as EC2 describes the instance types).
     assert result["budgets"] == {"app": 2.0, "postgres": 4.0, "replica": 4.0}
+    assert result["cpus_per_vcpu"] == 1.0  # the stack's own size: its knee needs no scaling
     assert [step["users"] for step in result["steps"]] == [10, 20]  # the suite's figures kept
     assert set(result["steps"][0]["signals"]) == {
         "db_share",
