@@ -513,6 +513,47 @@ def check_acknowledged(
     }
 
 
+FULFILMENT_WAIT_S = 90.0
+"""How long the checks wait for the workers to finish the orders of a run (stage 7's queue
+drains after the load; a message received by a killed worker comes back after its visibility
+timeout, 60 s)."""
+
+
+def check_fulfilled_once(
+    database_url: str, order_ids: Sequence[int], *, wait_s: float = FULFILMENT_WAIT_S
+) -> dict[str, Any]:
+    """Every order placed and not cancelled ends fulfilled once: its sale in the ledger once
+    (the order_placed debits equal its total) and one shipment; a cancelled one has its sale at
+    most once. Waits up to `wait_s` for the unfulfilled to be finished (queued fulfilment)."""
+    query = (
+        "SELECT o.id, o.status, o.fulfilled_at IS NOT NULL, o.total_cents,"
+        " (SELECT count(*) FROM shipment s WHERE s.order_id = o.id),"
+        " (SELECT COALESCE(sum(l.debit_cents), 0) FROM ledger_entry l"
+        "   WHERE l.order_id = o.id AND l.event = 'order_placed')"
+        " FROM customer_order o WHERE o.id = ANY(%s)"
+    )
+    deadline = time.monotonic() + wait_s
+    while True:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+            rows = conn.execute(query, (list(order_ids),)).fetchall()
+        unfulfilled = [r[0] for r in rows if r[1] != "cancelled" and not r[2]]
+        if not unfulfilled or time.monotonic() >= deadline:
+            break
+        time.sleep(1)
+    twice = [r[0] for r in rows if int(r[5]) > int(r[3])]
+    incomplete = [
+        r[0] for r in rows if r[1] != "cancelled" and r[2] and (r[4] != 1 or int(r[5]) != r[3])
+    ]
+    return {
+        "unfulfilled": len(unfulfilled),
+        "unfulfilled_ids": sorted(unfulfilled)[:20],
+        "fulfilled_twice": len(twice),
+        "fulfilled_twice_ids": sorted(twice)[:20],
+        "fulfilled_incompletely": len(incomplete),
+        "fulfilled_incompletely_ids": sorted(incomplete)[:20],
+    }
+
+
 def verdict(row: dict[str, Any]) -> list[str]:
     """Why a row fails the bar (empty: it passes)."""
     why = []
@@ -523,6 +564,13 @@ def verdict(row: dict[str, Any]) -> list[str]:
         why.append(f"{orders['duplicated']} orders in the database never acknowledged")
     if orders["keys_not_one_row"]:
         why.append(f"{orders['keys_not_one_row']} Idempotency-Keys without exactly one row")
+    for key, said in (
+        ("unfulfilled", "orders never fulfilled"),
+        ("fulfilled_twice", "orders fulfilled twice"),
+        ("fulfilled_incompletely", "orders fulfilled without their sale or shipment"),
+    ):
+        if orders.get(key):
+            why.append(f"{orders[key]} {said}")
     if not row["invariants"].get("ok"):
         broken = [n for n, c in row["invariants"].get("checks", {}).items() if not c["ok"]]
         why.append("invariants broken: " + (", ".join(broken) or "not checked"))
@@ -583,9 +631,9 @@ def run_fault(
     summary = summarise(lines, injected_at=injected_at, restored_at=restored_at, p95_ms=p95_ms)
     acked = [a for a in read_jsonl(journals.acked) if isinstance(a, dict)]
     assert h.topology.primary is not None
-    orders = check_acknowledged(
-        h.topology.primary.libpq_url(h.topology.database), acked, orders_before=orders_before
-    )
+    database_url = h.topology.primary.libpq_url(h.topology.database)
+    orders = check_acknowledged(database_url, acked, orders_before=orders_before)
+    orders |= check_fulfilled_once(database_url, [int(a["order"]) for a in acked])
     invariants: dict[str, Any] = {"ok": False, "checks": {}}
     if journals.invariants.is_file():
         with suppress(json.JSONDecodeError):

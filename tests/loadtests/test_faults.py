@@ -40,6 +40,9 @@ def test_killing_an_app_process_under_load_loses_no_acknowledged_order(tmp_path:
     assert orders["acknowledged"] > 0
     assert orders["lost"] == 0 and orders["duplicated"] == 0, orders
     assert orders["keys_not_one_row"] == 0, orders
+    # Each ends fulfilled once: its sale in the ledger once and one shipment.
+    assert orders["unfulfilled"] == orders["fulfilled_twice"] == 0, orders
+    assert orders["fulfilled_incompletely"] == 0, orders
     assert row["invariants"]["ok"], row["invariants"]
     errors = row["summary"]["errors"]
     assert errors["before"] == {}
