@@ -108,7 +108,8 @@ class Sampler:
     lag: list[tuple[float, float]] | None = None
     depth: list[tuple[float, float]] | None = None
     fulfilment: list[tuple[float, float]] | None = None
-    """The workers' age of the last order they finished (placed to done), the oldest of them."""
+    """The workers' age of the last order they finished (its first send to its last step), the
+    oldest of them."""
     stop: threading.Event = field(default_factory=threading.Event)
     hooks: list[Callable[[], None]] = field(default_factory=list)
 
