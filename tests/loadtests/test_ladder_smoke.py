@@ -17,7 +17,8 @@ from tests import pg_cluster
 
 STEP_KEYS = {"step", "users", "started_at", "ended_at", "requests", "failures", "rps",
              "p50_ms", "p95_ms", "p99_ms", "by_name", "cpu", "signals"}  # fmt: skip
-SIGNALS = {"db_share", "pool_wait_ms", "cache_hit_ratio", "replica_lag_s", "queue_depth"}
+SIGNALS = {"db_share", "pool_wait_ms", "cache_hit_ratio", "replica_lag_s", "queue_depth",
+           "replica_read_share", "replica_skipped_share", "fulfilment_lag_s"}  # fmt: skip
 
 pytestmark = [
     pytest.mark.skipif(pg_cluster.why_unavailable() is not None, reason="no private PostgreSQL"),
@@ -47,6 +48,7 @@ def test_stage_three_at_low_load_serves_without_errors_and_keeps_invariants(
     assert written["source"] == "local" and written["missing"] is None
     assert written["budgets"] == STAGES[3].budgets()
     assert written["daily"] == [] and written["p95_objective_ms"] == 500
+    assert written["cpus_per_vcpu"] == STAGES[3].cpus_per_vcpu > 0
     for step in written["steps"]:
         assert set(step) >= STEP_KEYS
         assert set(step["signals"]) == SIGNALS
@@ -58,3 +60,6 @@ def test_stage_three_at_low_load_serves_without_errors_and_keeps_invariants(
             if written["budgets_enforced"] and component != "loadgen":
                 assert 0 < used <= written["budgets"][component] * 1.1, (component, used)
         assert step["signals"]["db_share"] is not None
+        # Stage 3 has no replica and no worker: those signals are absent, not zero.
+        assert step["signals"]["replica_read_share"] is None
+        assert step["signals"]["fulfilment_lag_s"] is None
