@@ -39,7 +39,7 @@ AWS_SIZES = Path(__file__).with_name("aws_sizes.json")
 
 MODEL_CPUS = 0.9
 """What the scaled components of a stage share at its minimum size: less than one core, so that
-on a 2-core machine the load generator (whose CPU each step reports) keeps a core of its own."""
+on a 2-core machine the load generator (whose CPU each step reports) keeps most of a core."""
 MANAGED_CPUS = 0.1
 """The load balancer's and the CDN's stand-ins, each: at about 0.1 ms of nginx per request this
 holds about 1,000 requests/s, several times any stage's knee here."""

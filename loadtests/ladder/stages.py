@@ -7,7 +7,9 @@ smoke test. A budget is in CPUs (0.25 = a quarter of one core, enforced by a cgr
 No budget is chosen here. Each stage declares what runs (its components, the load's shape, the
 component STAGES.md predicts to saturate first) and `sizes.from_stacks` gives every component a
 budget in proportion to its vCPUs in the stage's stack, one scale factor per stage, so that the
-whole system under test stays under one CPU and the load generator keeps a core of its own.
+scaled components share 0.9 CPU at the stage's minimum size (the stand-ins of the load balancer
+and the CDN get 0.1 each, an autoscaled fleet grows to 1.3 in all) and the load generator keeps
+most of a core.
 Whether the predicted component saturates first is then what the run finds out.
 """
 
