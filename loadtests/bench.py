@@ -12,6 +12,13 @@ its relay takes to publish what the run left behind. A cart checkout (PUT an ite
 checkout) is driven by an async client from CPU 1 beside POST /orders driven the same way, and
 reported as their ratio.
 
+Beside POST /orders stands its limit (loadtests/limit.py): the same SQL statements a one-line
+order sends, in one pipelined transaction on raw psycopg, from a bare route served the same way
+and driven by the same wrk script (same products, same stock rows); and beside POST /orders with
+the queue on, the same with the outbox row instead of ledger and shipment. The report gives
+POST /orders / raw-pipeline limit and limit / bare. `--only NAME` (repeatable) measures only
+those routes beside the bare route (and an order's limit beside the order), for quick work.
+
 Needs the local PostgreSQL (SHOP_BENCH_PG, default postgresql://postgres@127.0.0.1:5432/postgres)
 and wrk (installed with apt-get when missing and running as root).
 """
@@ -74,6 +81,13 @@ ROUTES: dict[str, tuple[str, float | None]] = {
     "product by id, traced 100%": ("shop, traced 100%", None),
 }
 """Each route: the server that answers it, and its target as a ratio to the bare route."""
+LIMITS = {
+    "place order": ("order limit (raw pipeline)", "/limit/orders"),
+    "place order, queue on": ("queued order limit (raw pipeline)", "/limit/orders/queued"),
+}
+"""An order route, the name of its raw-pipeline limit, and the limit's path."""
+LIMIT_TARGET = 0.75
+"""What POST /orders should reach of its limit measured beside it."""
 
 
 @dataclass
@@ -258,6 +272,9 @@ def scripts(folder: Path, token: str, products: int, orders: list[int]) -> dict[
         ),
     }
     texts["place order, queue on"] = texts["place order"]
+    for route, (limit, limit_path) in LIMITS.items():
+        # The order's own script, sent to the limit's path: the same products in the same order.
+        texts[limit] = texts[route].replace('"/orders"', f'"{limit_path}"')
     texts["product by id, traced 5%"] = texts["product by id, traced 100%"] = by_id
     paths = {}
     for name, text in texts.items():
@@ -434,17 +451,32 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--products", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
+    parser.add_argument(
+        "--only", action="append", choices=list(ROUTES), help="measure only these routes"
+    )
     args = parser.parse_args()
+    routes_measured = {n: v for n, v in ROUTES.items() if not args.only or n in args.only}
+    limits = {r: LIMITS[r] for r in routes_measured if r in LIMITS}
 
     binary = ensure_wrk()
     say(f"preparing database {DATABASE} with {args.products} products")
     url = prepare_database(args.products)
     env = shop_env(url)
     bare_port = free_port()
+    limit_port = free_port()
     ports = {name: free_port() for name in SERVERS}
     moto, queue_env = start_queue()
     sink, sink_env = start_trace_sink()
     servers = [start("loadtests.bare:app", bare_port, env, factory=False)]
+    if limits:
+        servers.append(
+            start(
+                "loadtests.limit:app",
+                limit_port,
+                env | {"SHOP_LIMIT_CUSTOMER": "customer1@example.com"},
+                factory=False,
+            )
+        )
     servers += [
         start(
             "app.main:create_app",
@@ -470,9 +502,11 @@ def main() -> None:
         orders = place_orders(shop_url, token, args.products)
         with tempfile.TemporaryDirectory() as tmp:
             paths = scripts(Path(tmp), token, args.products, orders)
-            targets = {"bare": f"http://127.0.0.1:{bare_port}"} | {
-                name: f"http://127.0.0.1:{ports[server]}" for name, (server, _) in ROUTES.items()
-            }
+            targets = {"bare": f"http://127.0.0.1:{bare_port}"}
+            for name, (server, _) in routes_measured.items():
+                if name in limits:
+                    targets[limits[name][0]] = f"http://127.0.0.1:{limit_port}"
+                targets[name] = f"http://127.0.0.1:{ports[server]}"
             results: dict[str, list[float]] = {name: [] for name in targets}
             failures: dict[str, int] = dict.fromkeys(targets, 0)
             hit_ratio: dict[str, list[float]] = {n: [] for n in targets if n.startswith("cached")}
@@ -492,7 +526,7 @@ def main() -> None:
                         # too, and left running it would slow the next routes on this core.
                         drained = wait_for_relay(url)
                         rps = rps * seconds / (seconds + drained)
-                    if name.startswith("place order"):
+                    if name.startswith("place order") or "limit" in name:
                         # Thousands of new rows: let the next route meet tables in order, not
                         # PostgreSQL's autovacuum catching up on this run's writes.
                         settle(url)
@@ -505,8 +539,10 @@ def main() -> None:
                     if round_:
                         results[name].append(rps)
                         failures[name] += bad
-            say(f"checkout of a one-line cart beside POST /orders, {args.seconds} s each")
-            checkouts, orders_rate = checkout_and_order_rates(shop_url, tokens, args.seconds)
+            checkouts = orders_rate = None
+            if not args.only:
+                say(f"checkout of a one-line cart beside POST /orders, {args.seconds} s each")
+                checkouts, orders_rate = checkout_and_order_rates(shop_url, tokens, args.seconds)
     finally:
         for process in servers:
             process.terminate()
@@ -520,7 +556,7 @@ def main() -> None:
     bare_rps = statistics.median(results["bare"])
     routes: dict[str, dict[str, Any]] = {}
     report = {
-        "command": "make bench",
+        "command": "make bench" + "".join(f' --only "{name}"' for name in args.only or []),
         "seconds": args.seconds,
         "rounds": args.rounds,
         "connections": args.connections,
@@ -533,7 +569,7 @@ def main() -> None:
     )
     print(f"{'bare FastAPI':28} {bare_rps:15.0f} {spread(results['bare']):>13} {'1.00':>14}")
     ok = True
-    for name, (_, target) in ROUTES.items():
+    for name, (_, target) in routes_measured.items():
         rps = statistics.median(results[name])
         ratio = paired(results[name], results["bare"])
         passed = (target is None or ratio >= target) and failures[name] == 0
@@ -562,26 +598,56 @@ def main() -> None:
             print(f"{'':28} cache hit ratio {routes[name]['hit_ratio']:.2f}")
     report["bare_rps"] = bare_rps
     report["bare_rounds"] = results["bare"]
-    queued = paired(results["place order, queue on"], results["place order"])
-    report["queue_on_vs_off"] = queued
-    report["checkout_per_s"] = checkouts
-    report["order_per_s_same_driver"] = orders_rate
-    print(
-        f"\nPOST /orders with the queue on / off: {queued:.2f}"
-        f"\ncheckout of a one-line cart: {checkouts:.0f}/s, POST /orders with the same driver: "
-        f"{orders_rate:.0f}/s (ratio {checkouts / orders_rate:.2f})"
-    )
-    # What recording metrics costs: the same read with them off, in the same rounds.
-    priced = paired(results["product by id"], results["product by id, metrics off"])
-    report["metrics_on_vs_off"] = priced
-    cost_ok = priced >= 0.95
-    ok &= cost_ok
-    print(
-        f"\nproduct by id with metrics / without: {priced:.2f} (target >= 0.95)  "
-        + ("ok" if cost_ok else "BELOW TARGET")
-    )
+    # Each order beside its limit: the same statements over a raw pipeline, same rounds.
+    for route, (limit, _) in limits.items():
+        of_limit = paired(results[route], results[limit])
+        limit_of_bare = paired(results[limit], results["bare"])
+        reached = of_limit >= LIMIT_TARGET and failures[limit] == 0
+        ok &= reached
+        key = route.replace(" ", "_").replace(",", "")
+        report[f"{key}_limit"] = {
+            "rps": statistics.median(results[limit]),
+            "rounds": results[limit],
+            "non_2xx": failures[limit],
+            "route_vs_limit": of_limit,
+            "limit_vs_bare": limit_of_bare,
+        }
+        route_text = "POST /orders" + (", queue on," if "queue" in route else "")
+        print(
+            f"\n{limit}: {statistics.median(results[limit]):.0f} req/s "
+            f"({spread(results[limit])})"
+            f"\n{route_text} / raw-pipeline limit: {of_limit:.2f} "
+            f"(target >= {LIMIT_TARGET:.2f})  "
+            + ("ok" if reached else "BELOW TARGET" if failures[limit] == 0 else "limit errors")
+            + f"\nlimit / bare: {limit_of_bare:.3f}"
+        )
+    if "place order, queue on" in routes_measured and "place order" in routes_measured:
+        queued = paired(results["place order, queue on"], results["place order"])
+        report["queue_on_vs_off"] = queued
+        print(f"\nPOST /orders with the queue on / off: {queued:.2f}")
+    if checkouts is not None and orders_rate is not None:
+        report["checkout_per_s"] = checkouts
+        report["order_per_s_same_driver"] = orders_rate
+        print(
+            f"checkout of a one-line cart: {checkouts:.0f}/s, POST /orders with the same "
+            f"driver: {orders_rate:.0f}/s (ratio {checkouts / orders_rate:.2f})"
+        )
+    if "product by id, metrics off" in routes_measured and "product by id" in routes_measured:
+        # What recording metrics costs: the same read with them off, in the same rounds.
+        priced = paired(results["product by id"], results["product by id, metrics off"])
+        report["metrics_on_vs_off"] = priced
+        cost_ok = priced >= 0.95
+        ok &= cost_ok
+        print(
+            f"\nproduct by id with metrics / without: {priced:.2f} (target >= 0.95)  "
+            + ("ok" if cost_ok else "BELOW TARGET")
+        )
     # What traces cost: the same read exported for 5% and for every request, against none.
     for share in ("5%", "100%"):
+        if f"product by id, traced {share}" not in routes_measured:
+            continue
+        if "product by id" not in routes_measured:
+            continue
         traced = paired(results[f"product by id, traced {share}"], results["product by id"])
         report[f"traced_{share.rstrip('%')}_vs_off"] = traced
         print(f"product by id traced at {share} / tracing off: {traced:.2f}")
