@@ -513,6 +513,43 @@ async def run(
         return cast(list[Mapping[str, Any]], await cursor.fetchall()) if returns_rows else []
 
 
+class Queued:
+    """A statement sent in the caller's transaction whose rows are read later: see `send`."""
+
+    __slots__ = ("_cursor", "_rows")
+
+    def __init__(self, cursor: Any, rows: list[Mapping[str, Any]] | None) -> None:
+        self._cursor = cursor
+        self._rows = rows
+
+    async def rows(self) -> list[Mapping[str, Any]]:
+        """Its rows; in a pipelined block, a round trip only if none has happened since it
+        was sent. Read them before the block ends."""
+        if self._rows is None:
+            with timed("db"):
+                self._rows = cast(list[Mapping[str, Any]], await self._cursor.fetchall())
+        return self._rows
+
+
+async def send(
+    conn: AsyncConnection, stmt: Executable, params: Mapping[str, Any] | None = None
+) -> Queued:
+    """Send a row-returning statement constant in the caller's transaction without waiting for
+    its rows. In a pipelined block they arrive with the next round trip another statement
+    needs, so a read that nothing waits on costs no round trip of its own. Elsewhere (not
+    PostgreSQL) it runs at once."""
+    if conn.dialect.name != "postgresql":
+        return Queued(None, await run(conn, stmt, params))
+    sql, defaults, _ = _compile(stmt, conn.dialect)
+    driver = _driver(conn)
+    cursor = driver.cursor(row_factory=dict_row)
+    with timed("db"):
+        await cursor.execute(
+            sql, _adapt(params or {}, defaults), prepare=driver.prepare_threshold is not None
+        )
+    return Queued(cursor, None)
+
+
 async def run_many(
     conn: AsyncConnection, stmt: Executable, rows: Sequence[Mapping[str, Any]]
 ) -> None:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.core.db import Database
+from app.core.db import Database, Queued, send
 from app.core.errors import Conflict, InvalidRequest, NotFound, TooManyRequests, Unauthenticated
 from app.core.models import utcnow
 from app.core.ratelimit import Budget, RateLimit
@@ -21,6 +22,7 @@ from app.customers.schemas import CustomerRead, SignUp, TokenRead
 _READ = select(Customer.id, Customer.email, Customer.full_name, Customer.role, Customer.created_at)
 # A constant, so that the fast read path compiles it once, not once per request.
 _READ_BY_ID = _READ.where(Customer.id == bindparam("customer_id"))
+_EMAIL = select(Customer.email).where(Customer.id == bindparam("customer_id"))
 
 
 async def sign_up(
@@ -177,6 +179,12 @@ async def get_customer(db: Database, *, customer_id: int) -> CustomerRead:
     if row is None:
         raise NotFound("customer", customer_id)
     return CustomerRead.model_validate(row)
+
+
+async def send_email_read(conn: AsyncConnection, *, customer_id: int) -> Queued:
+    """Queue the read of an account's e-mail address in the caller's transaction (pipelined
+    blocks included; see `send`): its one row has the column `email`, none if no account."""
+    return await send(conn, _EMAIL, {"customer_id": customer_id})
 
 
 async def set_role(db: Database, *, email: str, role: Role) -> CustomerRead:

@@ -126,22 +126,19 @@ async def _confirmation_of(db: Database, conn: AsyncConnection, order_id: int) -
 
 
 async def send_confirmation(
-    db: Database,
     mailer: Mailer,
     *,
     order_id: int,
-    customer_id: int,
+    email: str,
     lines: list[tuple[str, int, int]],
     total_cents: int,
 ) -> None:
-    """In-request mode: send a just-placed order's confirmation after its commit (one read:
-    the customer's address). A failure is logged, not raised: the order stands."""
+    """In-request mode: send a just-placed order's confirmation after its commit (the
+    customer's address was read in the placing transaction). A failure is logged, not raised:
+    the order stands."""
     try:
-        customer = await customers.get_customer(db, customer_id=customer_id)
         await mailer.send(
-            confirmation(
-                order_id=order_id, email=customer.email, lines=lines, total_cents=total_cents
-            )
+            confirmation(order_id=order_id, email=email, lines=lines, total_cents=total_cents)
         )
     except Exception as exc:
         log.warning("confirmation of order %s not sent: %s", order_id, exc)

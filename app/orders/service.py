@@ -21,6 +21,7 @@ from app.core.mail import Mailer
 from app.core.models import UtcDateTime, utcnow
 from app.core.outbox import Event, Relay
 from app.core.security import Principal
+from app.customers import service as customers
 from app.delivery import service as delivery
 from app.delivery.schemas import ShipmentRead
 from app.orders import flows
@@ -275,7 +276,15 @@ async def place_order(
             )
             if replay is not None:
                 return replay
+        # Read with the stock's round trip, not one of its own after the commit.
+        email_read = (
+            await customers.send_email_read(conn, customer_id=customer_id)
+            if relay is None and mailer is not None
+            else None
+        )
         items = await catalog.reserve_stock(conn, lines=dict(pairs))
+        found = await email_read.rows() if email_read is not None else []
+        email: str | None = found[0]["email"] if found else None
         totals = price(
             [item.unit_price_cents * item.quantity for item in items], tax_rate_bp=tax_rate_bp
         )
@@ -342,12 +351,11 @@ async def place_order(
             )
     if relay is not None and event is not None:
         relay.publish_soon([event])
-    elif mailer is not None:
+    elif mailer is not None and email is not None:
         await flows.send_confirmation(
-            db,
             mailer,
             order_id=order_id,
-            customer_id=customer_id,
+            email=email,
             lines=[(line.name, line.quantity, line.line_total_cents) for line in lines],
             total_cents=totals.total_cents,
         )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
 from httpx import AsyncClient
 
 from app.core.deps import Resources
@@ -201,3 +203,24 @@ async def test_my_orders_are_listed_newest_first_a_page_at_a_time(
     assert first["next_offset"] == 3
     assert [o["id"] for o in second["items"]] == ids[::-1][3:]
     assert second["next_offset"] is None
+
+
+async def test_a_placed_order_is_confirmed_to_the_customers_address(
+    client: AsyncClient, resources: Resources, alice: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    mug = await make_product(resources, name="Blue mug", price_cents=1250, initial_stock=5)
+
+    with caplog.at_level(logging.INFO, logger="shop.mail"):
+        response = await client.post(
+            "/orders",
+            headers=alice.headers,
+            json={"lines": [{"product_id": mug.id, "quantity": 2}]},
+        )
+
+    assert response.status_code == 201
+    order_id = response.json()["id"]
+    mails = [r.getMessage() for r in caplog.records if r.name == "shop.mail"]
+    assert len(mails) == 1
+    assert mails[0].startswith(f"mail to {alice.email}: Your order #{order_id}")
+    assert "2 x Blue mug: 25.00" in mails[0]
+    assert "Total (tax included): 30.00" in mails[0]
