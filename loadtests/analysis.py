@@ -178,6 +178,13 @@ def bottleneck(
     return Bottleneck(name, share, f"{figure}; {signals}" if signals else figure)
 
 
+def steps_are_a_day(result: Mapping[str, Any]) -> bool:
+    """Whether a result's `steps` are a day's slices (a deployed stage 6 run on its daily
+    curve) rather than a ramp's steps (every local stage: stage 6's day is its probe, apart)."""
+    shape = result.get("steps_shape")
+    return shape == "daily" if shape is not None else bool(result.get("daily"))
+
+
 def heavier(steps: Sequence[Mapping[str, Any]], at: int | None) -> int | None:
     """The least loaded step with more users than step `at` (all steps when None): the next
     step of a ramp, the next busier slice of a daily curve."""

@@ -561,6 +561,7 @@ def evidence(
             {**step, **step_evidence(topology, v)} for step, v in zip(steps, per_step, strict=True)
         ],
         "invariants": invariants,
+        "steps_shape": "daily" if daily else "step",
         "daily": curve,
         "missing": None,
         "p95_objective_ms": p95_objective_ms,

@@ -7,6 +7,8 @@ reads and 30 % writes, with the shop's invariants checked at the end of every ru
 
 Knobs (environment): `SHOP_LOAD_SHAPE` (step, daily, spike; unset: -u/-r/-t), the shapes' own
 knobs (loadtests/shapes.py), `SHOP_LOAD_THINK_S` (mean think time, default 1.0),
+`SHOP_LOAD_POPULARITY` (which products are picked: the default skew, `uniform` or `zipf:S`),
+`SHOP_LOAD_MIX` (unset: the talk's mix; `orders`: buyers who only place orders),
 `SHOP_LOAD_ADMIN_EMAIL`/`SHOP_LOAD_ADMIN_PASSWORD` (the admin who restocks and checks the
 invariants), `SHOP_LOAD_P95_MS` (the latency objective, default 500), and the outputs
 `SHOP_LOAD_STEPS_OUT` (one JSON line per measured step) and `SHOP_LOAD_INVARIANTS_OUT`; for the
@@ -46,6 +48,8 @@ log = logging.getLogger("shop.load")
 try:
     THINK_S = shapes._env_number("SHOP_LOAD_THINK_S", 1.0, minimum=0.0)
     P95_OBJECTIVE_MS = shapes._env_number("SHOP_LOAD_P95_MS", 500.0, minimum=1.0)
+    POPULARITY = shapes.popularity(os.environ.get("SHOP_LOAD_POPULARITY"))
+    MIX = shapes.mix(os.environ.get("SHOP_LOAD_MIX"))
     _shape_class = shapes.chosen(os.environ.get("SHOP_LOAD_SHAPE"))
     if _shape_class is not None:
         _shape_class()  # its knobs checked now, with this message, not in Locust's loader
@@ -75,6 +79,7 @@ class Catalog:
     server-rendered storefront answers. Read once per test at its start."""
 
     product_ids: list[int] = []  # noqa: RUF012 - process-wide, filled at test start
+    zipf_weights: list[float] = []  # noqa: RUF012 - cumulative, filled at test start
     storefront = False
 
     @classmethod
@@ -96,13 +101,22 @@ class Catalog:
         if not ids:
             raise RuntimeError(f"{host} has no products: seed it first (shop seed --products N)")
         cls.product_ids = ids
+        if POPULARITY.kind == "zipf":
+            cls.zipf_weights = POPULARITY.cumulative_weights(len(ids))
 
     @classmethod
     def pick(cls) -> int:
-        """A product id, with a shop's skew: half the picks among the 20 best sellers, 30 %
-        among the rest of the hottest fifth of the catalog, 20 % anywhere. Hot, repeated reads
-        are what a cache (stage 5) is for."""
-        ids, draw = cls.product_ids, random.random()
+        """A product id, by `SHOP_LOAD_POPULARITY`. The default, a shop's skew: half the picks
+        among the 20 best sellers, 30 % among the rest of the hottest fifth of the catalog,
+        20 % anywhere (hot, repeated reads are what a cache is for); `uniform`: any product
+        alike; `zipf:S`: the product of rank k with a weight of 1/k^S (the catalog's order is
+        its rank)."""
+        ids = cls.product_ids
+        if POPULARITY.kind == "uniform":
+            return random.choice(ids)
+        if POPULARITY.kind == "zipf":
+            return random.choices(ids, cum_weights=cls.zipf_weights)[0]
+        draw = random.random()
         if draw < 0.5:
             return random.choice(ids[: min(20, len(ids))])
         if draw < 0.8:
@@ -242,6 +256,7 @@ class Visitor(FastHttpUser):
     and their static files when the shop has a storefront."""
 
     weight = 2
+    abstract = MIX == "orders"
     wait_time = _think()
 
     def on_start(self) -> None:
@@ -289,11 +304,11 @@ class Visitor(FastHttpUser):
                 self.client.get(link, name="/static/[file]")
 
 
-class Customer(FastHttpUser):
-    """Signs up and in, fills a cart and checks it out, places orders directly, reads its
-    orders and their tracking, and sometimes cancels one."""
+class Shopper(FastHttpUser):
+    """What a customer and a buyer share: an account of its own, signed in, and placing an
+    order (counted for the invariants, sent again at test stop if unanswered)."""
 
-    weight = 3  # with the visitors: about 70 % reads, 30 % writes
+    abstract = True
     wait_time = _think()
 
     def on_start(self) -> None:
@@ -352,6 +367,19 @@ class Customer(FastHttpUser):
             _acknowledged(order_id, headers)
             self.orders.append(order_id)
 
+    def _place_order(self) -> None:
+        if not self._sign_in():
+            return
+        self._order("/orders", {"lines": self._lines()}, {"Idempotency-Key": uuid.uuid4().hex})
+
+
+class Customer(Shopper):
+    """Signs up and in, fills a cart and checks it out, places orders directly, reads its
+    orders and their tracking, and sometimes cancels one."""
+
+    weight = 3  # with the visitors: about 70 % reads, 30 % writes
+    abstract = MIX == "orders"
+
     @task(3)
     def open_product(self) -> None:
         self.client.get(f"/products/{Catalog.pick()}", name="/products/[id]")
@@ -383,9 +411,7 @@ class Customer(FastHttpUser):
 
     @task(3)
     def place_order(self) -> None:
-        if not self._sign_in():
-            return
-        self._order("/orders", {"lines": self._lines()}, {"Idempotency-Key": uuid.uuid4().hex})
+        self._place_order()
 
     @task(2)
     def my_orders(self) -> None:
@@ -424,6 +450,18 @@ class Customer(FastHttpUser):
         ) as response:
             # 409: already shipped (or cancelled), as the API documents.
             _expect(response, (200,), (409,))
+
+
+class Buyer(Shopper):
+    """Only places orders, one after another with the same think time: the write-heavy mix
+    (`SHOP_LOAD_MIX=orders`, with the admin who restocks), which loads the write primary
+    with the talk's last bottleneck. Absent from the default mix."""
+
+    abstract = MIX != "orders"
+
+    @task
+    def place_order(self) -> None:
+        self._place_order()
 
 
 class Admin(FastHttpUser):

@@ -92,9 +92,15 @@ def demands(result: Mapping[str, Any]) -> dict[str, Demand]:
     at = analysis.knee(steps, p95_ms=float(result.get("p95_objective_ms") or 500.0))
     if at is None:
         return {}
+    return fit(steps[: at + 1])
+
+
+def fit(steps: Sequence[Mapping[str, Any]], rate: str = "rps") -> dict[str, Demand]:
+    """Each component's CPU seconds per unit of `rate` (a step's requests/s by default), by
+    least squares through the origin over `steps`."""
     sums: dict[str, list[float]] = {}
-    for step in steps[: at + 1]:
-        rps = float(step.get("rps") or 0.0)
+    for step in steps:
+        rps = float(step.get(rate) or 0.0)
         if rps <= 0:
             continue
         for name, used in (step.get("cpu") or {}).items():
@@ -209,7 +215,7 @@ def model_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
     """The report's "model" section: demands, predicted capacity, measured peak, error."""
     rows, daily = [], []
     for result in results:
-        if result.get("daily"):
+        if analysis.steps_are_a_day(result):
             daily.append(f"{result['stage']} ({result['name']})")
             continue  # a day's curve, not a ramp: its slices mix fleet sizes and warm-ups
         prediction = predict(result)
@@ -304,3 +310,134 @@ def projection_section(
         *rows,
         "",
     ]
+
+
+@dataclass(frozen=True)
+class WriteLimit:
+    """Stage 7's write-heavy ramp: orders placed per second at its knee, what limited it here,
+    and each component's CPU per order carried to the stack's largest size (predicted)."""
+
+    knee_orders: float
+    knee_users: int
+    knee_p95_ms: float
+    bottleneck: analysis.Bottleneck
+    per_order: dict[str, Demand]
+    here: dict[str, float]
+    """Orders/s each budgeted component could place here: its budget over its CPU per order."""
+    aws: dict[str, float]
+    """Orders/s each scaled component could place at the stack's largest size on AWS."""
+
+
+def write_limit(
+    result: Mapping[str, Any],
+    aws: Mapping[str, Any] | None,
+    assumptions: Assumptions = Assumptions(),
+) -> WriteLimit | None:
+    """The write-heavy ramp of a result (`write_heavy`), fitted per order placed; None when it
+    did not run or found no knee."""
+    steps: Sequence[Mapping[str, Any]] = result.get("write_heavy") or []
+    objective = float(result.get("p95_objective_ms") or 500.0)
+    at = analysis.knee(steps, p95_ms=objective)
+    if at is None:
+        return None
+    orders = [
+        {**step, "orders": float((step.get("signals") or {}).get("orders_per_s") or 0.0)}
+        for step in steps
+    ]
+    per_order = fit(orders[: at + 1], rate="orders")
+    if not per_order:
+        return None
+    budgets = _largest_budgets({"budgets": result.get("budgets"), "steps": steps})
+    here = {
+        name: round(cpus / per_order[name].seconds, 1)
+        for name, cpus in budgets.items()
+        if name in per_order and per_order[name].seconds > 0 and name not in STAND_INS
+    }
+    vcpus: dict[str, float] = {}
+    if aws is not None:
+        workers = aws["workers"]["max"] if aws.get("workers") else None
+        vcpus = aws_vcpus(dict(aws), web=aws["web"]["max"], workers=workers)
+    past = analysis.heavier(steps, at)
+    return WriteLimit(
+        knee_orders=orders[at]["orders"],
+        knee_users=int(steps[at]["users"]),
+        knee_p95_ms=float(steps[at]["p95_ms"]),
+        bottleneck=analysis.bottleneck(
+            steps[at], result.get("budgets") or {}, beyond=steps[past] if past is not None else None
+        ),
+        per_order=per_order,
+        here=here,
+        aws={
+            name: round(vcpus[name] * assumptions.speed / per_order[name].seconds, 1)
+            for name in vcpus
+            if name in per_order and per_order[name].seconds > 0
+        },
+    )
+
+
+def write_heavy_section(
+    results: Sequence[Mapping[str, Any]],
+    sizes: Mapping[int, Mapping[str, Any]],
+    assumptions: Assumptions = Assumptions(),
+) -> list[str]:
+    """The report's section on stage 7's write-heavy ramp: where the write primary saturates."""
+    result = next((r for r in results if r.get("write_heavy")), None)
+    if result is None:
+        return []
+    stage = int(result["stage"])
+    found = write_limit(result, sizes.get(stage), assumptions)
+    title = f"## Stage {stage}: where the single write primary saturates"
+    if found is None:
+        return [title, "", "The write-heavy ramp found no step within the objective.", ""]
+    shown = ", ".join(
+        f"{name} {found.per_order[name].seconds * 1000:.2f}"
+        for name in sorted(found.per_order, key=lambda n: -found.per_order[n].seconds)
+        if name not in STAND_INS and name != "loadgen"
+    )
+    primary_here = found.here.get("postgres")
+    lines = [
+        title,
+        "",
+        "A ramp of buyers who only place orders (products picked uniformly, so that the best "
+        "sellers do not sell out; the admin restocks), on the same topology after the fine "
+        f"passes. Its knee: **{found.knee_orders:.0f} orders/s** at {found.knee_users} users "
+        f"(p95 {found.knee_p95_ms:.0f} ms); what limited it: {found.bottleneck.component} "
+        f"({found.bottleneck.evidence}). CPU milliseconds per order placed, fitted on the steps "
+        f"up to the knee: {shown}.",
+        "",
+    ]
+    if primary_here is not None:
+        reached = found.knee_orders / primary_here
+        lines += [
+            f"Here the primary alone would place {primary_here:,.0f} orders/s (its budget over "
+            f"its CPU per order); the ramp reached {reached:.0%} of that before "
+            f"{found.bottleneck.component} stopped it"
+            + (
+                ": the primary's saturation is measured."
+                if found.bottleneck.component == "postgres"
+                else ", so where the primary saturates is **predicted**, not measured."
+            ),
+            "",
+        ]
+    if found.aws:
+        limit = min(found.aws, key=lambda n: (found.aws[n], n))
+        rows = [
+            f"| {name} | {found.aws[name]:,.0f} |"
+            for name in sorted(found.aws, key=lambda n: (found.aws[n], n))
+        ]
+        lines += [
+            "**Predicted** at the stack's largest size on AWS (the same per-order CPU on its "
+            f"vCPUs, speed factor {assumptions.speed:g}): {limit} limits orders first, at "
+            f"{found.aws[limit]:,.0f} orders/s"
+            + (
+                f"; the write primary alone saturates at {found.aws['postgres']:,.0f}."
+                if "postgres" in found.aws and limit != "postgres"
+                else "."
+            ),
+            "",
+            "| component | orders/s it could place on AWS (predicted) |",
+            "|---|---:|",
+            *rows,
+            "",
+        ]
+    return lines

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtests import analysis, model
+from loadtests import analysis, model, shapes
 from loadtests.ladder import sizes
 
 PREDICTED_BOTTLENECK: dict[int, str] = {
@@ -98,11 +98,10 @@ def _figure(value: float | None, pattern: str) -> str:
 
 def story(summaries: Sequence[analysis.StageSummary]) -> list[str]:
     """Whether the figures tell the talk's story, in plain sentences: the knee rises from each
-    stage to the next (stage 6, a daily curve, has none), and each stage's bottleneck is the
-    one STAGES.md predicts."""
+    stage to the next, and each stage's bottleneck is the one STAGES.md predicts."""
     by_stage = {s.stage: s for s in summaries}
     lines = []
-    ladder = [by_stage[n] for n in (1, 2, 3, 4, 5, 7) if n in by_stage]
+    ladder = [by_stage[n] for n in sorted(by_stage)]
     for lower, upper in itertools.pairwise(ladder):
         lines.append(_rise(lower, upper))
     for summary in summaries:
@@ -230,6 +229,40 @@ def routes_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
 
 
+def popularity_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Stage 5's probe: the knee's users held steady under three popularities."""
+    found = next((r for r in results if r.get("popularity")), None)
+    if found is None:
+        return []
+    budgets = found.get("budgets") or {}
+    rows = []
+    for step in found["popularity"]:
+        signals = step.get("signals") or {}
+        app = analysis.utilisations(step, budgets).get("app")
+        rows.append(
+            f"| {step['popularity']} | {float(step['rps']):.0f} | {float(step['p95_ms']):.0f} "
+            f"| {_figure(signals.get('cache_hit_ratio'), '{:.0%}')} "
+            f"| {_figure(signals.get('cdn_offload'), '{:.0%}')} "
+            f"| {_figure(app, '{:.0%}')} | {analysis.error_ratio(step):.1%} |"
+        )
+    users = int(found["popularity"][0]["users"])
+    return [
+        f"## Stage {found['stage']}: the cache and the CDN under three popularities",
+        "",
+        f"The knee's {users} users held steady once under each popularity of the products "
+        "they open: the suite's own skew (half the picks among the 20 best sellers, 30 % among "
+        "the hottest fifth, 20 % anywhere), uniform over the catalog, and Zipf (the product of "
+        f"rank k weighs 1/k^s, s = {shapes.ZIPF_EXPONENT:g}). Cache hits: the app's look-ups "
+        "that its cache answered; CDN offload: the suite's requests that never reached the app.",
+        "",
+        "| popularity | requests/s | p95 (ms) | cache hits | CDN offload | app CPU of budget "
+        "| errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+
+
 def _fleet(day: Sequence[Mapping[str, Any]], objective: float) -> dict[str, float]:
     """Instance-seconds, requests and the slices over the objective of one day's slices."""
     seconds = [float(p.get("seconds") or 0.0) for p in day]
@@ -265,12 +298,22 @@ def daily_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
         if peak_sized
         else ""
     )
+    users = int(found.get("daily_peak_users") or 0)
+    steps = found.get("steps") or []
+    at = analysis.knee(steps, p95_ms=objective)
+    knee_users = int(steps[at]["users"]) if at is not None else 0
+    peak = (
+        f", peaking at {users} users ({users / knee_users:.0%} of the {knee_users} users at "
+        "the autoscaled ramp's knee),"
+        if users and knee_users and not analysis.steps_are_a_day(found)
+        else ""
+    )
     lines = [
         "## Stage 6: the same day, autoscaled and on a fixed fleet",
         "",
-        "The compressed day run twice on the same topology: once with the local autoscaler, "
-        "once on the fixed fleet of stage 5 (the stack's minimum). Instance-seconds are app "
-        f"processes times seconds.{saved}",
+        f"The compressed day{peak} run twice on the same topology after the ramp: once with "
+        "the local autoscaler, from the fleet's minimum, once on the fixed fleet of stage 5 "
+        f"(the stack's minimum). Instance-seconds are app processes times seconds.{saved}",
         "",
         "| fleet | instance-seconds | requests served | slices with p95 over "
         f"{objective:g} ms | worst slice p95 (ms) |",
@@ -302,10 +345,14 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
         "one factor, loadtests/ladder/sizes.py), so knees are compared at the stack's size: "
         "the knee over that factor, what the same proportions would carry on the stack's "
         "minimum size if a vCPU there did the work of a CPU here (CPU alone: the load "
-        "balancer's and the CDN's stand-ins are not scaled). "
+        "balancer's and the CDN's stand-ins are not scaled; at an autoscaled stage, with the "
+        "app instances its fleet had grown to at the knee, up to the largest slice that fits "
+        "here). "
         "AWS $/hour: the stage's stack at its minimum size (infra/cost.py). Where passes of "
         "half steps were run around a ramp's knee, the knee column adds their median and range, "
-        "and a knee is said to rise only when the ranges do not overlap.",
+        "and a knee is said to rise only when the ranges do not overlap. The load is a closed "
+        "model (each user waits for its answer, then thinks about 1 s): past a knee the "
+        "offered load falls as answers slow, so a p95 there is a lower bound.",
         "",
         table(summaries),
         "",
@@ -329,8 +376,10 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
             "",
         ]
     parts += routes_section(results)
+    parts += popularity_section(results)
     parts += daily_section(results)
     parts += model.model_section(results)
+    parts += model.write_heavy_section(results, sizes.load())
     parts += model.projection_section(results, sizes.load())
     parts += provenance_section(results)
     titles = {
@@ -394,7 +443,7 @@ def _plot_throughput(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
         objective = float(result.get("p95_objective_ms") or 500.0)
         users = [int(step["users"]) for step in steps]
         # A day's slices go up and down in users: points, not a line through them.
-        style = "none" if result.get("daily") else "-"
+        style = "none" if analysis.steps_are_a_day(result) else "-"
         axis.plot(
             users, [float(s["rps"]) for s in steps], marker="o", color="tab:blue", linestyle=style
         )

@@ -238,3 +238,58 @@ def chosen(name: str | None) -> type[MeasuredShape] | None:
             f"SHOP_LOAD_SHAPE={name!r} is not a shape: use one of {', '.join(SHAPES)} "
             "(or leave it unset to use -u/-r/-t)"
         ) from None
+
+
+@dataclass(frozen=True)
+class Popularity:
+    """Which products the suite picks (`SHOP_LOAD_POPULARITY`): `skew` (the default: half the
+    picks among the 20 best sellers, 30 % among the hottest fifth, 20 % anywhere), `uniform`,
+    or `zipf` with its exponent (the product of rank k weighs 1/k^exponent)."""
+
+    kind: str
+    exponent: float = 0.0
+
+    def __str__(self) -> str:
+        return f"zipf:{self.exponent:g}" if self.kind == "zipf" else self.kind
+
+    def cumulative_weights(self, products: int) -> list[float]:
+        """Zipf's cumulative weights over `products` ranks (for `random.choices`)."""
+        weights = (1 / rank**self.exponent for rank in range(1, products + 1))
+        return list(itertools.accumulate(weights))
+
+
+ZIPF_EXPONENT = 1.0
+"""The exponent `zipf` alone means: the classic law of popularity (rank k weighs 1/k)."""
+
+
+def popularity(text: str | None) -> Popularity:
+    """`SHOP_LOAD_POPULARITY` as a Popularity; ValueError naming what is accepted."""
+    raw = (text or "").strip().lower()
+    if raw in ("", "skew"):
+        return Popularity("skew")
+    if raw == "uniform":
+        return Popularity("uniform")
+    kind, _, exponent = raw.partition(":")
+    if kind == "zipf":
+        try:
+            value = float(exponent) if exponent else ZIPF_EXPONENT
+        except ValueError:
+            value = -1.0
+        if math.isfinite(value) and 0 < value <= 5:
+            return Popularity("zipf", value)
+    raise ValueError(
+        f"SHOP_LOAD_POPULARITY={text!r} is not a popularity: use skew, uniform or zipf:S "
+        "with 0 < S <= 5 (for example zipf:1.0)"
+    )
+
+
+MIXES = ("talk", "orders")
+
+
+def mix(text: str | None) -> str:
+    """`SHOP_LOAD_MIX`: `talk` (the default: visitors, customers and the admin, about 70 %
+    reads) or `orders` (buyers who only place orders, and the admin); ValueError otherwise."""
+    raw = (text or "").strip().lower() or "talk"
+    if raw not in MIXES:
+        raise ValueError(f"SHOP_LOAD_MIX={text!r} is not a mix: use one of {', '.join(MIXES)}")
+    return raw

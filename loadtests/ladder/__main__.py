@@ -47,9 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fine-step-s", type=float, default=15, help="seconds per fine step (15)")
     parser.add_argument("--p95-ms", type=float, default=500, help="latency objective (500)")
     parser.add_argument("--warmup-s", type=float, default=10, help="discarded warm-up (10)")
-    parser.add_argument("--daily-s", type=float, default=180, help="stage 6's day, seconds (180)")
+    parser.add_argument("--daily-s", type=float, default=150, help="stage 6's day, seconds (150)")
     parser.add_argument(
-        "--daily-peak-users", type=int, default=200, help="stage 6's busiest hour, users (200)"
+        "--daily-peak-users",
+        type=int,
+        default=0,
+        help="stage 6's busiest hour, users (default: 80 %% of the users at its ramp's knee)",
+    )
+    parser.add_argument(
+        "--probe-s", type=float, default=20, help="stage 5's steady passes, seconds each (20)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "ladder-results")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "ladder")
@@ -73,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.fine_passes < 0 or args.fine_steps < 1:
         parser.error("--fine-passes must be 0 or more and --fine-steps at least 1")
-    for name in ("step_s", "warmup_s", "daily_s", "p95_ms", "fine_step_s"):
+    for name in ("step_s", "warmup_s", "daily_s", "p95_ms", "fine_step_s", "probe_s"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.steps < 1 or args.step_users < 1 or args.daily_peak_users < 1:
-        parser.error("--steps, --step-users and --daily-peak-users must be at least 1")
+    if args.steps < 1 or args.step_users < 1:
+        parser.error("--steps and --step-users must be at least 1")
+    if args.daily_peak_users < 0:
+        parser.error("--daily-peak-users must be 0 (from the knee) or more")
     if args.stop_after_missed < 0:
         parser.error("--stop-after-missed must be 0 or more")
     if not args.locustfile.is_file():
@@ -95,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         fine_passes=args.fine_passes,
         fine_steps=args.fine_steps,
         fine_step_s=args.fine_step_s,
+        probe_s=args.probe_s,
     )
     signal.signal(signal.SIGTERM, _interrupted)
     began = time.monotonic()

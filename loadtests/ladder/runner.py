@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from loadtests import analysis
+from loadtests import analysis, shapes
 from loadtests.ladder.cgroups import Budgets, CpuSampler, cpu_per_component
 from loadtests.ladder.components import ROOT, Topology, jwt_secret
 from loadtests.ladder.provenance import provenance
@@ -49,9 +49,9 @@ class Load:
     spawn_rate: int = 50
     p95_ms: float = 500
     warmup_s: float = 10
-    daily_s: float = 180
+    daily_s: float = 150
     daily_peak_users: int = 0
-    """0: as many users as the step ramp's last step."""
+    """0: DAY_PEAK_OF_KNEE of the autoscaled ramp's knee (stage 6)."""
     locustfile: Path = LOCUSTFILE
     products: int = PRODUCTS
     """Products seeded before the run."""
@@ -62,6 +62,12 @@ class Load:
     spread of the knee across them is the run's repeatability); 0: none."""
     fine_steps: int = 5
     fine_step_s: float = 15
+    probe_s: float = 20
+    """Seconds each steady pass of a stage's popularity probe holds (stage 5)."""
+    popularity: str = ""
+    """SHOP_LOAD_POPULARITY of the suite (empty: its default skew)."""
+    mix: str = ""
+    """SHOP_LOAD_MIX of the suite (empty: the talk's mix)."""
 
     def fine(self, knee_users: int) -> Load:
         """One fine pass: half steps from two below the knee's users, held longer, never cut
@@ -87,10 +93,24 @@ class Load:
             "SHOP_LOAD_SPAWN_RATE": str(self.spawn_rate),
             "SHOP_LOAD_DAILY_PEAK_USERS": str(
                 self.daily_peak_users or self.step_users * self.steps
-            ),
+            ),  # the runner sets the peak from the knee before it runs a day
             "SHOP_LOAD_DAILY_S": str(self.daily_s),
             "SHOP_LOAD_P95_MS": str(self.p95_ms),
+            "SHOP_LOAD_POPULARITY": self.popularity,
+            "SHOP_LOAD_MIX": self.mix,
         }
+
+    def steady(self, users: int, seconds: float) -> Load:
+        """One step of `users`, held `seconds`, never cut short."""
+        return replace(
+            self, start_users=users, step_users=users, steps=1, step_s=seconds,
+            stop_after_missed=0,
+        )  # fmt: skip
+
+    def writes(self) -> Load:
+        """Stage 7's write-heavy ramp: buyers who only place orders, on products picked
+        uniformly (so that the few best sellers do not sell out and answer 409)."""
+        return replace(self, mix="orders", popularity="uniform", start_users=0)
 
 
 def say(message: str) -> None:
@@ -273,6 +293,12 @@ class Autoscaler:
             self._remove()
         time.sleep(3)  # the processes taken out finish their requests and stop
 
+    def resume(self) -> None:
+        """Scale again, judging only CPU used from now on (the window before this may hold a
+        larger fleet's work, which would read as a busy small fleet)."""
+        self._last_change = time.time()
+        self.enabled = True
+
     def mean_count(self, start: float, end: float) -> float:
         """App processes running between `start` and `end`, on average over the time."""
         if end <= start:
@@ -353,6 +379,10 @@ def build(stage: Stage, topology: Topology, budgets: Budgets, *, products: int =
     for process in topology.processes:
         budgets.add(process.group, process.pid)
 
+
+DAY_PEAK_OF_KNEE = 0.8
+"""Stage 6's day peaks at this share of the users at the autoscaled ramp's knee: within what
+the largest fleet carries, beyond what the minimum fleet does (so the day can show both)."""
 
 LOADGEN = "loadgen"
 """The load generator's component name in a step's `cpu` (outside the system under test)."""
@@ -464,6 +494,7 @@ class _Pass:
                     fulfilment_samples=self.sampler.fulfilment,
                     cache=stage.cache,
                     throttling_samples=self.cpu.throttling,
+                    cdn=stage.cdn,
                 )
                 if scaler is not None:
                     # The fleet's size changed during the run: a slice's CPU is judged against
@@ -513,7 +544,6 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
         stack.callback(_stop_locust, warm)
         warm.wait(load.warmup_s + 60)
 
-        shape = stage.shape
         scaler = None
         if stage.max_app_processes:
             scaler = Autoscaler(topology, budgets, stage, cpu)
@@ -524,31 +554,63 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
         started = time.time()
         thread.start()
         run = _Pass(stage, topology, budgets, cpu, sampler, scaler, stack)
-        merged, invariants = run.measure(load, shape, folder)
+        # Every stage is a step ramp (stage 6's with the autoscaler on), so that every stage
+        # has a knee and a fitted model.
+        merged, invariants = run.measure(load, "step", folder)
         fine: list[list[dict[str, Any]]] = []
-        at = analysis.knee(merged, p95_ms=load.p95_ms) if shape == "step" else None
+        at = analysis.knee(merged, p95_ms=load.p95_ms)
         if load.fine_passes and at is not None:
             users = int(merged[at]["users"])
             for number in range(1, load.fine_passes + 1):
                 say(f"  fine pass {number}/{load.fine_passes} around {users} users")
-                steps, checked = run.measure(load.fine(users), shape, folder / f"fine-{number}")
+                steps, checked = run.measure(load.fine(users), "step", folder / f"fine-{number}")
                 fine.append(steps)
                 invariants = _both(invariants, checked)
+        popular: list[dict[str, Any]] = []
+        if stage.probe == "popularity" and at is not None:
+            # Stage 5's probe: the same users, held steady, under three popularities.
+            users = int(merged[at]["users"])
+            for kind in ("skew", "uniform", f"zipf:{shapes.ZIPF_EXPONENT:g}"):
+                say(f"  popularity {kind}: {users} users for {load.probe_s:.0f} s")
+                steady = replace(load.steady(users, load.probe_s), popularity=kind)
+                name = kind.replace(":", "-")
+                steps, checked = run.measure(steady, "step", folder / f"popularity-{name}")
+                invariants = _both(invariants, checked)
+                popular += [step | {"popularity": kind} for step in steps[:1]]
+        writes: list[dict[str, Any]] = []
+        if stage.probe == "write-heavy":
+            say("  write-heavy ramp: buyers who only place orders")
+            writes, checked = run.measure(load.writes(), "step", folder / "writes")
+            invariants = _both(invariants, checked)
+        daily: list[dict[str, Any]] = []
         fixed: list[dict[str, Any]] = []
-        if shape == "daily" and scaler is not None:
-            # The same day on the fixed fleet of stage 5 (the stack's minimum): what the
-            # autoscaler saves, and what a fleet that does not follow the curve costs in p95.
+        peak_users = 0
+        if stage.probe == "day" and scaler is not None and at is not None:
+            # Stage 6's probe: a day whose peak the largest fleet carries, run autoscaled from
+            # the minimum fleet, then again on the fixed fleet of stage 5 (the stack's
+            # minimum): what the autoscaler saves, and what a fleet that does not follow the
+            # curve costs in p95.
+            peak_users = load.daily_peak_users or max(
+                1, round(DAY_PEAK_OF_KNEE * int(merged[at]["users"]))
+            )
+            day = replace(load, daily_peak_users=peak_users)
+            scaler.fix(stage.app_processes)
+            scaler.resume()
+            say(f"  a compressed day peaking at {peak_users} users, autoscaled")
+            began = time.time()
+            steps, checked = run.measure(day, "daily", folder / "day")
+            invariants = _both(invariants, checked)
+            daily = _day(steps, began, scaler.count_at)
             say(f"  the same day on a fixed fleet of {stage.app_processes} app processes")
             scaler.fix(stage.app_processes)
             again = time.time()
-            steps, checked = run.measure(load, shape, folder / "fixed")
+            steps, checked = run.measure(day, "daily", folder / "fixed")
             invariants = _both(invariants, checked)
             fixed = _day(steps, again, lambda _at: stage.app_processes)
         ended = time.time()
         sampler.stop.set()
         thread.join(10)
         children_after = os.times()  # Locust has been waited for: its CPU time is in here
-        daily = _day(merged, started, scaler.count_at) if scaler and shape == "daily" else []
         peak_apps = max((n for _, n in scaler.instances), default=0) if scaler else 0
         result = {
             "stage": stage.number,
@@ -560,8 +622,12 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
             "steps": merged,
             "fine": fine,
             "invariants": invariants,
+            "steps_shape": "step",
             "daily": daily,
             "daily_fixed": fixed,
+            "daily_peak_users": peak_users,
+            "popularity": popular,
+            "write_heavy": writes,
             "missing": None if merged else f"the suite wrote no step (see {folder})",
             "p95_objective_ms": load.p95_ms,
             "loadgen_cpu": _loadgen_cpu(children_before, children_after, ended - started),

@@ -22,19 +22,25 @@ _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\S+)?$")
 """name{labels} value [timestamp]; label values may hold braces (route templates)."""
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
-COUNTERS = {
-    "request_s": ("shop_request_duration_seconds_sum", None),
-    "requests": ("shop_request_duration_seconds_count", None),
-    "db_s": ("shop_request_db_seconds_sum", None),
-    "pool_wait_s": ("shop_db_pool_wait_seconds_total", None),
-    "cache_hit": ("shop_cache_requests_total", ("result", "hit")),
-    "cache_miss": ("shop_cache_requests_total", ("result", "miss")),
-    "reads_primary": ("shop_db_reads_total", ("target", "primary")),
-    "reads_replica": ("shop_db_reads_total", ("target", "replica-*")),
-    "replica_skips": ("shop_db_replica_skips_total", None),
+COUNTERS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "request_s": ("shop_request_duration_seconds_sum", ()),
+    "requests": ("shop_request_duration_seconds_count", ()),
+    "scrapes": ("shop_request_duration_seconds_count", (("route", "/metrics"),)),
+    "orders_placed": (
+        "shop_request_duration_seconds_count",
+        (("route", "/orders"), ("method", "POST"), ("status", "201")),
+    ),
+    "db_s": ("shop_request_db_seconds_sum", ()),
+    "pool_wait_s": ("shop_db_pool_wait_seconds_total", ()),
+    "cache_hit": ("shop_cache_requests_total", (("result", "hit"),)),
+    "cache_miss": ("shop_cache_requests_total", (("result", "miss"),)),
+    "reads_primary": ("shop_db_reads_total", (("target", "primary"),)),
+    "reads_replica": ("shop_db_reads_total", (("target", "replica-*"),)),
+    "replica_skips": ("shop_db_replica_skips_total", ()),
 }
-"""What is read from each /metrics: a name for it, the metric, and an optional label filter
-(a value ending in * matches by prefix)."""
+"""What is read from each /metrics: a name for it, the metric, and the labels it must carry
+(a value ending in * matches by prefix). `scrapes` are the ladder's own reads of /metrics,
+taken out of the requests the app answered for the suite."""
 
 Metrics = dict[str, float]
 
@@ -49,12 +55,12 @@ def parse_metrics(text: str) -> Metrics:
         if not match:
             continue
         name, labels, value = match.group(1), match.group(3) or "", match.group(4)
-        for key, (metric, label) in COUNTERS.items():
+        for key, (metric, wanted) in COUNTERS.items():
             if name != metric:
                 continue
-            if label is not None:
-                value_of = dict(_LABEL.findall(labels)).get(label[0])
-                if not _matches(value_of, label[1]):
+            if wanted:
+                carried = dict(_LABEL.findall(labels))
+                if not all(_matches(carried.get(k), v) for k, v in wanted):
                     continue
             with contextlib.suppress(ValueError):
                 found[key] += float(value)
@@ -103,9 +109,20 @@ def signals_of(
     lag: float | None,
     depth: float | None,
     fulfilment: float | None = None,
+    seconds: float = 0.0,
+    suite_requests: float | None = None,
 ) -> dict[str, float | None]:
-    """The interface's `signals` of one step from its counter increases and gauges."""
+    """The interface's `signals` of one step from its counter increases and gauges.
+    `suite_requests`: what the load generator sent in the step, given when a CDN stands in
+    front of the app (its offload is the share the app never answered)."""
     db_share = pool_wait_ms = hit_ratio = replica_share = skipped = None
+    offload = orders = None
+    if deltas is not None:
+        answered = max(0.0, deltas["requests"] - deltas.get("scrapes", 0.0))
+        if suite_requests:
+            offload = round(max(0.0, 1 - answered / suite_requests), 4)
+        if seconds > 0:
+            orders = round(deltas.get("orders_placed", 0.0) / seconds, 3)
     if deltas is not None and deltas["requests"] > 0:
         if deltas["request_s"] > 0:
             db_share = round(min(1.0, deltas["db_s"] / deltas["request_s"]), 4)
@@ -126,6 +143,8 @@ def signals_of(
         "replica_skipped_share": skipped,
         "queue_depth": depth,
         "fulfilment_lag_s": fulfilment,
+        "cdn_offload": offload,
+        "orders_per_s": orders,
     }
 
 
@@ -140,6 +159,7 @@ def merge_step(
     cache: bool,
     fulfilment_samples: list[tuple[float, float]] | None = None,
     throttling_samples: list[tuple[float, dict[str, Throttling]]] | None = None,
+    cdn: bool = False,
 ) -> dict[str, Any]:
     """One suite step line plus `cpu` (CPUs per component over its window), `throttled` (the
     share of its quota periods each component was stopped in, and its stopped time per second)
@@ -162,5 +182,7 @@ def merge_step(
             lag=lag,
             depth=depth,
             fulfilment=fulfilment,
+            seconds=ended - started,
+            suite_requests=float(step.get("requests") or 0) if cdn else None,
         ),
     }

@@ -19,6 +19,16 @@ from dataclasses import dataclass, field
 
 from loadtests.ladder.sizes import from_stacks
 
+PROBES = {
+    "popularity": "the same load under a uniform and a Zipf popularity: cache hits and CDN "
+    "offload beside the suite's own skew",
+    "day": "a compressed day peaking within the largest fleet's knee, run autoscaled, then "
+    "on the fixed fleet of the stage's minimum: instance-seconds, p95 per slice, the saving",
+    "write-heavy": "a ramp of customers who only place orders: where the single write primary "
+    "saturates, measured here or predicted at the stack's sizes",
+}
+"""Each stage's probe of its claim in STAGES.md (Stage.probe)."""
+
 COMPONENTS = ("box", "app", "postgres", "replica", "redis", "nginx", "cdn", "moto", "worker")
 """Component names of the per-stage results (the interface the report reads)."""
 
@@ -50,10 +60,12 @@ class Stage:
     """Stage 1 only: app, PostgreSQL and Redis share this one budget."""
     pool_size: int = 4
     max_overflow: int = 4
-    shape: str = "step"
-    """The Locust load shape of the run: step (find the knee) or daily (stage 6)."""
     max_app_processes: int = 0
-    """Stage 6: the local autoscaler adds app processes up to this many (0: a fixed fleet)."""
+    """Stages 6-7: the local autoscaler adds app processes up to this many during the ramp
+    (0: a fixed fleet)."""
+    probe: str = ""
+    """What runs after the ramp to test the stage's own claim (PROBES), beside the signals
+    every step records (stage 4's reads by target and replicas passed over)."""
     cpus_per_vcpu: float = 0.0
     """Local CPUs per AWS vCPU of this stage (sizes.from_stacks): a knee over it is the same
     proportions' knee at the stack's minimum size."""
@@ -117,9 +129,11 @@ def _declared() -> tuple[Stage, ...]:
         Stage(number=2, name="separate-db", predicted="app"),
         Stage(number=3, name="horizontal", predicted="postgres"),
         Stage(number=4, name="read-replicas", predicted="replica"),
-        Stage(number=5, name="cache-cdn", predicted="app", aws=True),
-        Stage(number=6, name="auto-scaling", predicted="app", aws=True, shape="daily"),
-        Stage(number=7, name="service-oriented", predicted="postgres", aws=True),
+        Stage(number=5, name="cache-cdn", predicted="app", aws=True, probe="popularity"),
+        Stage(number=6, name="auto-scaling", predicted="app", aws=True, probe="day"),
+        Stage(
+            number=7, name="service-oriented", predicted="postgres", aws=True, probe="write-heavy"
+        ),
     )
 
 

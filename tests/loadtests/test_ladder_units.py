@@ -42,7 +42,7 @@ def test_each_stage_adds_what_stages_md_says() -> None:
     assert set(STAGES[3].budgets()) == {"app", "postgres", "nginx"}
     assert set(STAGES[4].budgets()) == {"app", "postgres", "replica", "nginx"}
     assert set(STAGES[5].budgets()) >= {"redis", "cdn", "replica"} and STAGES[5].aws
-    assert STAGES[6].shape == "daily" and STAGES[6].max_app_processes > STAGES[6].app_processes
+    assert STAGES[6].max_app_processes > STAGES[6].app_processes
     assert "worker" in STAGES[7].budgets()
 
 
@@ -153,6 +153,10 @@ shop_request_duration_seconds_count{method="GET",route="/products/{product_id}",
 shop_request_duration_seconds_sum{method="GET",route="/products/{product_id}",status="200"} 4.5
 shop_request_duration_seconds_count{method="POST",route="/orders",status="201"} 10.0
 shop_request_duration_seconds_sum{method="POST",route="/orders",status="201"} 1.5
+shop_request_duration_seconds_count{method="POST",route="/orders",status="409"} 4.0
+shop_request_duration_seconds_sum{method="POST",route="/orders",status="409"} 0.4
+shop_request_duration_seconds_count{method="GET",route="/metrics",status="200"} 6.0
+shop_request_duration_seconds_sum{method="GET",route="/metrics",status="200"} 0.1
 shop_request_db_seconds_sum{route="/products/{product_id}"} 2.0
 shop_request_db_seconds_sum{route="/orders"} 1.0
 shop_db_pool_wait_seconds_total{pool="primary"} 0.25
@@ -170,8 +174,10 @@ shop_db_replica_skips_total{reason="busy"} 1.0
 def test_metrics_are_summed_over_routes_and_labels() -> None:
     figures = parse_metrics(METRICS_TEXT)
     assert figures == {
-        "request_s": 6.0,
-        "requests": 100.0,
+        "request_s": 6.5,
+        "requests": 110.0,
+        "scrapes": 6.0,  # the ladder's own reads of /metrics
+        "orders_placed": 10.0,  # POST /orders answered 201 (not the 409s)
         "db_s": 3.0,
         "pool_wait_s": 0.25,
         "cache_hit": 60.0,
@@ -187,7 +193,8 @@ def test_signals_of_a_step_come_from_counter_increases() -> None:
     after = parse_metrics(METRICS_TEXT)
     metric_samples = [(100.0, {"8001": zero}), (110.0, {"8001": after})]
     assert metric_deltas(metric_samples, 100.0, 110.0) == after
-    step = {"step": 0, "users": 10, "started_at": 100.0, "ended_at": 110.0, "rps": 10.0}
+    step = {"step": 0, "users": 10, "started_at": 100.0, "ended_at": 110.0, "rps": 10.0,
+            "requests": 416}  # fmt: skip
     merged = merge_step(
         step,
         cpu_samples=[(100.0, {"app-0": 1.0}), (110.0, {"app-0": 3.5})],
@@ -197,17 +204,22 @@ def test_signals_of_a_step_come_from_counter_increases() -> None:
         depth_samples=None,
         fulfilment_samples=[(102.0, 1.5), (108.0, 2.5), (130.0, 60.0)],
         cache=True,
+        cdn=True,
     )
     assert merged["cpu"] == {"app": 0.25}
     assert merged["signals"] == {
-        "db_share": 0.5,
-        "pool_wait_ms": 2.5,
+        "db_share": 0.4615,  # 3 of 6.5 request seconds
+        "pool_wait_ms": 2.273,  # 0.25 s over 110 requests
         "cache_hit_ratio": 0.75,
         "replica_lag_s": 0.003,
         "replica_read_share": 0.8,
         "replica_skipped_share": 0.05,  # of the 100 reads, 5 passed the replicas over
         "queue_depth": None,
         "fulfilment_lag_s": 2.0,  # the mean within the step; the later sample is not its own
+        # The suite sent 416 requests through the CDN; the app answered 104 of them (110 less
+        # the 6 scrapes of /metrics): the CDN kept 75 % from it.
+        "cdn_offload": 0.75,
+        "orders_per_s": 1.0,  # 10 orders placed in the 10-s step
     }
     assert merged["step"] == 0 and merged["rps"] == 10.0
 
@@ -309,6 +321,17 @@ def test_the_autoscaler_keeps_a_fleet_that_would_be_over_target_with_one_less(
     scaler.check()
     assert len(topology.apps) == 2 and topology.reloads == 0
     assert scaler.desired(0.95, 1) == 2 and scaler.desired(1.0, 3) == 3
+
+
+def test_a_resumed_autoscaler_waits_out_the_cpu_of_the_fleet_before(tmp_path: Path) -> None:
+    # Stage 6's day starts from the minimum fleet: the CPU the larger fleet used just before
+    # must not read as a busy small fleet and add a process at once.
+    scaler, topology = _scaler(1, 0.19, tmp_path)
+    scaler.cooldown_s = 8
+    scaler.enabled = False
+    scaler.resume()
+    scaler.check()
+    assert len(topology.apps) == 1 and scaler.enabled
 
 
 def test_the_fleet_size_of_a_slice_is_its_mean_over_the_slice(tmp_path: Path) -> None:

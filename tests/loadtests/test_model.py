@@ -152,3 +152,79 @@ def test_a_daily_curve_is_not_fitted_and_the_section_says_so() -> None:
     text = "\n".join(model.model_section([ramp, day]))
     assert "| 3 | horizontal |" in text and "| 6 |" not in text
     assert "Not fitted: stage 6 (auto-scaling), a daily curve" in text
+
+
+def test_an_autoscaled_ramp_with_a_day_as_its_probe_is_fitted_at_its_largest_fleet() -> None:
+    # Stage 6 as the ladder runs it: a ramp (its steps) with the autoscaler on, the fleet
+    # growing from 2 to 3 processes, then the day apart (its probe). The ramp is fitted, and
+    # the capacity is the largest fleet's budget over the app's demand.
+    ramp = _result(
+        {"app": 5.0}, {"app": 0.3}, users=[10, 20, 30, 40], rps=[20, 40, 58, 60],
+        p95=[50, 60, 200, 900], stage=6,
+    )  # fmt: skip
+    for step, processes in zip(ramp["steps"], (2, 2, 3, 3), strict=True):
+        step["budgets"] = {"app": 0.15 * processes}
+    ramp |= {"name": "auto-scaling", "steps_shape": "step", "daily": [{"t_s": 1.0}]}
+    text = "\n".join(model.model_section([ramp]))
+    assert "Not fitted" not in text
+    found = model.predict(ramp)
+    assert found is not None and found.predicted_rps == pytest.approx(90, rel=0.01)
+    [row] = [line for line in text.splitlines() if line.startswith("| 6 ")]
+    assert "| 90 | 60 |" in row
+
+
+def _writes(app_ms: float, postgres_ms: float, orders: list[float], p95: list[float]) -> list[Any]:
+    return [
+        {
+            "users": 10 * (n + 1),
+            "requests": int(o * 12),
+            "failures": 0,
+            "rps": o * 1.1,  # a few sign-ins and restocks beside the orders
+            "p95_ms": p,
+            "cpu": {
+                "app": round(o * app_ms / 1000, 4),
+                "postgres": round(o * postgres_ms / 1000, 4),
+            },
+            "signals": {"orders_per_s": o},
+        }
+        for n, (o, p) in enumerate(zip(orders, p95, strict=True))
+    ]
+
+
+def test_the_write_heavy_ramp_is_fitted_per_order_and_the_primary_predicted_on_aws() -> None:
+    result = {
+        "stage": 7,
+        "name": "service-oriented",
+        "budgets": {"app": 0.3, "postgres": 0.15},
+        "p95_objective_ms": 500,
+        "write_heavy": _writes(10.0, 2.0, [10, 20, 28, 29], [80, 150, 300, 1400]),
+    }
+    # Past the knee the app is out of CPU: it stopped the ramp, far from the primary's limit.
+    result["write_heavy"][3]["cpu"]["app"] = 0.3
+    found = model.write_limit(result, AWS[7])
+    assert found is not None
+    assert found.knee_orders == 28 and found.knee_users == 30
+    assert found.per_order["postgres"].seconds == pytest.approx(0.002, rel=0.01)
+    assert found.bottleneck.component == "app"
+    assert found.here == {
+        "app": pytest.approx(30, rel=0.01),
+        "postgres": pytest.approx(75, rel=0.01),
+    }
+    # On AWS: 16 vCPUs of web at the largest fleet, the primary's 2 vCPUs.
+    assert found.aws["app"] == pytest.approx(1600, rel=0.01)
+    assert found.aws["postgres"] == pytest.approx(1000, rel=0.01)
+    text = "\n".join(model.write_heavy_section([result], {7: AWS[7]}))
+    assert "**28 orders/s** at 30 users" in text
+    assert "so where the primary saturates is **predicted**, not measured" in text
+    assert "postgres limits orders first, at 1,000 orders/s" in text
+
+
+def test_a_write_heavy_ramp_without_a_knee_says_so() -> None:
+    result = {
+        "stage": 7, "name": "service-oriented", "budgets": {"app": 0.3}, "p95_objective_ms": 500,
+        "write_heavy": _writes(10.0, 2.0, [10], [900]),
+    }  # fmt: skip
+    assert model.write_limit(result, AWS[7]) is None
+    assert "found no step within the objective" in "\n".join(
+        model.write_heavy_section([result], {7: AWS[7]})
+    )

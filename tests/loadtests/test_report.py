@@ -305,3 +305,25 @@ def test_the_committed_report_and_the_readme_table_come_from_the_committed_raw_r
     # One run: every stage of the ladder, from one commit.
     assert [r["stage"] for r in committed] == list(range(1, 8))
     assert len({(r.get("provenance") or {}).get("commit") for r in committed}) == 1
+
+
+def test_stage_fives_popularity_probe_is_a_table_of_cache_hits_and_cdn_offload() -> None:
+    stage5: dict[str, Any] = json.loads((DATA / "stage-4.json").read_text())
+    budgets = {"app": 0.3, "postgres": 0.15}
+    probe = [
+        {"popularity": kind, "users": 50, "rps": rps, "p95_ms": p95, "requests": 1000,
+         "failures": 0, "cpu": {"app": app},
+         "signals": {"cache_hit_ratio": hits, "cdn_offload": offload}}
+        for kind, rps, p95, app, hits, offload in (
+            ("skew", 60.0, 180.0, 0.24, 0.35, 0.30),
+            ("uniform", 52.0, 420.0, 0.29, 0.05, 0.12),
+            ("zipf:1", 63.0, 150.0, 0.22, 0.55, 0.41),
+        )
+    ]  # fmt: skip
+    stage5 |= {"stage": 5, "name": "cache-cdn", "budgets": budgets, "popularity": probe}
+    lines = report.popularity_section([stage5])
+    assert lines[0] == "## Stage 5: the cache and the CDN under three popularities"
+    assert "The knee's 50 users held steady" in lines[2] and "s = 1" in lines[2]
+    assert "| uniform | 52 | 420 | 5% | 12% | 97% | 0.0% |" in lines
+    assert "| zipf:1 | 63 | 150 | 55% | 41% | 73% | 0.0% |" in lines
+    assert report.popularity_section(results()) == []  # no stage ran the probe

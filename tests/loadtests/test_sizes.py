@@ -57,10 +57,10 @@ def test_a_bigger_database_on_aws_is_a_bigger_budget_here() -> None:
 def test_a_stage_from_the_stacks_runs_its_processes_at_the_derived_budgets(number: int) -> None:
     stage = sizes.from_stacks(STAGES[number])
     derived = sizes.derive(AWS[number])
-    assert (stage.number, stage.name, stage.shape) == (
+    assert (stage.number, stage.name, stage.probe) == (
         number,
         STAGES[number].name,
-        STAGES[number].shape,
+        STAGES[number].probe,
     )
     assert stage.budgets() == pytest.approx(derived.budgets, abs=0.002)
 

@@ -167,3 +167,40 @@ def test_the_invariants_can_be_checked_alone_against_a_served_shop(served_shop: 
     unreachable = check("--host", "http://127.0.0.1:9")
     assert unreachable.returncode == 2 and "cannot check the invariants" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
+
+
+def test_the_orders_mix_only_places_orders_and_keeps_the_invariants(
+    served_shop: str, tmp_path: Path
+) -> None:
+    # Stage 7's write-heavy probe: buyers who only place orders, picking products uniformly;
+    # the admin still restocks. No browsing, no carts.
+    run, steps_out, invariants_out = locust(
+        served_shop, tmp_path, "-u", "4", "-r", "4", "-t", "6s",
+        SHOP_LOAD_MIX="orders", SHOP_LOAD_POPULARITY="uniform",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(invariants_out.read_text())["ok"] is True
+    [step] = [json.loads(line) for line in steps_out.read_text().splitlines()]
+    names = set(step["by_name"])
+    assert "POST /orders" in names and step["by_name"]["POST /orders"]["requests"] > 5
+    customer_only = {"GET /cart", "POST /cart/checkout", "GET /orders", "GET /products/[id]"}
+    assert not names & customer_only, names
+    assert all(name.startswith(("POST /orders", "POST /auth/", "GET /products")) for name in names)
+
+
+def test_a_zipf_popularity_is_accepted_by_the_suite(served_shop: str, tmp_path: Path) -> None:
+    run, steps_out, _ = locust(
+        served_shop, tmp_path, "-u", "3", "-r", "3", "-t", "6s", SHOP_LOAD_POPULARITY="zipf:1.2"
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    [step] = [json.loads(line) for line in steps_out.read_text().splitlines()]
+    assert step["by_name"]["GET /products/[id]"]["requests"] > 0 and step["failures"] == 0
+
+
+def test_a_bad_popularity_or_mix_stops_the_suite_with_one_line(
+    served_shop: str, tmp_path: Path
+) -> None:
+    for knob, value in (("SHOP_LOAD_POPULARITY", "zipf:x"), ("SHOP_LOAD_MIX", "writes")):
+        run, _, _ = locust(served_shop, tmp_path, "-u", "1", "-t", "2s", **{knob: value})
+        assert run.returncode != 0
+        assert f"{knob}={value!r}" in run.stderr and "Traceback" not in run.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from loadtests import shapes
@@ -103,3 +105,29 @@ def test_the_shape_is_chosen_by_name() -> None:
     assert shapes.chosen("daily") is shapes.DailyCurve
     with pytest.raises(ValueError, match="use one of step, daily, spike"):
         shapes.chosen("ramp")
+
+
+def test_popularities_are_read_by_name_with_the_zipf_exponent() -> None:
+    assert shapes.popularity(None) == shapes.Popularity("skew")
+    assert shapes.popularity(" Uniform ") == shapes.Popularity("uniform")
+    assert shapes.popularity("zipf") == shapes.Popularity("zipf", shapes.ZIPF_EXPONENT)
+    assert str(shapes.popularity("zipf:1.3")) == "zipf:1.3"
+    for bad in ("zipf:0", "zipf:nan", "zipf:9", "pareto"):
+        with pytest.raises(ValueError, match="skew, uniform or zipf:S"):
+            shapes.popularity(bad)
+
+
+def test_the_mix_is_the_talks_unless_orders_is_asked_for() -> None:
+    assert shapes.mix(None) == shapes.mix("") == "talk"
+    assert shapes.mix("ORDERS") == "orders"
+    with pytest.raises(ValueError, match="talk, orders"):
+        shapes.mix("writes")
+
+
+def test_zipf_puts_the_share_the_law_predicts_on_the_best_sellers() -> None:
+    # s = 1 over 1,000 products: the top 20 carry H(20) / H(1000) = 3.598 / 7.485 = 48 %.
+    weights = shapes.popularity("zipf:1").cumulative_weights(1000)
+    assert len(weights) == 1000
+    assert weights[19] / weights[-1] == pytest.approx(0.4806, abs=0.0005)
+    picks = random.Random(7).choices(range(1000), cum_weights=weights, k=20_000)
+    assert sum(1 for p in picks if p < 20) / len(picks) == pytest.approx(0.48, abs=0.02)
