@@ -602,8 +602,11 @@ def main() -> None:
     for route, (limit, _) in limits.items():
         of_limit = paired(results[route], results[limit])
         limit_of_bare = paired(results[limit], results["bare"])
+        # With the queue on, the route's figure counts the relay's catch-up and the limit has
+        # no relay: the ratio is shown, not judged.
+        judged = "queue" not in route
         reached = of_limit >= LIMIT_TARGET and failures[limit] == 0
-        ok &= reached
+        ok &= reached or not judged
         key = route.replace(" ", "_").replace(",", "")
         report[f"{key}_limit"] = {
             "rps": statistics.median(results[limit]),
@@ -617,8 +620,12 @@ def main() -> None:
             f"\n{limit}: {statistics.median(results[limit]):.0f} req/s "
             f"({spread(results[limit])})"
             f"\n{route_text} / raw-pipeline limit: {of_limit:.2f} "
-            f"(target >= {LIMIT_TARGET:.2f})  "
-            + ("ok" if reached else "BELOW TARGET" if failures[limit] == 0 else "limit errors")
+            + (
+                f"(target >= {LIMIT_TARGET:.2f})  "
+                + ("ok" if reached else "BELOW TARGET" if failures[limit] == 0 else "limit errors")
+                if judged
+                else "(relay catch-up counted in the route, not in the limit)"
+            )
             + f"\nlimit / bare: {limit_of_bare:.3f}"
         )
     if "place order, queue on" in routes_measured and "place order" in routes_measured:
