@@ -502,15 +502,24 @@ async def run(
     if conn.dialect.name != "postgresql":
         result = await conn.execute(stmt, dict(params or {}))
         return [dict(row) for row in result.mappings()] if result.returns_rows else []
+    with timed("db"):
+        cursor, returns_rows = await _execute(conn, stmt, params)
+        return cast(list[Mapping[str, Any]], await cursor.fetchall()) if returns_rows else []
+
+
+async def _execute(
+    conn: AsyncConnection, stmt: Executable, params: Mapping[str, Any] | None
+) -> tuple[Any, bool]:
+    """Send a statement constant on the driver as one prepared statement (queued when the
+    transaction is pipelined); its cursor, and whether it returns rows."""
     sql, defaults, returns_rows = _compile(stmt, conn.dialect)
     driver = _driver(conn)
     cursor = driver.cursor(row_factory=dict_row)
     # prepare_threshold is None when prepared statements are turned off (ConnectionRules).
-    with timed("db"):
-        await cursor.execute(
-            sql, _adapt(params or {}, defaults), prepare=driver.prepare_threshold is not None
-        )
-        return cast(list[Mapping[str, Any]], await cursor.fetchall()) if returns_rows else []
+    await cursor.execute(
+        sql, _adapt(params or {}, defaults), prepare=driver.prepare_threshold is not None
+    )
+    return cursor, returns_rows
 
 
 class Queued:
@@ -540,13 +549,8 @@ async def send(
     PostgreSQL) it runs at once."""
     if conn.dialect.name != "postgresql":
         return Queued(None, await run(conn, stmt, params))
-    sql, defaults, _ = _compile(stmt, conn.dialect)
-    driver = _driver(conn)
-    cursor = driver.cursor(row_factory=dict_row)
     with timed("db"):
-        await cursor.execute(
-            sql, _adapt(params or {}, defaults), prepare=driver.prepare_threshold is not None
-        )
+        cursor, _ = await _execute(conn, stmt, params)
     return Queued(cursor, None)
 
 
