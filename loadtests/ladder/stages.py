@@ -19,16 +19,6 @@ from dataclasses import dataclass, field
 
 from loadtests.ladder.sizes import from_stacks
 
-PROBES = {
-    "popularity": "the same load under a uniform and a Zipf popularity: cache hits and CDN "
-    "offload beside the suite's own skew",
-    "day": "a compressed day peaking within the largest fleet's knee, run autoscaled, then "
-    "on the fixed fleet of the stage's minimum: instance-seconds, p95 per slice, the saving",
-    "write-heavy": "a ramp of customers who only place orders: where the single write primary "
-    "saturates, measured here or predicted at the stack's sizes",
-}
-"""Each stage's probe of its claim in STAGES.md (Stage.probe)."""
-
 COMPONENTS = ("box", "app", "postgres", "replica", "redis", "nginx", "cdn", "moto", "worker")
 """Component names of the per-stage results (the interface the report reads)."""
 
@@ -64,8 +54,11 @@ class Stage:
     """Stages 6-7: the local autoscaler adds app processes up to this many during the ramp
     (0: a fixed fleet)."""
     probe: str = ""
-    """What runs after the ramp to test the stage's own claim (PROBES), beside the signals
-    every step records (stage 4's reads by target and replicas passed over)."""
+    """What runs after the ramp to test the stage's own claim (loadtests/ladder/runner.py),
+    beside the signals every step records (stage 4's reads by target and replicas passed
+    over): `popularity` (stage 5: the knee's users under the suite's skew, uniform and Zipf
+    picks), `day` (stage 6: a compressed day autoscaled, then on the fixed fleet) or
+    `write-heavy` (stage 7: a ramp of buyers who only place orders)."""
     cpus_per_vcpu: float = 0.0
     """Local CPUs per AWS vCPU of this stage (sizes.from_stacks): a knee over it is the same
     proportions' knee at the stack's minimum size."""
