@@ -14,9 +14,11 @@ What the API lets an admin observe, and so what is checked:
   Locust run, not by this module alone. The API lists no one's orders but one's own, so an order
   whose answer the load generator never received cannot be read; it would show as a mismatch.
 
-The catalog's stock may be served a few seconds stale by the cache (stage 5) or a replica
-(stage 4), and a request cut off by the end of the run may still be finishing in the shop, so
-the orders and the stock are re-read until the comparison holds or `settle_s` has passed.
+The stock is read as the admin reads it (`GET /admin/stock`: from the write primary, never
+from the cache of stage 5 or a replica of stage 4, whose stock may be seconds old), before the
+run and after it. A request cut off by the end of the run may still be finishing in the shop,
+so the orders and the stock after it are re-read until the comparison holds or `settle_s` has
+passed.
 
 Alone: `python -m loadtests.invariants --host URL` (admin from `SHOP_LOAD_ADMIN_EMAIL` and
 `SHOP_LOAD_ADMIN_PASSWORD`, or `--admin-email`/`--admin-password-stdin`) prints the checks it can
@@ -80,15 +82,20 @@ class AdminClient:
         return answer.json()
 
     def stock(self) -> dict[int, int]:
-        """Every product's stock. A fresh query string per read, so that no HTTP cache (the
-        CDN stand-in) answers with an old page."""
+        """Every product's stock. An admin reads `GET /admin/stock`, exact at the moment it is
+        read (the write primary's, never a cache's or a replica's); anyone else reads the
+        public catalog, whose stock may be a few seconds old, with a fresh query string per
+        read so that no HTTP cache (the CDN stand-in) answers with an old page."""
         stock: dict[int, int] = {}
         offset: int | None = 0
         fresh = time.monotonic_ns()
         while offset is not None:
-            page = self._json(f"/products?limit={PAGE}&offset={offset}&fresh={fresh}")
-            for product in page["items"]:
-                stock[int(product["id"])] = int(product["stock"])
+            if self.is_admin:
+                page = self._json(f"/admin/stock?limit={PAGE}&offset={offset}")
+                stock.update((int(i["product_id"]), int(i["quantity"])) for i in page["items"])
+            else:
+                page = self._json(f"/products?limit={PAGE}&offset={offset}&fresh={fresh}")
+                stock.update((int(p["id"]), int(p["stock"])) for p in page["items"])
             offset = page.get("next_offset")
         return stock
 
@@ -257,8 +264,8 @@ def check_run(
             units = check_units(stock_before, stock, tally.restocked, sold)
             if units["ok"] or time.monotonic() >= deadline:
                 break
-            # A cache or replica may still show stock from before the end, and a request cut
-            # off by the end (a cancellation, a restock) may still be finishing in the shop.
+            # A request cut off by the end (an order, a cancellation, a restock) may still be
+            # finishing in the shop.
             time.sleep(1.0)
             sold = units_sold(read_orders(client, tally.orders))
             stock = client.stock()

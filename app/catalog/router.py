@@ -9,7 +9,14 @@ from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, sta
 from starlette.requests import ClientDisconnect
 
 from app.catalog import service
-from app.catalog.schemas import PriceChange, ProductCreate, ProductPage, ProductRead, Restock
+from app.catalog.schemas import (
+    PriceChange,
+    ProductCreate,
+    ProductPage,
+    ProductRead,
+    Restock,
+    StockPage,
+)
 from app.core.deps import (
     AdminDep,
     AssetsDep,
@@ -129,6 +136,16 @@ async def get_product(
     return public_response(
         body, max_age_s=res.settings.catalog_max_age_s, if_none_match=if_none_match
     )
+
+
+@router.get("/admin/stock", response_model=StockPage, responses=errors(401, 403, 422, 503))
+async def stock(
+    db: DatabaseDep, _admin: AdminDep, limit: PageLimit = 100, offset: PageOffset = 0
+) -> StockPage:
+    """Every product's units in stock, by product id (admins): read from the write primary,
+    never from a cache or a replica, so it is exact at the moment it is read, where the
+    public catalog's stock may be a few seconds old."""
+    return await service.stock_page(db, limit=limit, offset=offset)
 
 
 @router.post(

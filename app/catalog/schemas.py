@@ -47,3 +47,11 @@ class ProductRead(ReadSchema):
 
 
 ProductPage = Page[ProductRead]
+
+
+class StockRead(ReadSchema):
+    product_id: int
+    quantity: int = Field(description="Units in stock, as the write primary holds them now.")
+
+
+StockPage = Page[StockRead]

@@ -32,7 +32,7 @@ from app.catalog.domain import (
     reservation_order,
 )
 from app.catalog.models import Product, StockLevel
-from app.catalog.schemas import ProductCreate, ProductPage, ProductRead
+from app.catalog.schemas import ProductCreate, ProductPage, ProductRead, StockPage, StockRead
 from app.core.assets import Assets
 from app.core.cache import Cache
 from app.core.db import Database, run
@@ -54,6 +54,12 @@ _READ = select(
 _BY_ID = _READ.where(Product.id == bindparam("product_id"))
 _PAGE = (
     _READ.order_by(Product.name, Product.id)
+    .limit(bindparam("limit", type_=Integer))
+    .offset(bindparam("offset", type_=Integer))
+)
+_STOCK_PAGE = (
+    select(StockLevel.product_id, StockLevel.quantity)
+    .order_by(StockLevel.product_id)
     .limit(bindparam("limit", type_=Integer))
     .offset(bindparam("offset", type_=Integer))
 )
@@ -195,6 +201,18 @@ async def list_products(
     items = [_product(r, assets) for r in rows[:limit]]
     next_offset = offset + limit if len(rows) > limit else None
     return ProductPage(items=items, limit=limit, offset=offset, next_offset=next_offset)
+
+
+async def stock_page(db: Database, *, limit: int, offset: int) -> StockPage:
+    """Every product's stock by product id, read from the primary and never cached: the
+    exact figures an inventory count (or a check of the shop's invariants) needs."""
+    rows = await db.fetch_all(_STOCK_PAGE, primary=True, limit=limit + 1, offset=offset)
+    return StockPage(
+        items=[StockRead.model_validate(r) for r in rows[:limit]],
+        limit=limit,
+        offset=offset,
+        next_offset=offset + limit if len(rows) > limit else None,
+    )
 
 
 async def create_product(

@@ -13,6 +13,7 @@ ADMIN_ROUTES = [
     ("PUT", "/admin/products/1/price", {"price_cents": 1}),
     ("POST", "/admin/products/1/restock", {"quantity": 1}),
     ("GET", "/admin/ledger/trial-balance", None),
+    ("GET", "/admin/stock", None),
     ("GET", "/admin/shipments", None),
     ("POST", "/admin/shipments/1/advance", {"to": "packed"}),
 ]

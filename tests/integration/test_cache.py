@@ -776,3 +776,42 @@ async def test_a_price_change_is_not_cached_from_a_replica_that_lacks_it(
         finally:
             replica.query("SELECT pg_wal_replay_resume()")
     assert seen.json()["price_cents"] == again.json()["price_cents"] == 1500
+
+
+async def test_the_admin_stock_is_exact_while_the_cache_and_a_paused_replica_are_not(
+    primary_and_replica: tuple[pg_cluster.Cluster, str, str], redis_server: RedisServer
+) -> None:
+    """What an inventory count (and the load suite's invariant check) reads: `GET /admin/stock`
+    shows an order's units gone at once, where the public catalog may show them for a while."""
+    replica, url, replica_url = primary_and_replica
+    settings = {
+        "database_replica_urls": [replica_url],
+        "database_replica_check_s": 0.1,
+        "database_replica_max_lag_s": 60,  # the paused replica stays in use
+        "redis_url": redis_server.url,
+        "cache_stock_staleness_s": 60,
+    }
+    async with shop(url, **settings) as c:
+        resources: Resources = c.resources  # type: ignore[attr-defined]
+        admin = await make_user(resources, role=Role.ADMIN)
+        buyer = await make_user(resources)
+        product = await make_product(resources, initial_stock=5)
+        await asyncio.sleep(0.5)  # the replica has the product
+        assert (await c.get(f"/products/{product.id}")).json()["stock"] == 5  # now cached
+        replica.query("SELECT pg_wal_replay_pause()")
+        try:
+            order = {"lines": [{"product_id": product.id, "quantity": 2}]}
+            assert (await c.post("/orders", headers=buyer.headers, json=order)).status_code == 201
+            public = (await c.get(f"/products/{product.id}")).json()["stock"]
+            pages, offset = [], 0
+            while offset is not None:
+                page = await c.get(f"/admin/stock?offset={offset}", headers=admin.headers)
+                assert page.status_code == 200
+                pages.extend(page.json()["items"])
+                offset = page.json()["next_offset"]
+        finally:
+            replica.query("SELECT pg_wal_replay_resume()")
+    assert public == 5  # the cached figure, for up to SHOP_CACHE_STOCK_STALENESS_S
+    assert {"product_id": product.id, "quantity": 3} in pages
+    ids = [item["product_id"] for item in pages]
+    assert ids == sorted(set(ids))  # every product once, by id
