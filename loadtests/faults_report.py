@@ -99,8 +99,7 @@ def soak_lines(soak: Mapping[str, Any]) -> list[str]:
         f"budgets {'enforced' if soak.get('budgets_enforced') else 'NOT enforced'}. "
         "The worker's retention was shortened for the soak: "
         + ", ".join(f"`{k}={v}`" for k, v in sorted(soak["settings"].items()))
-        + " (one hour is the least `SHOP_WORKER_RETENTION_H` allows; `SHOP_IDEMPOTENCY_TTL_H` "
-        "is at least 24).",
+        + ".",
         "",
         f"Growth after the first {soak['warmup_min']} minutes (highest value after them against "
         f"the value at minute {soak['warmup_min']}; limit {100 * soak['growth_limit']:.0f} %):",
@@ -119,15 +118,22 @@ def soak_lines(soak: Mapping[str, Any]) -> list[str]:
             return float(minute.get("queue_depth") or 0)
         return float(minute["p95_ms"])
 
+    unjudged = soak.get("unjudged", {})
     for name, grown in soak["growth"].items():
         if grown is None or len(minutes) < warm:
             continue
-        flag = "**over**" if grown > soak["growth_limit"] else ""
+        over = grown > soak["growth_limit"]
+        flag = "not judged" if name in unjudged else "**over**" if over else ""
         highest = max(value(m, name) for m in minutes[warm:])
         lines.append(
             f"| {name} | {value(minutes[warm - 1], name):g} | {highest:g} "
             f"| {value(minutes[-1], name):g} | {100 * grown:.0f} % | {flag} |"
         )
+    if unjudged:
+        lines += [
+            "",
+            "Not judged: " + "; ".join(f"{k}, as {why}" for k, why in unjudged.items()) + ".",
+        ]
     rows = minutes[-1]["rows"].get("customer_order", 0) if minutes else 0
     verdict = "pass" if not soak["fails"] else "**FAIL**: " + "; ".join(soak["fails"])
     lines += [

@@ -526,9 +526,12 @@ class WorkerSettings(Settings):
 
     worker_retention_h: float = Field(
         360,
-        ge=1,
+        ge=0.1,
         le=24 * 365,
-        description="Hours handled outbox events and processed-event records are kept.",
+        description="Hours handled outbox events and processed-event records are kept. Keep "
+        "it longer than the queue keeps a message (14 days on the stacks, hence 15): a message "
+        "delivered again after its record is gone is applied again. At least 0.1 (six "
+        "minutes, past a message's five receives of 60 s), for short local runs such as the soak.",
     )
     worker_redrive_after_s: float = Field(
         900,

@@ -4,8 +4,16 @@ process, the sizes of the tables that grow with traffic, the queue's depth and p
 first five minutes none may grow by more than 10 %: a leak, a table the purge does not keep
 bounded, or a queue the workers do not keep up with shows here, not after a week in production.
 
+Memory is each process's anonymous resident memory (RssAnon: heap and stacks, what a leak
+grows), not its proportional or resident size: those count PostgreSQL's shared buffers, which
+fill up to their fixed size as the tables grow, and files mapped in. moto, the stand-in for SQS,
+SES and DynamoDB, keeps everything it is sent: it is recorded, not judged.
+
 The worker's retention is shortened for the soak to the least its settings allow
-(SHOP_WORKER_RETENTION_H=1, a purge every SOAK_PURGE_EVERY_S): the report says so.
+(SHOP_WORKER_RETENTION_H=0.1, six minutes; a purge every SOAK_PURGE_EVERY_S), so that the two
+outbox tables reach their bound within the run: the report says so. Idempotency-Keys are kept at
+least 24 hours (the API's promise), so that table grows through any soak shorter than a day: it
+is recorded, not judged (tests/integration/test_outbox.py shows its purge).
 """
 
 from __future__ import annotations
@@ -36,24 +44,29 @@ from loadtests.ladder.stages import Stage
 LOAD_SHARE = 0.6
 WARMUP_MIN = 5
 GROWTH_LIMIT = 0.10
-SOAK_RETENTION_H = "1"
-"""The least SHOP_WORKER_RETENTION_H allows (app/core/settings.py: at least one hour)."""
+SOAK_RETENTION_H = "0.1"
+"""The least SHOP_WORKER_RETENTION_H allows (app/core/settings.py: six minutes)."""
 SOAK_PURGE_EVERY_S = "30"
 TABLES = ("outbox_event", "processed_event", "idempotency_key", "customer_order")
-BOUNDED = ("outbox_event", "processed_event", "idempotency_key")
-"""The tables the worker's purge must keep bounded; orders grow by design."""
+BOUNDED = ("outbox_event", "processed_event")
+"""The tables the worker's purge must keep bounded within the soak; orders grow by design."""
+UNJUDGED = {
+    "memory moto": "the stand-in for SQS, SES and DynamoDB keeps everything it is sent",
+    "rows idempotency_key": "keys are kept at least 24 hours (SHOP_IDEMPOTENCY_TTL_H), the "
+    "API's promise; the purge that bounds them is tested in tests/integration/test_outbox.py",
+}
+"""Series recorded but not held to the bar, and why."""
 P95_FLOOR_MS = 20.0
 DEPTH_FLOOR = 10.0
 """Small absolute allowances: p95 and queue depth near zero jitter by more than 10 %."""
 
 
 def memory_kib(pid: int) -> int:
-    """Proportional set size (shared pages split among their users), else resident size."""
-    for name, key in (("smaps_rollup", "Pss:"), ("status", "VmRSS:")):
-        with suppress(OSError):
-            for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
-                if line.startswith(key):
-                    return int(line.split()[1])
+    """Anonymous resident memory (RssAnon) of one process, in KiB; 0 once it has gone."""
+    with suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
     return 0
 
 
@@ -101,8 +114,9 @@ def verdict(minutes: list[dict[str, Any]]) -> tuple[dict[str, float | None], lis
     names = sorted({name for m in minutes for name in m["memory_mib"]})
     for name in names:
         series[f"memory {name}"] = ([m["memory_mib"].get(name, 0.0) for m in minutes], 1.0)
-    for table in BOUNDED:
-        series[f"rows {table}"] = ([float(m["rows"].get(table, 0)) for m in minutes], 100.0)
+    for table in TABLES:
+        if table != "customer_order":
+            series[f"rows {table}"] = ([float(m["rows"].get(table, 0)) for m in minutes], 100.0)
     series["queue depth"] = ([float(m["queue_depth"] or 0) for m in minutes], DEPTH_FLOOR)
     series["p95"] = ([float(m["p95_ms"]) for m in minutes], P95_FLOOR_MS)
     grown = {
@@ -112,7 +126,7 @@ def verdict(minutes: list[dict[str, Any]]) -> tuple[dict[str, float | None], lis
     fails = [
         f"{name} grew {100 * g:.0f} %"
         for name, g in grown.items()
-        if g is not None and g > GROWTH_LIMIT
+        if g is not None and g > GROWTH_LIMIT and name not in UNJUDGED
     ]
     return grown, fails
 
@@ -194,6 +208,7 @@ def run_soak(
         "warmup_min": WARMUP_MIN,
         "growth_limit": GROWTH_LIMIT,
         "growth": grown,
+        "unjudged": UNJUDGED,
         "settings": settings,
         "invariants": invariants,
         "budgets_enforced": budgets_enforced,
