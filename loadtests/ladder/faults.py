@@ -62,14 +62,29 @@ ACCEPTED_ERRORS = ("502", "503", "refused")
 refused connection. Never a 500."""
 
 
+KNEE_COLUMN = "users at knee"
+
+
 def knee_users(stage: int, report: Path = KNEE_REPORT) -> int | None:
-    """Users at the stage's knee in the committed ladder report (its table's fourth column)."""
+    """Users at the stage's knee in the committed ladder report: the column headed
+    KNEE_COLUMN of its first table that has one (the report's other tables also start with
+    the stage's number)."""
     if not report.is_file():
         return None
+    column: int | None = None
     for line in report.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("|"):
+            if column is not None:
+                return None  # the end of the knees' table
+            continue
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) > 3 and cells[0] == str(stage) and cells[3].isdigit():
-            return int(cells[3])
+        if column is None:
+            if KNEE_COLUMN in cells:
+                column = cells.index(KNEE_COLUMN)
+            continue
+        if cells[0] == str(stage) and len(cells) > column:
+            users = cells[column].replace(",", "")
+            return int(users) if users.isdigit() else None
     return None
 
 

@@ -6,21 +6,50 @@ the app's 503 or a refused connection, inside the fault's window and its recover
 
 from __future__ import annotations
 
+import gzip
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from loadtests.ladder.faults import ACCEPTED_ERRORS, FAULTS, run_stage_faults, summarise
+from loadtests import analysis
+from loadtests.ladder.faults import (
+    ACCEPTED_ERRORS,
+    FAULTS,
+    KNEE_REPORT,
+    knee_users,
+    run_stage_faults,
+    summarise,
+)
 from loadtests.ladder.stages import STAGES
 from tests import pg_cluster
 
-pytestmark = [
-    pytest.mark.skipif(pg_cluster.why_unavailable() is not None, reason="no private PostgreSQL"),
-    pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed"),
-]
+needs_postgres = pytest.mark.skipif(
+    pg_cluster.why_unavailable() is not None, reason="no private PostgreSQL"
+)
+needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
 
 
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_the_steady_load_comes_from_the_users_at_each_stages_knee(stage: int) -> None:
+    """The faults' load is a share of the users at the knee in the committed ladder report, read
+    from the column of that name: the same figure as the knee of the stage's raw results."""
+    raw = KNEE_REPORT.parent / "raw" / f"stage-{stage}.json.gz"
+    result = json.loads(gzip.decompress(raw.read_bytes()))
+    at = analysis.knee(result["steps"], p95_ms=result["p95_objective_ms"])
+    assert at is not None
+    assert knee_users(stage) == int(result["steps"][at]["users"])
+
+
+def test_a_report_without_the_knees_column_gives_no_users(tmp_path: Path) -> None:
+    report = tmp_path / "README.md"
+    report.write_text("| # | stage | p95 |\n|---|---|---:|\n| 3 | horizontal | 66 |\n")
+    assert knee_users(3, report) is None
+
+
+@needs_postgres
+@needs_nginx
 def test_killing_an_app_process_under_load_loses_no_acknowledged_order(tmp_path: Path) -> None:
     result = run_stage_faults(
         STAGES[3],
