@@ -50,6 +50,10 @@ KNEE_REPORT = ROOT / "docs" / "ladder" / "README.md"
 LOAD_SHARE = 0.7
 """The steady load of a fault run: this share of the users at the stage's knee."""
 SLICE_S = 5.0
+BEFORE_S = 15.0
+"""The window before a fault whose p95 says whether the objective held before it: the steady
+load's last 15 s. Its first seconds, while every user signs up (a password hash each) and the
+queues settle, are left out, as the ladder leaves out its warm-up."""
 HOLD_S = 30.0
 """How long a stopped replica or a killed Redis stays down before it is started again."""
 FREEZE_S = 10.0
@@ -424,10 +428,11 @@ def summarise(
     injected_at: float,
     restored_at: float,
     p95_ms: float,
+    before_s: float = BEFORE_S,
 ) -> dict[str, Any]:
     """Slices of SLICE_S seconds from the injection and phases (before, during, after the
     fault), both by when a request ended (its answer or its error was seen); errors by phase
-    and kind; the recovery."""
+    and kind; the recovery; p95 over the steady load's last `before_s` before the fault."""
     slices: dict[int, list[Sequence[Any]]] = {}
     phases: dict[str, Counter[str]] = {"before": Counter(), "during": Counter(), "after": Counter()}
     requests: Counter[str] = Counter()
@@ -464,7 +469,11 @@ def summarise(
             ended = injected_at + row["t_s"] + SLICE_S
             last_bad = ended if last_bad is None else max(last_bad, ended)
     recovery_s = 0.0 if last_bad is None else max(0.0, last_bad - restored_at)
-    before = [float(line[3]) for line in lines if line[0] < injected_at]
+    before = [
+        float(line[3])
+        for line in lines
+        if injected_at - before_s <= float(line[0]) + float(line[3]) / 1000 < injected_at
+    ]
     load_end = max((float(line[0]) for line in lines), default=restored_at)
     errors = Counter[str]()
     for counter in (phases["during"], phases["after"]):
@@ -668,6 +677,7 @@ def run_fault(
         "orders": orders,
         "invariants": invariants,
         "locust_exit": process.returncode,
+        "journals": str(folder),
     }
     fails = verdict(row)
     row["fails"] = fails
@@ -843,6 +853,35 @@ def main(args: Any) -> int:
         [sys.executable, "-m", "loadtests.faults_report", str(out), str(FAULTS_REPORT)], cwd=ROOT
     )
     return 1 if failed or made.returncode else 0
+
+
+def summarise_again(result: dict[str, Any], why: str) -> dict[str, Any]:
+    """The rows of a stage's result counted again from their journals (kept under
+    /tmp/shop-faults-<stage>-*), after a change to how rows are counted: their summaries and
+    verdicts are replaced, and the result says why (`summarised_by`). Rows whose journals are
+    gone are left as they were."""
+    found = sorted(Path("/tmp").glob(f"shop-faults-{result['stage']}-*"), key=os.path.getmtime)
+    again = 0
+    for row in result["faults"]:
+        if not row.get("applies"):
+            continue
+        folder = Path(row.get("journals") or (found[-1] / row["fault"] if found else ""))
+        journals = Journals(folder)
+        if not journals.requests.is_file():
+            continue
+        lines = [line for line in read_jsonl(journals.requests) if isinstance(line, list)]
+        row["summary"] = summarise(
+            lines,
+            injected_at=row["injected_at"],
+            restored_at=row["restored_at"],
+            p95_ms=row["p95_objective_ms"],
+        )
+        row["fails"] = verdict(row)
+        row["journals"] = str(folder)
+        again += 1
+    if again:
+        result["summarised_by"] = why
+    return result
 
 
 def _interrupted(_signum: int, _frame: Any) -> None:

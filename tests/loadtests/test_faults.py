@@ -21,6 +21,7 @@ from loadtests.ladder.faults import (
     knee_users,
     run_stage_faults,
     summarise,
+    summarise_again,
 )
 from loadtests.ladder.stages import STAGES
 from tests import pg_cluster
@@ -108,3 +109,43 @@ def test_errors_are_counted_by_phase_and_kind_and_recovery_runs_to_the_last_one(
     # To the end of the 5-s slice in which the 6-s request ended (its p95 missed the objective).
     assert summary["recovery_s"] == pytest.approx(115.5 - 103.5, abs=0.1)
     assert summary["recovered"]
+
+
+def test_the_p95_before_a_fault_is_the_steady_loads_not_its_start() -> None:
+    # start, name, status, ms, failed, exception, Retry-After
+    start = [[t, "/auth/sign-up", 201, 900.0, False, "", False] for t in (0.0, 0.1, 0.2, 0.3)]
+    steady = [[10.0 + t, "/products", 200, 40.0, False, "", False] for t in range(20)]
+    lines = start + steady
+    summary = summarise(lines, injected_at=30.5, restored_at=31.0, p95_ms=500)
+    assert summary["p95_before_ms"] == 40.0  # the sign-ups ended more than 15 s before
+    # The same sign-ups inside the window count.
+    summary = summarise(lines, injected_at=30.5, restored_at=31.0, p95_ms=500, before_s=31)
+    assert summary["p95_before_ms"] == 900.0
+
+
+def test_a_stages_rows_are_counted_again_from_their_journals(tmp_path: Path) -> None:
+    journal = tmp_path / "app-kill" / "requests.jsonl"
+    journal.parent.mkdir()
+    lines = [[10.0 + t, "/products", 200, 40.0, False, "", False] for t in range(20)]
+    lines.append([31.0, "/orders", 502, 5.0, True, "", False])
+    lines += [[35.0 + t, "/products", 200, 40.0, False, "", False] for t in range(30)]
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    row = {
+        "fault": "app-kill",
+        "applies": True,
+        "injected_at": 30.5,
+        "restored_at": 32.0,
+        "p95_objective_ms": 500,
+        "load_average": [1.0, 1.0, 1.0],
+        "orders": {"acknowledged": 1, "lost": 0, "duplicated": 0, "keys_not_one_row": 0},
+        "invariants": {"ok": True},
+        "summary": {"p95_before_ms": 900.0},
+        "fails": ["objective missed before the fault"],
+        "journals": str(tmp_path / "app-kill"),
+    }
+    result = {"stage": 3, "faults": [row, {"fault": "redis-kill", "applies": False}]}
+    summarise_again(result, "after the p95 before a fault left the users' sign-ups out")
+    assert row["summary"]["p95_before_ms"] == 40.0
+    assert row["summary"]["errors"]["during"] == {"502": 1}
+    assert row["fails"] == []
+    assert result["summarised_by"].startswith("after the p95")
