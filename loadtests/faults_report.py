@@ -192,7 +192,9 @@ def markdown(
         f"errors stop within {limit:g} s of the fault's end (the recovery column). Rows that fail "
         "say why; their inputs were not tuned until they passed. The machine's 2 cores are shared "
         "with other work: each row records the load average at the fault, and a row whose p95 "
-        "already missed the objective before the fault says so.",
+        "already missed the objective before the fault says so (p95 before: the steady load's "
+        "last 15 s before the fault; its first seconds, while every user signs up, are left out, "
+        "as the ladder leaves out its warm-up).",
         "",
     ]
     for result in stages:
