@@ -744,6 +744,16 @@ def primary_and_replica() -> Iterator[tuple[pg_cluster.Cluster, str, str]]:
             yield replica, url, replica.url("shop")
 
 
+def replica_and_cache(replica_url: str, redis_url: str) -> dict[str, Any]:
+    """A shop's settings with one replica, kept in use while its replay is paused, and a cache."""
+    return {
+        "database_replica_urls": [replica_url],
+        "database_replica_check_s": 0.1,
+        "database_replica_max_lag_s": 60,
+        "redis_url": redis_url,
+    }
+
+
 async def test_a_price_change_is_not_cached_from_a_replica_that_lacks_it(
     primary_and_replica: tuple[pg_cluster.Cluster, str, str], redis_server: RedisServer
 ) -> None:
@@ -751,12 +761,7 @@ async def test_a_price_change_is_not_cached_from_a_replica_that_lacks_it(
     visitor of another instance (no read-after token) must see the new price, not have the
     old one read from the replica and cached under the new generation."""
     replica, url, replica_url = primary_and_replica
-    common = {
-        "database_replica_urls": [replica_url],
-        "database_replica_check_s": 0.1,
-        "database_replica_max_lag_s": 60,  # the paused replica stays in use
-        "redis_url": redis_server.url,
-    }
+    common = replica_and_cache(replica_url, redis_server.url)
     async with shop(url, **common) as admin_side, shop(url, **common) as visitor_side:
         resources: Resources = admin_side.resources  # type: ignore[attr-defined]
         admin = await make_user(resources, role=Role.ADMIN)
@@ -784,13 +789,7 @@ async def test_the_admin_stock_is_exact_while_the_cache_and_a_paused_replica_are
     """What an inventory count (and the load suite's invariant check) reads: `GET /admin/stock`
     shows an order's units gone at once, where the public catalog may show them for a while."""
     replica, url, replica_url = primary_and_replica
-    settings = {
-        "database_replica_urls": [replica_url],
-        "database_replica_check_s": 0.1,
-        "database_replica_max_lag_s": 60,  # the paused replica stays in use
-        "redis_url": redis_server.url,
-        "cache_stock_staleness_s": 60,
-    }
+    settings = replica_and_cache(replica_url, redis_server.url) | {"cache_stock_staleness_s": 60}
     async with shop(url, **settings) as c:
         resources: Resources = c.resources  # type: ignore[attr-defined]
         admin = await make_user(resources, role=Role.ADMIN)
