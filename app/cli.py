@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from app.core.errors import InvalidRequest, ShopError
-from app.core.security import Role
-from app.core.settings import Settings
+from app.kernel.errors import InvalidRequest, ShopError
+from app.kernel.security import Role
+from app.kernel.settings import Settings
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ def _preflight(settings: Settings) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
-    from app.core import aws
+    from app.adapters import aws
     from app.migrations import runner
 
     settings = _settings()
@@ -199,9 +199,9 @@ def _admin_password(args: argparse.Namespace) -> str | None:
 
 
 def cmd_create_admin(args: argparse.Namespace) -> None:
-    from app.core.errors import Conflict
     from app.customers import service
     from app.customers.schemas import SignUp
+    from app.kernel.errors import Conflict
     from app.main import close_resources, open_resources
 
     password = _admin_password(args)
@@ -237,7 +237,7 @@ def cmd_create_admin(args: argparse.Namespace) -> None:
 def cmd_worker(args: argparse.Namespace) -> None:
     import logging
 
-    from app.core.settings import WorkerSettings
+    from app.kernel.settings import WorkerSettings
     from app.worker import WorkerProblem, serve
 
     # A worker signs and checks no token: it needs no JWT key (the stack gives it none).
@@ -274,7 +274,7 @@ def cmd_purge_keys(args: argparse.Namespace) -> None:
 
 
 def cmd_assets_publish(args: argparse.Namespace) -> None:
-    from app.core import assets
+    from app.adapters import assets
 
     settings = _settings()
     if not settings.assets_bucket:

@@ -16,36 +16,39 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from app.accounting.router import router as accounting_router
+from app.adapters import aws
+from app.adapters.assets import Assets
+from app.adapters.cache import Cache, bounded_client, namespace_for
+from app.adapters.db import Database
+from app.adapters.mail import mailer_for
+from app.adapters.outbox import Relay
+from app.adapters.queue import Queue
+from app.adapters.ratelimit import RateLimit
+from app.adapters.replicas import PositionTokens
+from app.adapters.resources import Resources
+from app.adapters.tracing import WEB_SERVICE, quiet, tracing_for
 from app.carts.domain import CartStoreUnavailable
 from app.carts.router import cart_store_unavailable
 from app.carts.router import router as carts_router
 from app.catalog.router import IMAGE_UPLOAD
 from app.catalog.router import router as catalog_router
-from app.core import aws
-from app.core.assets import Assets, install_static
-from app.core.cache import Cache, bounded_client, namespace_for
-from app.core.db import Database
-from app.core.deps import Resources, ResourcesDep
-from app.core.docs import ASSETS_URL, install_docs
-from app.core.http import BodyLimit, DefaultCacheControl, include_flat, install_error_handlers
-from app.core.lifecycle import drain_on_sigterm, sample_pools_forever
-from app.core.mail import mailer_for
-from app.core.observability import Observe, metrics_document
-from app.core.openapi import operation_id
-from app.core.outbox import Relay
-from app.core.queue import Queue
-from app.core.ratelimit import RateLimit
-from app.core.replicas import PositionTokens, ReadYourWrites
-from app.core.security import LocalTokens, Passwords
-from app.core.settings import Settings
-from app.core.tracing import WEB_SERVICE, quiet, tracing_for
 from app.customers.router import router as customers_router
 from app.customers.service import Accounts
 from app.delivery.router import router as delivery_router
+from app.kernel.security import LocalTokens, Passwords
+from app.kernel.settings import Settings
 from app.migrations import runner
 from app.orders.router import router as orders_router
 from app.storefront import router as storefront
 from app.storefront.pages import too_large_page
+from app.web.assets import install_static
+from app.web.deps import ResourcesDep
+from app.web.docs import ASSETS_URL, install_docs
+from app.web.http import BodyLimit, DefaultCacheControl, include_flat, install_error_handlers
+from app.web.lifecycle import drain_on_sigterm, sample_pools_forever
+from app.web.observability import Observe, metrics_document
+from app.web.openapi import operation_id
+from app.web.replicas import ReadYourWrites
 
 log = logging.getLogger("shop")
 

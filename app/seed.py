@@ -11,13 +11,13 @@ from typing import Any
 
 from sqlalchemy import select
 
+from app.adapters.assets import static_name
+from app.adapters.db import Database
 from app.catalog import service as catalog
 from app.catalog.models import Product
-from app.core.assets import static_name
-from app.core.db import Database
-from app.core.security import Passwords
 from app.customers import service as customers
 from app.customers.models import Customer
+from app.kernel.security import Passwords
 
 DEMO_PASSWORD = "demo-password-1"
 CHUNK = 2000

@@ -40,14 +40,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollecto
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from app.core import aws, outbox
-from app.core.db import Database
-from app.core.mail import Mailer, mailer_for
-from app.core.models import utcnow
-from app.core.outbox import Event
-from app.core.queue import Message, Queue
-from app.core.settings import WorkerSettings
-from app.core.tracing import (
+from app.adapters import aws, outbox
+from app.adapters.db import Database
+from app.adapters.mail import Mailer, mailer_for
+from app.adapters.outbox import Event
+from app.adapters.queue import Message, Queue
+from app.adapters.tracing import (
     WORKER_SERVICE,
     continue_trace,
     quiet,
@@ -55,6 +53,8 @@ from app.core.tracing import (
     span,
     tracing_for,
 )
+from app.kernel.models import utcnow
+from app.kernel.settings import WorkerSettings
 from app.migrations import runner
 from app.orders import service as orders
 from app.orders.flows import HANDLERS

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/settings_reference.py           # rewrite the page
     .venv/bin/python scripts/settings_reference.py --check   # exit 1 when the page is stale
 
-Every field of `app.core.settings.Settings` (and of `WorkerSettings`, which adds the worker's own)
+Every field of `app.kernel.settings.Settings` (and of `WorkerSettings`, which adds the worker's own)
 becomes one row: its environment variable, type,
 default and the field's own description. `make docs` runs it before building the site, and a test
 checks that the committed page is the one this writes.
@@ -21,17 +21,17 @@ from pathlib import Path
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from app.core.settings import LOCAL_JWT_SECRET, Settings, WorkerSettings
+from app.kernel.settings import LOCAL_JWT_SECRET, Settings, WorkerSettings
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 INTRO = """\
 # Configuration
 
-<!-- Written by scripts/settings_reference.py from app/core/settings.py: edit the field's
+<!-- Written by scripts/settings_reference.py from app/kernel/settings.py: edit the field's
      description there, then run `make docs`. -->
 
-One settings class (`app/core/settings.py`), read from `SHOP_*` environment variables or a `.env`
+One settings class (`app/kernel/settings.py`), read from `SHOP_*` environment variables or a `.env`
 file. The development JWT secret is published in this repository, so the shop accepts it only
 when `SHOP_ENV=local` **and** it runs on its embedded database; with `SHOP_DATABASE_URL` (or a
 secret ARN) set, or in the image (which sets `SHOP_ENV=production`), it refuses to start until

@@ -120,14 +120,14 @@ def _queue(endpoint: str) -> str:
 async def _measure(path: str, orders: int, endpoint: str | None) -> dict[str, float]:
     from asgi_lifespan import LifespanManager
 
+    from app.adapters.mail import LogMailer
+    from app.adapters.queue import Queue
     from app.catalog import service as catalog
     from app.catalog.schemas import ProductCreate
-    from app.core.mail import LogMailer
-    from app.core.queue import Queue
-    from app.core.security import Principal, Role
-    from app.core.settings import Settings
     from app.customers import service as customers
     from app.customers.schemas import SignUp
+    from app.kernel.security import Principal, Role
+    from app.kernel.settings import Settings
     from app.main import create_app
     from app.worker import Worker
 

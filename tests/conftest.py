@@ -60,7 +60,7 @@ atexit.register(shutil.rmtree, ASSETS_DIR, ignore_errors=True)
 
 
 def test_settings(**overrides: object):  # type: ignore[no-untyped-def]
-    from app.core.settings import Settings
+    from app.kernel.settings import Settings
 
     values: dict[str, object] = {
         "assets_dir": ASSETS_DIR,

@@ -7,8 +7,8 @@ from fastapi import APIRouter
 
 from app.accounting import service
 from app.accounting.schemas import TrialBalance
-from app.core.deps import AdminDep, DatabaseDep
-from app.core.openapi import errors
+from app.web.deps import AdminDep, DatabaseDep
+from app.web.openapi import errors
 
 router = APIRouter(tags=["accounting"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from app.core.schemas import ReadSchema
+from app.kernel.schemas import ReadSchema
 
 
 class EntryRead(ReadSchema):

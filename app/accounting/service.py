@@ -8,8 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.accounting.domain import Account, LedgerEvent, Posting, order_placed, reversal
 from app.accounting.models import LedgerEntry
 from app.accounting.schemas import AccountBalance, EntryRead, TrialBalance
-from app.core.db import Database, named_values, run_many
-from app.core.models import utcnow
+from app.adapters.db import Database, named_values, run_many
+from app.kernel.models import utcnow
 
 _INSERT_ENTRY = insert(LedgerEntry).values(
     named_values(

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from app.core.errors import Conflict, ShopError
+from app.kernel.errors import Conflict, ShopError
 
 MAX_ITEMS = 50
 """Distinct products in a cart: an order has at most as many lines."""

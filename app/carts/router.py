@@ -12,11 +12,11 @@ from app.carts import service
 from app.carts.domain import CartStoreUnavailable
 from app.carts.schemas import CartCheckout, CartItemSet, CartRead
 from app.carts.store import CartStore, store_for
-from app.core.deps import PrincipalDep, ResourcesDep
-from app.core.http import model_response
-from app.core.openapi import ErrorBody, OutOfStockBody, conflict, errors
-from app.core.schemas import MAX_INT32
+from app.kernel.schemas import MAX_INT32
 from app.orders.schemas import OrderRead
+from app.web.deps import PrincipalDep, ResourcesDep
+from app.web.http import model_response
+from app.web.openapi import ErrorBody, OutOfStockBody, conflict, errors
 
 router = APIRouter(tags=["carts"])
 

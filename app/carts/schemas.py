@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from app.carts.domain import MAX_QUANTITY
-from app.core.schemas import ReadSchema, Schema
+from app.kernel.schemas import ReadSchema, Schema
 
 
 class CartItemSet(Schema):

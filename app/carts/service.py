@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from app.adapters.db import Database
+from app.adapters.mail import Mailer
+from app.adapters.outbox import Relay
 from app.carts.domain import (
     Cart,
     CartChanged,
@@ -28,11 +31,8 @@ from app.carts.domain import (
 from app.carts.schemas import CartLineRead, CartRead
 from app.carts.store import CartStore
 from app.catalog import service as catalog
-from app.core.db import Database
-from app.core.errors import Conflict, NotFound
-from app.core.mail import Mailer
-from app.core.outbox import Relay
-from app.core.security import Principal, Role
+from app.kernel.errors import Conflict, NotFound
+from app.kernel.security import Principal, Role
 from app.orders import service as orders
 from app.orders.schemas import OrderCreate
 

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Protocol
 
+from app.adapters.resources import Resources
 from app.carts.domain import Cart
 from app.carts.store_dynamodb import DynamoCartStore
 from app.carts.store_sql import SqlCartStore
-from app.core.deps import Resources
 
 
 class CartStore(Protocol):

@@ -37,7 +37,7 @@ from app.carts.domain import (
     cart_id_for,
     new_cart,
 )
-from app.core.models import utcnow
+from app.kernel.models import utcnow
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 8

@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.adapters.db import Database, insert_or_ignore
 from app.carts.domain import Cart, as_read, cart_id_for, new_cart
 from app.carts.models import CartItemRow, CartRow
-from app.core.db import Database, insert_or_ignore
-from app.core.models import utcnow
+from app.kernel.models import utcnow
 
 _CART = select(
     CartRow.cart_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from app.core.errors import Conflict, InvalidRequest, ShopError
+from app.kernel.errors import Conflict, InvalidRequest, ShopError
 
 MAX_STOCK = 1_000_000_000
 

@@ -17,7 +17,9 @@ from app.catalog.schemas import (
     Restock,
     StockPage,
 )
-from app.core.deps import (
+from app.kernel.errors import InvalidRequest
+from app.kernel.schemas import MAX_INT32, SearchText
+from app.web.deps import (
     AdminDep,
     AssetsDep,
     CacheDep,
@@ -26,10 +28,8 @@ from app.core.deps import (
     PageOffset,
     ResourcesDep,
 )
-from app.core.errors import InvalidRequest
-from app.core.http import public_response
-from app.core.openapi import conflict, errors
-from app.core.schemas import MAX_INT32, SearchText
+from app.web.http import public_response
+from app.web.openapi import conflict, errors
 
 router = APIRouter(tags=["catalog"])
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from app.core.schemas import Cents, LongText, Name, Page, ReadSchema, Schema
+from app.kernel.schemas import Cents, LongText, Name, Page, ReadSchema, Schema
 
 Sku = Annotated[
     str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -2,7 +2,7 @@
 except `reserve_stock` / `release_stock`, which join the caller's (an order's) transaction.
 
 Cache (stage 5): `product_json` and `page_json` answer from Redis when the process has a cache.
-Every cached answer sits under one catalog generation (see app/core/cache.py): each write here
+Every cached answer sits under one catalog generation (see app/adapters/cache.py): each write here
 starts a new one after its commit, so a new price, a restock or a new product is visible to the
 next read. Orders take stock through `reserve_stock` inside their own transaction, which this
 module cannot see commit; they do not invalidate (an order is the hot write path, and a
@@ -22,6 +22,10 @@ from sqlalchemy import Integer, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.adapters.assets import Assets
+from app.adapters.cache import Cache
+from app.adapters.db import Database, run
+from app.adapters.replicas import client_position, current_position
 from app.catalog.domain import (
     MAX_STOCK,
     OutOfStock,
@@ -33,12 +37,8 @@ from app.catalog.domain import (
 )
 from app.catalog.models import Product, StockLevel
 from app.catalog.schemas import ProductCreate, ProductPage, ProductRead, StockPage, StockRead
-from app.core.assets import Assets
-from app.core.cache import Cache
-from app.core.db import Database, run
-from app.core.errors import Conflict, NotFound
-from app.core.models import utcnow
-from app.core.replicas import client_position, current_position
+from app.kernel.errors import Conflict, NotFound
+from app.kernel.models import utcnow
 
 _READ = select(
     Product.id,

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.models import Base, utcnow
+from app.kernel.models import Base, utcnow
 
 
 class Customer(Base):

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Body, Depends, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, EmailStr, Field, ValidationError
 
-from app.core.deps import DatabaseDep, PrincipalDep, ResourcesDep
-from app.core.openapi import conflict, errors
 from app.customers import service
 from app.customers.domain import MAX_PASSWORD
 from app.customers.schemas import CustomerRead, SignIn, SignUp, TokenRead
+from app.web.deps import DatabaseDep, PrincipalDep, ResourcesDep
+from app.web.openapi import conflict, errors
 
 router = APIRouter(tags=["customers"])
 

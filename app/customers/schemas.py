@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import EmailStr, Field
 
-from app.core.schemas import Name, ReadSchema, Schema
-from app.core.security import Role
 from app.customers.domain import MAX_PASSWORD, MIN_PASSWORD
+from app.kernel.schemas import Name, ReadSchema, Schema
+from app.kernel.security import Role
 
 
 class SignUp(Schema):

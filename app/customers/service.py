@@ -9,15 +9,15 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.core.db import Database, Queued, send
-from app.core.errors import Conflict, InvalidRequest, NotFound, TooManyRequests, Unauthenticated
-from app.core.models import utcnow
-from app.core.ratelimit import Budget, RateLimit
-from app.core.security import Passwords, Principal, Role, TokenIssuer
-from app.core.settings import Settings
+from app.adapters.db import Database, Queued, send
+from app.adapters.ratelimit import Budget, RateLimit
 from app.customers.domain import normalise_email, password_problem
 from app.customers.models import Customer
 from app.customers.schemas import CustomerRead, SignUp, TokenRead
+from app.kernel.errors import Conflict, InvalidRequest, NotFound, TooManyRequests, Unauthenticated
+from app.kernel.models import utcnow
+from app.kernel.security import Passwords, Principal, Role, TokenIssuer
+from app.kernel.settings import Settings
 
 _READ = select(Customer.id, Customer.email, Customer.full_name, Customer.role, Customer.created_at)
 # A constant, so that the fast read path compiles it once, not once per request.

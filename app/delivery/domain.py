@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from app.core.errors import IllegalTransition
+from app.kernel.errors import IllegalTransition
 
 
 class ShipmentStatus(StrEnum):

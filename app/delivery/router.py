@@ -8,12 +8,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query
 
-from app.core.deps import AdminDep, DatabaseDep, PageLimit, PageOffset
-from app.core.openapi import TransitionRefused, conflict, errors
-from app.core.schemas import MAX_INT32
 from app.delivery import service
 from app.delivery.domain import ShipmentStatus
 from app.delivery.schemas import ShipmentAdvance, ShipmentPage, ShipmentRead
+from app.kernel.schemas import MAX_INT32
+from app.web.deps import AdminDep, DatabaseDep, PageLimit, PageOffset
+from app.web.openapi import TransitionRefused, conflict, errors
 
 router = APIRouter(tags=["delivery"])
 

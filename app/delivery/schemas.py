@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from app.core.schemas import Page, ReadSchema, Schema
 from app.delivery.domain import ShipmentStatus
+from app.kernel.schemas import Page, ReadSchema, Schema
 
 
 class ShipmentAdvance(Schema):

@@ -8,10 +8,7 @@ from collections.abc import Callable
 from sqlalchemy import ColumnElement, String, bindparam, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.core.db import Database, run
-from app.core.errors import Conflict, NotFound
-from app.core.models import UtcDateTime, utcnow
-from app.core.security import Principal
+from app.adapters.db import Database, run
 from app.delivery.domain import (
     ShipmentStatus,
     advances_after,
@@ -20,6 +17,9 @@ from app.delivery.domain import (
 )
 from app.delivery.models import Shipment, ShipmentEvent
 from app.delivery.schemas import ShipmentPage, ShipmentRead, TrackingEvent
+from app.kernel.errors import Conflict, NotFound
+from app.kernel.models import UtcDateTime, utcnow
+from app.kernel.security import Principal
 
 _COLUMNS = (Shipment.id, Shipment.order_id, Shipment.status, Shipment.updated_at)
 

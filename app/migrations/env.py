@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
-from app.core.models import Base
+from app.kernel.models import Base
 from app.migrations.metadata import load_all_models
 
 MIGRATION_LOCK = 0x5E0_0001

@@ -14,9 +14,9 @@ from sqlalchemy import Connection, create_engine, inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import NullPool
 
-from app.core.db import Database
-from app.core.models import SchemaCompatibility
-from app.core.settings import to_sync_url
+from app.adapters.db import Database
+from app.kernel.models import SchemaCompatibility
+from app.kernel.settings import to_sync_url
 
 log = logging.getLogger("shop")
 

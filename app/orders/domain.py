@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from app.core.errors import Conflict
+from app.kernel.errors import Conflict
 
 MAX_LINES = 50
 

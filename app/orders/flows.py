@@ -19,7 +19,7 @@ instead (`record_placed`), and the worker applies it with `handle_order_placed`:
   answer and (3) sends a second e-mail, once its lease has run out; and a cancellation that
   lands during the call itself cannot stop a mail already handed to SES.
 
-Each claim is a `processed_event` row (app/core/outbox.py), so an event delivered twice, or to
+Each claim is a `processed_event` row (app/adapters/outbox.py), so an event delivered twice, or to
 two workers at once, is applied once. A cancellation locks the same order row: either the
 worker fulfilled first and the cancellation reverses everything, or the cancellation came first
 and the worker finds a cancelled order, with nothing to post or ship.
@@ -37,12 +37,12 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounting import service as accounting
-from app.core import outbox, tracing
-from app.core.db import Database
-from app.core.mail import Mail, Mailer, MailRefused
-from app.core.models import utcnow
+from app.adapters import outbox, tracing
+from app.adapters.db import Database
+from app.adapters.mail import Mail, Mailer, MailRefused
 from app.customers import service as customers
 from app.delivery import service as delivery
+from app.kernel.models import utcnow
 from app.orders.domain import OrderStatus
 from app.orders.models import CustomerOrder, OrderLine
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.models import Base, utcnow
+from app.kernel.models import Base, utcnow
 
 
 class CustomerOrder(Base):

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Body, Header, Path, status
 from fastapi.responses import JSONResponse, Response
 
 from app.accounting.schemas import EntryRead
-from app.core.deps import DatabaseDep, PageLimit, PageOffset, PrincipalDep, ResourcesDep
-from app.core.http import model_response
-from app.core.openapi import ErrorBody, OutOfStockBody, conflict, errors
-from app.core.schemas import MAX_INT32
 from app.delivery.schemas import ShipmentRead
+from app.kernel.schemas import MAX_INT32
 from app.orders import service
 from app.orders.schemas import OrderCreate, OrderPage, OrderRead, ShipmentPending
+from app.web.deps import DatabaseDep, PageLimit, PageOffset, PrincipalDep, ResourcesDep
+from app.web.http import model_response
+from app.web.openapi import ErrorBody, OutOfStockBody, conflict, errors
 
 router = APIRouter(tags=["orders"])
 

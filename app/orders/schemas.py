@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import Field, field_validator
 
-from app.core.schemas import Id, Page, Quantity, ReadSchema, Schema
+from app.kernel.schemas import Id, Page, Quantity, ReadSchema, Schema
 from app.orders.domain import MAX_LINES, Fulfilment, OrderStatus, lines_problem
 
 

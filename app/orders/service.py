@@ -14,16 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounting import service as accounting
 from app.accounting.schemas import EntryRead
+from app.adapters.db import Database, insert_or_ignore, named_values, run, run_many
+from app.adapters.mail import Mailer
+from app.adapters.outbox import Event, Relay
 from app.catalog import service as catalog
-from app.core.db import Database, insert_or_ignore, named_values, run, run_many
-from app.core.errors import Conflict, InvalidRequest, NotFound
-from app.core.mail import Mailer
-from app.core.models import UtcDateTime, utcnow
-from app.core.outbox import Event, Relay
-from app.core.security import Principal
 from app.customers import service as customers
 from app.delivery import service as delivery
 from app.delivery.schemas import ShipmentRead
+from app.kernel.errors import Conflict, InvalidRequest, NotFound
+from app.kernel.models import UtcDateTime, utcnow
+from app.kernel.security import Principal
 from app.orders import flows
 from app.orders.domain import (
     Fulfilment,

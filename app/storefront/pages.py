@@ -15,9 +15,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
-from app.core.assets import static_name
-from app.core.deps import Resources
-from app.core.errors import ShopError
+from app.adapters.assets import static_name
+from app.adapters.resources import Resources
+from app.kernel.errors import ShopError
 from app.storefront.sessions import Visit, visit_of
 
 log = logging.getLogger("shop.storefront")

@@ -22,20 +22,19 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import ClientDisconnect
 
 from app.accounting import service as accounting
+from app.adapters.resources import Resources
 from app.carts import service as carts
 from app.carts.store import store_for
 from app.catalog import service as catalog
 from app.catalog.schemas import ProductCreate, ProductPage, ProductRead
-from app.core.deps import Resources, ResourcesDep
-from app.core.errors import Forbidden, InvalidRequest, NotFound, ShopError, Unauthenticated
-from app.core.http import include_flat
-from app.core.schemas import MAX_CENTS, MAX_INT32, SearchText
-from app.core.security import Principal
 from app.customers import service as customers
 from app.customers.schemas import SignIn, SignUp
 from app.delivery import service as delivery
 from app.delivery.domain import ShipmentStatus
 from app.delivery.schemas import ShipmentRead
+from app.kernel.errors import Forbidden, InvalidRequest, NotFound, ShopError, Unauthenticated
+from app.kernel.schemas import MAX_CENTS, MAX_INT32, SearchText
+from app.kernel.security import Principal
 from app.orders import service as orders
 from app.storefront.pages import render
 from app.storefront.sessions import (
@@ -45,6 +44,8 @@ from app.storefront.sessions import (
     Visit,
     visit_of,
 )
+from app.web.deps import ResourcesDep
+from app.web.http import include_flat
 
 log = logging.getLogger("shop.storefront")
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 from fastapi import Request, Response
 
-from app.core.deps import Resources
-from app.core.errors import ShopError, Unauthenticated
-from app.core.security import Principal
+from app.adapters.resources import Resources
+from app.kernel.errors import ShopError, Unauthenticated
+from app.kernel.security import Principal
 
 SESSION = "shop_session"
 CSRF = "shop_csrf"

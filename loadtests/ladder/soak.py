@@ -54,7 +54,7 @@ WINDOW_MIN = 5
 after the warm-up."""
 GROWTH_LIMIT = 0.10
 SOAK_RETENTION_H = "0.1"
-"""The least SHOP_WORKER_RETENTION_H allows (app/core/settings.py: six minutes)."""
+"""The least SHOP_WORKER_RETENTION_H allows (app/kernel/settings.py: six minutes)."""
 SOAK_PURGE_EVERY_S = "30"
 KEPT_MIN = math.ceil(float(SOAK_RETENTION_H) * 60 + float(SOAK_PURGE_EVERY_S) / 60)
 """The minutes of orders whose events the purge keeps: the retention plus one purge interval

@@ -17,7 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
-from app.core.assets import IMMUTABLE, static_files
+from app.adapters.assets import IMMUTABLE, static_files
 from tests.wheel import build_wheel
 
 SHOP = shutil.which("shop", path=str(Path(sys.executable).parent)) or "shop"

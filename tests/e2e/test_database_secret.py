@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
-from app.core import aws
+from app.adapters import aws
 from tests.conftest import test_settings
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"

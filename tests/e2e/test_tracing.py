@@ -361,9 +361,9 @@ async def _sweep_then_reconcile(settings: Any, endpoint: str, aws_endpoint: str)
     from asgi_lifespan import LifespanManager
     from sqlalchemy import text
 
-    from app.core.mail import mailer_for
-    from app.core.queue import Queue
-    from app.core.tracing import WORKER_SERVICE, Tracing
+    from app.adapters.mail import mailer_for
+    from app.adapters.queue import Queue
+    from app.adapters.tracing import WORKER_SERVICE, Tracing
     from app.main import create_app
     from app.worker import Retention, Worker, open_database
 

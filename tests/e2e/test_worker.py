@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from app.core.security import Role
+from app.kernel.security import Role
 from tests.conftest import REDIS_URL, test_settings
 from tests.integration.conftest import make_product, make_user
 

@@ -11,12 +11,12 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from app.adapters.resources import Resources
 from app.catalog import service as catalog
 from app.catalog.schemas import ProductCreate, ProductRead
-from app.core.deps import Resources
-from app.core.security import Principal, Role
 from app.customers import service as customers
 from app.customers.schemas import SignUp
+from app.kernel.security import Principal, Role
 
 TABLES = (
     "cart_item, cart, shipment_event, shipment, ledger_entry, order_line, customer_order, "

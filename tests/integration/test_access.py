@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from httpx import AsyncClient
 
-from app.core.deps import Resources
+from app.adapters.resources import Resources
 from tests.integration.conftest import User, make_product, snapshot
 
 ADMIN_ROUTES = [
@@ -75,7 +75,7 @@ async def test_a_forged_or_malformed_token_answers_401(client: AsyncClient, toke
 
 
 async def test_a_token_signed_with_another_key_answers_401(client: AsyncClient) -> None:
-    from app.core.security import LocalTokens, Principal, Role
+    from app.kernel.security import LocalTokens, Principal, Role
 
     forger = LocalTokens(secret="another-key-" + "y" * 40, issuer="shop", ttl_s=60)
     token, _ = forger.issue(Principal(customer_id=1, role=Role.ADMIN))

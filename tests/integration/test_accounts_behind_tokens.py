@@ -12,9 +12,9 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from app.core.deps import Resources
-from app.core.security import Principal, Role
+from app.adapters.resources import Resources
 from app.customers.service import Accounts
+from app.kernel.security import Principal, Role
 from tests.integration.conftest import User, make_product, make_user, snapshot
 
 

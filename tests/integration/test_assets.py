@@ -15,8 +15,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.core.assets import IMMUTABLE, Assets, static_files
-from app.core.deps import Resources
+from app.adapters.assets import IMMUTABLE, Assets, static_files
+from app.adapters.resources import Resources
 from app.seed import (
     PLACEHOLDER_COLOURS,
     placeholder_file,

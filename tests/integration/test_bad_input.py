@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from httpx import AsyncClient
 
-from app.core.deps import Resources
+from app.adapters.resources import Resources
 from tests.integration.conftest import User, make_product, snapshot
 
 P = "{product}"  # replaced by a real product id

@@ -19,9 +19,9 @@ import pytest
 from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 
-from app.core.cache import Cache
-from app.core.deps import Resources
-from app.core.security import Role
+from app.adapters.cache import Cache
+from app.adapters.resources import Resources
+from app.kernel.security import Role
 from app.main import create_app
 from app.migrations import runner
 from tests import pg_cluster
@@ -379,7 +379,7 @@ def test_a_connection_broken_under_the_client_costs_no_request_and_heals() -> No
 def test_a_sign_in_limit_on_a_broken_connection_counts_locally_then_in_redis_again() -> None:
     import uvloop
 
-    from app.core.ratelimit import Budget, RateLimit
+    from app.adapters.ratelimit import Budget, RateLimit
 
     async def scenario() -> None:
         redis = Redis.from_url(REDIS_URL)
@@ -489,7 +489,7 @@ async def test_without_its_subscription_a_process_keeps_nothing_in_memory(
 async def test_a_request_carrying_its_own_write_position_skips_the_memory_copy() -> None:
     """Read-your-writes (stage 4): a customer whose token says "after my write" is answered
     from Redis or the database, never from a copy this process took before hearing of it."""
-    from app.core.replicas import client_position
+    from app.adapters.replicas import client_position
 
     namespace = f"position-{time.time_ns()}"
     cache = Cache.from_url(

@@ -14,8 +14,8 @@ from fastapi.routing import APIRoute
 from httpx import AsyncClient
 from starlette.routing import BaseRoute, Mount, Route
 
-from app.core.assets import IMMUTABLE, Assets, static_name
-from app.core.deps import Resources
+from app.adapters.assets import IMMUTABLE, Assets, static_name
+from app.adapters.resources import Resources
 from app.seed import placeholder_png
 from tests.integration.conftest import User, make_product
 

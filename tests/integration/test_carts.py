@@ -20,6 +20,7 @@ import pytest
 from httpx import AsyncClient
 from sqlalchemy import text
 
+from app.adapters.resources import Resources
 from app.carts import store_dynamodb
 from app.carts.domain import Cart, CartBusy, CartTooLarge, set_quantity
 from app.carts.router import cart_store
@@ -27,7 +28,6 @@ from app.carts.store import CartStore
 from app.carts.store_dynamodb import DynamoCartStore
 from app.carts.store_sql import SqlCartStore
 from app.catalog import service as catalog
-from app.core.deps import Resources
 from tests.integration.conftest import User, make_product, make_user
 
 TTL = timedelta(days=30)

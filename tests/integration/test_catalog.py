@@ -5,7 +5,7 @@ from __future__ import annotations
 from httpx import AsyncClient
 from sqlalchemy import text
 
-from app.core.deps import Resources
+from app.adapters.resources import Resources
 from tests.integration.conftest import User, make_product
 
 

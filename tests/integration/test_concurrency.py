@@ -6,8 +6,8 @@ import asyncio
 
 from httpx import AsyncClient
 
-from app.core.deps import Resources
-from app.core.security import Role
+from app.adapters.resources import Resources
+from app.kernel.security import Role
 from tests.integration.conftest import make_product, make_user, snapshot
 
 

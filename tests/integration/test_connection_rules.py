@@ -9,10 +9,10 @@ import httpx
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
+from app.adapters.db import Database
+from app.adapters.resources import Resources
 from app.catalog import service as catalog
-from app.core.db import Database
-from app.core.deps import Resources
-from app.core.security import Role
+from app.kernel.security import Role
 from app.main import create_app
 from tests.conftest import test_settings
 from tests.integration.conftest import make_product, make_user

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from httpx import AsyncClient
 
-from app.core.deps import Resources
+from app.adapters.resources import Resources
 from tests.integration.conftest import User, make_product
 
 

@@ -7,7 +7,7 @@ import re
 
 from httpx import AsyncClient
 
-from app.core.deps import Resources
+from app.adapters.resources import Resources
 from tests.integration.conftest import User, make_product
 
 

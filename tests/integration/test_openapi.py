@@ -18,7 +18,7 @@ from httpx import AsyncClient
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from app.core import deps
+from app.web import deps
 from tests.integration.conftest import User
 
 ERROR_MODELS = {

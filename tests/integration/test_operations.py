@@ -12,7 +12,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.core import aws
+from app.adapters import aws
 from app.main import create_app
 from app.migrations import runner
 from tests.conftest import test_settings
@@ -157,10 +157,10 @@ async def test_reads_go_to_the_replicas_and_writes_to_the_primary(
 ) -> None:
     """Stage 4's routing, shown with a second database standing in for a replica: a product
     written to the primary is not visible through reads until the 'replica' has it."""
+    from app.adapters.db import Database
     from app.catalog import service as catalog
     from app.catalog.schemas import ProductCreate
-    from app.core.db import Database
-    from app.core.errors import NotFound
+    from app.kernel.errors import NotFound
 
     replica_url = fresh_database()
     runner.upgrade(replica_url)

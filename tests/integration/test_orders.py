@@ -8,7 +8,7 @@ import logging
 import pytest
 from httpx import AsyncClient
 
-from app.core.deps import Resources
+from app.adapters.resources import Resources
 from tests.integration.conftest import User, make_product, snapshot
 
 

@@ -22,11 +22,11 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from app.core.deps import Resources
-from app.core.mail import Mail
-from app.core.outbox import Event
-from app.core.queue import Queue
-from app.core.security import Role
+from app.adapters.mail import Mail
+from app.adapters.outbox import Event
+from app.adapters.queue import Queue
+from app.adapters.resources import Resources
+from app.kernel.security import Role
 from app.orders import flows
 from app.worker import Worker
 from tests.conftest import REDIS_URL, test_settings
@@ -409,7 +409,7 @@ async def test_a_message_that_keeps_failing_goes_to_the_dead_letter_queue_and_is
 def test_a_worker_needs_no_jwt_key_where_a_server_refuses_the_published_one() -> None:
     from pydantic import ValidationError
 
-    from app.core.settings import Settings, WorkerSettings
+    from app.kernel.settings import Settings, WorkerSettings
 
     deployed = {"env": "production", "database_url": "postgresql://db/shop", "_env_file": None}
     with pytest.raises(ValidationError, match="published default"):
@@ -529,7 +529,7 @@ async def test_a_mail_ses_refuses_for_good_is_given_up_and_its_message_deleted_a
     """An unverified sender (SES's sandbox answers MessageRejected): a retry cannot fix it, so
     the message is not received five times and dead-lettered; the order is fulfilled and the
     give-up is logged with its id."""
-    from app.core.mail import SesMailer
+    from app.adapters.mail import SesMailer
 
     client, resources = queued
     url = make_queue(moto_endpoint, max_receive_count=5, visibility_s=1)
@@ -848,7 +848,7 @@ class StalledQueue(Queue):
 async def test_a_sweep_waiting_on_the_queue_holds_no_lock_and_no_second_sweep_sends_its_events(
     queued: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, alice: User
 ) -> None:
-    from app.core.outbox import Relay
+    from app.adapters.outbox import Relay
 
     client, resources = queued
     product = await make_product(resources)
@@ -888,7 +888,7 @@ async def test_a_sweep_waiting_on_the_queue_holds_no_lock_and_no_second_sweep_se
 async def test_a_stalled_queue_fills_a_bounded_backlog_that_metrics_show_and_the_sweep_empties(
     queued: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, alice: User
 ) -> None:
-    from app.core.outbox import Relay
+    from app.adapters.outbox import Relay
 
     client, resources = queued
     url = make_queue(moto_endpoint)

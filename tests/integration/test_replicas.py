@@ -22,7 +22,7 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from app.core.deps import Resources
+from app.adapters.resources import Resources
 from app.main import create_app
 from app.migrations import runner
 from tests import pg_cluster

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from app.core.settings import to_sync_url
+from app.kernel.settings import to_sync_url
 from app.main import StartupProblem, close_resources, open_resources
 from app.migrations import runner
 from tests.conftest import test_settings

@@ -16,9 +16,9 @@ from httpx import AsyncClient
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from app.core.deps import Resources
-from app.core.ratelimit import Budget, RateLimit
-from app.core.security import Passwords
+from app.adapters.ratelimit import Budget, RateLimit
+from app.adapters.resources import Resources
+from app.kernel.security import Passwords
 from app.main import create_app
 from tests.conftest import REDIS_URL, test_settings
 from tests.integration.conftest import User

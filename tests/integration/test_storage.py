@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from app.core.deps import Resources
-from app.core.models import Base
+from app.adapters.resources import Resources
+from app.kernel.models import Base
 from app.migrations import runner
 from app.migrations.metadata import load_all_models
 from tests.integration.conftest import make_product, make_user

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
+from app.adapters.resources import Resources
 from app.catalog import service as catalog
-from app.core.deps import Resources
-from app.core.security import Principal, Role
 from app.customers import service as customers
+from app.kernel.security import Principal, Role
 from app.seed import placeholder_png
 from app.storefront.sessions import CSRF, SESSION, parse_cart
 from tests.integration.conftest import User, make_product, make_user
@@ -409,7 +409,7 @@ async def test_an_admin_uploads_an_image_from_the_product_page(
 async def test_at_stage_5_pages_link_static_files_on_the_assets_base_url(
     client: httpx.AsyncClient, resources: Resources, tmp_path: Any
 ) -> None:
-    from app.core.assets import Assets
+    from app.adapters.assets import Assets
 
     await make_product(resources, name="Glass Vase", image_key="images/" + "a" * 16 + ".png")
     original = resources.assets

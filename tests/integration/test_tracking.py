@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from app.core.deps import Resources
+from app.adapters.resources import Resources
 from app.orders import flows
 from tests.integration.conftest import User, make_product
 from tests.integration.test_outbox import RecordingMailer, event_of, place

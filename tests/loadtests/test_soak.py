@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.core.settings import WorkerSettings
+from app.kernel.settings import WorkerSettings
 from loadtests.ladder.soak import (
     KEPT_MIN,
     SOAK_RETENTION_H,

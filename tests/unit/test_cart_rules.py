@@ -21,7 +21,7 @@ from app.carts.domain import (
     set_quantity,
     tax_cents,
 )
-from app.core.settings import Settings
+from app.kernel.settings import Settings
 from app.orders.domain import price
 
 NOW = datetime(2026, 11, 28, 22, 0, tzinfo=UTC)

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from app.core.errors import IllegalTransition
 from app.delivery.domain import TRANSITIONS, ShipmentStatus, check_transition
+from app.kernel.errors import IllegalTransition
 
 S = ShipmentStatus
 LEGAL = {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.core.settings import WorkerSettings
+from app.kernel.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 MKDOCS = Path(sys.executable).with_name("mkdocs")

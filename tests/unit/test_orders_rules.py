@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.errors import Conflict
+from app.kernel.errors import Conflict
 from app.orders.domain import (
     MAX_LINES,
     OrderStatus,

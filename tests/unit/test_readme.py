@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from app.core.settings import Settings
+from app.kernel.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 README = "\n".join(

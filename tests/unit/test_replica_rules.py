@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from app.core.replicas import PositionTokens, Replica, ReplicaSet
+from app.adapters.replicas import PositionTokens, Replica, ReplicaSet
 
 
 def replica(name: str, *, healthy: bool = True, position: int = 0) -> Replica:

@@ -6,8 +6,8 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI
 from httpx import ASGITransport, AsyncClient
 
-from app.core.http import include_flat
-from app.core.openapi import operation_id
+from app.web.http import include_flat
+from app.web.openapi import operation_id
 
 
 async def _greeting() -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.core.errors import Unauthenticated
-from app.core.security import LocalTokens, Principal, Role
-from app.core.settings import Settings, to_async_url, to_sync_url
+from app.kernel.errors import Unauthenticated
+from app.kernel.security import LocalTokens, Principal, Role
+from app.kernel.settings import Settings, to_async_url, to_sync_url
 
 
 def test_the_default_jwt_secret_is_refused_outside_local() -> None:
@@ -104,10 +104,10 @@ def test_a_relative_sqlite_path_is_made_absolute_once(
 def test_outside_a_checkout_the_embedded_file_lives_in_the_user_data_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.core.settings as settings_module
+    import app.kernel.settings as settings_module
 
     # An installed shop (the wheel, the image) has no pyproject.toml beside its package.
-    installed = tmp_path / "site-packages" / "app" / "core" / "settings.py"
+    installed = tmp_path / "site-packages" / "app" / "kernel" / "settings.py"
     monkeypatch.setattr(settings_module, "__file__", str(installed))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     assert settings_module.default_sqlite_path() == tmp_path / "data" / "shop" / "shop.db"

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from app.core.deps import Resources
-from app.core.observability import sample_pools
+from app.adapters.observability import sample_pools
+from app.adapters.resources import Resources
 
 log = logging.getLogger("shop")
 

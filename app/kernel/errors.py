@@ -1,4 +1,4 @@
-"""The errors a service may raise; each maps to one HTTP status in core.http.
+"""The errors a service may raise; each maps to one HTTP status in web.http.
 
 Plain Python on purpose: domain rules raise these without importing any framework.
 """

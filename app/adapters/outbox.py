@@ -40,10 +40,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.db import Database, insert_or_ignore, named_values, run
-from app.core.models import Base, UtcDateTime, utcnow
-from app.core.queue import Queue
-from app.core.tracing import carrier, continue_trace, quiet
+from app.adapters.db import Database, insert_or_ignore, named_values, run
+from app.adapters.queue import Queue
+from app.adapters.tracing import carrier, continue_trace, quiet
+from app.kernel.models import Base, UtcDateTime, utcnow
 
 log = logging.getLogger("shop.outbox")
 
@@ -215,7 +215,7 @@ PUBLISH_BATCH = 10
 
 CLAIM_S = 120.0
 """How long a sweep's claim on the events it sends lasts: above the longest a send can take
-(3 attempts of a 25 s read timeout, app/core/queue.py), so two live sweeps never send one
+(3 attempts of a 25 s read timeout, app/adapters/queue.py), so two live sweeps never send one
 event, and short enough that the events of a sweep that died are sent again soon."""
 
 MAX_PENDING = 10_000

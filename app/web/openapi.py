@@ -1,4 +1,4 @@
-"""What the OpenAPI document says about errors: the bodies core.http sends, and short
+"""What the OpenAPI document says about errors: the bodies web.http sends, and short
 operation ids.
 
 Routes declare their error answers with `errors(401, 404, 422, 503)`, adding `conflict(...)`

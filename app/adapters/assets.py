@@ -11,7 +11,8 @@ A name changes whenever the content does, so every one of these files can be cac
 S3 under the key `static/<name>`, which is where CloudFront's `/static/*` behaviour looks; the app's
 own files get there with `shop assets publish`, images when they are uploaded. Without a bucket,
 images are written to a local folder (`SHOP_ASSETS_DIR`) and the app serves both kinds itself.
-URLs are `SHOP_ASSETS_BASE_URL` + `/static/<name>` (a path on the app itself when unset).
+URLs are `SHOP_ASSETS_BASE_URL` + `/static/<name>` (a path on the app itself when unset); the
+route that serves them from the app is app/web/assets.py.
 """
 
 from __future__ import annotations
@@ -30,11 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, Response
 
-from app.core.errors import NotFound
-from app.core.settings import Settings
+from app.kernel.settings import Settings
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 """Cache-Control of every fingerprinted or content-hashed file."""
@@ -247,30 +245,3 @@ def publish_static(client: Any, bucket: str, found: dict[str, StaticFile]) -> Pu
     )
     uploaded.append(PREFIX + MANIFEST)
     return Published(uploaded=uploaded, unchanged=unchanged)
-
-
-def install_static(app: FastAPI) -> None:
-    """Serve /static/<name>: the app's static files under their fingerprinted names, images
-    kept on local disk, and the manifest. At stage 5 CloudFront answers /static/* from the
-    bucket instead, and the app is not asked."""
-
-    @app.api_route("/static/{name:path}", methods=["GET", "HEAD"], include_in_schema=False)
-    async def static_file(request: Request, name: str) -> Response:
-        found = find_static(name)
-        if found is not None:
-            return FileResponse(
-                found.path, media_type=found.content_type, headers={"cache-control": IMMUTABLE}
-            )
-        assets: Assets = request.app.state.resources.assets
-        image = assets.local_file(name)
-        if image is not None:
-            return FileResponse(
-                image, media_type=content_type(name), headers={"cache-control": IMMUTABLE}
-            )
-        if name == MANIFEST:
-            return Response(
-                manifest(static_files()),
-                media_type="application/json",
-                headers={"cache-control": MANIFEST_CACHE_CONTROL},
-            )
-        raise NotFound("static file", name)

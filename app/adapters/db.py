@@ -3,7 +3,7 @@
 `Database.write()` is a transaction on the primary; `Database.read()` is a read-only connection on
 a replica when replicas are configured (stage 4) and one of them may answer this request, on the
 primary otherwise. Services choose which one they need; the domains never know whether replicas
-exist. Which replica may answer (health, lag, the client's own writes) is app/core/replicas.py.
+exist. Which replica may answer (health, lag, the client's own writes) is app/adapters/replicas.py.
 
 SQLAlchemy builds every statement and the schema. On the hottest paths (a product read, placing
 an order) `fetch_all` and `run` hand SQLAlchemy-compiled constants straight to psycopg, as prepared
@@ -36,8 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.elements import ClauseElement
 
-from app.core.observability import READS, REPLICA_SKIPS, add_time, timed
-from app.core.replicas import (
+from app.adapters.observability import READS, REPLICA_SKIPS, add_time, timed
+from app.adapters.replicas import (
     PRIMARY_POSITION_SQL,
     ClientPosition,
     Replica,
@@ -160,7 +160,7 @@ class Database:
     """The primary engine and the read engines; one per process, made in the lifespan.
 
     Reads go to a healthy replica that has replayed the request's position (see
-    app/core/replicas.py), else to the primary. A read that cannot get a connection to its
+    app/adapters/replicas.py), else to the primary. A read that cannot get a connection to its
     replica, or loses it, is answered by the primary instead, and the replica is skipped until
     its health check passes again.
     """
@@ -276,7 +276,7 @@ class Database:
 
         With replicas, inside a request, the primary's WAL position just after the COMMIT is
         added to the request's position (one more round trip), so that the client's next reads
-        see this write wherever they land (app/core/replicas.py).
+        see this write wherever they land (app/adapters/replicas.py).
         """
         async with self.primary.connect() as conn:
             async with conn.begin():

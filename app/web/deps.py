@@ -5,56 +5,17 @@
 # resolve the string annotations of a callable instance: `request: Request` became a query
 # parameter.
 
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import OAuth2PasswordBearer
-from redis.asyncio import Redis
 
-from app.core.assets import Assets
-from app.core.cache import Cache
-from app.core.db import Database
-from app.core.errors import Forbidden, Unauthenticated
-from app.core.mail import LogMailer, Mailer
-from app.core.outbox import Relay
-from app.core.ratelimit import RateLimit
-from app.core.replicas import PositionTokens
-from app.core.security import AccountLookup, Passwords, Principal, TokenIssuer, TokenVerifier
-from app.core.settings import Settings
-
-
-@dataclass(slots=True)
-class Resources:
-    """Everything made in the lifespan; one per process, kept on app.state.resources."""
-
-    settings: Settings
-    db: Database
-    tokens: TokenIssuer
-    verifier: TokenVerifier
-    passwords: Passwords
-    accounts: AccountLookup
-    sign_in_limit: RateLimit
-    assets: Assets
-    """Where uploaded images go (S3 or a local folder) and the URLs of /static/ files."""
-    redis: Redis | None = None
-    positions: PositionTokens | None = None
-    """Signs the read-after tokens of read-your-writes; None without replicas."""
-    cache: Cache | None = None
-    """The response cache (stage 5): None without SHOP_REDIS_URL."""
-    dynamodb: Any = None
-    """boto3 DynamoDB client of the carts table (stage 5): None without SHOP_CARTS_TABLE."""
-    dynamodb_threads: ThreadPoolExecutor | None = None
-    """The threads that run that client's blocking calls: its own, as many as its connection
-    pool, so that calls hung on an unreachable endpoint never hold the threads every other
-    blocking call shares (password hashing, the mail, the queue)."""
-    relay: Relay | None = None
-    """Publishes outbox events to the queue (stage 7): None without SHOP_QUEUE_URL."""
-    mailer: Mailer = field(default_factory=LogMailer)
-    """Outgoing e-mail: SES with SHOP_MAIL_SENDER, the log otherwise."""
-    draining: bool = False
-    """Set on SIGTERM: /readyz answers 503 while the process finishes what it has."""
+from app.adapters.assets import Assets
+from app.adapters.cache import Cache
+from app.adapters.db import Database
+from app.adapters.resources import Resources
+from app.kernel.errors import Forbidden, Unauthenticated
+from app.kernel.security import Principal
 
 
 def _state(request: Request) -> Resources:

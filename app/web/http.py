@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import InvalidRequest, ShopError, TooManyRequests, Unauthenticated
+from app.kernel.errors import InvalidRequest, ShopError, TooManyRequests, Unauthenticated
 
 log = logging.getLogger("shop.http")
 

@@ -11,7 +11,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from app.core.settings import Settings
+from app.kernel.settings import Settings
 
 log = logging.getLogger("shop.mail")
 

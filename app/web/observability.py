@@ -1,12 +1,14 @@
 """What a load test reads from the shop: Prometheus metrics, a Server-Timing header and one JSON
 log line per request, all keyed by the route template and a request id (and, when the request's
-trace is recorded, its trace id: app/core/tracing.py).
+trace is recorded, its trace id: app/adapters/tracing.py).
 
 Time spent in the database and in the cache is summed per request in a context variable: the
-code that talks to them wraps each call in `timed("db")` / `timed("cache")`, and the middleware
-turns the sums into the `Server-Timing` header (`app`, `db`, `cache`), the log line and the
-histograms. With several uvicorn workers, Prometheus' multiprocess mode aggregates every
-worker's figures (`shop serve` sets PROMETHEUS_MULTIPROC_DIR to a fresh folder).
+code that talks to them wraps each call in `timed("db")` / `timed("cache")` (in
+app/adapters/observability.py, beside the gauges and counters of the pools, the cache and the
+replicas), and the middleware turns the sums into the `Server-Timing` header (`app`, `db`,
+`cache`), the log line and the histograms. With several uvicorn workers, Prometheus'
+multiprocess mode aggregates every worker's figures (`shop serve` sets PROMETHEUS_MULTIPROC_DIR
+to a fresh folder).
 """
 
 from __future__ import annotations
@@ -17,16 +19,10 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
     Gauge,
     Histogram,
     generate_latest,
@@ -34,7 +30,8 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.tracing import current_trace_id
+from app.adapters.observability import CURRENT_TIMINGS, Timings
+from app.adapters.tracing import current_trace_id
 
 log = logging.getLogger("shop.access")
 
@@ -57,79 +54,6 @@ DB_TIME = Histogram(
     ["route"],
     buckets=_BUCKETS,
 )
-POOL = Gauge(
-    "shop_db_pool_connections",
-    "Connections of the database pools, by pool and state (size, in_use, waiting).",
-    ["pool", "state"],
-    multiprocess_mode="livesum",
-)
-POOL_WAIT = Gauge(
-    "shop_db_pool_wait_seconds_total",
-    "Seconds requests have waited for a free driver-pool connection since the process started.",
-    ["pool"],
-    multiprocess_mode="livesum",
-)
-CACHE = Counter("shop_cache_requests", "Cache look-ups, by result (hit, miss, error).", ["result"])
-READS = Counter(
-    "shop_db_reads", "Reads by the server that answered them (primary, replica-N).", ["target"]
-)
-REPLICA_SKIPS = Counter(
-    "shop_db_replica_skips",
-    "Reads that passed the replicas over, by reason (behind, unhealthy, down, busy).",
-    ["reason"],
-)
-
-
-@dataclass(slots=True)
-class Timings:
-    """Seconds a request spent in each resource."""
-
-    spent: dict[str, float] = field(default_factory=dict)
-
-
-_current: ContextVar[Timings | None] = ContextVar("shop_timings", default=None)
-
-
-def add_time(resource: str, seconds: float) -> None:
-    """Add `seconds` to the current request's `resource`, if there is a request."""
-    timings = _current.get()
-    if timings is not None:
-        timings.spent[resource] = timings.spent.get(resource, 0.0) + seconds
-
-
-@contextmanager
-def timed(resource: str) -> Iterator[None]:
-    """Add the time spent in the block to the current request's `resource` (db, cache)."""
-    timings = _current.get()
-    if timings is None:
-        yield
-        return
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        elapsed = time.perf_counter() - started
-        timings.spent[resource] = timings.spent.get(resource, 0.0) + elapsed
-
-
-def sample_pools(pools: Mapping[str, Any]) -> None:
-    """Record size, connections in use and waiting requests of each pool (SQLAlchemy's queue
-    pools and psycopg's driver pools), by name."""
-    for name, pool in pools.items():
-        if hasattr(pool, "get_stats"):  # psycopg_pool
-            stats = pool.get_stats()
-            size = stats.get("pool_size", 0)
-            in_use = size - stats.get("pool_available", 0)
-            waiting = stats.get("requests_waiting", 0)
-            POOL_WAIT.labels(name).set(stats.get("requests_wait_ms", 0) / 1000)
-        else:  # a SQLAlchemy QueuePool
-            in_use = pool.checkedout()
-            size = pool.size() + max(pool.overflow(), 0)
-            waiting = 0
-        POOL.labels(name, "size").set(size)
-        POOL.labels(name, "in_use").set(in_use)
-        POOL.labels(name, "waiting").set(waiting)
-
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -160,7 +84,7 @@ class Observe:
         started = time.perf_counter()
         request_id = request_id_from(scope["headers"])
         timings = Timings()
-        token = _current.set(timings)
+        token = CURRENT_TIMINGS.set(timings)
         status = 500
 
         async def send_with_headers(message: Message) -> None:
@@ -182,7 +106,7 @@ class Observe:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            _current.reset(token)
+            CURRENT_TIMINGS.reset(token)
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
             if self.metrics:

@@ -19,7 +19,7 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from app.core.errors import Unauthenticated
+from app.kernel.errors import Unauthenticated
 
 T = TypeVar("T")
 

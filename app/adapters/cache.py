@@ -47,8 +47,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from app.core.observability import CACHE, timed
-from app.core.replicas import current_position
+from app.adapters.observability import CACHE, timed
+from app.adapters.replicas import current_position
 
 log = logging.getLogger("shop.cache")
 

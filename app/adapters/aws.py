@@ -14,7 +14,7 @@ from urllib.parse import quote
 import boto3
 from sqlalchemy.engine import URL
 
-from app.core.settings import Settings
+from app.kernel.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,16 +7,16 @@ position read inside the transaction would come before the commit record, which 
 the write visible: too early.) A replica's position is `pg_last_wal_replay_lsn()`.
 
 Read-your-writes across the fleet. The position travels with the client, never in one process's
-memory: `ReadYourWrites` (an ASGI middleware) answers a request that wrote with a signed token
-(HMAC-SHA256 with the JWT key) in the `X-Shop-Read-After` header and the `shop_read_after`
-cookie. A request that brings it back (either one, on any instance) reads only from a replica
-whose position has reached it, else from the primary. When the last poll found every replica
-behind it, they are asked again on the spot (`choose_caught_up`, one ask at a time per process,
-waited for at most 50 ms): replay takes milliseconds, the poll's period half a second, and
-without the ask most of a customer's reads after a write went to the primary. The token holds
-nothing secret and cannot be forged, so a client can only ask for reads at least as fresh as
-its own writes. Keeping it per customer in Redis instead would cost a cache round trip on every
-authenticated read, and would not cover a sign-up followed by a sign-in, where no customer is
+memory: `ReadYourWrites` (an ASGI middleware in app/web/replicas.py) answers a request that wrote
+with a signed token (`PositionTokens`: HMAC-SHA256 with the JWT key) in the `X-Shop-Read-After`
+header and the `shop_read_after` cookie. A request that brings it back (either one, on any
+instance) reads only from a replica whose position has reached it, else from the primary. When the
+last poll found every replica behind it, they are asked again on the spot (`choose_caught_up`, one
+ask at a time per process, waited for at most 50 ms): replay takes milliseconds, the poll's period
+half a second, and without the ask most of a customer's reads after a write went to the primary.
+The token holds nothing secret and cannot be forged, so a client can only ask for reads at least as
+fresh as its own writes. Keeping it per customer in Redis instead would cost a cache round trip on
+every authenticated read, and would not cover a sign-up followed by a sign-in, where no customer is
 known yet.
 
 How the position reaches the reads: a context variable (`ClientPosition`), set by the middleware
@@ -51,7 +51,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -60,8 +60,6 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("shop.replicas")
 
@@ -159,39 +157,6 @@ class PositionTokens:
                     if key == COOKIE.encode():
                         seen = max(seen, self.read(token))
         return seen
-
-
-class ReadYourWrites:
-    """ASGI middleware: the request's position from its token; a new token when it wrote.
-
-    `tokens` returns None when there are no replicas: then every read is on the primary, no
-    token is needed and the middleware only passes requests through.
-    """
-
-    def __init__(self, app: ASGIApp, tokens: Callable[[], PositionTokens | None]) -> None:
-        self.app = app
-        self._tokens = tokens
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        tokens = self._tokens() if scope["type"] == "http" else None
-        if tokens is None:
-            await self.app(scope, receive, send)
-            return
-        with client_position(tokens.from_headers(scope["headers"])) as position:
-
-            async def send_position(message: Message) -> None:
-                if message["type"] == "http.response.start" and position.wrote:
-                    token = tokens.sign(position.not_before)
-                    headers = MutableHeaders(scope=message)
-                    headers.append(HEADER, token)
-                    headers.append(
-                        "Set-Cookie",
-                        f"{COOKIE}={token}; Max-Age={tokens.max_age_s}; Path=/; HttpOnly; "
-                        "SameSite=Lax",
-                    )
-                await send(message)
-
-            await self.app(scope, receive, send_position)
 
 
 # --- replicas and their health ----------------------------------------------------------------

@@ -21,6 +21,11 @@ On, one process has at most one running `Tracing` (the helpers use the last one 
 tracer provider is its own, passed to each instrumentation, never installed as OpenTelemetry's
 global one: a process (a test) may start and stop tracing more than once.
 
+It sits with the adapters, the exporter and the instrumentations of psycopg, redis and botocore
+being what it is mostly about, though `instrument_app` and `SampleAtTheDoor` wrap the web app:
+they share this module's sampling state (the running tracer, its ratio, the key of an admitted
+root) with `continue_trace`, and FastAPI is imported for type checking only.
+
 Sampling is decided once, at the door, before any instrumentation runs: a request by
 `SampleAtTheDoor` (the caller's `traceparent` flag when it sends one, else the ratio), a message
 or a sweep by `continue_trace` (its carrier's flag, else the ratio). What is not sampled runs
@@ -46,7 +51,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
 
-    from app.core.settings import Settings
+    from app.kernel.settings import Settings
 
 WEB_SERVICE = "shop-web"
 WORKER_SERVICE = "shop-worker"
