@@ -7,12 +7,9 @@ The table is the one infra/shop_infra/constructs/edge.py defines: partition key 
 so of two concurrent changes one fails its condition, reads the other's result and applies
 itself again: both land. The retries are bounded (CartBusy after MAX_ATTEMPTS).
 
-boto3 blocks: each call runs in a thread of the carts' own pool (`Resources.dynamodb_threads`,
-made in the lifespan with the client, which is thread-safe). A read that has not answered within
-READ_DEADLINE_S answers 503 (CartStoreUnavailable) at once, however long botocore would go on
-trying: with the endpoint unreachable, requests get a clear error instead of queueing behind
-hung calls. A write gets no such deadline: one abandoned while DynamoDB may still apply it could
-be applied twice by the client's retry; botocore's own timeouts bound it.
+The table's calls, their threads and their deadlines are app/adapters/dynamodb.py's; this module
+owns the item's shape and the retries. A read that has not answered within READ_DEADLINE_S
+answers 503 (CartStoreUnavailable), as does DynamoDB throttling or being unreachable.
 """
 
 from __future__ import annotations
@@ -27,8 +24,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from app.adapters.dynamodb import READ_DEADLINE_S, Unavailable, VersionedTable
 from app.carts.domain import (
     Cart,
     CartBusy,
@@ -41,26 +37,13 @@ from app.kernel.models import utcnow
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 8
-# Answers that mean "not now" (botocore has already retried them): 503, which a client may
-# retry. Anything else (a missing table, denied access) is the operator's to fix: a 500.
-_NOT_NOW = {
-    "ThrottlingException",
-    "ProvisionedThroughputExceededException",
-    "RequestLimitExceeded",
-    "InternalServerError",
-    "ServiceUnavailable",
-}
 
 
 @contextmanager
 def _unavailable_as_503() -> Iterator[None]:
     try:
         yield
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in _NOT_NOW:
-            raise CartStoreUnavailable() from exc
-        raise
-    except BotoCoreError as exc:  # unreachable, timed out, connection dropped
+    except Unavailable as exc:
         raise CartStoreUnavailable() from exc
 
 
@@ -95,11 +78,6 @@ def _from_item(item: dict[str, Any] | None, customer_id: int) -> Cart:
     )
 
 
-READ_DEADLINE_S = 3.0
-"""How long a read may take before the request answers 503 (a healthy DynamoDB answers in
-milliseconds; botocore would go on for up to 3 attempts of a 2 s connect and a 5 s read)."""
-
-
 class DynamoCartStore:
     def __init__(
         self,
@@ -109,30 +87,17 @@ class DynamoCartStore:
         ttl: timedelta,
         threads: ThreadPoolExecutor | None = None,
     ) -> None:
-        self.client = client
-        self.table = table
+        self.items = VersionedTable(client, table=table, key="cart_id", threads=threads)
         self.ttl = ttl
-        self.threads = threads
 
     async def _call(self, work: Callable[[], T], *, deadline_s: float | None = None) -> T:
-        """Run a blocking call in the carts' threads; past `deadline_s`, CartStoreUnavailable."""
-        running = asyncio.get_running_loop().run_in_executor(self.threads, work)
-        if deadline_s is None:
-            return await running
-        try:
-            return await asyncio.wait_for(running, deadline_s)
-        except TimeoutError:
-            raise CartStoreUnavailable() from None
+        with _unavailable_as_503():
+            return await self.items.run(work, deadline_s=deadline_s)
 
-    def _read(self, customer_id: int, *, consistent: bool) -> tuple[Cart, bool]:
+    def _read(self, customer_id: int) -> tuple[Cart, bool]:
         """The cart and whether an item exists for it (blocking)."""
         with _unavailable_as_503():
-            answer = self.client.get_item(
-                TableName=self.table,
-                Key={"cart_id": {"S": cart_id_for(customer_id)}},
-                ConsistentRead=consistent,
-            )
-        item = answer.get("Item")
+            item = self.items.get(cart_id_for(customer_id))
         return as_read(_from_item(item, customer_id), utcnow()), item is not None
 
     async def get(self, customer_id: int, *, consistent: bool = False) -> Cart:
@@ -142,27 +107,14 @@ class DynamoCartStore:
         return cart
 
     async def _read_soon(self, customer_id: int) -> tuple[Cart, bool]:
-        return await self._call(
-            partial(self._read, customer_id, consistent=True), deadline_s=READ_DEADLINE_S
-        )
+        return await self._call(partial(self._read, customer_id), deadline_s=READ_DEADLINE_S)
 
     def _put(self, stored: Cart, *, exists: bool, expected_version: int) -> bool:
         """Write the cart if nobody wrote since it was read; False when somebody did."""
-        condition: dict[str, Any]
-        if exists:
-            condition = {
-                "ConditionExpression": "#v = :expected",
-                "ExpressionAttributeNames": {"#v": "version"},
-                "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
-            }
-        else:
-            condition = {"ConditionExpression": "attribute_not_exists(cart_id)"}
-        try:
-            with _unavailable_as_503():
-                self.client.put_item(TableName=self.table, Item=_to_item(stored), **condition)
-        except self.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+        with _unavailable_as_503():
+            return self.items.put(
+                _to_item(stored), expected_version=expected_version if exists else None
+            )
 
     async def change(self, customer_id: int, mutate: Callable[[Cart], Cart]) -> Cart:
         for attempt in range(MAX_ATTEMPTS):
