@@ -118,6 +118,25 @@ def client_position(not_before: int = 0) -> Iterator[ClientPosition]:
         _CURRENT.reset(token)
 
 
+def position_now() -> int:
+    """The position the request being served must read at: past its own writes and those its
+    client's token names; 0 (anything will do) outside a request or without replicas."""
+    position = _CURRENT.get()
+    return position.not_before if position is not None else 0
+
+
+@contextmanager
+def reading_after(not_before: int) -> Iterator[None]:
+    """Reads in the block come from a server that has replayed up to `not_before` (and the
+    request's own position, whichever is further); a block whose reads need no such server
+    (`not_before` 0) is left as it is."""
+    if not_before <= 0:
+        yield
+        return
+    with client_position(max(not_before, position_now())):
+        yield
+
+
 class PositionTokens:
     """Signs and checks the read-after token: `<position in hex>.<HMAC-SHA256, 128 bits>`."""
 

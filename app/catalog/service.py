@@ -14,8 +14,7 @@ conditional UPDATE in `reserve_stock` does.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Integer, bindparam, insert, select, update
@@ -25,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.adapters.assets import Assets
 from app.adapters.cache import Cache
 from app.adapters.db import Database, run
-from app.adapters.replicas import client_position, current_position
+from app.adapters.replicas import position_now, reading_after
 from app.catalog.domain import (
     MAX_STOCK,
     OutOfStock,
@@ -107,20 +106,7 @@ async def catalog_changed(cache: Cache | None) -> None:
     write, so a lagging replica cannot put the old price back into the cache.
     """
     if cache is not None:
-        position = current_position()
-        not_before = position.not_before if position is not None else 0
-        await cache.new_generation(_GENERATION, not_before=not_before)
-
-
-@contextmanager
-def _reading_after(not_before: int) -> Iterator[None]:
-    """Reads in the block come from a server that has replayed up to `not_before`."""
-    if not_before <= 0:
-        yield
-        return
-    request = current_position()
-    with client_position(max(not_before, request.not_before if request is not None else 0)):
-        yield
+        await cache.new_generation(_GENERATION, not_before=position_now())
 
 
 async def product_json(
@@ -134,7 +120,7 @@ async def product_json(
     """
 
     async def fill(not_before: int) -> bytes:
-        with _reading_after(not_before):
+        with reading_after(not_before):
             found = await get_product(db, product_id=product_id, assets=assets)
         return found.model_dump_json().encode()
 
@@ -157,7 +143,7 @@ async def page_json(
     """A page of products, as the JSON of ProductPage; cached like `product_json`."""
 
     async def fill(not_before: int) -> bytes:
-        with _reading_after(not_before):
+        with reading_after(not_before):
             found = await list_products(db, text=text, limit=limit, offset=offset, assets=assets)
         return found.model_dump_json().encode()
 

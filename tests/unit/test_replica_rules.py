@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from app.adapters.replicas import PositionTokens, Replica, ReplicaSet
+from app.adapters.replicas import (
+    PositionTokens,
+    Replica,
+    ReplicaSet,
+    client_position,
+    position_now,
+    reading_after,
+)
 
 
 def replica(name: str, *, healthy: bool = True, position: int = 0) -> Replica:
@@ -57,3 +64,22 @@ def test_lag_is_how_long_ago_the_primary_was_where_the_replica_is() -> None:
     idle = ReplicaSet([], primary_url="")
     idle._history.extend([(now - 60, 100), (now, 100)])
     assert idle.lag_of(100) == 0  # an idle primary makes no lag
+
+
+def test_a_refill_reads_past_the_writers_position_and_the_requests_own_whichever_is_further() -> (
+    None
+):
+    assert position_now() == 0  # outside a request: any server will do
+    with reading_after(0):
+        assert position_now() == 0
+    with reading_after(700):
+        assert position_now() == 700
+    with client_position(900) as request:
+        with reading_after(500):
+            assert position_now() == 900  # the request's own is further
+        with reading_after(1200):
+            assert position_now() == 1200
+        assert position_now() == 900  # restored after the block
+        request.advance(1500)
+        assert position_now() == 1500
+    assert position_now() == 0
