@@ -5,12 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
 
-import boto3
-from botocore.config import Config as BotoConfig
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
@@ -20,6 +16,7 @@ from app.adapters import aws
 from app.adapters.assets import Assets
 from app.adapters.cache import Cache, bounded_client, namespace_for
 from app.adapters.db import Database
+from app.adapters.dynamodb import VersionedTable
 from app.adapters.mail import mailer_for
 from app.adapters.outbox import Relay
 from app.adapters.queue import Queue
@@ -30,6 +27,7 @@ from app.adapters.tracing import WEB_SERVICE, quiet, tracing_for
 from app.carts.domain import CartStoreUnavailable
 from app.carts.router import cart_store_unavailable
 from app.carts.router import router as carts_router
+from app.carts.store_dynamodb import KEY as CART_KEY
 from app.catalog.router import IMAGE_UPLOAD
 from app.catalog.router import router as catalog_router
 from app.customers.router import router as customers_router
@@ -55,27 +53,6 @@ log = logging.getLogger("shop")
 
 class StartupProblem(RuntimeError):
     """The shop cannot serve with this configuration; the message says why and what to do."""
-
-
-DYNAMODB_CONNECTIONS = 32
-"""The carts client's connection pool, and the threads that run its calls."""
-
-
-def _dynamodb_client(settings: Settings) -> Any:
-    """The carts table's client: thread-safe, shared by the worker threads that run its calls
-    (boto3 blocks), with short timeouts so that a DynamoDB hiccup costs a request seconds,
-    not minutes."""
-    return boto3.client(
-        "dynamodb",
-        region_name=settings.aws_region,
-        endpoint_url=settings.aws_endpoint_url,
-        config=BotoConfig(
-            max_pool_connections=DYNAMODB_CONNECTIONS,
-            connect_timeout=2,
-            read_timeout=5,
-            retries={"max_attempts": 3, "mode": "standard"},
-        ),
-    )
 
 
 async def open_resources(settings: Settings) -> Resources:
@@ -167,11 +144,14 @@ async def open_resources(settings: Settings) -> Resources:
         redis=redis,
         cache=cache,
         positions=PositionTokens(resolved.jwt_secret) if db.replicas else None,
-        dynamodb=(
-            await asyncio.to_thread(_dynamodb_client, settings) if settings.carts_table else None
-        ),
-        dynamodb_threads=(
-            ThreadPoolExecutor(DYNAMODB_CONNECTIONS, thread_name_prefix="dynamodb")
+        carts_table=(
+            await asyncio.to_thread(
+                VersionedTable.open,
+                table=settings.carts_table,
+                key=CART_KEY,
+                region=settings.aws_region,
+                endpoint_url=settings.aws_endpoint_url,
+            )
             if settings.carts_table
             else None
         ),
@@ -184,9 +164,8 @@ async def close_resources(resources: Resources) -> None:
     if resources.cache is not None:
         await resources.cache.close()
     resources.passwords.close()
-    if resources.dynamodb_threads is not None:
-        # A call hung on an unreachable endpoint ends with botocore's timeouts, not here.
-        resources.dynamodb_threads.shutdown(wait=False, cancel_futures=True)
+    if resources.carts_table is not None:
+        resources.carts_table.close()
     resources.assets.close()
     await resources.db.dispose()
 

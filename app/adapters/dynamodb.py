@@ -19,9 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import boto3
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 T = TypeVar("T")
+
+CONNECTIONS = 32
+"""A table's client's connection pool, and the threads that run its calls."""
 
 READ_DEADLINE_S = 3.0
 """How long a read may take before it counts as unavailable (a healthy DynamoDB answers in
@@ -66,6 +71,33 @@ class VersionedTable:
         self.table = table
         self.key = key
         self.threads = threads
+
+    @classmethod
+    def open(
+        cls, *, table: str, key: str, region: str | None, endpoint_url: str | None = None
+    ) -> VersionedTable:
+        """The table with a client and threads of its own (made once per process, in the
+        lifespan; making a client costs tens of ms and blocks). The client is thread-safe, with
+        short timeouts so that a DynamoDB hiccup costs a request seconds, not minutes."""
+        client = boto3.client(
+            "dynamodb",
+            region_name=region,
+            endpoint_url=endpoint_url,
+            config=Config(
+                max_pool_connections=CONNECTIONS,
+                connect_timeout=2,
+                read_timeout=5,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+        )
+        threads = ThreadPoolExecutor(CONNECTIONS, thread_name_prefix="dynamodb")
+        return cls(client, table=table, key=key, threads=threads)
+
+    def close(self) -> None:
+        """Stop its threads; a call hung on an unreachable endpoint ends with botocore's
+        timeouts, not here."""
+        if self.threads is not None:
+            self.threads.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, work: Callable[[], T], *, deadline_s: float | None = None) -> T:
         """Run a blocking call in the table's threads; past `deadline_s`, Unavailable."""

@@ -3,15 +3,14 @@ object: app.state.resources in the web app, built by app/main.py's `open_resourc
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from redis.asyncio import Redis
 
 from app.adapters.assets import Assets
 from app.adapters.cache import Cache
 from app.adapters.db import Database
+from app.adapters.dynamodb import VersionedTable
 from app.adapters.mail import LogMailer, Mailer
 from app.adapters.outbox import Relay
 from app.adapters.ratelimit import RateLimit
@@ -38,12 +37,9 @@ class Resources:
     """Signs the read-after tokens of read-your-writes; None without replicas."""
     cache: Cache | None = None
     """The response cache (stage 5): None without SHOP_REDIS_URL."""
-    dynamodb: Any = None
-    """boto3 DynamoDB client of the carts table (stage 5): None without SHOP_CARTS_TABLE."""
-    dynamodb_threads: ThreadPoolExecutor | None = None
-    """The threads that run that client's blocking calls: its own, as many as its connection
-    pool, so that calls hung on an unreachable endpoint never hold the threads every other
-    blocking call shares (password hashing, the mail, the queue)."""
+    carts_table: VersionedTable | None = None
+    """The carts' DynamoDB table (stage 5), with its client and threads: None without
+    SHOP_CARTS_TABLE."""
     relay: Relay | None = None
     """Publishes outbox events to the queue (stage 7): None without SHOP_QUEUE_URL."""
     mailer: Mailer = field(default_factory=LogMailer)

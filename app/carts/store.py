@@ -38,11 +38,6 @@ def store_for(resources: Resources) -> CartStore:
     shop's database."""
     settings = resources.settings
     ttl = timedelta(days=settings.cart_ttl_days)
-    if settings.carts_table and resources.dynamodb is not None:
-        return DynamoCartStore(
-            resources.dynamodb,
-            table=settings.carts_table,
-            ttl=ttl,
-            threads=resources.dynamodb_threads,
-        )
+    if resources.carts_table is not None:
+        return DynamoCartStore(resources.carts_table, ttl=ttl)
     return SqlCartStore(resources.db, ttl=ttl)

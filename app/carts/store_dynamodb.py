@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -37,6 +36,8 @@ from app.kernel.models import utcnow
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 8
+KEY = "cart_id"
+"""The table's partition key (infra/shop_infra/constructs/edge.py)."""
 
 
 @contextmanager
@@ -50,7 +51,7 @@ def _unavailable_as_503() -> Iterator[None]:
 def _to_item(cart: Cart) -> dict[str, Any]:
     assert cart.expires_at is not None
     item: dict[str, Any] = {
-        "cart_id": {"S": cart.cart_id},
+        KEY: {"S": cart.cart_id},
         "customer_id": {"N": str(cart.customer_id)},
         "version": {"N": str(cart.version)},
         "items": {"M": {str(pid): {"N": str(q)} for pid, q in cart.items.items()}},
@@ -68,7 +69,7 @@ def _from_item(item: dict[str, Any] | None, customer_id: int) -> Cart:
     checked_out_version = item.get("checked_out_version", {}).get("N")
     checked_out_order_id = item.get("checked_out_order_id", {}).get("N")
     return Cart(
-        cart_id=item["cart_id"]["S"],
+        cart_id=item[KEY]["S"],
         customer_id=int(item["customer_id"]["N"]),
         version=int(item["version"]["N"]),
         items={int(pid): int(q["N"]) for pid, q in item.get("items", {}).get("M", {}).items()},
@@ -79,15 +80,8 @@ def _from_item(item: dict[str, Any] | None, customer_id: int) -> Cart:
 
 
 class DynamoCartStore:
-    def __init__(
-        self,
-        client: Any,
-        *,
-        table: str,
-        ttl: timedelta,
-        threads: ThreadPoolExecutor | None = None,
-    ) -> None:
-        self.items = VersionedTable(client, table=table, key="cart_id", threads=threads)
+    def __init__(self, items: VersionedTable, *, ttl: timedelta) -> None:
+        self.items = items
         self.ttl = ttl
 
     async def _call(self, work: Callable[[], T], *, deadline_s: float | None = None) -> T:

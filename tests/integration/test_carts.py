@@ -20,12 +20,13 @@ import pytest
 from httpx import AsyncClient
 from sqlalchemy import text
 
+from app.adapters.dynamodb import VersionedTable
 from app.adapters.resources import Resources
 from app.carts import store_dynamodb
 from app.carts.domain import Cart, CartBusy, CartTooLarge, set_quantity
 from app.carts.router import cart_store
 from app.carts.store import CartStore
-from app.carts.store_dynamodb import DynamoCartStore
+from app.carts.store_dynamodb import KEY, DynamoCartStore
 from app.carts.store_sql import SqlCartStore
 from app.catalog import service as catalog
 from tests.integration.conftest import User, make_product, make_user
@@ -73,7 +74,9 @@ def make_store(kind: str, resources: Resources, dynamodb: Any, ttl: timedelta = 
     if kind == "postgresql":
         return SqlCartStore(resources.db, ttl=ttl)
     # Customer ids start again at 1 in every test: a table per test keeps carts apart.
-    return DynamoCartStore(dynamodb, table=make_carts_table(dynamodb), ttl=ttl)
+    return DynamoCartStore(
+        VersionedTable(dynamodb, table=make_carts_table(dynamodb), key=KEY), ttl=ttl
+    )
 
 
 @pytest.fixture(params=["postgresql", "dynamodb"])
@@ -574,7 +577,7 @@ async def test_an_unreachable_dynamodb_answers_503_with_retry_after(
         aws_secret_access_key="testing",
         config=Config(connect_timeout=1, retries={"max_attempts": 1}),
     )
-    unreachable = DynamoCartStore(nowhere, table="carts", ttl=TTL)
+    unreachable = DynamoCartStore(VersionedTable(nowhere, table="carts", key=KEY), ttl=TTL)
 
     async def the_store() -> CartStore:
         return unreachable
@@ -600,8 +603,8 @@ async def test_a_hung_dynamodb_answers_every_waiting_cart_read_503_instead_of_qu
 
     from botocore.config import Config
 
+    from app.adapters.dynamodb import CONNECTIONS as DYNAMODB_CONNECTIONS
     from app.carts.domain import CartStoreUnavailable
-    from app.main import DYNAMODB_CONNECTIONS
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -633,7 +636,7 @@ async def test_a_hung_dynamodb_answers_every_waiting_cart_read_503_instead_of_qu
         ),
     )
     threads = ThreadPoolExecutor(DYNAMODB_CONNECTIONS)
-    store = DynamoCartStore(hung, table="carts", ttl=TTL, threads=threads)
+    store = DynamoCartStore(VersionedTable(hung, table="carts", key=KEY, threads=threads), ttl=TTL)
 
     async def read() -> BaseException | None:
         try:
