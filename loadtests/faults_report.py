@@ -95,13 +95,9 @@ def fault_rows(stages: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def soak_lines(soak: Mapping[str, Any]) -> list[str]:
     minutes = soak["minutes"]
-    window = soak.get("window_min")  # absent: growth was the highest value against one minute
-    if window:
-        how = f"the median of the last {window} minutes against that of the first {window} after it"
-        first, last = f"median, first {window} after", f"median, last {window}"
-    else:
-        how = "the highest value after it against the value at its last minute"
-        first, last = "at warm-up end", "last"
+    window = soak["window_min"]
+    how = f"the median of the last {window} minutes against that of the first {window} after it"
+    first, last = f"median, first {window} after", f"median, last {window}"
     lines = [
         f"Stage {soak['stage']} ({soak['name']}), {soak['load_from']}, {len(minutes)} minutes; "
         f"budgets {'enforced' if soak.get('budgets_enforced') else 'NOT enforced'}. "
@@ -115,10 +111,9 @@ def soak_lines(soak: Mapping[str, Any]) -> list[str]:
         f"| series | warm-up (min) | {first} | highest after | {last} | growth | |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
-    later: Mapping[str, int] = soak.get("warmups", {})
+    later: Mapping[str, int] = soak["warmups"]
     derived: Mapping[str, Sequence[float]] = {
-        f"{table} per order kept": values
-        for table, values in soak.get("per_order_kept", {}).items()
+        f"{table} per order kept": values for table, values in soak["per_order_kept"].items()
     }
 
     def value(index: int, name: str) -> float:
@@ -141,10 +136,7 @@ def soak_lines(soak: Mapping[str, Any]) -> list[str]:
         over = grown > soak["growth_limit"]
         flag = "not judged" if name in unjudged else "**over**" if over else ""
         after = [value(i, name) for i in range(warm, len(minutes))]
-        if window:
-            start, end = statistics.median(after[:window]), statistics.median(after[-window:])
-        else:
-            start, end = value(warm - 1, name), after[-1]
+        start, end = statistics.median(after[:window]), statistics.median(after[-window:])
         lines.append(
             f"| {name} | {warm} | {start:g} | {max(after):g} | {end:g} "
             f"| {100 * grown:.0f} % | {flag} |"

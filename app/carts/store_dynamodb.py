@@ -85,13 +85,14 @@ class DynamoCartStore:
         self.ttl = ttl
 
     async def _call(self, work: Callable[[], T], *, deadline_s: float | None = None) -> T:
+        """Run a blocking call of the table's; DynamoDB not answering (in the call, or past
+        the deadline) is CartStoreUnavailable."""
         with _unavailable_as_503():
             return await self.items.run(work, deadline_s=deadline_s)
 
     def _read(self, customer_id: int) -> tuple[Cart, bool]:
         """The cart and whether an item exists for it (blocking)."""
-        with _unavailable_as_503():
-            item = self.items.get(cart_id_for(customer_id))
+        item = self.items.get(cart_id_for(customer_id))
         return as_read(_from_item(item, customer_id), utcnow()), item is not None
 
     async def get(self, customer_id: int, *, consistent: bool = False) -> Cart:
@@ -105,10 +106,9 @@ class DynamoCartStore:
 
     def _put(self, stored: Cart, *, exists: bool, expected_version: int) -> bool:
         """Write the cart if nobody wrote since it was read; False when somebody did."""
-        with _unavailable_as_503():
-            return self.items.put(
-                _to_item(stored), expected_version=expected_version if exists else None
-            )
+        return self.items.put(
+            _to_item(stored), expected_version=expected_version if exists else None
+        )
 
     async def change(self, customer_id: int, mutate: Callable[[Cart], Cart]) -> Cart:
         for attempt in range(MAX_ATTEMPTS):

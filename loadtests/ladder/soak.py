@@ -64,6 +64,9 @@ PURGED = ("outbox_event", "processed_event", "idempotency_key")
 """The tables the worker's purge keeps bounded; two of them within the soak (UNJUDGED)."""
 BOUNDED = ("outbox_event", "processed_event")
 """The purged tables whose bound the soak reaches, judged per order kept."""
+WARMUPS = {f"{table} per order kept": KEPT_MIN + 1 for table in BOUNDED}
+"""The series whose warm-up is not WARMUP_MIN: the per-order ones start when their window is
+full."""
 TABLES = (*PURGED, "customer_order")
 """Every table sampled; orders grow by design."""
 UNJUDGED = {
@@ -145,12 +148,6 @@ def per_order_kept(minutes: list[dict[str, Any]], table: str) -> list[float]:
     return found
 
 
-def warmups() -> dict[str, int]:
-    """The series whose warm-up is not WARMUP_MIN: the per-order ones start when their window
-    is full."""
-    return {f"{table} per order kept": KEPT_MIN + 1 for table in BOUNDED}
-
-
 def verdict(minutes: list[dict[str, Any]]) -> tuple[dict[str, float | None], list[str]]:
     """Growth after the warm-up per series, and the series that grew past the limit."""
     series: dict[str, tuple[list[float], float]] = {}
@@ -163,9 +160,8 @@ def verdict(minutes: list[dict[str, Any]]) -> tuple[dict[str, float | None], lis
         series[f"{table} per order kept"] = (per_order_kept(minutes, table), 0.1)
     series["queue depth"] = ([float(m["queue_depth"] or 0) for m in minutes], DEPTH_FLOOR)
     series["p95"] = ([float(m["p95_ms"]) for m in minutes], P95_FLOOR_MS)
-    later = warmups()
     grown = {
-        name: growth(values, floor=floor, warmup=later.get(name, WARMUP_MIN))
+        name: growth(values, floor=floor, warmup=WARMUPS.get(name, WARMUP_MIN))
         for name, (values, floor) in series.items()
     }
     fails = [
@@ -251,7 +247,7 @@ def run_soak(
         "load_from": load_from,
         "minutes": samples,
         "warmup_min": WARMUP_MIN,
-        "warmups": warmups(),
+        "warmups": WARMUPS,
         "window_min": WINDOW_MIN,
         "kept_min": KEPT_MIN,
         "per_order_kept": {table: per_order_kept(samples, table) for table in BOUNDED},
