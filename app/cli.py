@@ -131,14 +131,18 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     if settings.is_embedded:
         settings.embedded_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if args.down:
-        runner.downgrade(url, args.revision)
-    else:
-        try:
-            runner.upgrade(url, args.revision)
-        except runner.SchemaProblem as exc:
-            sys.exit(f"shop: cannot migrate: {exc}")
+    # Stage 8's federated databases carry the same schema; only their own tables fill up.
+    for each in (url, *settings.function_urls.values()):
+        if args.down:
+            runner.downgrade(each, args.revision)
+        else:
+            try:
+                runner.upgrade(each, args.revision)
+            except runner.SchemaProblem as exc:
+                sys.exit(f"shop: cannot migrate: {exc}")
     where = f"embedded SQLite {settings.embedded_path}" if settings.is_embedded else "database"
+    if settings.function_urls:
+        where = f"databases main, {', '.join(settings.function_urls)}"
     print(f"shop: {where} migrated in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 

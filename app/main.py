@@ -15,7 +15,7 @@ from app.accounting.router import router as accounting_router
 from app.adapters import aws
 from app.adapters.assets import Assets
 from app.adapters.cache import Cache, bounded_client, namespace_for
-from app.adapters.db import Database
+from app.adapters.db import Database, Databases
 from app.adapters.dynamodb import VersionedTable
 from app.adapters.mail import mailer_for
 from app.adapters.outbox import Relay
@@ -73,18 +73,18 @@ async def open_resources(settings: Settings) -> Resources:
     db = Database(
         resolved.primary_url,
         resolved.replica_urls,
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_max_overflow,
-        pool_timeout=settings.database_pool_timeout_s,
-        statement_timeout_ms=settings.database_statement_timeout_ms,
-        lock_timeout_ms=settings.database_lock_timeout_ms,
-        prepared_statements=settings.database_prepared_statements,
+        **settings.pool_options,
         replica_max_lag_s=settings.database_replica_max_lag_s,
         replica_check_s=settings.database_replica_check_s,
     )
+    databases = Databases.federate(db, settings.function_urls, **settings.pool_options)
     try:
         await runner.open_checked(db)
+        for other in databases.others():
+            await runner.open_checked(other)
     except runner.SchemaProblem as exc:
+        for opened in (db, *databases.others()):
+            await opened.dispose()
         raise StartupProblem(str(exc)) from exc
     tokens = LocalTokens(
         secret=resolved.jwt_secret, issuer=settings.jwt_issuer, ttl_s=settings.jwt_ttl_s
@@ -135,6 +135,7 @@ async def open_resources(settings: Settings) -> Resources:
         relay=relay,
         mailer=mailer_for(settings),
         db=db,
+        databases=databases,
         assets=assets,
         tokens=tokens,
         verifier=tokens,
@@ -167,7 +168,8 @@ async def close_resources(resources: Resources) -> None:
     if resources.carts_table is not None:
         resources.carts_table.close()
     resources.assets.close()
-    await resources.db.dispose()
+    for db in (resources.db, *resources.databases.others()):
+        await db.dispose()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

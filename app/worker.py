@@ -41,7 +41,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from app.adapters import aws, outbox
-from app.adapters.db import Database
+from app.adapters.db import Database, Databases
 from app.adapters.mail import Mailer, mailer_for
 from app.adapters.outbox import Event
 from app.adapters.queue import Message, Queue
@@ -117,6 +117,9 @@ REDRIVEN = Counter(
 
 PURGED_TABLES = ("outbox_event", "processed_event", "idempotency_key")
 MAX_PURGE_BATCHES = 10
+CANCEL_FINISHED_WITHIN = timedelta(seconds=30)
+"""Stage 8: a cancellation still under way this long after it was asked for was left by a
+crash (its request takes well under a second); reconciliation finishes it."""
 """Batches per table and purge pass: a backlog is worked off over several passes, and the
 queue is not held up meanwhile."""
 
@@ -150,8 +153,11 @@ class Worker:
         batch_size: int = 10,
         wait_s: int = 10,
         retention: Retention | None = None,
+        databases: Databases | None = None,
     ) -> None:
         self.db = db
+        self.databases = databases or Databases.single(db)
+        """Where the handlers write: `db` in every role before stage 8's federation."""
         self.queue = queue
         self.mailer = mailer
         self.batch_size = batch_size
@@ -180,7 +186,7 @@ class Worker:
             handler = HANDLERS.get(event.kind)
             if handler is None:
                 raise ValueError(f"no handler for events of kind {event.kind!r}")
-            await handler(self.db, self.mailer, event.id, event.payload)
+            await handler(self.databases, self.mailer, event.id, event.payload)
         except Exception as exc:
             record_failure(exc)
             FAILED.labels(kind).inc()
@@ -232,6 +238,10 @@ class Worker:
         assert self.retention is not None and self.retention.redrive_after is not None
         before = utcnow() - self.retention.redrive_after
         found = await outbox.unhandled(self.db, before=before, limit=limit)
+        if self.databases.federated:
+            await orders.finish_requested_cancels(
+                self.databases, older_than=CANCEL_FINISHED_WITHIN, limit=limit
+            )
         if not found:
             return 0
         # A pass that applies events is a trace of its own: their requests' traces are not
@@ -248,7 +258,7 @@ class Worker:
                 continue
             try:
                 with span("worker.redrive", event_id=str(event.id), kind=event.kind):
-                    await handler(self.db, self.mailer, event.id, event.payload)
+                    await handler(self.databases, self.mailer, event.id, event.payload)
             except Exception as exc:
                 log.warning(
                     "reconcile: event %s (%s) failed, next pass: %s", event.id, event.kind, exc
@@ -276,7 +286,12 @@ class Worker:
             return await outbox.purge_handled(self.db, before=cutoff, limit=limit)
 
         async def processed_event(limit: int) -> int:
-            return await outbox.purge_processed(self.db, before=cutoff, limit=limit)
+            # Each database its handlers write keeps its own claims (stage 8: three).
+            counts = [
+                await outbox.purge_processed(db, before=cutoff, limit=limit)
+                for db in (self.db, *self.databases.others())
+            ]
+            return sum(counts)
 
         async def idempotency_key(limit: int) -> int:
             return await orders.purge_idempotency_keys(
@@ -368,24 +383,26 @@ class Worker:
 
 async def open_database(settings: WorkerSettings) -> Database:
     """The primary only (a worker writes); WorkerProblem when its schema is not current."""
+    return (await open_databases(settings)).main
+
+
+async def open_databases(settings: WorkerSettings) -> Databases:
+    """The primary, and stage 8's federated databases where set (a worker writes every one);
+    WorkerProblem when a schema is not current."""
     try:
         resolved = await asyncio.to_thread(aws.resolve, settings)
     except aws.SecretProblem as exc:
         raise WorkerProblem(str(exc)) from exc
-    db = Database(
-        resolved.primary_url,
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_max_overflow,
-        pool_timeout=settings.database_pool_timeout_s,
-        statement_timeout_ms=settings.database_statement_timeout_ms,
-        lock_timeout_ms=settings.database_lock_timeout_ms,
-        prepared_statements=settings.database_prepared_statements,
-    )
+    db = Database(resolved.primary_url, **settings.pool_options)
+    databases = Databases.federate(db, settings.function_urls, **settings.pool_options)
     try:
-        await runner.open_checked(db)
+        for each in (db, *databases.others()):
+            await runner.open_checked(each)
     except runner.SchemaProblem as exc:
+        for each in (db, *databases.others()):
+            await each.dispose()
         raise WorkerProblem(str(exc)) from exc
-    return db
+    return databases
 
 
 async def redrive(settings: WorkerSettings) -> int:
@@ -424,7 +441,8 @@ async def serve(settings: WorkerSettings) -> None:
 
 async def _serve(settings: WorkerSettings) -> None:
     assert settings.queue_url is not None
-    db = await open_database(settings)
+    databases = await open_databases(settings)
+    db = databases.main
     # After the schema check: a deployment waits for this port to call the worker started.
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, registry=REGISTRY)
@@ -449,6 +467,7 @@ async def _serve(settings: WorkerSettings) -> None:
                 else None
             ),
         ),
+        databases=databases,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -460,5 +479,6 @@ async def _serve(settings: WorkerSettings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-        await db.dispose()
+        for each in (db, *databases.others()):
+            await each.dispose()
         log.info("worker: ran %.0f s", time.perf_counter() - started)

@@ -12,6 +12,9 @@ machine, as the test suite's does), for the two order paths the ladder has:
 - `queued` (stage 7): the request's transaction writes the order and an outbox event; the relay
   publishes it (to moto's SQS here) and a worker posts the ledger and opens the shipment. Every
   one of these transactions runs on the primary and is counted.
+- `federated` (stage 8's federation): as `queued`, with the ledger and the shipment in
+  databases of their own (on the same server); each database's backends are counted apart, and
+  the main one's is the figure that compares with `queued`.
 
 CPU time per order does not depend on how busy the machine is (throughput would), so the figure
 holds on a shared machine; it does depend on the CPU: the design doc states which. The app runs
@@ -47,6 +50,7 @@ SHOP = shutil.which("shop", path=str(Path(sys.executable).parent)) or "shop"
 ADMIN_URL = os.environ.get("SHOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "demand-" + "x" * 40
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+PATHS = ("in-request", "queued", "federated")
 
 
 def _backend_cpu_s(admin: psycopg.Connection[Any], database: str) -> float:
@@ -68,24 +72,32 @@ def _backend_cpu_s(admin: psycopg.Connection[Any], database: str) -> float:
 
 
 @contextmanager
-def _database() -> Iterator[tuple[str, str]]:
-    name = f"shop_demand_{uuid.uuid4().hex[:8]}"
+def _databases(functions: tuple[str, ...]) -> Iterator[dict[str, tuple[str, str]]]:
+    """A fresh database per function ("main", and for stage 8 "accounting" and "delivery"),
+    migrated by `shop migrate`: (name, URL) by function."""
+    made = {f: f"shop_demand_{uuid.uuid4().hex[:8]}" for f in functions}
+    base = ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    urls = {f: f"{base}/{name}" for f, name in made.items()}
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base = ADMIN_URL.rsplit("/", 1)[0]
-    url = f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
+        for name in made.values():
+            admin.execute(f'CREATE DATABASE "{name}"')
     try:
         env = {
             **os.environ,
-            "SHOP_DATABASE_URL": url,
+            "SHOP_DATABASE_URL": urls["main"],
             "SHOP_ENV": "test",
             "SHOP_JWT_SECRET": SECRET,
         }
+        if len(functions) > 1:
+            env["SHOP_QUEUE_URL"] = "http://127.0.0.1:1/queue/unused-by-migrate"
+            for function in functions[1:]:
+                env[f"SHOP_{function.upper()}_DATABASE_URL"] = urls[function]
         subprocess.run([SHOP, "migrate"], env=env, check=True)
-        yield name, url
+        yield {f: (made[f], urls[f]) for f in functions}
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            for name in made.values():
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _moto() -> tuple[Any, str]:
@@ -131,9 +143,10 @@ async def _measure(path: str, orders: int, endpoint: str | None) -> dict[str, fl
     from app.main import create_app
     from app.worker import Worker
 
-    with _database() as (name, url):
+    functions = ("main", "accounting", "delivery") if path == "federated" else ("main",)
+    with _databases(functions) as databases:
         values: dict[str, Any] = {
-            "database_url": url,
+            "database_url": databases["main"][1],
             "env": "test",
             "jwt_secret": SECRET,
             "password_time_cost": 1,
@@ -143,7 +156,7 @@ async def _measure(path: str, orders: int, endpoint: str | None) -> dict[str, fl
             "_env_file": None,
         }
         queue_url = None
-        if path == "queued":
+        if path in ("queued", "federated"):
             assert endpoint is not None
             queue_url = _queue(endpoint)
             values |= {
@@ -151,6 +164,8 @@ async def _measure(path: str, orders: int, endpoint: str | None) -> dict[str, fl
                 "aws_endpoint_url": endpoint,
                 "aws_region": "us-east-1",
             }
+        for function in functions[1:]:
+            values[f"{function}_database_url"] = databases[function][1]
         settings = Settings(**values)
         app = create_app(settings)
         async with LifespanManager(app, startup_timeout=30):
@@ -175,6 +190,7 @@ async def _measure(path: str, orders: int, endpoint: str | None) -> dict[str, fl
                     Queue(queue_url, region="us-east-1", endpoint_url=endpoint),
                     LogMailer(),
                     wait_s=0,
+                    databases=resources.databases,
                 )
                 if queue_url
                 else None
@@ -204,15 +220,16 @@ async def _measure(path: str, orders: int, endpoint: str | None) -> dict[str, fl
                     await place(n, "warm")
                 await drain()
                 with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-                    db_before = _backend_cpu_s(admin, name)
+                    before = {f: _backend_cpu_s(admin, n) for f, (n, _) in databases.items()}
                     app_before = time.process_time()
                     for n in range(orders):
                         await place(n, "run")
                     await drain()
-                    db_after = _backend_cpu_s(admin, name)
+                    after = {f: _backend_cpu_s(admin, n) for f, (n, _) in databases.items()}
                     app_after = time.process_time()
     return {
-        "db_ms": (db_after - db_before) / orders * 1000,
+        "db_ms": (after["main"] - before["main"]) / orders * 1000,
+        **{f"{f}_ms": (after[f] - before[f]) / orders * 1000 for f in functions[1:]},
         "app_and_client_ms": (app_after - app_before) / orders * 1000,
     }
 
@@ -228,13 +245,21 @@ async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--path",
+        dest="paths",
+        action="append",
+        choices=PATHS,
+        help="measure only this order path (repeatable; default: all three)",
+    )
     args = parser.parse_args(argv)
     if args.orders < 1 or args.repeats < 1:
         parser.error("--orders and --repeats must be at least 1")
+    args.paths = args.paths or list(PATHS)
     server, endpoint = _moto()
     try:
         print(f"CPU: {_cpu_model()}; {args.orders} one-line orders per run, {args.repeats} runs")
-        for path in ("in-request", "queued"):
+        for path in args.paths:
             runs = [await _measure(path, args.orders, endpoint) for _ in range(args.repeats)]
             db = [r["db_ms"] for r in runs]
             app = [r["app_and_client_ms"] for r in runs]
@@ -242,6 +267,15 @@ async def main(argv: list[str] | None = None) -> int:
                 f"{path:>10}: PostgreSQL {statistics.median(db):.2f} ms CPU per order "
                 f"(runs {min(db):.2f}-{max(db):.2f})"
             )
+            for function in ("accounting", "delivery"):
+                if path == "federated":
+                    each = [r[f"{function}_ms"] for r in runs]
+                    line += (
+                        f"; {function} database {statistics.median(each):.2f} ms "
+                        f"({min(each):.2f}-{max(each):.2f})"
+                    )
+            if path == "federated":
+                line = line.replace("PostgreSQL", "main database", 1)
             if path == "in-request":  # queued: this process also runs moto and the worker
                 line += (
                     f"; app and client in-process {statistics.median(app):.2f} ms "

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 
 from app.accounting import service
 from app.accounting.schemas import TrialBalance
-from app.web.deps import AdminDep, DatabaseDep
+from app.web.deps import AdminDep, DatabasesDep
 from app.web.openapi import errors
 
 router = APIRouter(tags=["accounting"])
@@ -16,6 +16,6 @@ router = APIRouter(tags=["accounting"])
 @router.get(
     "/admin/ledger/trial-balance", response_model=TrialBalance, responses=errors(401, 403, 503)
 )
-async def trial_balance(db: DatabaseDep, _admin: AdminDep) -> TrialBalance:
+async def trial_balance(dbs: DatabasesDep, _admin: AdminDep) -> TrialBalance:
     """Debits and credits per account across the whole ledger (admins)."""
-    return await service.trial_balance(db)
+    return await service.trial_balance(dbs.accounting)

@@ -84,6 +84,21 @@ async def post_order_cancelled(conn: AsyncConnection, *, order_id: int, customer
     )
 
 
+async def post_reversal_of(
+    conn: AsyncConnection, *, order_id: int, customer_id: int, subtotal_cents: int, tax_cents: int
+) -> None:
+    """Post the reversal of an order's entries from its amounts, inside the caller's
+    transaction (stage 8: the worker may apply the cancellation before the placement, so the
+    reversal cannot read the entries it reverses; together they sum to zero either way)."""
+    await _post(
+        conn,
+        order_id=order_id,
+        customer_id=customer_id,
+        event=LedgerEvent.ORDER_CANCELLED,
+        postings=reversal(order_placed(subtotal_cents=subtotal_cents, tax_cents=tax_cents)),
+    )
+
+
 async def entries_of_order(db: Database, *, order_id: int) -> list[EntryRead]:
     """An order's entries, oldest first; empty for an order with nothing to post (a free one)
     or no such order. Who may see them is the caller's decision (the orders module's)."""

@@ -414,6 +414,40 @@ class Database:
             await engine.dispose()
 
 
+@dataclass(frozen=True, slots=True)
+class Databases:
+    """The write databases by function. Before stage 8 one Database plays every role; stage 8's
+    federation gives accounting and delivery databases of their own, written only by the
+    worker from the queue's events (app/orders/flows.py)."""
+
+    main: Database
+    accounting: Database
+    delivery: Database
+
+    @classmethod
+    def single(cls, db: Database) -> Databases:
+        return cls(db, db, db)
+
+    @classmethod
+    def federate(cls, main: Database, urls: Mapping[str, str], **options: Any) -> Databases:
+        """`main` and, for each function named in `urls` ("accounting", "delivery"), a Database
+        of its own (its primary only: no replicas) with the pool `options` of `Database`."""
+        made = {name: Database(url, **options) for name, url in urls.items()}
+        return cls(main, made.get("accounting", main), made.get("delivery", main))
+
+    @property
+    def federated(self) -> bool:
+        return self.accounting is not self.main or self.delivery is not self.main
+
+    def others(self) -> list[Database]:
+        """The federated databases (distinct, not the main one): none before stage 8."""
+        found: list[Database] = []
+        for db in (self.accounting, self.delivery):
+            if db is not self.main and all(db is not seen for seen in found):
+                found.append(db)
+        return found
+
+
 async def _note_commit(conn: AsyncConnection, position: ClientPosition) -> None:
     """Add the primary's WAL insert position, read just after a COMMIT on `conn`, to `position`.
 

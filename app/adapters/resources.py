@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from app.adapters.assets import Assets
 from app.adapters.cache import Cache
-from app.adapters.db import Database
+from app.adapters.db import Database, Databases
 from app.adapters.dynamodb import VersionedTable
 from app.adapters.mail import LogMailer, Mailer
 from app.adapters.outbox import Relay
@@ -25,6 +25,8 @@ class Resources:
 
     settings: Settings
     db: Database
+    databases: Databases
+    """The write databases by function: `db` in every role before stage 8's federation."""
     tokens: TokenIssuer
     verifier: TokenVerifier
     passwords: Passwords

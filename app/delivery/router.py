@@ -12,7 +12,7 @@ from app.delivery import service
 from app.delivery.domain import ShipmentStatus
 from app.delivery.schemas import ShipmentAdvance, ShipmentPage, ShipmentRead
 from app.kernel.schemas import MAX_INT32
-from app.web.deps import AdminDep, DatabaseDep, PageLimit, PageOffset
+from app.web.deps import AdminDep, DatabasesDep, PageLimit, PageOffset
 from app.web.openapi import TransitionRefused, conflict, errors
 
 router = APIRouter(tags=["delivery"])
@@ -20,14 +20,14 @@ router = APIRouter(tags=["delivery"])
 
 @router.get("/admin/shipments", response_model=ShipmentPage, responses=errors(401, 403, 422, 503))
 async def list_shipments(
-    db: DatabaseDep,
+    dbs: DatabasesDep,
     _admin: AdminDep,
     status: Annotated[ShipmentStatus | None, Query(description="Only this status.")] = None,
     limit: PageLimit = 20,
     offset: PageOffset = 0,
 ) -> ShipmentPage:
     """Shipments, oldest first (admins)."""
-    return await service.list_shipments(db, status=status, limit=limit, offset=offset)
+    return await service.list_shipments(dbs.delivery, status=status, limit=limit, offset=offset)
 
 
 @router.post(
@@ -37,7 +37,7 @@ async def list_shipments(
     | conflict("Not a next status of this shipment; `allowed` names those.", TransitionRefused),
 )
 async def advance_shipment(
-    db: DatabaseDep,
+    dbs: DatabasesDep,
     _admin: AdminDep,
     shipment_id: Annotated[int, Path(ge=1, le=MAX_INT32)],
     body: Annotated[
@@ -48,5 +48,5 @@ async def advance_shipment(
     """Move a shipment on (admins): to one of its `allowed_next` statuses. 409 names those
     when the move is not one of them."""
     return await service.advance_shipment(
-        db, shipment_id=shipment_id, target=ShipmentStatus(body.to)
+        dbs.delivery, shipment_id=shipment_id, target=ShipmentStatus(body.to)
     )

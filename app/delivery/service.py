@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import datetime
 
 from sqlalchemy import ColumnElement, String, bindparam, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.adapters.db import Database, run
+from app.adapters.db import Database, insert_or_ignore, run
 from app.delivery.domain import (
     ShipmentStatus,
     advances_after,
@@ -109,6 +110,50 @@ async def open_shipment(conn: AsyncConnection, *, order_id: int, customer_id: in
     params = {"order_id": order_id, "customer_id": customer_id, "at": utcnow()}
     await run(conn, _OPEN, params)
     await run(conn, _OPENING_EVENT, params)
+
+
+async def _insert_unless_opened(
+    conn: AsyncConnection, order_id: int, customer_id: int, status: ShipmentStatus, at: datetime
+) -> bool:
+    """Insert an order's shipment in `status` unless it has one (an order has at most one)."""
+    row = {"order_id": order_id, "customer_id": customer_id, "status": status.value}
+    table = Shipment.__table__
+    return await insert_or_ignore(conn, table, {**row, "created_at": at, "updated_at": at})  # type: ignore[arg-type]
+
+
+async def open_shipment_once(conn: AsyncConnection, *, order_id: int, customer_id: int) -> None:
+    """Open the pending shipment of a new order unless the order has one already: a
+    cancellation may have left a cancelled one first (stage 8, `cancel_or_forestall`)."""
+    at = utcnow()
+    if await _insert_unless_opened(conn, order_id, customer_id, ShipmentStatus.PENDING, at):
+        await run(conn, _OPENING_EVENT, {"order_id": order_id, "at": at})
+
+
+async def cancel_or_forestall(conn: AsyncConnection, *, order_id: int, customer_id: int) -> None:
+    """Cancel an order's shipment inside the caller's transaction (stage 8, where the shipment
+    lives in a database of its own and may not be open yet): a shipment already cancelled
+    stays so; where none is open yet, a cancelled one takes its place, so that the worker's
+    `open_shipment_once` later finds it and opens nothing. Raises IllegalTransition once the
+    shipment has left."""
+    at = utcnow()
+    forestalled = await _insert_unless_opened(
+        conn, order_id, customer_id, ShipmentStatus.CANCELLED, at
+    )
+    shipment_id, status = (
+        await conn.execute(
+            select(Shipment.id, Shipment.status).where(Shipment.order_id == order_id)
+        )
+    ).one()
+    if forestalled:
+        await conn.execute(
+            insert(ShipmentEvent).values(
+                shipment_id=shipment_id, status=ShipmentStatus.CANCELLED.value, at=at
+            )
+        )
+    elif status != ShipmentStatus.CANCELLED.value:
+        await _move(
+            conn, shipment_id=shipment_id, target=ShipmentStatus.CANCELLED, check=check_transition
+        )
 
 
 async def cancel_for_order(conn: AsyncConnection, *, order_id: int) -> None:

@@ -11,7 +11,7 @@ import os
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -88,6 +88,20 @@ class Settings(BaseSettings):
         description="Run the hottest statements as server-side prepared statements. Turn off "
         "behind a transaction-pooling proxy (PgBouncer in transaction mode, RDS Proxy), which "
         "cannot keep a prepared statement on one server connection.",
+    )
+
+    # --- federated databases (stage 8) -----------------------------------------------------
+    accounting_database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the accounting database (stage 8's federation): the "
+        "ledger, written by `shop worker` from the queue's events. Unset: the primary. Needs "
+        "SHOP_QUEUE_URL and SHOP_DATABASE_URL.",
+    )
+    delivery_database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the delivery database (stage 8's federation): shipments "
+        "and their tracking, opened by `shop worker` from the queue's events. Unset: the "
+        "primary. Needs SHOP_QUEUE_URL and SHOP_DATABASE_URL.",
     )
 
     # --- read replicas (stage 4) -----------------------------------------------------------
@@ -403,6 +417,26 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _federation_needs_a_queue(self) -> Self:
+        # A federated database is written by the worker from events, never in the request:
+        # in-request mode would need one transaction across two databases.
+        federated = [
+            name
+            for name, url in (
+                ("SHOP_ACCOUNTING_DATABASE_URL", self.accounting_database_url),
+                ("SHOP_DELIVERY_DATABASE_URL", self.delivery_database_url),
+            )
+            if url
+        ]
+        if federated and (not self.queue_url or self.is_embedded):
+            raise ValueError(
+                f"{' and '.join(federated)} (stage 8's federation) need SHOP_QUEUE_URL, whose "
+                "worker writes them, and a configured primary (SHOP_DATABASE_URL or "
+                "SHOP_DATABASE_SECRET_ARN), not the embedded database"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _carts_outlive_idempotency_keys(self) -> Self:
         # A forgotten cart starts again at version 1: "cart id + version" must not name a
         # checkout whose key the orders module still remembers.
@@ -459,6 +493,30 @@ class Settings(BaseSettings):
         if self.database_url:
             return to_async_url(self.database_url)
         return f"sqlite+aiosqlite:///{self.embedded_path}"
+
+    @property
+    def pool_options(self) -> dict[str, Any]:
+        """The keyword arguments of every write database's pools (app/adapters/db.py)."""
+        return {
+            "pool_size": self.database_pool_size,
+            "max_overflow": self.database_max_overflow,
+            "pool_timeout": self.database_pool_timeout_s,
+            "statement_timeout_ms": self.database_statement_timeout_ms,
+            "lock_timeout_ms": self.database_lock_timeout_ms,
+            "prepared_statements": self.database_prepared_statements,
+        }
+
+    @property
+    def function_urls(self) -> dict[str, str]:
+        """The async URLs of stage 8's federated databases, by function (none before it)."""
+        return {
+            name: to_async_url(url)
+            for name, url in (
+                ("accounting", self.accounting_database_url),
+                ("delivery", self.delivery_database_url),
+            )
+            if url
+        }
 
 
 def default_sqlite_path() -> Path:

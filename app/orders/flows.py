@@ -23,6 +23,11 @@ Each claim is a `processed_event` row (app/adapters/outbox.py), so an event deli
 two workers at once, is applied once. A cancellation locks the same order row: either the
 worker fulfilled first and the cancellation reverses everything, or the cancellation came first
 and the worker finds a cancelled order, with nothing to post or ship.
+
+Stage 8's federation (accounting and delivery in databases of their own, `Databases`) splits
+step `fulfil` into three transactions, one per database (`_fulfil_federated`), and a
+cancellation posts its reversal through an `order.cancelled` event (`handle_order_cancelled`);
+docs/stage-8.md says why each is safe under a crash.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounting import service as accounting
 from app.adapters import outbox, tracing
-from app.adapters.db import Database
+from app.adapters.db import Database, Databases
 from app.adapters.mail import Mail, Mailer, MailRefused
 from app.customers import service as customers
 from app.delivery import service as delivery
@@ -49,6 +54,7 @@ from app.orders.models import CustomerOrder, OrderLine
 log = logging.getLogger("shop.orders")
 
 ORDER_PLACED = "order.placed"
+ORDER_CANCELLED = "order.cancelled"
 
 
 async def fulfil(
@@ -73,6 +79,23 @@ async def record_placed(
     return await outbox.record(
         conn,
         kind=ORDER_PLACED,
+        payload={
+            "order_id": order_id,
+            "customer_id": customer_id,
+            "subtotal_cents": subtotal_cents,
+            "tax_cents": tax_cents,
+        },
+    )
+
+
+async def record_cancelled(
+    conn: AsyncConnection, *, order_id: int, customer_id: int, subtotal_cents: int, tax_cents: int
+) -> outbox.Event:
+    """Stage 8: record, in the cancelling transaction, the event that has a worker post the
+    reversal in the accounting database."""
+    return await outbox.record(
+        conn,
+        kind=ORDER_CANCELLED,
         payload={
             "order_id": order_id,
             "customer_id": customer_id,
@@ -145,15 +168,90 @@ async def send_confirmation(
 
 
 async def handle_order_placed(
-    db: Database, mailer: Mailer, *, event_id: uuid.UUID, payload: Mapping[str, Any]
+    db: Database | Databases,
+    mailer: Mailer,
+    *,
+    event_id: uuid.UUID,
+    payload: Mapping[str, Any],
 ) -> None:
     """Apply an `order.placed` event at most once per step (see the module's docstring).
     Raises when a step failed; the steps already committed stay done."""
+    dbs = db if isinstance(db, Databases) else Databases.single(db)
     order_id = int(payload["order_id"])
     with tracing.span("order.fulfil", order_id=order_id):
-        await _fulfil_once(db, event_id=event_id, order_id=order_id)
+        if dbs.federated:
+            await _fulfil_federated(dbs, event_id=event_id, payload=payload)
+        else:
+            await _fulfil_once(dbs.main, event_id=event_id, order_id=order_id)
     with tracing.span("order.mail", order_id=order_id):
-        await _mail(db, mailer, event_id=event_id, order_id=order_id)
+        await _mail(dbs.main, mailer, event_id=event_id, order_id=order_id)
+
+
+async def _fulfil_federated(
+    dbs: Databases, *, event_id: uuid.UUID, payload: Mapping[str, Any]
+) -> None:
+    """The `fulfil` step where accounting and delivery have databases of their own (stage 8):
+    three transactions, each done once whatever the deliveries of the event.
+
+    1. On the main database: lock the order; unless it was cancelled first, mark it fulfilled
+       (`fulfilled_at` is the step's mark). A cancelled order that was never fulfilled ends it.
+    2. On accounting's: claim step `ledger` and post the order's entries.
+    3. On delivery's: claim step `ship` and open its shipment, unless a cancellation has left
+       a cancelled one first (`open_shipment_once`).
+
+    A cancellation after 1 posts the reversal from its own event (`handle_order_cancelled`), in
+    either order with 2: the two sum to zero."""
+    order_id = int(payload["order_id"])
+    async with dbs.main.write() as conn:
+        order = (
+            await conn.execute(
+                select(CustomerOrder.status, CustomerOrder.fulfilled_at)
+                .where(CustomerOrder.id == order_id)
+                .with_for_update()
+            )
+        ).one_or_none()
+        if order is None:
+            log.warning("order.placed %s: order %s does not exist", event_id, order_id)
+            return
+        if order.fulfilled_at is None:
+            if order.status == OrderStatus.CANCELLED.value:
+                return  # cancelled before it was fulfilled: nothing to post or ship
+            await conn.execute(
+                update(CustomerOrder)
+                .where(CustomerOrder.id == order_id)
+                .values(fulfilled_at=utcnow())
+            )
+    customer_id = int(payload["customer_id"])
+    async with dbs.accounting.write() as conn:
+        if await outbox.claim(conn, event_id=event_id, step="ledger"):
+            await accounting.post_order_placed(
+                conn,
+                order_id=order_id,
+                customer_id=customer_id,
+                subtotal_cents=int(payload["subtotal_cents"]),
+                tax_cents=int(payload["tax_cents"]),
+            )
+    async with dbs.delivery.write() as conn:
+        if await outbox.claim(conn, event_id=event_id, step="ship"):
+            await delivery.open_shipment_once(conn, order_id=order_id, customer_id=customer_id)
+
+
+async def handle_order_cancelled(
+    dbs: Databases, *, event_id: uuid.UUID, payload: Mapping[str, Any]
+) -> None:
+    """Apply an `order.cancelled` event (stage 8) once: claim step `reverse` and post the
+    reversal of the order's entries in the accounting database."""
+    order_id = int(payload["order_id"])
+    with tracing.span("order.reverse", order_id=order_id):
+        async with dbs.accounting.write() as conn:
+            if await outbox.claim(conn, event_id=event_id, step="reverse"):
+                await accounting.post_reversal_of(
+                    conn,
+                    order_id=order_id,
+                    customer_id=int(payload["customer_id"]),
+                    subtotal_cents=int(payload["subtotal_cents"]),
+                    tax_cents=int(payload["tax_cents"]),
+                )
 
 
 async def _fulfil_once(db: Database, *, event_id: uuid.UUID, order_id: int) -> None:
@@ -260,14 +358,20 @@ async def _set_confirmation(conn: AsyncConnection, order_id: int, **values: Any)
     await conn.execute(update(CustomerOrder).where(CustomerOrder.id == order_id).values(**values))
 
 
-Handler = Callable[[Database, Mailer, uuid.UUID, Mapping[str, Any]], Awaitable[None]]
+Handler = Callable[[Databases, Mailer, uuid.UUID, Mapping[str, Any]], Awaitable[None]]
 
 
 async def _order_placed(
-    db: Database, mailer: Mailer, event_id: uuid.UUID, payload: Mapping[str, Any]
+    dbs: Databases, mailer: Mailer, event_id: uuid.UUID, payload: Mapping[str, Any]
 ) -> None:
-    await handle_order_placed(db, mailer, event_id=event_id, payload=payload)
+    await handle_order_placed(dbs, mailer, event_id=event_id, payload=payload)
 
 
-HANDLERS: dict[str, Handler] = {ORDER_PLACED: _order_placed}
+async def _order_cancelled(
+    dbs: Databases, _mailer: Mailer, event_id: uuid.UUID, payload: Mapping[str, Any]
+) -> None:
+    await handle_order_cancelled(dbs, event_id=event_id, payload=payload)
+
+
+HANDLERS: dict[str, Handler] = {ORDER_PLACED: _order_placed, ORDER_CANCELLED: _order_cancelled}
 """What `shop worker` does with each kind of event."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.kernel.models import Base, utcnow
@@ -13,7 +13,15 @@ from app.kernel.models import Base, utcnow
 
 class CustomerOrder(Base):
     __tablename__ = "customer_order"
-    __table_args__ = (Index("ix_customer_order_customer_id_id", "customer_id", "id"),)
+    __table_args__ = (
+        Index("ix_customer_order_customer_id_id", "customer_id", "id"),
+        Index(
+            "ix_customer_order_cancel_requested_at",
+            "cancel_requested_at",
+            postgresql_where=text("cancel_requested_at IS NOT NULL"),
+            sqlite_where=text("cancel_requested_at IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # Every order belongs to an account that exists (a forged token cannot order for nobody).
@@ -33,6 +41,10 @@ class CustomerOrder(Base):
     confirmation_sent_at: Mapped[datetime | None]
     confirmation_refused: Mapped[str | None] = mapped_column(String(500))
     confirmation_claimed_until: Mapped[datetime | None]
+    # A cancellation under way across databases (stage 8): set before the shipment is
+    # cancelled in the delivery database, cleared when the order is cancelled (or its shipment
+    # found gone); the worker finishes one that a crash left behind.
+    cancel_requested_at: Mapped[datetime | None]
 
 
 class OrderLine(Base):

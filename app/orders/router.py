@@ -13,7 +13,14 @@ from app.delivery.schemas import ShipmentRead
 from app.kernel.schemas import MAX_INT32
 from app.orders import service
 from app.orders.schemas import OrderCreate, OrderPage, OrderRead, ShipmentPending
-from app.web.deps import DatabaseDep, PageLimit, PageOffset, PrincipalDep, ResourcesDep
+from app.web.deps import (
+    DatabaseDep,
+    DatabasesDep,
+    PageLimit,
+    PageOffset,
+    PrincipalDep,
+    ResourcesDep,
+)
 from app.web.http import model_response
 from app.web.openapi import ErrorBody, OutOfStockBody, conflict, errors
 
@@ -118,9 +125,11 @@ async def get_order(db: DatabaseDep, principal: PrincipalDep, order_id: OrderId)
     responses=errors(401, 404, 422, 503)
     | conflict("The order is already cancelled, or its shipment has left."),
 )
-async def cancel_order(db: DatabaseDep, principal: PrincipalDep, order_id: OrderId) -> OrderRead:
+async def cancel_order(res: ResourcesDep, principal: PrincipalDep, order_id: OrderId) -> OrderRead:
     """Cancel one of your orders while it has not shipped. 409 once it has."""
-    return await service.cancel_order(db, order_id=order_id, principal=principal)
+    return await service.cancel_order(
+        res.databases, order_id=order_id, principal=principal, relay=res.relay
+    )
 
 
 @router.get(
@@ -137,11 +146,11 @@ async def cancel_order(db: DatabaseDep, principal: PrincipalDep, order_id: Order
     tags=["delivery"],
 )
 async def track_order(
-    db: DatabaseDep, principal: PrincipalDep, order_id: OrderId
+    dbs: DatabasesDep, principal: PrincipalDep, order_id: OrderId
 ) -> ShipmentRead | Response:
     """Where one of your orders is, with its history. 202 while a worker has yet to open its
     shipment; 404 for others' orders, and for one cancelled before it was fulfilled."""
-    found = await service.order_shipment(db, order_id=order_id, principal=principal)
+    found = await service.order_shipment(dbs, order_id=order_id, principal=principal)
     if isinstance(found, ShipmentPending):
         pending = model_response(found, status_code=202)
         pending.headers["retry-after"] = "1"
@@ -156,8 +165,8 @@ async def track_order(
     tags=["accounting"],
 )
 async def list_order_entries(
-    db: DatabaseDep, principal: PrincipalDep, order_id: OrderId
+    dbs: DatabasesDep, principal: PrincipalDep, order_id: OrderId
 ) -> list[EntryRead]:
     """The ledger entries of one of your orders (admins: any order), oldest first; an empty
     list for an order with nothing to post (a free one). 404 for others' orders."""
-    return await service.order_ledger(db, order_id=order_id, principal=principal)
+    return await service.order_ledger(dbs, order_id=order_id, principal=principal)

@@ -4,24 +4,26 @@ with a queue (stage 7) the ledger and shipment follow through the outbox (see fl
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, delete, insert, select, tuple_, update
+from sqlalchemy import Integer, Row, bindparam, delete, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounting import service as accounting
 from app.accounting.schemas import EntryRead
-from app.adapters.db import Database, insert_or_ignore, named_values, run, run_many
+from app.adapters.db import Database, Databases, insert_or_ignore, named_values, run, run_many
 from app.adapters.mail import Mailer
 from app.adapters.outbox import Event, Relay
 from app.catalog import service as catalog
 from app.customers import service as customers
 from app.delivery import service as delivery
 from app.delivery.schemas import ShipmentRead
-from app.kernel.errors import Conflict, InvalidRequest, NotFound
+from app.kernel.errors import Conflict, IllegalTransition, InvalidRequest, NotFound
 from app.kernel.models import UtcDateTime, utcnow
 from app.kernel.security import Principal
 from app.orders import flows
@@ -41,6 +43,8 @@ from app.orders.schemas import (
     OrderRead,
     ShipmentPending,
 )
+
+log = logging.getLogger("shop.orders")
 
 # An order and its lines in one round trip: the order's columns repeat on each line's row (an
 # order has 1 to MAX_LINES lines), which PostgreSQL and SQLite both answer with one index scan
@@ -373,19 +377,20 @@ async def get_order(
 
 
 async def order_shipment(
-    db: Database, *, order_id: int, principal: Principal
+    dbs: Databases, *, order_id: int, principal: Principal
 ) -> ShipmentRead | ShipmentPending:
     """The shipment of one of the caller's orders (admins: any), or, while a worker has yet to
     open it (stage 7), that it is pending; NotFound for others' orders, and for an order
     cancelled before it was fulfilled (it never had a shipment)."""
     try:
-        return await delivery.tracking(db, order_id=order_id, principal=principal)
+        return await delivery.tracking(dbs.delivery, order_id=order_id, principal=principal)
     except NotFound:
-        order = await get_order(db, order_id=order_id, principal=principal)
+        order = await get_order(dbs.main, order_id=order_id, principal=principal)
         if order.fulfilment is Fulfilment.SKIPPED:
             raise
     if order.fulfilment is Fulfilment.DONE:  # the worker opened it between the two reads
-        return await delivery.tracking(db, order_id=order_id, principal=principal)
+        with contextlib.suppress(NotFound):  # stage 8: fulfilled, its shipment about to open
+            return await delivery.tracking(dbs.delivery, order_id=order_id, principal=principal)
     return ShipmentPending(
         order_id=order_id,
         fulfilment=Fulfilment.PENDING,
@@ -393,16 +398,18 @@ async def order_shipment(
     )
 
 
-async def order_ledger(db: Database, *, order_id: int, principal: Principal) -> list[EntryRead]:
+async def order_ledger(dbs: Databases, *, order_id: int, principal: Principal) -> list[EntryRead]:
     """The ledger entries of an order, possibly none (a free order posts nothing); NotFound
     unless the caller owns the order or is an admin, so other customers' ids do not leak."""
     if principal.is_admin:
-        found = await db.fetch_one(_ANY_ORDER, order_id=order_id)
+        found = await dbs.main.fetch_one(_ANY_ORDER, order_id=order_id)
     else:
-        found = await db.fetch_one(_OWN_ORDER, order_id=order_id, customer_id=principal.customer_id)
+        found = await dbs.main.fetch_one(
+            _OWN_ORDER, order_id=order_id, customer_id=principal.customer_id
+        )
     if found is None:
         raise NotFound("order", order_id)
-    return await accounting.entries_of_order(db, order_id=order_id)
+    return await accounting.entries_of_order(dbs.accounting, order_id=order_id)
 
 
 async def list_orders(db: Database, *, customer_id: int, limit: int, offset: int) -> OrderPage:
@@ -419,43 +426,164 @@ async def list_orders(db: Database, *, customer_id: int, limit: int, offset: int
     )
 
 
-async def cancel_order(db: Database, *, order_id: int, principal: Principal) -> OrderRead:
+_CANCEL_COLUMNS = (
+    CustomerOrder.customer_id,
+    CustomerOrder.status,
+    CustomerOrder.subtotal_cents,
+    CustomerOrder.tax_cents,
+    CustomerOrder.fulfilled_at,
+)
+
+
+async def _lock_for_cancel(
+    conn: AsyncConnection, order_id: int, principal: Principal | None
+) -> Row[int, str, int, int, datetime | None]:
+    """Lock an order the caller may cancel (`principal` None: any); NotFound or Conflict."""
+    stmt = select(*_CANCEL_COLUMNS).where(CustomerOrder.id == order_id).with_for_update()
+    if principal is not None and not principal.is_admin:
+        stmt = stmt.where(CustomerOrder.customer_id == principal.customer_id)
+    order = (await conn.execute(stmt)).one_or_none()
+    if order is None:
+        raise NotFound("order", order_id)
+    check_cancellable(OrderStatus(order.status))
+    return order
+
+
+async def _cancel_here(conn: AsyncConnection, order_id: int) -> None:
+    """Return the order's stock and mark it cancelled, inside the caller's transaction."""
+    lines = await conn.execute(
+        select(OrderLine.product_id, OrderLine.quantity).where(OrderLine.order_id == order_id)
+    )
+    await catalog.release_stock(conn, lines={r.product_id: r.quantity for r in lines})
+    await conn.execute(
+        update(CustomerOrder)
+        .where(CustomerOrder.id == order_id)
+        .values(status=OrderStatus.CANCELLED.value, cancelled_at=utcnow(), cancel_requested_at=None)
+    )
+
+
+async def cancel_order(
+    dbs: Databases, *, order_id: int, principal: Principal, relay: Relay | None = None
+) -> OrderRead:
     """Cancel an order that has not shipped: the shipment is cancelled, the stock returns and
     the ledger posts the reversal, in one transaction. Raises NotFound, or Conflict when the
     order is already cancelled or its shipment has left (naming what is allowed).
 
     An order whose follow-up work is still pending (stage 7) has no entries and no shipment
     yet: its stock returns and it is cancelled; the worker, which locks the same row, then
-    finds it cancelled and posts and ships nothing (flows.py)."""
-    async with db.write() as conn:
-        stmt = (
-            select(CustomerOrder.customer_id, CustomerOrder.status, CustomerOrder.fulfilled_at)
-            .where(CustomerOrder.id == order_id)
-            .with_for_update()
-        )
-        if not principal.is_admin:
-            stmt = stmt.where(CustomerOrder.customer_id == principal.customer_id)
-        order = (await conn.execute(stmt)).one_or_none()
-        if order is None:
-            raise NotFound("order", order_id)
-        check_cancellable(OrderStatus(order.status))
+    finds it cancelled and posts and ships nothing (flows.py). Stage 8's federated databases
+    take more than one transaction: see `_cancel_federated`."""
+    if dbs.federated:
+        return await _cancel_federated(dbs, order_id=order_id, principal=principal, relay=relay)
+    async with dbs.main.write() as conn:
+        order = await _lock_for_cancel(conn, order_id, principal)
         fulfilled = order.fulfilled_at is not None
         if fulfilled:
             await delivery.cancel_for_order(conn, order_id=order_id)
-        lines = await conn.execute(
-            select(OrderLine.product_id, OrderLine.quantity).where(OrderLine.order_id == order_id)
-        )
-        await catalog.release_stock(conn, lines={r.product_id: r.quantity for r in lines})
-        if fulfilled:
             await accounting.post_order_cancelled(
                 conn, order_id=order_id, customer_id=order.customer_id
             )
+        await _cancel_here(conn, order_id)
+        return await _fetch(conn, order_id, None)
+
+
+async def _cancel_federated(
+    dbs: Databases, *, order_id: int, principal: Principal, relay: Relay | None
+) -> OrderRead:
+    """Stage 8: the shipment lives in the delivery database and the ledger in accounting's, so
+    no one transaction spans them.
+
+    1. On the main database: lock the order and check that it may be cancelled. Not yet
+       fulfilled, it has nothing elsewhere: it is cancelled here and now, and the worker finds
+       it so. Otherwise the request is recorded (`cancel_requested_at`) and committed.
+    2. On delivery's: cancel the shipment, or leave a cancelled one where the worker has yet to
+       open it (`cancel_or_forestall`). A shipment that has left ends it: the request is
+       cleared and the answer is 409.
+    3. On the main database: return the stock, mark the order cancelled and record
+       `order.cancelled`, from which the worker posts the reversal in accounting's.
+
+    A crash after 1 leaves a request that the worker's reconciliation finishes
+    (`finish_requested_cancels`); every step finds done what was done before it."""
+    async with dbs.main.write() as conn:
+        order = await _lock_for_cancel(conn, order_id, principal)
+        if order.fulfilled_at is None:
+            await _cancel_here(conn, order_id)
+            return await _fetch(conn, order_id, None)
         await conn.execute(
             update(CustomerOrder)
             .where(CustomerOrder.id == order_id)
-            .values(status=OrderStatus.CANCELLED.value, cancelled_at=utcnow())
+            .values(cancel_requested_at=utcnow())
         )
-        return await _fetch(conn, order_id, None)
+    return await _finish_cancel(dbs, order_id=order_id, customer_id=order.customer_id, relay=relay)
+
+
+async def _finish_cancel(
+    dbs: Databases, *, order_id: int, customer_id: int, relay: Relay | None
+) -> OrderRead:
+    """Steps 2 and 3 of `_cancel_federated`."""
+    try:
+        async with dbs.delivery.write() as conn:
+            await delivery.cancel_or_forestall(conn, order_id=order_id, customer_id=customer_id)
+    except IllegalTransition:
+        async with dbs.main.write() as conn:
+            await conn.execute(
+                update(CustomerOrder)
+                .where(CustomerOrder.id == order_id)
+                .values(cancel_requested_at=None)
+            )
+        raise
+    event: Event | None = None
+    async with dbs.main.write() as conn:
+        order = (
+            await conn.execute(
+                select(*_CANCEL_COLUMNS).where(CustomerOrder.id == order_id).with_for_update()
+            )
+        ).one()
+        if order.status != OrderStatus.CANCELLED.value:
+            await _cancel_here(conn, order_id)
+            event = await flows.record_cancelled(
+                conn,
+                order_id=order_id,
+                customer_id=order.customer_id,
+                subtotal_cents=order.subtotal_cents,
+                tax_cents=order.tax_cents,
+            )
+        found = await _fetch(conn, order_id, None)
+    if relay is not None and event is not None:
+        relay.publish_soon([event])
+    return found
+
+
+async def finish_requested_cancels(
+    dbs: Databases, *, older_than: timedelta, limit: int = 100, relay: Relay | None = None
+) -> int:
+    """Finish the cancellations (stage 8) asked for more than `older_than` ago and left
+    unfinished by a crash between their transactions; how many ended cancelled. One whose
+    shipment has left since is dropped, as its request would have been answered 409."""
+    if not dbs.federated:
+        return 0
+    async with dbs.main.write() as conn:
+        pending = (
+            await conn.execute(
+                select(CustomerOrder.id, CustomerOrder.customer_id)
+                .where(
+                    CustomerOrder.cancel_requested_at < utcnow() - older_than,
+                    CustomerOrder.status != OrderStatus.CANCELLED.value,
+                )
+                .order_by(CustomerOrder.cancel_requested_at)
+                .limit(limit)
+            )
+        ).all()
+    finished = 0
+    for row in pending:
+        try:
+            await _finish_cancel(dbs, order_id=row.id, customer_id=row.customer_id, relay=relay)
+        except IllegalTransition as exc:
+            log.warning("cancellation of order %s dropped: %s", row.id, exc)
+            continue
+        log.warning("finished the cancellation of order %s, which a crash had left", row.id)
+        finished += 1
+    return finished
 
 
 async def purge_idempotency_keys(

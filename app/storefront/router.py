@@ -518,7 +518,9 @@ async def my_orders(
 
 async def _tracking(res: Resources, order_id: int, principal: Principal) -> ShipmentRead | None:
     try:
-        return await delivery.tracking(res.db, order_id=order_id, principal=principal)
+        return await delivery.tracking(
+            res.databases.delivery, order_id=order_id, principal=principal
+        )
     except NotFound:  # no shipment yet: a queue has yet to open it (stage 7)
         return None
 
@@ -551,7 +553,9 @@ async def cancel_order(
 ) -> Response:
     if visit.principal is None:
         return _sign_in_first(visit, res, request)
-    await orders.cancel_order(res.db, order_id=order_id, principal=visit.principal)
+    await orders.cancel_order(
+        res.databases, order_id=order_id, principal=visit.principal, relay=res.relay
+    )
     return _redirect(visit, res, f"/shop/orders/{order_id}")
 
 
@@ -705,7 +709,7 @@ async def admin_shipments(
         return _sign_in_first(visit, res, request)
     _admin(visit)
     found = await delivery.list_shipments(
-        res.db, status=status, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+        res.databases.delivery, status=status, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
     )
     return render(
         request,
@@ -727,7 +731,9 @@ async def admin_advance(
     target = _text(form, "to")
     if target not in ("packed", "shipped", "delivered"):
         raise InvalidRequest("to", "the next status is packed, shipped or delivered")
-    await delivery.advance_shipment(res.db, shipment_id=shipment_id, target=ShipmentStatus(target))
+    await delivery.advance_shipment(
+        res.databases.delivery, shipment_id=shipment_id, target=ShipmentStatus(target)
+    )
     back = _local_path(_text(form, "back"), "/shop/admin/shipments")
     return _redirect(visit, res, back)
 
@@ -737,7 +743,7 @@ async def admin_ledger(request: Request, res: ResourcesDep, visit: VisitDep) -> 
     if visit.principal is None:
         return _sign_in_first(visit, res, request)
     _admin(visit)
-    balance = await accounting.trial_balance(res.db)
+    balance = await accounting.trial_balance(res.databases.accounting)
     return render(request, visit, "admin_ledger.html", balance=balance)
 
 

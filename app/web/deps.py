@@ -12,7 +12,7 @@ from fastapi.security import OAuth2PasswordBearer
 
 from app.adapters.assets import Assets
 from app.adapters.cache import Cache
-from app.adapters.db import Database
+from app.adapters.db import Database, Databases
 from app.adapters.resources import Resources
 from app.kernel.errors import Forbidden, Unauthenticated
 from app.kernel.security import Principal
@@ -33,6 +33,10 @@ async def _db(request: Request) -> Database:
     return _state(request).db
 
 
+async def _databases(request: Request) -> Databases:
+    return _state(request).databases
+
+
 async def _cache(request: Request) -> Cache | None:
     return _state(request).cache
 
@@ -43,6 +47,9 @@ async def _assets(request: Request) -> Assets:
 
 ResourcesDep = Annotated[Resources, Depends(_resources)]
 DatabaseDep = Annotated[Database, Depends(_db)]
+DatabasesDep = Annotated[Databases, Depends(_databases)]
+"""The write databases by function (stage 8's federation), for routes of accounting and
+delivery, whose data may live in a database of its own."""
 CacheDep = Annotated[Cache | None, Depends(_cache)]
 AssetsDep = Annotated[Assets, Depends(_assets)]
 

@@ -137,23 +137,32 @@ def _env(database: str, moto_endpoint: str, queue_url: str, metrics_port: int) -
 
 
 async def _place_orders(
-    database: str, moto_endpoint: str, queue_url: str, *, count: int = ORDERS, twice: bool = True
+    database: str,
+    moto_endpoint: str,
+    queue_url: str,
+    *,
+    count: int = ORDERS,
+    twice: bool = True,
+    **settings: str,
 ) -> list[int]:
-    """Orders through the app with a queue; with `twice`, half their events published twice."""
+    """Orders through the app with a queue; with `twice`, half their events published twice.
+    `settings` are more of the app's settings (stage 8's federated databases)."""
     import httpx
     from asgi_lifespan import LifespanManager
 
     from app.main import create_app
 
-    settings = test_settings(
-        database_url=database,
-        redis_url=REDIS_URL,
-        queue_url=queue_url,
-        mail_sender=SENDER,
-        aws_region=REGION,
-        aws_endpoint_url=moto_endpoint,
+    app = create_app(
+        test_settings(
+            database_url=database,
+            redis_url=REDIS_URL,
+            queue_url=queue_url,
+            mail_sender=SENDER,
+            aws_region=REGION,
+            aws_endpoint_url=moto_endpoint,
+            **settings,
+        )
     )
-    app = create_app(settings)
     async with LifespanManager(app, startup_timeout=30):
         resources = app.state.resources
         products = [await make_product(resources, initial_stock=100) for _ in range(3)]

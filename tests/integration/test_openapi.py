@@ -89,7 +89,7 @@ def expected_errors(route: APIRoute, operation: dict[str, Any]) -> set[int]:
         expected.add(422)
     if "requestBody" in operation:
         expected.add(413)
-    if needs & {deps._db, deps._resources}:
+    if needs & {deps._db, deps._databases, deps._resources}:
         expected.add(503)
     return expected
 
