@@ -127,12 +127,13 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     from app.migrations import runner
 
     settings = _settings()
-    url = aws.resolve(settings).primary_url
+    resolved = aws.resolve(settings)
+    url = resolved.primary_url
     if settings.is_embedded:
         settings.embedded_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     # Stage 8's federated databases carry the same schema; only their own tables fill up.
-    for each in (url, *settings.function_urls.values()):
+    for each in (url, *resolved.function_urls.values()):
         if args.down:
             runner.downgrade(each, args.revision)
         else:
@@ -141,8 +142,8 @@ def cmd_migrate(args: argparse.Namespace) -> None:
             except runner.SchemaProblem as exc:
                 sys.exit(f"shop: cannot migrate: {exc}")
     where = f"embedded SQLite {settings.embedded_path}" if settings.is_embedded else "database"
-    if settings.function_urls:
-        where = f"databases main, {', '.join(settings.function_urls)}"
+    if resolved.function_urls:
+        where = f"databases main, {', '.join(resolved.function_urls)}"
     print(f"shop: {where} migrated in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 

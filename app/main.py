@@ -77,7 +77,7 @@ async def open_resources(settings: Settings) -> Resources:
         replica_max_lag_s=settings.database_replica_max_lag_s,
         replica_check_s=settings.database_replica_check_s,
     )
-    databases = Databases.federate(db, settings.function_urls, **settings.pool_options)
+    databases = Databases.federate(db, resolved.function_urls, **settings.pool_options)
     try:
         await runner.open_checked(db)
         for other in databases.others():

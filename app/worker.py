@@ -394,7 +394,7 @@ async def open_databases(settings: WorkerSettings) -> Databases:
     except aws.SecretProblem as exc:
         raise WorkerProblem(str(exc)) from exc
     db = Database(resolved.primary_url, **settings.pool_options)
-    databases = Databases.federate(db, settings.function_urls, **settings.pool_options)
+    databases = Databases.federate(db, resolved.function_urls, **settings.pool_options)
     try:
         for each in (db, *databases.others()):
             await runner.open_checked(each)

@@ -25,6 +25,8 @@ class Resolved:
     replica_urls: list[str]
     jwt_secret: str
     redis_url: str | None
+    function_urls: dict[str, str]
+    """Stage 8's federated databases by function ("accounting", "delivery"): none before it."""
 
 
 def _secrets_client(settings: Settings) -> Any:
@@ -71,34 +73,29 @@ def resolve(settings: Settings) -> Resolved:
     if settings.jwt_secret_file is not None and not settings.jwt_secret_arn:
         jwt_secret = read_secret_file(settings.jwt_secret_file)
     redis_url = settings.redis_url
+    function_urls = dict(settings.function_urls)
+    function_arns = {
+        name: arn
+        for name, arn in (
+            ("accounting", settings.accounting_database_secret_arn),
+            ("delivery", settings.delivery_database_secret_arn),
+        )
+        if arn
+    }
     arns = (settings.database_secret_arn, settings.jwt_secret_arn, settings.redis_auth_secret_arn)
-    if not any(arns):
-        return Resolved(primary_url, replica_urls, jwt_secret, redis_url)
+    if not any(arns) and not function_arns:
+        return Resolved(primary_url, replica_urls, jwt_secret, redis_url, function_urls)
     client = _secrets_client(settings)
     if settings.database_secret_arn:
-        creds = json.loads(_secret(client, settings.database_secret_arn))
-        if not creds.get("dbname"):
-            # RDS's generated secret has no dbname unless its template adds one; guessing
-            # `postgres` would put the schema in the maintenance database without a word.
-            raise ValueError(
-                f"database secret {settings.database_secret_arn} has no 'dbname': "
-                "add it to the secret (the RDS secret template) instead of relying on a default"
-            )
+        creds = _database_credentials(client, settings.database_secret_arn)
         port = int(creds.get("port", 5432))
-
-        def url_for(host: str, port: int) -> str:
-            url = URL.create(
-                "postgresql+psycopg",
-                username=creds["username"],
-                password=creds["password"],
-                host=host,
-                port=port,
-                database=creds["dbname"],
-            )
-            return url.render_as_string(hide_password=False)
-
-        primary_url = url_for(creds["host"], port)
-        replica_urls += [url_for(*_host_port(h, port)) for h in settings.database_replica_hosts]
+        primary_url = _url_for(creds, creds["host"], port)
+        replica_urls += [
+            _url_for(creds, *_host_port(h, port)) for h in settings.database_replica_hosts
+        ]
+    for name, arn in function_arns.items():
+        creds = _database_credentials(client, arn)
+        function_urls[name] = _url_for(creds, creds["host"], int(creds.get("port", 5432)))
     if settings.jwt_secret_arn:
         jwt_secret = _secret(client, settings.jwt_secret_arn)
     if settings.redis_auth_secret_arn and redis_url:
@@ -106,4 +103,29 @@ def resolve(settings: Settings) -> Resolved:
         token = json.loads(raw)["token"] if raw.lstrip().startswith("{") else raw
         scheme, _, rest = redis_url.partition("://")
         redis_url = f"{scheme}://:{quote(token, safe='')}@{rest}"
-    return Resolved(primary_url, replica_urls, jwt_secret, redis_url)
+    return Resolved(primary_url, replica_urls, jwt_secret, redis_url, function_urls)
+
+
+def _database_credentials(client: Any, arn: str) -> dict[str, Any]:
+    """An RDS-format secret; ValueError when it names no database."""
+    creds: dict[str, Any] = json.loads(_secret(client, arn))
+    if not creds.get("dbname"):
+        # RDS's generated secret has no dbname unless its template adds one; guessing
+        # `postgres` would put the schema in the maintenance database without a word.
+        raise ValueError(
+            f"database secret {arn} has no 'dbname': "
+            "add it to the secret (the RDS secret template) instead of relying on a default"
+        )
+    return creds
+
+
+def _url_for(creds: dict[str, Any], host: str, port: int) -> str:
+    url = URL.create(
+        "postgresql+psycopg",
+        username=creds["username"],
+        password=creds["password"],
+        host=host,
+        port=port,
+        database=creds["dbname"],
+    )
+    return url.render_as_string(hide_password=False)

@@ -103,6 +103,18 @@ class Settings(BaseSettings):
         "and their tracking, opened by `shop worker` from the queue's events. Unset: the "
         "primary. Needs SHOP_QUEUE_URL and SHOP_DATABASE_URL.",
     )
+    accounting_database_secret_arn: str | None = Field(
+        None,
+        description="Secrets Manager secret in the RDS format of the accounting database (stage "
+        "8 on AWS), read at start-up like database_secret_arn; it takes the place of "
+        "accounting_database_url.",
+    )
+    delivery_database_secret_arn: str | None = Field(
+        None,
+        description="Secrets Manager secret in the RDS format of the delivery database (stage 8 "
+        "on AWS), read at start-up like database_secret_arn; it takes the place of "
+        "delivery_database_url.",
+    )
 
     # --- read replicas (stage 4) -----------------------------------------------------------
     database_replica_urls: Annotated[list[str], NoDecode] = Field(
@@ -422,11 +434,13 @@ class Settings(BaseSettings):
         # in-request mode would need one transaction across two databases.
         federated = [
             name
-            for name, url in (
+            for name, where in (
                 ("SHOP_ACCOUNTING_DATABASE_URL", self.accounting_database_url),
+                ("SHOP_ACCOUNTING_DATABASE_SECRET_ARN", self.accounting_database_secret_arn),
                 ("SHOP_DELIVERY_DATABASE_URL", self.delivery_database_url),
+                ("SHOP_DELIVERY_DATABASE_SECRET_ARN", self.delivery_database_secret_arn),
             )
-            if url
+            if where
         ]
         if federated and (not self.queue_url or self.is_embedded):
             raise ValueError(
@@ -508,7 +522,8 @@ class Settings(BaseSettings):
 
     @property
     def function_urls(self) -> dict[str, str]:
-        """The async URLs of stage 8's federated databases, by function (none before it)."""
+        """The async URLs of stage 8's federated databases given as URLs, by function (none
+        before it); app/adapters/aws.py adds those given as secrets."""
         return {
             name: to_async_url(url)
             for name, url in (

@@ -133,3 +133,42 @@ def test_a_secret_without_a_database_name_is_refused_not_guessed(
 
     with pytest.raises(ValueError, match="dbname"):
         _resolve(secrets_manager, "rds/no-dbname", value, monkeypatch)
+
+
+def test_stage_8s_federated_databases_are_found_in_their_own_rds_secrets(
+    template: dict[str, Any], secrets_manager: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    arns = {}
+    for function in ("main", "accounting", "delivery"):
+        value = _secret_as_aws_writes_it(template) | {"host": f"{function}.db.internal"}
+        name = f"rds/federated-{function}"
+        arns[function] = secrets_manager.create_secret(Name=name, SecretString=json.dumps(value))[
+            "ARN"
+        ]
+    settings = test_settings(
+        aws_region="us-east-1",
+        aws_endpoint_url=secrets_manager.meta.endpoint_url,
+        queue_url="https://sqs.us-east-1.amazonaws.com/123456789012/orders",
+        database_secret_arn=arns["main"],
+        accounting_database_secret_arn=arns["accounting"],
+        delivery_database_secret_arn=arns["delivery"],
+    )
+
+    resolved = aws.resolve(settings)
+
+    assert urlsplit(resolved.primary_url).hostname == "main.db.internal"
+    assert {name: urlsplit(url).hostname for name, url in resolved.function_urls.items()} == {
+        "accounting": "accounting.db.internal",
+        "delivery": "delivery.db.internal",
+    }
+    assert all(urlsplit(url).path == "/shop" for url in resolved.function_urls.values())
+    # One without a database name is refused, naming it, as the primary's is.
+    broken = _secret_as_aws_writes_it(template)
+    del broken["dbname"]
+    arn = secrets_manager.create_secret(
+        Name="rds/federated-broken", SecretString=json.dumps(broken)
+    )["ARN"]
+    with pytest.raises(ValueError, match=f"{arn}.*dbname"):
+        aws.resolve(settings.model_copy(update={"delivery_database_secret_arn": arn}))
