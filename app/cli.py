@@ -132,8 +132,9 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     if settings.is_embedded:
         settings.embedded_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    # Stage 8's federated databases carry the same schema; only their own tables fill up.
-    for each in (url, *resolved.function_urls.values()):
+    # Stage 8's federated databases and shards carry the same schema; each fills its own tables.
+    shards = settings.order_shard_urls
+    for each in (url, *resolved.function_urls.values(), *shards):
         if args.down:
             runner.downgrade(each, args.revision)
         else:
@@ -141,9 +142,13 @@ def cmd_migrate(args: argparse.Namespace) -> None:
                 runner.upgrade(each, args.revision)
             except runner.SchemaProblem as exc:
                 sys.exit(f"shop: cannot migrate: {exc}")
+    if not args.down:
+        for shard in shards:
+            runner.prepare_shard(shard)
     where = f"embedded SQLite {settings.embedded_path}" if settings.is_embedded else "database"
-    if resolved.function_urls:
-        where = f"databases main, {', '.join(resolved.function_urls)}"
+    if resolved.function_urls or shards:
+        names = [*resolved.function_urls, *(f"shard {n}" for n in range(1, len(shards) + 1))]
+        where = f"databases main, {', '.join(names)}"
     print(f"shop: {where} migrated in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 

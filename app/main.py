@@ -23,6 +23,7 @@ from app.adapters.queue import Queue
 from app.adapters.ratelimit import RateLimit
 from app.adapters.replicas import PositionTokens
 from app.adapters.resources import Resources
+from app.adapters.shards import DirectoryProblem
 from app.adapters.tracing import WEB_SERVICE, quiet, tracing_for
 from app.carts.domain import CartStoreUnavailable
 from app.carts.router import cart_store_unavailable
@@ -77,14 +78,12 @@ async def open_resources(settings: Settings) -> Resources:
         replica_max_lag_s=settings.database_replica_max_lag_s,
         replica_check_s=settings.database_replica_check_s,
     )
-    databases = Databases.federate(db, resolved.function_urls, **settings.pool_options)
+    databases = Databases.federate(
+        db, resolved.function_urls, settings.shard_urls, **settings.pool_options
+    )
     try:
-        await runner.open_checked(db)
-        for other in databases.others():
-            await runner.open_checked(other)
-    except runner.SchemaProblem as exc:
-        for opened in (db, *databases.others()):
-            await opened.dispose()
+        databases = await runner.open_all(databases)
+    except (runner.SchemaProblem, DirectoryProblem) as exc:
         raise StartupProblem(str(exc)) from exc
     tokens = LocalTokens(
         secret=resolved.jwt_secret, issuer=settings.jwt_issuer, ttl_s=settings.jwt_ttl_s
@@ -117,7 +116,7 @@ async def open_resources(settings: Settings) -> Resources:
     )
     relay = (
         Relay(
-            db,
+            databases.recording(),
             Queue(
                 settings.queue_url,
                 region=settings.aws_region,
@@ -168,7 +167,7 @@ async def close_resources(resources: Resources) -> None:
     if resources.carts_table is not None:
         resources.carts_table.close()
     resources.assets.close()
-    for db in (resources.db, *resources.databases.others()):
+    for db in resources.databases.all():
         await db.dispose()
 
 

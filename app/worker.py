@@ -45,6 +45,7 @@ from app.adapters.db import Database, Databases
 from app.adapters.mail import Mailer, mailer_for
 from app.adapters.outbox import Event
 from app.adapters.queue import Message, Queue
+from app.adapters.shards import DirectoryProblem
 from app.adapters.tracing import (
     WORKER_SERVICE,
     continue_trace,
@@ -227,7 +228,8 @@ class Worker:
             for message in done:
                 with contextlib.suppress(ValueError):
                     handled.append(Event.from_message(message.body).id)
-            await outbox.mark_handled(self.db, event_ids=handled)
+            for db in self.databases.recording():  # stage 8: the event's shard; no row elsewhere
+                await outbox.mark_handled(db, event_ids=handled)
             await self.queue.delete([m.receipt for m in done])
         return len(done)
 
@@ -237,19 +239,27 @@ class Worker:
         done already, or that a worker is doing at this moment, a no-op."""
         assert self.retention is not None and self.retention.redrive_after is not None
         before = utcnow() - self.retention.redrive_after
-        found = await outbox.unhandled(self.db, before=before, limit=limit)
-        if self.databases.federated:
+        applied = 0
+        for db in self.databases.recording():
+            found = await outbox.unhandled(db, before=before, limit=limit)
+            if found:
+                # A pass that applies events is a trace of its own: their requests' traces are
+                # not kept with them in the table.
+                with continue_trace("worker.reconcile", {}, events=len(found)):
+                    applied += await self._apply_unhandled(db, found)
+        return applied
+
+    async def settle(self, *, limit: int = 100) -> None:
+        """Stage 8: finish what a crash left between databases: cancellations under way for
+        longer than CANCEL_FINISHED_WITHIN, and stock still held for orders past their hold
+        (the fence in the order's shard says whether the order exists)."""
+        if self.databases.split:
             await orders.finish_requested_cancels(
                 self.databases, older_than=CANCEL_FINISHED_WITHIN, limit=limit
             )
-        if not found:
-            return 0
-        # A pass that applies events is a trace of its own: their requests' traces are not
-        # kept with them in the table.
-        with continue_trace("worker.reconcile", {}, events=len(found)):
-            return await self._apply_unhandled(found)
+            await orders.settle_expired_reservations(self.databases, limit=limit)
 
-    async def _apply_unhandled(self, events: list[Event]) -> int:
+    async def _apply_unhandled(self, db: Database, events: list[Event]) -> int:
         applied = 0
         for event in events:
             handler = HANDLERS.get(event.kind)
@@ -264,7 +274,7 @@ class Worker:
                     "reconcile: event %s (%s) failed, next pass: %s", event.id, event.kind, exc
                 )
                 continue
-            await outbox.mark_handled(self.db, event_ids=[event.id])
+            await outbox.mark_handled(db, event_ids=[event.id])
             REDRIVEN.labels(event.kind).inc()
             log.warning(
                 "reconcile: applied event %s (%s) %s, which no worker had finished",
@@ -282,26 +292,41 @@ class Worker:
         retention = self.retention
         cutoff = utcnow() - retention.keep_events
 
+        recording = self.databases.recording()
+
         async def outbox_event(limit: int) -> int:
-            return await outbox.purge_handled(self.db, before=cutoff, limit=limit)
+            return sum(
+                [await outbox.purge_handled(db, before=cutoff, limit=limit) for db in recording]
+            )
 
         async def processed_event(limit: int) -> int:
-            # Each database its handlers write keeps its own claims (stage 8: three).
+            # Each database its handlers write keeps its own claims (stage 8: several).
             counts = [
                 await outbox.purge_processed(db, before=cutoff, limit=limit)
-                for db in (self.db, *self.databases.others())
+                for db in self.databases.all()
             ]
             return sum(counts)
 
         async def idempotency_key(limit: int) -> int:
-            return await orders.purge_idempotency_keys(
-                self.db, older_than=retention.keep_keys, limit=limit
+            return sum(
+                [
+                    await orders.purge_idempotency_keys(
+                        db, older_than=retention.keep_keys, limit=limit
+                    )
+                    for db in recording
+                ]
             )
 
+        async def settled(limit: int) -> int:
+            return await orders.purge_settled(self.databases, before=cutoff, limit=limit)
+
         deleted: dict[str, int] = {}
-        for table, job in zip(
-            PURGED_TABLES, (outbox_event, processed_event, idempotency_key), strict=True
-        ):
+        jobs = [outbox_event, processed_event, idempotency_key]
+        tables = list(PURGED_TABLES)
+        if self.databases.shards:
+            jobs.append(settled)
+            tables.append("reservation")
+        for table, job in zip(tables, jobs, strict=True):
             deleted[table] = 0
             for _ in range(MAX_PURGE_BATCHES):
                 count = await job(retention.batch)
@@ -344,12 +369,13 @@ class Worker:
             return
         self._next_purge = now + self.retention.every_s
         try:
+            await self.settle()
             if self.retention.redrive_after is not None:
                 await self.reconcile()
             await self.purge()
         except Exception as exc:  # the next pass tries again; the queue must not wait
             log.warning(
-                "worker: reconcile or purge failed (%s); next in %.0f s",
+                "worker: settle, reconcile or purge failed (%s); next in %.0f s",
                 exc,
                 self.retention.every_s,
             )
@@ -394,15 +420,13 @@ async def open_databases(settings: WorkerSettings) -> Databases:
     except aws.SecretProblem as exc:
         raise WorkerProblem(str(exc)) from exc
     db = Database(resolved.primary_url, **settings.pool_options)
-    databases = Databases.federate(db, resolved.function_urls, **settings.pool_options)
+    databases = Databases.federate(
+        db, resolved.function_urls, settings.shard_urls, **settings.pool_options
+    )
     try:
-        for each in (db, *databases.others()):
-            await runner.open_checked(each)
-    except runner.SchemaProblem as exc:
-        for each in (db, *databases.others()):
-            await each.dispose()
+        return await runner.open_all(databases)
+    except (runner.SchemaProblem, DirectoryProblem) as exc:
         raise WorkerProblem(str(exc)) from exc
-    return databases
 
 
 async def redrive(settings: WorkerSettings) -> int:
@@ -479,6 +503,6 @@ async def _serve(settings: WorkerSettings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-        for each in (db, *databases.others()):
+        for each in databases.all():
             await each.dispose()
         log.info("worker: ran %.0f s", time.perf_counter() - started)

@@ -15,6 +15,9 @@ machine, as the test suite's does), for the two order paths the ladder has:
 - `federated` (stage 8's federation): as `queued`, with the ledger and the shipment in
   databases of their own (on the same server); each database's backends are counted apart, and
   the main one's is the figure that compares with `queued`.
+- `sharded` (stage 8): as `federated`, with the orders of two customers in two shards (the
+  orders alternate between them); the main database keeps the stock and its holds. Per order
+  placed anywhere, so each shard's figure is about half of what one shard's orders cost it.
 
 CPU time per order does not depend on how busy the machine is (throughput would), so the figure
 holds on a shared machine; it does depend on the CPU: the design doc states which. The app runs
@@ -50,7 +53,13 @@ SHOP = shutil.which("shop", path=str(Path(sys.executable).parent)) or "shop"
 ADMIN_URL = os.environ.get("SHOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "demand-" + "x" * 40
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-PATHS = ("in-request", "queued", "federated")
+PATHS = ("in-request", "queued", "federated", "sharded")
+FUNCTIONS = {
+    "in-request": ("main",),
+    "queued": ("main",),
+    "federated": ("main", "accounting", "delivery"),
+    "sharded": ("main", "accounting", "delivery", "shard1", "shard2"),
+}
 
 
 def _backend_cpu_s(admin: psycopg.Connection[Any], database: str) -> float:
@@ -90,8 +99,11 @@ def _databases(functions: tuple[str, ...]) -> Iterator[dict[str, tuple[str, str]
         }
         if len(functions) > 1:
             env["SHOP_QUEUE_URL"] = "http://127.0.0.1:1/queue/unused-by-migrate"
-            for function in functions[1:]:
+            for function in ("accounting", "delivery"):
                 env[f"SHOP_{function.upper()}_DATABASE_URL"] = urls[function]
+            shards = [urls[f] for f in functions if f.startswith("shard")]
+            if shards:
+                env["SHOP_ORDER_SHARD_URLS"] = ",".join(shards)
         subprocess.run([SHOP, "migrate"], env=env, check=True)
         yield {f: (made[f], urls[f]) for f in functions}
     finally:
@@ -143,7 +155,7 @@ async def _measure(path: str, orders: int, endpoint: str | None) -> dict[str, fl
     from app.main import create_app
     from app.worker import Worker
 
-    functions = ("main", "accounting", "delivery") if path == "federated" else ("main",)
+    functions = FUNCTIONS[path]
     with _databases(functions) as databases:
         values: dict[str, Any] = {
             "database_url": databases["main"][1],
@@ -156,7 +168,7 @@ async def _measure(path: str, orders: int, endpoint: str | None) -> dict[str, fl
             "_env_file": None,
         }
         queue_url = None
-        if path in ("queued", "federated"):
+        if path != "in-request":
             assert endpoint is not None
             queue_url = _queue(endpoint)
             values |= {
@@ -164,19 +176,32 @@ async def _measure(path: str, orders: int, endpoint: str | None) -> dict[str, fl
                 "aws_endpoint_url": endpoint,
                 "aws_region": "us-east-1",
             }
-        for function in functions[1:]:
+        for function in functions[1:3]:
             values[f"{function}_database_url"] = databases[function][1]
+        shard_urls = [databases[f][1] for f in functions if f.startswith("shard")]
+        if shard_urls:
+            values["order_shard_urls"] = ",".join(shard_urls)
         settings = Settings(**values)
         app = create_app(settings)
         async with LifespanManager(app, startup_timeout=30):
             resources = app.state.resources
-            user = await customers.sign_up(
-                resources.db,
-                resources.passwords,
-                data=SignUp(email="demand@example.com", password="correct-horse-42", full_name="D"),
-                role=Role.CUSTOMER,
-            )
-            token, _ = resources.tokens.issue(Principal(customer_id=user.id, role=Role.CUSTOMER))
+            # Two customers: with shards, consecutive ids live on the two shards.
+            buyers = []
+            for number in (1, 2):
+                user = await customers.sign_up(
+                    resources.db,
+                    resources.passwords,
+                    data=SignUp(
+                        email=f"demand{number}@example.com",
+                        password="correct-horse-42",
+                        full_name="D",
+                    ),
+                    role=Role.CUSTOMER,
+                )
+                token, _ = resources.tokens.issue(
+                    Principal(customer_id=user.id, role=Role.CUSTOMER)
+                )
+                buyers.append({"Authorization": f"Bearer {token}"})
             product = await catalog.create_product(
                 resources.db,
                 data=ProductCreate(
@@ -195,14 +220,13 @@ async def _measure(path: str, orders: int, endpoint: str | None) -> dict[str, fl
                 if queue_url
                 else None
             )
-            headers = {"Authorization": f"Bearer {token}"}
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
 
                 async def place(n: int, tag: str) -> None:
                     answer = await c.post(
                         "/orders",
-                        headers={**headers, "Idempotency-Key": f"{tag}-{n}"},
+                        headers={**buyers[n % 2], "Idempotency-Key": f"{tag}-{n}"},
                         json={"lines": [{"product_id": product.id, "quantity": 1}]},
                     )
                     if answer.status_code != 201:
@@ -250,7 +274,7 @@ async def main(argv: list[str] | None = None) -> int:
         dest="paths",
         action="append",
         choices=PATHS,
-        help="measure only this order path (repeatable; default: all three)",
+        help="measure only this order path (repeatable; default: all four)",
     )
     args = parser.parse_args(argv)
     if args.orders < 1 or args.repeats < 1:
@@ -267,14 +291,13 @@ async def main(argv: list[str] | None = None) -> int:
                 f"{path:>10}: PostgreSQL {statistics.median(db):.2f} ms CPU per order "
                 f"(runs {min(db):.2f}-{max(db):.2f})"
             )
-            for function in ("accounting", "delivery"):
-                if path == "federated":
-                    each = [r[f"{function}_ms"] for r in runs]
-                    line += (
-                        f"; {function} database {statistics.median(each):.2f} ms "
-                        f"({min(each):.2f}-{max(each):.2f})"
-                    )
-            if path == "federated":
+            for function in FUNCTIONS[path][1:]:
+                each = [r[f"{function}_ms"] for r in runs]
+                line += (
+                    f"; {function} database {statistics.median(each):.2f} ms "
+                    f"({min(each):.2f}-{max(each):.2f})"
+                )
+            if len(FUNCTIONS[path]) > 1:
                 line = line.replace("PostgreSQL", "main database", 1)
             if path == "in-request":  # queued: this process also runs moto and the worker
                 line += (

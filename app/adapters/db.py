@@ -16,13 +16,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
@@ -148,6 +150,14 @@ def _is_disconnect(exc: psycopg.Error) -> bool:
 # primary: a replica's trouble must not hold a customer's request for the whole pool timeout.
 REPLICA_POOL_TIMEOUT_S = 2.0
 REPLICA_CONNECT_TIMEOUT_S = 2
+
+
+def unique_violation(exc: BaseException) -> bool:
+    """Whether `exc` is a duplicate key, raised through SQLAlchemy or straight from the driver
+    (statements sent with `run` on PostgreSQL)."""
+    if isinstance(exc, DBAPIError):
+        exc = exc.orig if isinstance(exc.orig, BaseException) else exc
+    return isinstance(exc, psycopg.errors.UniqueViolation | sqlite3.IntegrityError)
 
 
 def _replica_failure(exc: psycopg.Error) -> bool:
@@ -281,9 +291,23 @@ class Database:
         async with self.primary.connect() as conn:
             async with conn.begin():
                 if pipeline and self.dialect == "postgresql":
-                    async with _driver(conn).pipeline():
-                        yield conn
-                        await conn.commit()
+                    driver = _driver(conn)
+                    try:
+                        async with driver.pipeline():
+                            yield conn
+                            await conn.commit()
+                    except BaseException:
+                        # A statement the server refused inside the pipeline (a duplicate key,
+                        # a lock or statement timeout) leaves the connection's transaction
+                        # aborted, and nothing on the way back to the pool rolls it back:
+                        # the next checkout would fail. Roll back here; a connection that
+                        # cannot is discarded.
+                        if driver.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                            try:
+                                await driver.rollback()
+                            except psycopg.Error:
+                                await conn.invalidate()
+                        raise
                 else:
                     yield conn
             position = current_position() if self.replicas else None
@@ -416,36 +440,78 @@ class Database:
 
 @dataclass(frozen=True, slots=True)
 class Databases:
-    """The write databases by function. Before stage 8 one Database plays every role; stage 8's
-    federation gives accounting and delivery databases of their own, written only by the
-    worker from the queue's events (app/orders/flows.py)."""
+    """The write databases by function. Before stage 8 one Database plays every role. Stage 8
+    gives accounting and delivery databases of their own (federation), written only by the
+    worker from the queue's events (app/orders/flows.py), and may split the orders across
+    shards, found through a directory of logical shards (app/adapters/shards.py)."""
 
     main: Database
     accounting: Database
     delivery: Database
+    shards: tuple[Database, ...] = ()
+    """The order shards, numbered from 1 in the directory; none: orders live in `main`."""
+    directory: Mapping[int, int] = field(default_factory=dict)
+    """Logical shard (key % LOGICAL_SHARDS) to shard number (1-based)."""
 
     @classmethod
     def single(cls, db: Database) -> Databases:
         return cls(db, db, db)
 
     @classmethod
-    def federate(cls, main: Database, urls: Mapping[str, str], **options: Any) -> Databases:
+    def federate(
+        cls,
+        main: Database,
+        urls: Mapping[str, str],
+        shard_urls: Sequence[str] = (),
+        **options: Any,
+    ) -> Databases:
         """`main` and, for each function named in `urls` ("accounting", "delivery"), a Database
-        of its own (its primary only: no replicas) with the pool `options` of `Database`."""
+        of its own, and one per shard (their primaries only: no replicas), with the pool
+        `options` of `Database`. The directory is loaded later (`with_directory`)."""
         made = {name: Database(url, **options) for name, url in urls.items()}
-        return cls(main, made.get("accounting", main), made.get("delivery", main))
+        shards = tuple(Database(url, **options) for url in shard_urls)
+        return cls(main, made.get("accounting", main), made.get("delivery", main), shards)
+
+    def with_directory(self, directory: Mapping[int, int]) -> Databases:
+        return replace(self, directory=dict(directory))
 
     @property
     def federated(self) -> bool:
         return self.accounting is not self.main or self.delivery is not self.main
 
-    def others(self) -> list[Database]:
-        """The federated databases (distinct, not the main one): none before stage 8."""
+    @property
+    def split(self) -> bool:
+        """Whether an order's work spans databases (federation or shards): no transaction can
+        hold it all, and the flows take the multi-step paths (app/orders/flows.py)."""
+        return self.federated or bool(self.shards)
+
+    def shard_for(self, key: int) -> Database:
+        """The database holding the orders of a key: a customer's id, or an order's id (which
+        carries its customer's logical shard); `main` without shards."""
+        if not self.shards:
+            return self.main
+        return self.shards[self.directory[key % LOGICAL_SHARDS] - 1]
+
+    def recording(self) -> list[Database]:
+        """The databases whose outbox records events: the shards, or `main` without them."""
+        return list(self.shards) or [self.main]
+
+    def all(self) -> list[Database]:
+        """Every distinct database, `main` first."""
         found: list[Database] = []
-        for db in (self.accounting, self.delivery):
-            if db is not self.main and all(db is not seen for seen in found):
+        for db in (self.main, self.accounting, self.delivery, *self.shards):
+            if all(db is not seen for seen in found):
                 found.append(db)
         return found
+
+    def others(self) -> list[Database]:
+        """The databases other than `main` (federated and shards): none before stage 8."""
+        return self.all()[1:]
+
+
+LOGICAL_SHARDS = 1024
+"""A key's logical shard is `key % LOGICAL_SHARDS`, fixed for the life of the data
+(app/adapters/shards.py keeps the directory)."""
 
 
 async def _note_commit(conn: AsyncConnection, position: ClientPosition) -> None:

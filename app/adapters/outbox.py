@@ -251,13 +251,15 @@ class Relay:
 
     def __init__(
         self,
-        db: Database,
+        db: Database | Sequence[Database],
         queue: Queue,
         *,
         sweep_after_s: float = 5.0,
         max_pending: int = MAX_PENDING,
     ) -> None:
-        self._db = db
+        # Stage 8's shards each record events: one relay serves them all, marking an event
+        # published where it lives (an UPDATE elsewhere finds no row) and sweeping each.
+        self._dbs = [db] if isinstance(db, Database) else list(db)
         self._queue = queue
         self._sweep_after = timedelta(seconds=sweep_after_s)
         self._pending: asyncio.Queue[Event] = asyncio.Queue(maxsize=max_pending)
@@ -321,12 +323,21 @@ class Relay:
                     )
                 sent += [e.id for e in chunk if str(e.id) not in failed]
             if sent:
-                async with self._db.write() as conn:
-                    await conn.execute(_MARK_PUBLISHED, {"ids": sent, "now": utcnow()})
+                await self._mark_published(sent)
             return len(sent)
 
+    async def _mark_published(self, ids: list[uuid.UUID]) -> None:
+        for db in self._dbs:
+            async with db.write() as conn:
+                await conn.execute(_MARK_PUBLISHED, {"ids": ids, "now": utcnow()})
+
     async def sweep(self, *, limit: int = 100) -> int:
-        """Publish unpublished events older than `sweep_after_s`, oldest first; how many.
+        """Publish unpublished events older than `sweep_after_s` from every database the relay
+        serves, oldest first, at most `limit` from each; how many (see `_sweep_one`)."""
+        return sum([await self._sweep_one(db, limit=limit) for db in self._dbs])
+
+    async def _sweep_one(self, db: Database, *, limit: int) -> int:
+        """Publish `db`'s unpublished events older than `sweep_after_s`, oldest first; how many.
 
         Three steps, none holding a transaction across the network: claim the events (a
         lease of CLAIM_S, committed; SKIP LOCKED and the lease keep other processes' sweeps
@@ -349,7 +360,7 @@ class Relay:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        async with self._db.write() as conn:
+        async with db.write() as conn:
             rows = (await conn.execute(stmt)).all()
             events = [Event(id=r.id, kind=r.kind, payload=r.payload) for r in rows]
             if events:
@@ -368,7 +379,7 @@ class Relay:
                 failed = await self._send(chunk, {str(e.id): trace for e in chunk})
                 sent += [e.id for e in chunk if str(e.id) not in failed]
             if sent:
-                async with self._db.write() as conn:
+                async with db.write() as conn:
                     await conn.execute(_MARK_PUBLISHED, {"ids": sent, "now": utcnow()})
         if len(sent) < len(events):
             log.warning(

@@ -146,11 +146,12 @@ async def checkout_cart(
     the same order (`Idempotent-Replayed: true`) and never orders twice."""
     result = await service.checkout(
         store,
-        res.db,
+        res.databases,
         customer_id=principal.customer_id,
         version=body.version,
         tax_rate_bp=res.settings.tax_rate_bp,
         idempotency_ttl=timedelta(hours=res.settings.idempotency_ttl_h),
+        hold=timedelta(seconds=res.settings.order_hold_s),
         relay=res.relay,
         mailer=res.mailer,
     )

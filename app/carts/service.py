@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from app.adapters.db import Database
+from app.adapters.db import Database, Databases
 from app.adapters.mail import Mailer
 from app.adapters.outbox import Relay
 from app.carts.domain import (
@@ -164,12 +164,13 @@ async def remove(
 
 async def checkout(
     store: CartStore,
-    db: Database,
+    dbs: Databases,
     *,
     customer_id: int,
     version: int,
     tax_rate_bp: int,
     idempotency_ttl: timedelta,
+    hold: timedelta = orders.RESERVATION_EXPIRES,
     relay: Relay | None = None,
     mailer: Mailer | None = None,
 ) -> CheckoutResult:
@@ -185,7 +186,7 @@ async def checkout(
     cart = await store.get(customer_id, consistent=True)
     if cart.checked_out_version == version and cart.checked_out_order_id is not None:
         order = await orders.get_order(
-            db,
+            dbs,
             order_id=cart.checked_out_order_id,
             principal=Principal(customer_id=customer_id, role=Role.CUSTOMER),
             # A retry whose first answer was lost carries no read-after token: a replica
@@ -194,7 +195,7 @@ async def checkout(
         )
         return CheckoutResult(201, order.model_dump(mode="json"), replayed=True)
     cart, recovered = await _record_lost_checkouts(
-        store, db, cart, customer_id=customer_id, ttl=idempotency_ttl
+        store, dbs, cart, customer_id=customer_id, ttl=idempotency_ttl
     )
     if version in recovered:
         return CheckoutResult(201, recovered[version], replayed=True)
@@ -207,12 +208,13 @@ async def checkout(
     )
     try:
         placed = await orders.place_order(
-            db,
+            dbs,
             customer_id=customer_id,
             data=data,
             tax_rate_bp=tax_rate_bp,
             idempotency_key=checkout_key(cart),
             idempotency_ttl=idempotency_ttl,
+            hold=hold,
             relay=relay,
             mailer=mailer,
         )
@@ -243,13 +245,13 @@ async def checkout(
 
 
 async def _record_lost_checkouts(
-    store: CartStore, db: Database, cart: Cart, *, customer_id: int, ttl: timedelta
+    store: CartStore, dbs: Databases, cart: Cart, *, customer_id: int, ttl: timedelta
 ) -> tuple[Cart, dict[int, dict[str, Any]]]:
     """Checkouts of this cart whose order was placed but never recorded on the cart (its store
     failed after the order's commit), found by their Idempotency-Keys and recorded now, so that
     their units are not ordered a second time. Returns the cart and those orders by version."""
     prefix = checkout_key_prefix(cart)
-    answers = await orders.answered_keys(db, customer_id=customer_id, prefix=prefix, ttl=ttl)
+    answers = await orders.answered_keys(dbs, customer_id=customer_id, prefix=prefix, ttl=ttl)
     done = cart.checked_out_version or 0
     lost: dict[int, dict[str, Any]] = {}
     for key, body in answers.items():

@@ -343,6 +343,10 @@ _PRICE = select(Product.sku, Product.name, Product.price_cents).where(
 _AVAILABLE = select(StockLevel.quantity).where(StockLevel.product_id == bindparam("pid"))
 
 
+Reserved = ReservedItem
+"""A line taken out of stock (what `reserve_stock` returns), for the modules that use it."""
+
+
 async def reserve_stock(conn: AsyncConnection, *, lines: Mapping[int, int]) -> list[ReservedItem]:
     """Take `lines` ({product_id: quantity}) out of stock inside the caller's transaction.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Integer, bindparam, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -179,6 +179,13 @@ async def get_customer(db: Database, *, customer_id: int) -> CustomerRead:
     if row is None:
         raise NotFound("customer", customer_id)
     return CustomerRead.model_validate(row)
+
+
+def exists_clause(param: str = "customer_id") -> ColumnElement[bool]:
+    """ "The customer named by the bind parameter `param` exists": for another module's
+    statement that must not act for an account that is gone (stage 8's reservation, in the
+    database that holds the customers, where the orders' shard cannot check it)."""
+    return exists().where(Customer.id == bindparam(param, type_=Integer()))
 
 
 async def send_email_read(conn: AsyncConnection, *, customer_id: int) -> Queued:

@@ -71,3 +71,14 @@ class TooManyRequests(ShopError):
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message, retry_after_s=retry_after_s)
         self.retry_after_s = retry_after_s
+
+
+class Unavailable(ShopError):
+    """Not now, through no fault of the client's: it may retry after `retry_after_s` seconds
+    (answers 503)."""
+
+    status_code = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

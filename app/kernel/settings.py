@@ -103,6 +103,22 @@ class Settings(BaseSettings):
         "and their tracking, opened by `shop worker` from the queue's events. Unset: the "
         "primary. Needs SHOP_QUEUE_URL and SHOP_DATABASE_URL.",
     )
+    order_shard_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated SQLAlchemy URLs of the order shards (stage 8): each "
+        "customer's orders, their lines, Idempotency-Keys and events live in one of them, "
+        "found through the directory of logical shards in the primary. Empty: orders live in "
+        "the primary. Needs SHOP_QUEUE_URL and SHOP_DATABASE_URL; a shard is a fresh database "
+        "(orders already in the primary are not moved).",
+    )
+    order_hold_s: float = Field(
+        60,
+        ge=1,
+        le=3600,
+        description="With order shards (stage 8): seconds the stock of an order being placed "
+        "stays held before `shop worker` settles it (the placing request settles it within a "
+        "second or two; this bounds what a request that died leaves held).",
+    )
     accounting_database_secret_arn: str | None = Field(
         None,
         description="Secrets Manager secret in the RDS format of the accounting database (stage "
@@ -382,7 +398,7 @@ class Settings(BaseSettings):
     @classmethod
     def _csv_lists(cls, data: object) -> object:
         if isinstance(data, dict):
-            for name in ("database_replica_urls", "database_replica_hosts"):
+            for name in ("database_replica_urls", "database_replica_hosts", "order_shard_urls"):
                 if name in data:
                     data[name] = _split_csv(data[name])
         return data
@@ -439,13 +455,14 @@ class Settings(BaseSettings):
                 ("SHOP_ACCOUNTING_DATABASE_SECRET_ARN", self.accounting_database_secret_arn),
                 ("SHOP_DELIVERY_DATABASE_URL", self.delivery_database_url),
                 ("SHOP_DELIVERY_DATABASE_SECRET_ARN", self.delivery_database_secret_arn),
+                ("SHOP_ORDER_SHARD_URLS", self.order_shard_urls),
             )
             if where
         ]
         if federated and (not self.queue_url or self.is_embedded):
             raise ValueError(
-                f"{' and '.join(federated)} (stage 8's federation) need SHOP_QUEUE_URL, whose "
-                "worker writes them, and a configured primary (SHOP_DATABASE_URL or "
+                f"{' and '.join(federated)} (stage 8) need SHOP_QUEUE_URL, whose worker "
+                "writes across the databases, and a configured primary (SHOP_DATABASE_URL or "
                 "SHOP_DATABASE_SECRET_ARN), not the embedded database"
             )
         return self
@@ -519,6 +536,11 @@ class Settings(BaseSettings):
             "lock_timeout_ms": self.database_lock_timeout_ms,
             "prepared_statements": self.database_prepared_statements,
         }
+
+    @property
+    def shard_urls(self) -> list[str]:
+        """The async URLs of stage 8's order shards, in order (none before it)."""
+        return [to_async_url(url) for url in self.order_shard_urls]
 
     @property
     def function_urls(self) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 def load_all_models() -> None:
     from app.accounting import models as _accounting  # noqa: F401
     from app.adapters import outbox as _outbox  # noqa: F401
+    from app.adapters import shards as _shards  # noqa: F401
     from app.carts import models as _carts  # noqa: F401
     from app.catalog import models as _catalog  # noqa: F401
     from app.customers import models as _customers  # noqa: F401

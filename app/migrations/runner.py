@@ -14,7 +14,8 @@ from sqlalchemy import Connection, create_engine, inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import NullPool
 
-from app.adapters.db import Database
+from app.adapters.db import Database, Databases
+from app.adapters.shards import DirectoryProblem, load_directory
 from app.kernel.models import SchemaCompatibility
 from app.kernel.settings import to_sync_url
 
@@ -73,6 +74,25 @@ def upgrade(url: str, revision: str = "head", *, location: Path | None = None) -
             return
         command.upgrade(alembic_config(url, location), revision)
         _record_compatibility(engine, script)
+    finally:
+        engine.dispose()
+
+
+SHARD_DROPS = ("fk_customer_order_customer_id_customer",)
+"""Constraints a shard cannot keep: its `customer` table stays empty (customers live in the
+main database, whose reservation step checks that the customer exists instead)."""
+
+
+def prepare_shard(url: str) -> None:
+    """After `upgrade`: make a database an order shard (stage 8) by dropping SHARD_DROPS.
+    Idempotent. A later migration that touches one of them must say what shards do."""
+    engine = create_engine(to_sync_url(url), poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            for name in SHARD_DROPS:
+                connection.execute(
+                    sa.text(f"ALTER TABLE customer_order DROP CONSTRAINT IF EXISTS {name}")
+                )
     finally:
         engine.dispose()
 
@@ -167,3 +187,20 @@ async def open_checked(db: Database) -> None:
         await db.dispose()
         raise SchemaProblem(f"{problem} (database: {db.describe()})")
     await db.open()
+
+
+async def open_all(databases: Databases) -> Databases:
+    """`open_checked` for every database (stage 8 has several), then, with order shards, the
+    directory read (or filled); raises SchemaProblem or DirectoryProblem with every database
+    disposed."""
+    try:
+        for db in databases.all():
+            await open_checked(db)
+        if databases.shards:
+            directory = await load_directory(databases.main, shards=len(databases.shards))
+            databases = databases.with_directory(directory)
+    except (SchemaProblem, DirectoryProblem):
+        for db in databases.all():
+            await db.dispose()
+        raise
+    return databases

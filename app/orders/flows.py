@@ -45,6 +45,7 @@ from app.accounting import service as accounting
 from app.adapters import outbox, tracing
 from app.adapters.db import Database, Databases
 from app.adapters.mail import Mail, Mailer, MailRefused
+from app.catalog import service as catalog
 from app.customers import service as customers
 from app.delivery import service as delivery
 from app.kernel.models import utcnow
@@ -89,10 +90,19 @@ async def record_placed(
 
 
 async def record_cancelled(
-    conn: AsyncConnection, *, order_id: int, customer_id: int, subtotal_cents: int, tax_cents: int
+    conn: AsyncConnection,
+    *,
+    order_id: int,
+    customer_id: int,
+    subtotal_cents: int,
+    tax_cents: int,
+    reverse: bool = True,
+    restock: list[list[int]] | None = None,
 ) -> outbox.Event:
     """Stage 8: record, in the cancelling transaction, the event that has a worker post the
-    reversal in the accounting database."""
+    reversal in the accounting database (`reverse`: the order had been fulfilled) and, where
+    the order lives in a shard, return its stock in the main database (`restock`: its lines,
+    [[product_id, quantity], ...])."""
     return await outbox.record(
         conn,
         kind=ORDER_CANCELLED,
@@ -101,6 +111,8 @@ async def record_cancelled(
             "customer_id": customer_id,
             "subtotal_cents": subtotal_cents,
             "tax_cents": tax_cents,
+            "reverse": reverse,
+            "restock": restock or [],
         },
     )
 
@@ -179,12 +191,12 @@ async def handle_order_placed(
     dbs = db if isinstance(db, Databases) else Databases.single(db)
     order_id = int(payload["order_id"])
     with tracing.span("order.fulfil", order_id=order_id):
-        if dbs.federated:
+        if dbs.split:
             await _fulfil_federated(dbs, event_id=event_id, payload=payload)
         else:
             await _fulfil_once(dbs.main, event_id=event_id, order_id=order_id)
     with tracing.span("order.mail", order_id=order_id):
-        await _mail(dbs.main, mailer, event_id=event_id, order_id=order_id)
+        await _mail(dbs, mailer, event_id=event_id, order_id=order_id)
 
 
 async def _fulfil_federated(
@@ -202,7 +214,7 @@ async def _fulfil_federated(
     A cancellation after 1 posts the reversal from its own event (`handle_order_cancelled`), in
     either order with 2: the two sum to zero."""
     order_id = int(payload["order_id"])
-    async with dbs.main.write() as conn:
+    async with dbs.shard_for(order_id).write() as conn:
         order = (
             await conn.execute(
                 select(CustomerOrder.status, CustomerOrder.fulfilled_at)
@@ -239,19 +251,27 @@ async def _fulfil_federated(
 async def handle_order_cancelled(
     dbs: Databases, *, event_id: uuid.UUID, payload: Mapping[str, Any]
 ) -> None:
-    """Apply an `order.cancelled` event (stage 8) once: claim step `reverse` and post the
-    reversal of the order's entries in the accounting database."""
+    """Apply an `order.cancelled` event (stage 8), each step once: `restock`, in the main
+    database, returns the stock of an order that lived in a shard; `reverse`, in the
+    accounting database, posts the reversal of a fulfilled order's entries."""
     order_id = int(payload["order_id"])
-    with tracing.span("order.reverse", order_id=order_id):
-        async with dbs.accounting.write() as conn:
-            if await outbox.claim(conn, event_id=event_id, step="reverse"):
-                await accounting.post_reversal_of(
-                    conn,
-                    order_id=order_id,
-                    customer_id=int(payload["customer_id"]),
-                    subtotal_cents=int(payload["subtotal_cents"]),
-                    tax_cents=int(payload["tax_cents"]),
-                )
+    restock = [(int(p), int(q)) for p, q in payload.get("restock", [])]
+    if restock:
+        with tracing.span("order.restock", order_id=order_id):
+            async with dbs.main.write() as conn:
+                if await outbox.claim(conn, event_id=event_id, step="restock"):
+                    await catalog.release_stock(conn, lines=dict(restock))
+    if payload.get("reverse", True):
+        with tracing.span("order.reverse", order_id=order_id):
+            async with dbs.accounting.write() as conn:
+                if await outbox.claim(conn, event_id=event_id, step="reverse"):
+                    await accounting.post_reversal_of(
+                        conn,
+                        order_id=order_id,
+                        customer_id=int(payload["customer_id"]),
+                        subtotal_cents=int(payload["subtotal_cents"]),
+                        tax_cents=int(payload["tax_cents"]),
+                    )
 
 
 async def _fulfil_once(db: Database, *, event_id: uuid.UUID, order_id: int) -> None:
@@ -299,8 +319,10 @@ MAIL_LEASE = timedelta(seconds=90)
 about 40 s: 3 attempts of a 2 s connect and a 10 s read); past it, another worker may send."""
 
 
-async def _mail(db: Database, mailer: Mailer, *, event_id: uuid.UUID, order_id: int) -> None:
-    """The `mail` step (see the module's docstring): lease, commit, send, record."""
+async def _mail(dbs: Databases, mailer: Mailer, *, event_id: uuid.UUID, order_id: int) -> None:
+    """The `mail` step (see the module's docstring): lease, commit, send, record; on the
+    database that holds the order (its shard, stage 8), the address read from the main one."""
+    db = dbs.shard_for(order_id)
     async with db.write() as conn:
         done = await conn.execute(
             select(outbox.ProcessedEvent.event_id).where(
@@ -337,7 +359,7 @@ async def _mail(db: Database, mailer: Mailer, *, event_id: uuid.UUID, order_id: 
         if order.confirmation_claimed_until is not None and order.confirmation_claimed_until > now:
             raise MailInFlight(f"order {order_id}: its confirmation is being sent")
         await _set_confirmation(conn, order_id, confirmation_claimed_until=now + MAIL_LEASE)
-        mail = await _confirmation_of(db, conn, order_id)
+        mail = await _confirmation_of(dbs.main, conn, order_id)
     try:
         await mailer.send(mail)
     except MailRefused as exc:

@@ -71,3 +71,43 @@ class IdempotencyKey(Base):
     status_code: Mapped[int | None]
     response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Reservation(Base):
+    """Stage 8: stock taken for an order whose record lives in its customer's shard, in the
+    main database with the stock. `held` until the order is known to exist (`confirmed`) or
+    known never to (`released`, its stock returned); the worker settles one left `held` past
+    `expires_at` (app/orders/service.py, `settle_expired_reservations`)."""
+
+    __tablename__ = "reservation"
+    __table_args__ = (
+        Index(
+            "ix_reservation_held_expires_at",
+            "expires_at",
+            postgresql_where=text("state = 'held'"),
+            sqlite_where=text("state = 'held'"),
+        ),
+        Index("ix_reservation_created_at", "created_at"),
+    )
+
+    order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    customer_id: Mapped[int]
+    lines: Mapped[list[list[int]]] = mapped_column(JSON)
+    """[[product_id, quantity], ...]: what the stock gets back if the order never exists."""
+    state: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OrderFence(Base):
+    """Stage 8, in each shard: an order id that is taken, and by whom. The order's own
+    transaction inserts it (`void` false); settling a reservation inserts it void unless it is
+    there. Whoever inserts it first decides, for good: the order exists, or it never will (its
+    transaction, arriving later, fails on the fence). A settlement that dies after taking it
+    leaves it void, and the next one reads it so."""
+
+    __tablename__ = "order_fence"
+
+    order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    void: Mapped[bool]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

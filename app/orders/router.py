@@ -14,7 +14,6 @@ from app.kernel.schemas import MAX_INT32
 from app.orders import service
 from app.orders.schemas import OrderCreate, OrderPage, OrderRead, ShipmentPending
 from app.web.deps import (
-    DatabaseDep,
     DatabasesDep,
     PageLimit,
     PageOffset,
@@ -89,12 +88,13 @@ async def place_order(
     or, where a queue takes that work off the request, shortly after (`fulfilment: pending`
     until then). 404 names an unknown product; 409 one short of stock."""
     result = await service.place_order(
-        res.db,
+        res.databases,
         customer_id=principal.customer_id,
         data=body,
         tax_rate_bp=res.settings.tax_rate_bp,
         idempotency_key=idempotency_key,
         idempotency_ttl=timedelta(hours=res.settings.idempotency_ttl_h),
+        hold=timedelta(seconds=res.settings.order_hold_s),
         relay=res.relay,
         mailer=res.mailer,
     )
@@ -104,19 +104,19 @@ async def place_order(
 
 @router.get("/orders", response_model=OrderPage, responses=errors(401, 422, 503))
 async def list_my_orders(
-    db: DatabaseDep, principal: PrincipalDep, limit: PageLimit = 20, offset: PageOffset = 0
+    dbs: DatabasesDep, principal: PrincipalDep, limit: PageLimit = 20, offset: PageOffset = 0
 ) -> Response:
     """Your orders, newest first."""
     found = await service.list_orders(
-        db, customer_id=principal.customer_id, limit=limit, offset=offset
+        dbs, customer_id=principal.customer_id, limit=limit, offset=offset
     )
     return model_response(found)
 
 
 @router.get("/orders/{order_id}", response_model=OrderRead, responses=errors(401, 404, 422, 503))
-async def get_order(db: DatabaseDep, principal: PrincipalDep, order_id: OrderId) -> Response:
+async def get_order(dbs: DatabasesDep, principal: PrincipalDep, order_id: OrderId) -> Response:
     """One of your orders. 404 for orders that are not yours."""
-    return model_response(await service.get_order(db, order_id=order_id, principal=principal))
+    return model_response(await service.get_order(dbs, order_id=order_id, principal=principal))
 
 
 @router.post(

@@ -11,19 +11,49 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Row, bindparam, delete, insert, select, tuple_, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Integer,
+    Row,
+    String,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounting import service as accounting
 from app.accounting.schemas import EntryRead
-from app.adapters.db import Database, Databases, insert_or_ignore, named_values, run, run_many
+from app.adapters.db import (
+    Database,
+    Databases,
+    insert_or_ignore,
+    named_values,
+    run,
+    run_many,
+    unique_violation,
+)
 from app.adapters.mail import Mailer
 from app.adapters.outbox import Event, Relay
+from app.adapters.shards import sharded_id
 from app.catalog import service as catalog
 from app.customers import service as customers
 from app.delivery import service as delivery
 from app.delivery.schemas import ShipmentRead
-from app.kernel.errors import Conflict, IllegalTransition, InvalidRequest, NotFound
+from app.kernel.errors import (
+    Conflict,
+    IllegalTransition,
+    InvalidRequest,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from app.kernel.models import UtcDateTime, utcnow
 from app.kernel.security import Principal
 from app.orders import flows
@@ -35,7 +65,7 @@ from app.orders.domain import (
     fulfilment,
     price,
 )
-from app.orders.models import CustomerOrder, IdempotencyKey, OrderLine
+from app.orders.models import CustomerOrder, IdempotencyKey, OrderFence, OrderLine, Reservation
 from app.orders.schemas import (
     OrderCreate,
     OrderLineRead,
@@ -157,6 +187,9 @@ _FORGET_EXPIRED_KEY = delete(IdempotencyKey).where(
 _FIRST_ANSWER = select(
     IdempotencyKey.request_hash, IdempotencyKey.status_code, IdempotencyKey.response_body
 ).where(_KEY)
+_FIRST_ANSWER_SINCE = _FIRST_ANSWER.where(
+    IdempotencyKey.created_at >= bindparam("since", type_=UtcDateTime())
+)
 # An UPDATE's parameters may not share a column's name, hence the prefixes.
 _STORE_ANSWER = (
     update(IdempotencyKey)
@@ -213,7 +246,11 @@ async def _claim_key(
     )
     if claimed:
         return None
-    first = (await run(conn, _FIRST_ANSWER, key_params))[0]
+    return _replay_of((await run(conn, _FIRST_ANSWER, key_params))[0], request_hash)
+
+
+def _replay_of(first: Mapping[str, Any], request_hash: str) -> PlaceResult:
+    """The first answer to a key, replayed; raises for another body or a key still in use."""
     if first["request_hash"] != request_hash:
         raise InvalidRequest(
             "Idempotency-Key",
@@ -225,14 +262,40 @@ async def _claim_key(
     return PlaceResult(status_code=first["status_code"], body=first["response_body"], replayed=True)
 
 
+def _order_lines(items: Sequence[catalog.Reserved]) -> list[OrderLineRead]:
+    """The order's lines, priced as the stock reservation read them."""
+    return [
+        OrderLineRead(
+            product_id=item.product_id,
+            sku=item.sku,
+            name=item.name,
+            quantity=item.quantity,
+            unit_price_cents=item.unit_price_cents,
+            line_total_cents=item.unit_price_cents * item.quantity,
+        )
+        for item in items
+    ]
+
+
+async def _store_answer(
+    conn: AsyncConnection, customer_id: int, key: str, body: dict[str, Any]
+) -> None:
+    """Keep the 201 answer of a new order with its Idempotency-Key, for replays."""
+    await run(
+        conn,
+        _STORE_ANSWER,
+        {"b_customer_id": customer_id, "b_key": key, "b_status_code": 201, "b_response_body": body},
+    )
+
+
 async def answered_keys(
-    db: Database, *, customer_id: int, prefix: str, ttl: timedelta
+    dbs: Databases, *, customer_id: int, prefix: str, ttl: timedelta
 ) -> dict[str, dict[str, Any]]:
     """The orders this customer's unexpired Idempotency-Keys starting with `prefix` were
     answered with (201 only), by key, read from the primary: what a caller whose own record of
     a placed order was lost (a cart store that failed after the commit) can find it by."""
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    async with db.read(primary=True) as conn:
+    async with dbs.shard_for(customer_id).read(primary=True) as conn:
         found = await conn.execute(
             select(IdempotencyKey.key, IdempotencyKey.response_body).where(
                 IdempotencyKey.customer_id == customer_id,
@@ -244,14 +307,20 @@ async def answered_keys(
         return {row.key: row.response_body for row in found if row.response_body is not None}
 
 
+RESERVATION_EXPIRES = timedelta(seconds=60)
+"""Stage 8: how long stock stays held, by default, for an order not yet known to exist. The
+placing request settles it within a second or two; the worker, one left by a crash after this."""
+
+
 async def place_order(
-    db: Database,
+    dbs: Databases,
     *,
     customer_id: int,
     data: OrderCreate,
     tax_rate_bp: int,
     idempotency_key: str | None = None,
     idempotency_ttl: timedelta = timedelta(hours=24),
+    hold: timedelta = RESERVATION_EXPIRES,
     relay: Relay | None = None,
     mailer: Mailer | None = None,
 ) -> PlaceResult:
@@ -266,7 +335,22 @@ async def place_order(
     Raises NotFound (unknown product), OutOfStock (409, nothing reserved), or InvalidRequest
     (an Idempotency-Key reused with a different body). On PostgreSQL the transaction is
     pipelined: three round trips (reserve, order id, the rest with the COMMIT) for one line.
+    With order shards (stage 8) the stock and the order live in different databases: see
+    `_place_in_shard`.
     """
+    if dbs.shards:
+        assert relay is not None, "shards need the queue (settings refuse them without it)"
+        return await _place_in_shard(
+            dbs,
+            customer_id=customer_id,
+            data=data,
+            tax_rate_bp=tax_rate_bp,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=idempotency_ttl,
+            hold=hold,
+            relay=relay,
+        )
+    db = dbs.main
     pairs = data.as_pairs()
     event: Event | None = None
     async with db.write(pipeline=True) as conn:
@@ -307,17 +391,7 @@ async def place_order(
             },
         )
         order_id: int = inserted[0]["id"]
-        lines = [
-            OrderLineRead(
-                product_id=item.product_id,
-                sku=item.sku,
-                name=item.name,
-                quantity=item.quantity,
-                unit_price_cents=item.unit_price_cents,
-                line_total_cents=item.unit_price_cents * item.quantity,
-            )
-            for item in items
-        ]
+        lines = _order_lines(items)
         await run_many(
             conn, _INSERT_LINE, [{"order_id": order_id, **line.model_dump()} for line in lines]
         )
@@ -343,16 +417,7 @@ async def place_order(
             lines=lines,
         ).model_dump(mode="json")
         if idempotency_key is not None:
-            await run(
-                conn,
-                _STORE_ANSWER,
-                {
-                    "b_customer_id": customer_id,
-                    "b_key": idempotency_key,
-                    "b_status_code": 201,
-                    "b_response_body": body,
-                },
-            )
+            await _store_answer(conn, customer_id, idempotency_key, body)
     if relay is not None and event is not None:
         relay.publish_soon([event])
     elif mailer is not None and email is not None:
@@ -366,13 +431,268 @@ async def place_order(
     return PlaceResult(status_code=201, body=body, replayed=False)
 
 
+_NEXT_ORDER_NUMBER = select(func.nextval("customer_order_id_seq").label("n"))
+_HOLD = (
+    insert(Reservation)
+    .from_select(
+        ["order_id", "customer_id", "lines", "state", "expires_at", "created_at"],
+        select(
+            bindparam("order_id", type_=BigInteger()),
+            bindparam("customer_id", type_=Integer()),
+            bindparam("lines", type_=JSON()),
+            literal("held", String(16)),
+            bindparam("expires_at", type_=UtcDateTime()),
+            bindparam("created_at", type_=UtcDateTime()),
+        ).where(customers.exists_clause("customer_id")),
+    )
+    .returning(Reservation.order_id)
+)
+_FENCE = insert(OrderFence).values(named_values("order_id", "void", "created_at"))
+_INSERT_ORDER_WITH_ID = insert(CustomerOrder).values(
+    named_values(
+        "id",
+        "customer_id",
+        "status",
+        "subtotal_cents",
+        "tax_cents",
+        "total_cents",
+        "created_at",
+        "fulfilled_at",
+    )
+)
+
+
+class _Replayed(Exception):
+    """A request with the same Idempotency-Key placed the order first: roll back, answer it."""
+
+    def __init__(self, result: PlaceResult) -> None:
+        super().__init__("replayed")
+        self.result = result
+
+
+async def _first_answer(
+    conn: AsyncConnection, *, customer_id: int, key: str, request_hash: str, ttl: timedelta
+) -> PlaceResult | None:
+    """Without claiming it: the answer an unexpired Idempotency-Key was given, or None when the
+    key is new (or expired). Raises as `_claim_key` does for another body or a key in use."""
+    found = await run(
+        conn,
+        _FIRST_ANSWER_SINCE,
+        {
+            "customer_id": customer_id,
+            "key": key,
+            "since": utcnow() - ttl,
+        },
+    )
+    if not found:
+        return None
+    return _replay_of(found[0], request_hash)
+
+
+async def _place_in_shard(
+    dbs: Databases,
+    *,
+    customer_id: int,
+    data: OrderCreate,
+    tax_rate_bp: int,
+    idempotency_key: str | None,
+    idempotency_ttl: timedelta,
+    hold: timedelta,
+    relay: Relay,
+) -> PlaceResult:
+    """Stage 8: the stock is in the main database, the order in its customer's shard, and no
+    transaction spans both (docs/stage-8.md, "An order across the stock and its shard").
+
+    1. On the shard: a key already answered is answered again; else an order id is drawn from
+       the shard's sequence, carrying the customer's logical shard.
+    2. On the main database: take the stock and hold it for that id (`reservation`, `held`
+       for `hold`: SHOP_ORDER_HOLD_S), if the customer exists. Not enough stock: 409, nothing kept.
+    3. On the shard: claim the key, take the id's fence, record the order, its lines, its
+       `order.placed` event and the key's answer, in one transaction.
+    4. Settle the reservation (`settle_reservation`): the fence says whether 3 committed.
+
+    Whatever fails after 2 is settled at once when the databases answer, else by the worker
+    once the reservation expires; after the worker has settled it, 3 can no longer commit (the
+    fence is taken), so stock and order always end together."""
+    shard = dbs.shard_for(customer_id)
+    pairs = data.as_pairs()
+    request_hash = fingerprint(pairs)
+    async with shard.write(pipeline=True) as conn:
+        if idempotency_key is not None:
+            replay = await _first_answer(
+                conn,
+                customer_id=customer_id,
+                key=idempotency_key,
+                request_hash=request_hash,
+                ttl=idempotency_ttl,
+            )
+            if replay is not None:
+                return replay
+        sequence = int((await run(conn, _NEXT_ORDER_NUMBER))[0]["n"])
+    order_id = sharded_id(sequence, customer_id)
+    created_at = utcnow()
+    async with dbs.main.write(pipeline=True) as conn:
+        items = await catalog.reserve_stock(conn, lines=dict(pairs))
+        held = await run(
+            conn,
+            _HOLD,
+            {
+                "order_id": order_id,
+                "customer_id": customer_id,
+                "lines": [[p, q] for p, q in pairs],
+                "expires_at": created_at + hold,
+                "created_at": created_at,
+            },
+        )
+        if not held:
+            raise Unauthenticated("this account no longer exists")
+    totals = price(
+        [item.unit_price_cents * item.quantity for item in items], tax_rate_bp=tax_rate_bp
+    )
+    lines = _order_lines(items)
+    body = OrderRead(
+        id=order_id,
+        status=OrderStatus.PLACED,
+        subtotal_cents=totals.subtotal_cents,
+        tax_cents=totals.tax_cents,
+        total_cents=totals.total_cents,
+        created_at=created_at,
+        cancelled_at=None,
+        fulfilment=Fulfilment.PENDING,
+        lines=lines,
+    ).model_dump(mode="json")
+    try:
+        async with shard.write(pipeline=True) as conn:
+            if idempotency_key is not None:
+                replay = await _claim_key(
+                    conn,
+                    customer_id=customer_id,
+                    key=idempotency_key,
+                    request_hash=request_hash,
+                    ttl=idempotency_ttl,
+                )
+                if replay is not None:  # a request with the same key placed it meanwhile
+                    raise _Replayed(replay)
+            await run(conn, _FENCE, {"order_id": order_id, "void": False, "created_at": created_at})
+            await run(
+                conn,
+                _INSERT_ORDER_WITH_ID,
+                {
+                    "id": order_id,
+                    "customer_id": customer_id,
+                    "status": OrderStatus.PLACED.value,
+                    "subtotal_cents": totals.subtotal_cents,
+                    "tax_cents": totals.tax_cents,
+                    "total_cents": totals.total_cents,
+                    "created_at": created_at,
+                    "fulfilled_at": None,
+                },
+            )
+            await run_many(
+                conn, _INSERT_LINE, [{"order_id": order_id, **line.model_dump()} for line in lines]
+            )
+            event = await flows.record_placed(
+                conn,
+                order_id=order_id,
+                customer_id=customer_id,
+                subtotal_cents=totals.subtotal_cents,
+                tax_cents=totals.tax_cents,
+            )
+            if idempotency_key is not None:
+                await _store_answer(conn, customer_id, idempotency_key, body)
+    except Exception as exc:
+        # The order did not commit (or its commit's answer was lost): the fence decides which.
+        try:
+            await settle_reservation(dbs, order_id=order_id)
+        except Exception as settling:
+            log.warning("order %s: reservation left to the worker: %s", order_id, settling)
+        if isinstance(exc, _Replayed):
+            return exc.result
+        if unique_violation(exc):  # the worker fenced the id: this try took too long
+            raise Unavailable("the order took too long to record; retry") from exc
+        raise
+    try:  # committed: the fence is the order's, no need to read it
+        await settle_reservation(dbs, order_id=order_id, committed=True)
+    except Exception as exc:  # the order stands; the worker confirms its reservation later
+        log.warning("order %s: reservation left to the worker: %s", order_id, exc)
+    relay.publish_soon([event])
+    return PlaceResult(status_code=201, body=body, replayed=False)
+
+
+async def settle_reservation(
+    dbs: Databases, *, order_id: int, committed: bool = False
+) -> str | None:
+    """Settle an order's reservation (stage 8): take the order id's fence in its shard, void,
+    unless it is taken. Void (taken now, or by a settlement that died before it finished), the
+    order never committed and never will, so its stock returns (`released`); taken by the
+    order, it exists (`confirmed`). `committed`: the caller saw the order's transaction commit,
+    so the fence is the order's and is not read. Returns the new state, or None when it was
+    settled before."""
+    fenced = False
+    if not committed:
+        async with dbs.shard_for(order_id).write() as conn:
+            await insert_or_ignore(
+                conn,
+                OrderFence.__table__,  # type: ignore[arg-type]
+                {"order_id": order_id, "void": True, "created_at": utcnow()},
+            )
+            fenced = (
+                await conn.execute(select(OrderFence.void).where(OrderFence.order_id == order_id))
+            ).scalar_one()
+    async with dbs.main.write() as conn:
+        held = (
+            await conn.execute(
+                select(Reservation.lines)
+                .where(Reservation.order_id == order_id, Reservation.state == "held")
+                .with_for_update()
+            )
+        ).one_or_none()
+        if held is None:
+            return None
+        state = "released" if fenced else "confirmed"
+        if fenced:
+            await catalog.release_stock(conn, lines={p: q for p, q in held.lines})
+        await conn.execute(
+            update(Reservation).where(Reservation.order_id == order_id).values(state=state)
+        )
+    return state
+
+
+async def settle_expired_reservations(dbs: Databases, *, limit: int = 100) -> dict[str, int]:
+    """The worker's pass (stage 8): settle the reservations still held past their expiry
+    (a request that died between its transactions); how many ended in each state."""
+    if not dbs.shards:
+        return {}
+    async with dbs.main.write() as conn:
+        expired = (
+            (
+                await conn.execute(
+                    select(Reservation.order_id)
+                    .where(Reservation.state == "held", Reservation.expires_at < utcnow())
+                    .order_by(Reservation.expires_at)
+                    .limit(limit)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    settled: dict[str, int] = {}
+    for order_id in expired:
+        state = await settle_reservation(dbs, order_id=order_id)
+        if state is not None:
+            settled[state] = settled.get(state, 0) + 1
+            log.warning("order %s: its reservation expired held; %s", order_id, state)
+    return settled
+
+
 async def get_order(
-    db: Database, *, order_id: int, principal: Principal, consistent: bool = False
+    dbs: Databases, *, order_id: int, principal: Principal, consistent: bool = False
 ) -> OrderRead:
     """One order with its lines; NotFound unless the caller owns it or is an admin. One round
     trip, on the driver's fast path. `consistent=True` reads it from the primary: for a caller
     that knows the order exists but may carry no read-after token (a retried checkout)."""
     stmt, params = _order_query(order_id, principal)
+    db = dbs.shard_for(order_id)
     return _order_from_rows(order_id, await db.fetch_all(stmt, primary=consistent, **params))
 
 
@@ -385,7 +705,7 @@ async def order_shipment(
     try:
         return await delivery.tracking(dbs.delivery, order_id=order_id, principal=principal)
     except NotFound:
-        order = await get_order(dbs.main, order_id=order_id, principal=principal)
+        order = await get_order(dbs, order_id=order_id, principal=principal)
         if order.fulfilment is Fulfilment.SKIPPED:
             raise
     if order.fulfilment is Fulfilment.DONE:  # the worker opened it between the two reads
@@ -401,19 +721,19 @@ async def order_shipment(
 async def order_ledger(dbs: Databases, *, order_id: int, principal: Principal) -> list[EntryRead]:
     """The ledger entries of an order, possibly none (a free order posts nothing); NotFound
     unless the caller owns the order or is an admin, so other customers' ids do not leak."""
+    db = dbs.shard_for(order_id)
     if principal.is_admin:
-        found = await dbs.main.fetch_one(_ANY_ORDER, order_id=order_id)
+        found = await db.fetch_one(_ANY_ORDER, order_id=order_id)
     else:
-        found = await dbs.main.fetch_one(
-            _OWN_ORDER, order_id=order_id, customer_id=principal.customer_id
-        )
+        found = await db.fetch_one(_OWN_ORDER, order_id=order_id, customer_id=principal.customer_id)
     if found is None:
         raise NotFound("order", order_id)
     return await accounting.entries_of_order(dbs.accounting, order_id=order_id)
 
 
-async def list_orders(db: Database, *, customer_id: int, limit: int, offset: int) -> OrderPage:
+async def list_orders(dbs: Databases, *, customer_id: int, limit: int, offset: int) -> OrderPage:
     """A customer's orders, newest first (one round trip, on the driver's fast path)."""
+    db = dbs.shard_for(customer_id)
     rows = await db.fetch_all(_PAGE, customer_id=customer_id, limit=limit + 1, offset=offset)
     # One validation of the whole page: pydantic-core walks the list, not Python.
     return OrderPage.model_validate(
@@ -449,17 +769,23 @@ async def _lock_for_cancel(
     return order
 
 
-async def _cancel_here(conn: AsyncConnection, order_id: int) -> None:
-    """Return the order's stock and mark it cancelled, inside the caller's transaction."""
-    lines = await conn.execute(
+async def _cancel_here(
+    conn: AsyncConnection, order_id: int, *, restock: bool = True
+) -> dict[int, int]:
+    """Mark the order cancelled inside the caller's transaction and, with `restock`, return
+    its stock there too (not in a shard, whose database holds no stock); its lines."""
+    rows = await conn.execute(
         select(OrderLine.product_id, OrderLine.quantity).where(OrderLine.order_id == order_id)
     )
-    await catalog.release_stock(conn, lines={r.product_id: r.quantity for r in lines})
+    lines = {r.product_id: r.quantity for r in rows}
+    if restock:
+        await catalog.release_stock(conn, lines=lines)
     await conn.execute(
         update(CustomerOrder)
         .where(CustomerOrder.id == order_id)
         .values(status=OrderStatus.CANCELLED.value, cancelled_at=utcnow(), cancel_requested_at=None)
     )
+    return lines
 
 
 async def cancel_order(
@@ -473,7 +799,7 @@ async def cancel_order(
     yet: its stock returns and it is cancelled; the worker, which locks the same row, then
     finds it cancelled and posts and ships nothing (flows.py). Stage 8's federated databases
     take more than one transaction: see `_cancel_federated`."""
-    if dbs.federated:
+    if dbs.split:
         return await _cancel_federated(dbs, order_id=order_id, principal=principal, relay=relay)
     async with dbs.main.write() as conn:
         order = await _lock_for_cancel(conn, order_id, principal)
@@ -502,19 +828,52 @@ async def _cancel_federated(
     3. On the main database: return the stock, mark the order cancelled and record
        `order.cancelled`, from which the worker posts the reversal in accounting's.
 
+    With order shards the order lives in its shard, not in the main database: steps 1 and 3
+    run there, and the stock, kept in the main database, returns through `order.cancelled`
+    too (the worker's `restock` step), for an order cancelled before its fulfilment as well.
+
     A crash after 1 leaves a request that the worker's reconciliation finishes
     (`finish_requested_cancels`); every step finds done what was done before it."""
-    async with dbs.main.write() as conn:
+    event: Event | None = None
+    async with dbs.shard_for(order_id).write() as conn:
         order = await _lock_for_cancel(conn, order_id, principal)
         if order.fulfilled_at is None:
-            await _cancel_here(conn, order_id)
-            return await _fetch(conn, order_id, None)
-        await conn.execute(
-            update(CustomerOrder)
-            .where(CustomerOrder.id == order_id)
-            .values(cancel_requested_at=utcnow())
-        )
+            restock_here = not dbs.shards
+            lines = await _cancel_here(conn, order_id, restock=restock_here)
+            if not restock_here:
+                event = await _record_cancelled(conn, order, order_id, lines, reverse=False)
+            found = await _fetch(conn, order_id, None)
+        else:
+            found = None
+            await conn.execute(
+                update(CustomerOrder)
+                .where(CustomerOrder.id == order_id)
+                .values(cancel_requested_at=utcnow())
+            )
+    if found is not None:
+        if relay is not None and event is not None:
+            relay.publish_soon([event])
+        return found
     return await _finish_cancel(dbs, order_id=order_id, customer_id=order.customer_id, relay=relay)
+
+
+async def _record_cancelled(
+    conn: AsyncConnection,
+    order: Row[int, str, int, int, datetime | None],
+    order_id: int,
+    lines: Mapping[int, int],
+    *,
+    reverse: bool,
+) -> Event:
+    return await flows.record_cancelled(
+        conn,
+        order_id=order_id,
+        customer_id=order.customer_id,
+        subtotal_cents=order.subtotal_cents,
+        tax_cents=order.tax_cents,
+        reverse=reverse,
+        restock=[[p, q] for p, q in sorted(lines.items())] if lines else [],
+    )
 
 
 async def _finish_cancel(
@@ -525,7 +884,7 @@ async def _finish_cancel(
         async with dbs.delivery.write() as conn:
             await delivery.cancel_or_forestall(conn, order_id=order_id, customer_id=customer_id)
     except IllegalTransition:
-        async with dbs.main.write() as conn:
+        async with dbs.shard_for(order_id).write() as conn:
             await conn.execute(
                 update(CustomerOrder)
                 .where(CustomerOrder.id == order_id)
@@ -533,20 +892,17 @@ async def _finish_cancel(
             )
         raise
     event: Event | None = None
-    async with dbs.main.write() as conn:
+    async with dbs.shard_for(order_id).write() as conn:
         order = (
             await conn.execute(
                 select(*_CANCEL_COLUMNS).where(CustomerOrder.id == order_id).with_for_update()
             )
         ).one()
         if order.status != OrderStatus.CANCELLED.value:
-            await _cancel_here(conn, order_id)
-            event = await flows.record_cancelled(
-                conn,
-                order_id=order_id,
-                customer_id=order.customer_id,
-                subtotal_cents=order.subtotal_cents,
-                tax_cents=order.tax_cents,
+            restock_here = not dbs.shards
+            lines = await _cancel_here(conn, order_id, restock=restock_here)
+            event = await _record_cancelled(
+                conn, order, order_id, {} if restock_here else lines, reverse=True
             )
         found = await _fetch(conn, order_id, None)
     if relay is not None and event is not None:
@@ -560,20 +916,22 @@ async def finish_requested_cancels(
     """Finish the cancellations (stage 8) asked for more than `older_than` ago and left
     unfinished by a crash between their transactions; how many ended cancelled. One whose
     shipment has left since is dropped, as its request would have been answered 409."""
-    if not dbs.federated:
+    if not dbs.split:
         return 0
-    async with dbs.main.write() as conn:
-        pending = (
-            await conn.execute(
-                select(CustomerOrder.id, CustomerOrder.customer_id)
-                .where(
-                    CustomerOrder.cancel_requested_at < utcnow() - older_than,
-                    CustomerOrder.status != OrderStatus.CANCELLED.value,
+    pending: list[Row[int, int]] = []
+    for db in dbs.recording():
+        async with db.write() as conn:
+            pending += (
+                await conn.execute(
+                    select(CustomerOrder.id, CustomerOrder.customer_id)
+                    .where(
+                        CustomerOrder.cancel_requested_at < utcnow() - older_than,
+                        CustomerOrder.status != OrderStatus.CANCELLED.value,
+                    )
+                    .order_by(CustomerOrder.cancel_requested_at)
+                    .limit(limit)
                 )
-                .order_by(CustomerOrder.cancel_requested_at)
-                .limit(limit)
-            )
-        ).all()
+            ).all()
     finished = 0
     for row in pending:
         try:
@@ -584,6 +942,42 @@ async def finish_requested_cancels(
         log.warning("finished the cancellation of order %s, which a crash had left", row.id)
         finished += 1
     return finished
+
+
+async def purge_settled(dbs: Databases, *, before: datetime, limit: int) -> int:
+    """Forget settled reservations (main database) and order-id fences (each shard) older
+    than `before`, at most `limit` from each, oldest first (stage 8); how many rows. A fence
+    is needed only until its reservation is settled, seconds after the order."""
+    if not dbs.shards:
+        return 0
+    old_settled = (
+        select(Reservation.order_id)
+        .where(Reservation.state != "held", Reservation.created_at < before)
+        .order_by(Reservation.created_at)
+        .limit(limit)
+    )
+    old_fences = (
+        select(OrderFence.order_id)
+        .where(OrderFence.created_at < before)
+        .order_by(OrderFence.created_at)
+        .limit(limit)
+    )
+    async with dbs.main.write() as conn:
+        deleted = int(
+            (
+                await conn.execute(delete(Reservation).where(Reservation.order_id.in_(old_settled)))
+            ).rowcount
+        )
+    for shard in dbs.shards:
+        async with shard.write() as conn:
+            deleted += int(
+                (
+                    await conn.execute(
+                        delete(OrderFence).where(OrderFence.order_id.in_(old_fences))
+                    )
+                ).rowcount
+            )
+    return deleted
 
 
 async def purge_idempotency_keys(

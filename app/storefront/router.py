@@ -338,11 +338,12 @@ async def checkout(request: Request, res: ResourcesDep, visit: VisitDep, form: F
     try:
         result = await carts.checkout(
             store_for(res),
-            res.db,
+            res.databases,
             customer_id=visit.principal.customer_id,
             version=version,
             tax_rate_bp=res.settings.tax_rate_bp,
             idempotency_ttl=timedelta(hours=res.settings.idempotency_ttl_h),
+            hold=timedelta(seconds=res.settings.order_hold_s),
             relay=res.relay,
             mailer=res.mailer,
         )
@@ -504,7 +505,7 @@ async def my_orders(
     if visit.principal is None:
         return _sign_in_first(visit, res, request)
     found = await orders.list_orders(
-        res.db, customer_id=visit.principal.customer_id, limit=20, offset=(page - 1) * 20
+        res.databases, customer_id=visit.principal.customer_id, limit=20, offset=(page - 1) * 20
     )
     return render(
         request,
@@ -531,7 +532,7 @@ async def order_page(
 ) -> Response:
     if visit.principal is None:
         return _sign_in_first(visit, res, request)
-    order = await orders.get_order(res.db, order_id=order_id, principal=visit.principal)
+    order = await orders.get_order(res.databases, order_id=order_id, principal=visit.principal)
     shipment = await _tracking(res, order_id, visit.principal)
     cancellable = order.status == "placed" and (
         shipment is None or shipment.status in (ShipmentStatus.PENDING, ShipmentStatus.PACKED)

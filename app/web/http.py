@@ -20,7 +20,13 @@ from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.kernel.errors import InvalidRequest, ShopError, TooManyRequests, Unauthenticated
+from app.kernel.errors import (
+    InvalidRequest,
+    ShopError,
+    TooManyRequests,
+    Unauthenticated,
+    Unavailable,
+)
 
 log = logging.getLogger("shop.http")
 
@@ -143,7 +149,7 @@ def _shop_error(_request: Request, exc: Exception) -> JSONResponse:
     headers: dict[str, str] | None = None
     if isinstance(exc, Unauthenticated):
         headers = {"WWW-Authenticate": "Bearer"}
-    elif isinstance(exc, TooManyRequests):
+    elif isinstance(exc, TooManyRequests | Unavailable):
         headers = {"Retry-After": str(exc.retry_after_s)}
     body: dict[str, Any]
     if isinstance(exc, InvalidRequest):

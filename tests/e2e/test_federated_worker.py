@@ -11,9 +11,11 @@ whose step must not commit yet, so the worker waits there, inside that step's tr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Callable
 
 import psycopg
@@ -127,3 +129,150 @@ def test_a_federated_worker_killed_between_databases_applies_every_order_once(
     assert _scalar(accounting, "SELECT count(*) FROM shipment") == 0
     assert _scalar(accounting, "SELECT sum(debit_cents) - sum(credit_cents) FROM ledger_entry") == 0
     assert "Traceback" not in output
+
+
+# --- shards: the web process killed between the stock's database and the order's ---------------
+
+
+@pytest.fixture
+def sharded(fresh_database: Callable[[], str], moto_endpoint: str) -> dict[str, str]:
+    """Five databases migrated by the real `shop migrate`, and the environment of a stage-8
+    shop on them (SHOP_ORDER_HOLD_S short, so that the worker settles within the test)."""
+    urls = {n: fresh_database() for n in ("main", "accounting", "delivery", "shard1", "shard2")}
+    queue_url, _ = _queue(moto_endpoint)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
+    env.update(
+        SHOP_ENV="test",
+        SHOP_JWT_SECRET="s" * 40,
+        SHOP_PASSWORD_TIME_COST="1",
+        SHOP_PASSWORD_MEMORY_KIB="1024",
+        SHOP_DATABASE_URL=urls["main"],
+        SHOP_ACCOUNTING_DATABASE_URL=urls["accounting"],
+        SHOP_DELIVERY_DATABASE_URL=urls["delivery"],
+        SHOP_ORDER_SHARD_URLS=f"{urls['shard1']},{urls['shard2']}",
+        SHOP_ORDER_HOLD_S="2",
+        SHOP_QUEUE_URL=queue_url,
+        SHOP_AWS_REGION="us-east-1",
+        SHOP_AWS_ENDPOINT_URL=moto_endpoint,
+        SHOP_WORKER_WAIT_S="1",
+        SHOP_WORKER_PURGE_EVERY_S="1",
+        SHOP_WORKER_METRICS_PORT="0",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+    )
+    ran = subprocess.run([SHOP, "migrate"], env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert "databases main, accounting, delivery, shard 1, shard 2 migrated" in ran.stderr
+    seeded = subprocess.run(
+        [SHOP, "seed", "--products", "3", "--customers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert seeded.returncode == 0, seeded.stderr
+    return {**urls, **{f"env:{k}": v for k, v in env.items()}}
+
+
+@pytest.mark.parametrize(
+    ("held_table", "outcome"),
+    [
+        # Waiting for its Idempotency-Key's claim: the order's statements are not sent yet.
+        ("idempotency_key", "released"),
+        # Waiting on the fence, with the order's statements and COMMIT already sent in the
+        # pipeline: PostgreSQL runs them once the lock goes, though their process is gone.
+        ("order_fence", "confirmed"),
+    ],
+)
+def test_a_shop_killed_between_the_stock_and_the_order_leaves_stock_and_orders_agreeing(
+    sharded: dict[str, str], held_table: str, outcome: str
+) -> None:
+    import httpx
+
+    env = {k[4:]: v for k, v in sharded.items() if k.startswith("env:")}
+    main = _libpq(sharded["main"])
+    port = _free_port()
+    server = subprocess.Popen(
+        [SHOP, "serve", "--port", str(port), "--no-access-log"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: _answers(f"{base}/healthz"), 30, "the shop to start")
+        token = httpx.post(
+            f"{base}/auth/token",
+            data={"username": "customer1@example.com", "password": "demo-password-1"},
+        ).json()["access_token"]
+        customer_id = _scalar(main, "SELECT id FROM customer WHERE email = 'customer1@example.com'")
+        logical = customer_id % 1024
+        number = _scalar(main, f"SELECT shard FROM shard_map WHERE logical = {logical}")
+        shard = _libpq(sharded[f"shard{number}"])
+        product_id = _scalar(main, "SELECT min(product_id) FROM stock_level")
+        stock = _scalar(main, f"SELECT quantity FROM stock_level WHERE product_id = {product_id}")
+        with psycopg.connect(shard) as blocker:
+            blocker.execute(f"LOCK TABLE {held_table} IN EXCLUSIVE MODE")
+            placing = threading.Thread(
+                target=_post_quietly,
+                args=(f"{base}/orders", token, product_id),
+                daemon=True,
+            )
+            placing.start()
+            _wait(lambda: _scalar(shard, WAITING) > 0, 30, "the order to wait in its shard")
+            server.send_signal(signal.SIGKILL)
+            server.wait(timeout=10)
+            blocker.rollback()
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert _scalar(main, "SELECT state FROM reservation") == "held"
+    taken = f"SELECT quantity FROM stock_level WHERE product_id = {product_id}"
+    assert _scalar(main, taken) == stock - 1
+
+    worker = _worker(env)
+    try:
+        _wait(
+            lambda: _scalar(main, "SELECT state FROM reservation") != "held",
+            30,
+            "the worker to settle the hold",
+        )
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    output = worker.stdout.read() if worker.stdout else ""
+    assert _scalar(main, "SELECT state FROM reservation") == outcome
+    orders = _scalar(shard, "SELECT count(*) FROM customer_order")
+    if outcome == "released":
+        assert (orders, _scalar(main, taken)) == (0, stock)
+        assert _scalar(shard, "SELECT void FROM order_fence") is True
+    else:
+        assert (orders, _scalar(main, taken)) == (1, stock - 1)
+        assert _scalar(shard, "SELECT void FROM order_fence") is False
+    assert f"its reservation expired held; {outcome}" in output
+    assert "Traceback" not in output
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _post_quietly(url: str, token: str, product_id: int) -> None:
+    """The customer's request, whose answer never comes: the server is killed under it."""
+    import httpx
+
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(
+            url,
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "killed-checkout"},
+            json={"lines": [{"product_id": product_id, "quantity": 1}]},
+            timeout=30,
+        )

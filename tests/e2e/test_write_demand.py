@@ -32,6 +32,13 @@ def test_the_write_primarys_demand_is_measured_for_every_order_path() -> None:
         done.stdout,
     )
     assert all(float(figure) > 0 for figure in federated), done.stdout
+    # And with two order shards, each counted apart too.
+    [sharded] = re.findall(
+        r"sharded: main database ([\d.]+) ms .*; shard1 database ([\d.]+) ms"
+        r" .*; shard2 database ([\d.]+) ms",
+        done.stdout,
+    )
+    assert all(float(figure) > 0 for figure in sharded), done.stdout
 
 
 def test_a_bad_count_is_one_clear_line() -> None:

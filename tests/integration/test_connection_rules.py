@@ -4,16 +4,20 @@ compiles its SQL with a connected dialect, and that retries have a bound."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import httpx
+import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import text
+from sqlalchemy import bindparam, insert, text
+from sqlalchemy.exc import DBAPIError
 
-from app.adapters.db import Database
+from app.adapters.db import Database, run, unique_violation
 from app.adapters.resources import Resources
 from app.catalog import service as catalog
 from app.kernel.security import Role
 from app.main import create_app
+from app.orders.models import Reservation
 from tests.conftest import test_settings
 from tests.integration.conftest import make_product, make_user
 
@@ -81,6 +85,39 @@ async def test_a_statement_over_the_timeout_answers_503_and_the_shop_goes_on(
             assert response.status_code == 503, response.text
             assert response.headers["retry-after"] == "1"
             assert (await client.get(f"/products/{product.id}")).json()["stock"] == product.stock
+
+
+async def test_a_statement_refused_at_a_pipelines_commit_leaves_the_connection_usable(
+    database_url: str,
+) -> None:
+    """A statement whose error only shows at the pipelined transaction's COMMIT (its result was
+    never read: stage 8's fence, taken meanwhile) once left the pool's one connection aborted,
+    and every later checkout failed."""
+    db = make_database(database_url, pool_size=1, max_overflow=0)
+    await db.open()
+    try:
+        taken = insert(Reservation).values(
+            order_id=bindparam("order_id"),
+            customer_id=1,
+            lines=[],
+            state="held",
+            expires_at=bindparam("at"),
+            created_at=bindparam("at"),
+        )
+        at = datetime.now(UTC)
+        async with db.write() as conn:
+            await run(conn, taken, {"order_id": 987_654, "at": at})
+        with pytest.raises(DBAPIError) as refused:
+            async with db.write(pipeline=True) as conn:
+                await run(conn, taken, {"order_id": 987_654, "at": at})
+        assert unique_violation(refused.value)
+        for _ in range(2):
+            async with db.write() as conn:
+                assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+    finally:
+        async with db.write() as conn:
+            await conn.execute(text("DELETE FROM reservation WHERE order_id = 987654"))
+        await db.dispose()
 
 
 async def test_prepared_statements_can_be_turned_off_for_a_pooling_proxy(

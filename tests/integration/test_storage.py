@@ -76,7 +76,7 @@ async def test_ledger_entries_can_never_be_updated_or_deleted(resources: Resourc
     product = await make_product(resources)
     user = await make_user(resources)
     await orders.place_order(
-        resources.db,
+        resources.databases,
         customer_id=user.id,
         data=OrderCreate.model_validate({"lines": [{"product_id": product.id, "quantity": 1}]}),
         tax_rate_bp=2000,

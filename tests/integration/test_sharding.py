@@ -1,0 +1,492 @@
+"""Stage 8's shards: each customer's orders in one of two order databases, found through the
+directory, with the stock in the main database and no transaction across both, on five real
+PostgreSQL databases (main, accounting, delivery, two shards) and moto's SQS.
+
+A placement takes the stock and holds it for an order id on the main database, then records
+the order in the shard; the id's fence in the shard decides whether the hold is confirmed or
+the stock returns. A crash at every point (an exception raised there: the transaction open at
+that moment rolls back, as it would if the process died) ends with stock and orders that agree,
+settled by the request itself or by the worker once the hold expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from app.adapters.db import Database
+from app.adapters.outbox import Event
+from app.adapters.queue import Queue
+from app.adapters.resources import Resources
+from app.adapters.shards import LOGICAL_SHARDS, DirectoryProblem, load_directory
+from app.catalog import service as catalog
+from app.kernel.errors import Unauthenticated
+from app.kernel.security import Role
+from app.orders import flows
+from app.orders import service as orders
+from app.orders.schemas import OrderCreate
+from app.worker import Retention, Worker
+from tests.conftest import REDIS_URL, test_settings
+from tests.integration.conftest import TABLES, User, make_product, make_user
+from tests.integration.test_outbox import REGION, RecordingMailer, drain
+from tests.integration.test_outbox import moto_endpoint as moto_endpoint  # fixtures
+from tests.integration.test_outbox import queue_url as queue_url
+
+NAMES = ("main", "accounting", "delivery", "shard-1", "shard-2")
+ALL_TABLES = f"{TABLES}, reservation, order_fence"
+
+
+@pytest.fixture(scope="module")
+def sharded_urls(fresh_database: Callable[[], str]) -> dict[str, str]:
+    """Five empty databases, migrated (and the shards prepared) as `shop migrate` does."""
+    from app.migrations import runner
+
+    urls = {name: fresh_database() for name in NAMES}
+    for url in urls.values():
+        runner.upgrade(url)
+    for name in ("shard-1", "shard-2"):
+        runner.prepare_shard(urls[name])
+    return urls
+
+
+@pytest.fixture
+async def shop(
+    sharded_urls: dict[str, str], moto_endpoint: str, queue_url: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, Resources]]:
+    from asgi_lifespan import LifespanManager
+
+    from app.main import create_app
+
+    drain(moto_endpoint, queue_url)
+    settings = test_settings(
+        database_url=sharded_urls["main"],
+        accounting_database_url=sharded_urls["accounting"],
+        delivery_database_url=sharded_urls["delivery"],
+        order_shard_urls=f"{sharded_urls['shard-1']},{sharded_urls['shard-2']}",
+        redis_url=REDIS_URL,
+        queue_url=queue_url,
+        aws_region=REGION,
+        aws_endpoint_url=moto_endpoint,
+        outbox_sweep_s=60,
+    )
+    application = create_app(settings)
+    async with LifespanManager(application, startup_timeout=30):
+        resources: Resources = application.state.resources
+        for db in resources.databases.all():
+            async with db.write() as conn:
+                await conn.execute(text(f"TRUNCATE {ALL_TABLES} RESTART IDENTITY CASCADE"))
+        await catalog.catalog_changed(resources.cache)
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
+            yield c, resources
+
+
+async def rows(db: Database, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    async with db.write() as conn:
+        result = await conn.execute(text(sql), params)
+        return [tuple(r) for r in result] if result.returns_rows else []
+
+
+def shards(resources: Resources) -> list[Database]:
+    return list(resources.databases.shards)
+
+
+async def orders_per_shard(resources: Resources) -> list[list[int]]:
+    return [
+        [r[0] for r in await rows(db, "SELECT id FROM customer_order ORDER BY id")]
+        for db in shards(resources)
+    ]
+
+
+async def reservations(resources: Resources) -> Counter[str]:
+    found = await rows(resources.db, "SELECT state FROM reservation")
+    return Counter(state for (state,) in found)
+
+
+async def stock_of(resources: Resources, product_id: int) -> int:
+    [(quantity,)] = await rows(
+        resources.db, "SELECT quantity FROM stock_level WHERE product_id = :p", p=product_id
+    )
+    return int(quantity)
+
+
+async def place(
+    client: httpx.AsyncClient, user: User, product_id: int, quantity: int = 1, key: str = ""
+) -> httpx.Response:
+    headers = {**user.headers, **({"Idempotency-Key": key} if key else {})}
+    return await client.post(
+        "/orders",
+        headers=headers,
+        json={"lines": [{"product_id": product_id, "quantity": quantity}]},
+    )
+
+
+async def customers_on_both_shards(resources: Resources, count: int = 2) -> list[User]:
+    """`count` customers, alternating shards (the directory starts as logical k to k % 2 + 1)."""
+    made = [await make_user(resources) for _ in range(count)]
+    assert {resources.databases.directory[u.id % LOGICAL_SHARDS] for u in made} == {1, 2}
+    return made
+
+
+def worker_of(resources: Resources, moto_endpoint: str, queue_url: str, **kwargs: Any) -> Worker:
+    queue = Queue(queue_url, region=REGION, endpoint_url=moto_endpoint)
+    return Worker(
+        resources.db,
+        queue,
+        RecordingMailer(),
+        wait_s=0,
+        databases=resources.databases,
+        **kwargs,
+    )
+
+
+async def work_off(resources: Resources, worker: Worker) -> None:
+    """Once the relay has published every shard's events, run the worker until the queue is
+    empty."""
+    for _ in range(100):
+        waiting = [
+            await rows(db, "SELECT id FROM outbox_event WHERE published_at IS NULL")
+            for db in shards(resources)
+        ]
+        if not any(waiting):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the relay did not publish")
+    for _ in range(20):
+        if await worker.run_once() == 0:
+            return
+    raise AssertionError("the queue did not empty")
+
+
+async def expire_holds(resources: Resources) -> None:
+    await rows(resources.db, "UPDATE reservation SET expires_at = now() - interval '1 second'")
+
+
+async def killed(*_args: Any, **_kwargs: Any) -> Any:
+    raise ConnectionError("killed here")
+
+
+# --- where orders go -----------------------------------------------------------------------------
+
+
+async def test_each_order_lives_in_its_customers_shard_under_an_id_that_names_it(
+    shop: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, queue_url: str
+) -> None:
+    client, resources = shop
+    alice, bob = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=10, price_cents=1500)
+
+    mine = [(await place(client, alice, product.id)).json() for _ in range(2)]
+    theirs = (await place(client, bob, product.id, 3)).json()
+
+    directory = resources.databases.directory
+    placed = await orders_per_shard(resources)
+    for user, found in ((alice, mine), (bob, [theirs])):
+        shard = directory[user.id % LOGICAL_SHARDS]
+        assert sorted(o["id"] for o in found) == placed[shard - 1]
+        assert all(o["id"] % LOGICAL_SHARDS == user.id % LOGICAL_SHARDS for o in found)
+    assert await rows(resources.db, "SELECT count(*) FROM customer_order") == [(0,)]
+    assert await reservations(resources) == Counter(confirmed=3)
+    assert await stock_of(resources, product.id) == 5
+
+    # Every read finds it in its shard, and only for its owner.
+    await work_off(resources, worker_of(resources, moto_endpoint, queue_url))
+    listed = (await client.get("/orders", headers=alice.headers)).json()["items"]
+    assert sorted(o["id"] for o in listed) == sorted(o["id"] for o in mine)
+    one = await client.get(f"/orders/{theirs['id']}", headers=bob.headers)
+    assert one.status_code == 200 and one.json()["fulfilment"] == "done"
+    assert (await client.get(f"/orders/{theirs['id']}", headers=alice.headers)).status_code == 404
+    shipment = await client.get(f"/orders/{theirs['id']}/shipment", headers=bob.headers)
+    assert shipment.status_code == 200 and shipment.json()["status"] == "pending"
+    ledger = (await client.get(f"/ledger/orders/{theirs['id']}", headers=bob.headers)).json()
+    assert sum(e["debit_cents"] for e in ledger) == theirs["total_cents"]
+
+
+async def test_a_replayed_key_answers_the_first_order_and_holds_no_more_stock(
+    shop: tuple[httpx.AsyncClient, Resources],
+) -> None:
+    client, resources = shop
+    alice, _ = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=10)
+
+    first = await place(client, alice, product.id, 2, key="once")
+    again = await place(client, alice, product.id, 2, key="once")
+    other = await place(client, alice, product.id, 3, key="once")
+
+    assert first.status_code == again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    assert other.status_code == 422
+    assert await stock_of(resources, product.id) == 8
+    assert await reservations(resources) == Counter(confirmed=1)
+
+
+async def test_twenty_concurrent_retries_of_one_key_make_one_order(
+    shop: tuple[httpx.AsyncClient, Resources],
+) -> None:
+    client, resources = shop
+    alice, _ = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=100)
+
+    answers = await asyncio.gather(
+        *(place(client, alice, product.id, 2, key="same-checkout") for _ in range(20))
+    )
+
+    placed = [a for a in answers if a.status_code == 201]
+    assert {a.json()["id"] for a in placed} == {placed[0].json()["id"]}
+    assert all(a.status_code in (201, 409) for a in answers), [a.status_code for a in answers]
+    assert sum(len(ids) for ids in await orders_per_shard(resources)) == 1
+    assert await stock_of(resources, product.id) == 98
+    states = await reservations(resources)
+    assert states["confirmed"] == 1 and states["held"] == 0
+
+
+async def test_no_oversell_with_two_hundred_buyers_on_both_shards(
+    shop: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, queue_url: str
+) -> None:
+    client, resources = shop
+    buyers = await customers_on_both_shards(resources, 20)
+    product = await make_product(resources, initial_stock=50)
+
+    answers = await asyncio.gather(*(place(client, buyers[n % 20], product.id) for n in range(200)))
+
+    codes = Counter(a.status_code for a in answers)
+    assert codes == Counter({201: 50, 409: 150}), codes
+    assert await stock_of(resources, product.id) == 0
+    per_shard = await orders_per_shard(resources)
+    assert sum(len(ids) for ids in per_shard) == 50 and all(per_shard)
+    assert await reservations(resources) == Counter(confirmed=50)
+    await work_off(resources, worker_of(resources, moto_endpoint, queue_url))
+    admin = await make_user(resources, role=Role.ADMIN)
+    balance = (await client.get("/admin/ledger/trial-balance", headers=admin.headers)).json()
+    total = sum(a.json()["total_cents"] for a in answers if a.status_code == 201)
+    assert balance["balanced"] and balance["total_debit_cents"] == total
+
+
+async def test_an_account_that_no_longer_exists_holds_no_stock(
+    shop: tuple[httpx.AsyncClient, Resources],
+) -> None:
+    _, resources = shop
+    product = await make_product(resources, initial_stock=5)
+
+    with pytest.raises(Unauthenticated):
+        await orders.place_order(
+            resources.databases,
+            customer_id=424_242,
+            data=OrderCreate.model_validate({"lines": [{"product_id": product.id, "quantity": 1}]}),
+            tax_rate_bp=2000,
+            relay=resources.relay,
+        )
+
+    assert await stock_of(resources, product.id) == 5
+    assert await reservations(resources) == Counter()
+
+
+# --- crashes between the databases ---------------------------------------------------------------
+
+
+async def test_killed_before_the_order_commits_the_stock_returns_at_once(
+    shop: tuple[httpx.AsyncClient, Resources], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, resources = shop
+    alice, _ = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=5)
+    monkeypatch.setattr(flows, "record_placed", killed)
+
+    with pytest.raises(ConnectionError):
+        await place(client, alice, product.id, 2)
+
+    assert await stock_of(resources, product.id) == 5
+    assert await reservations(resources) == Counter(released=1)
+    assert await orders_per_shard(resources) == [[], []]
+    [(void,)] = await rows(resources.databases.shard_for(alice.id), "SELECT void FROM order_fence")
+    assert void is True
+
+
+async def test_a_hold_nobody_settled_is_released_by_the_worker_and_the_late_order_refused(
+    shop: tuple[httpx.AsyncClient, Resources],
+    moto_endpoint: str,
+    queue_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killed after the stock was held, before the order's transaction: nothing settles it
+    until the hold expires and the worker fences the id. A request for that id arriving later
+    (one that stalled instead of dying) is refused with 503, and the stock is back."""
+    client, resources = shop
+    alice, _ = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=5)
+    worker = worker_of(
+        resources,
+        moto_endpoint,
+        queue_url,
+        retention=Retention(keep_events=timedelta(days=1), keep_keys=timedelta(days=1)),
+    )
+    stalled = asyncio.Event()
+    resume = asyncio.Event()
+    real_claim = orders._claim_key
+
+    async def stall(*args: Any, **kwargs: Any) -> Any:
+        stalled.set()
+        await resume.wait()
+        return await real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(orders, "_claim_key", stall)
+    request = asyncio.create_task(place(client, alice, product.id, 2, key="slow"))
+    await asyncio.wait_for(stalled.wait(), 10)
+    assert await stock_of(resources, product.id) == 3
+    assert await reservations(resources) == Counter(held=1)
+
+    await expire_holds(resources)
+    await worker.settle()
+    assert await stock_of(resources, product.id) == 5
+    assert await reservations(resources) == Counter(released=1)
+
+    resume.set()
+    late = await request
+    assert late.status_code == 503 and late.headers["Retry-After"] == "1"
+    assert await orders_per_shard(resources) == [[], []]
+    assert await stock_of(resources, product.id) == 5
+    # The client's retry with the same key starts afresh and places it.
+    monkeypatch.setattr(orders, "_claim_key", real_claim)
+    retried = await place(client, alice, product.id, 2, key="slow")
+    assert retried.status_code == 201
+    assert await stock_of(resources, product.id) == 3
+
+
+async def test_killed_after_the_order_committed_the_worker_confirms_its_hold(
+    shop: tuple[httpx.AsyncClient, Resources],
+    moto_endpoint: str,
+    queue_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, resources = shop
+    alice, _ = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=5)
+    worker = worker_of(
+        resources,
+        moto_endpoint,
+        queue_url,
+        retention=Retention(keep_events=timedelta(days=1), keep_keys=timedelta(days=1)),
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr(orders, "settle_reservation", killed)
+        answer = await place(client, alice, product.id, 2)
+    assert answer.status_code == 201  # the order stands; only its hold is unsettled
+    assert await reservations(resources) == Counter(held=1)
+
+    await expire_holds(resources)
+    await worker.settle()
+
+    assert await reservations(resources) == Counter(confirmed=1)
+    assert await stock_of(resources, product.id) == 3
+    assert await orders_per_shard(resources) in (
+        [[answer.json()["id"]], []],
+        [[], [answer.json()["id"]]],
+    )
+
+
+async def test_a_settlement_killed_after_its_fence_is_finished_by_the_next(
+    shop: tuple[httpx.AsyncClient, Resources],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, resources = shop
+    alice, _ = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=5)
+    real_release = catalog.release_stock
+    with monkeypatch.context() as patch:
+        patch.setattr(flows, "record_placed", killed)  # the order never commits
+        patch.setattr(catalog, "release_stock", killed)  # nor does the settlement's release
+        with pytest.raises(ConnectionError):
+            await place(client, alice, product.id, 2)
+    assert await reservations(resources) == Counter(held=1)
+    assert await stock_of(resources, product.id) == 3
+    assert catalog.release_stock is real_release
+
+    await expire_holds(resources)
+    assert await orders.settle_expired_reservations(resources.databases) == {"released": 1}
+    assert await stock_of(resources, product.id) == 5
+    assert await orders.settle_expired_reservations(resources.databases) == {}
+
+
+# --- cancelling ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fulfilled", [False, True])
+async def test_a_cancelled_order_returns_its_stock_through_the_event(
+    shop: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, queue_url: str, fulfilled: bool
+) -> None:
+    client, resources = shop
+    alice, _ = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=5)
+    worker = worker_of(resources, moto_endpoint, queue_url)
+    order = (await place(client, alice, product.id, 2)).json()
+    if fulfilled:
+        await work_off(resources, worker)
+
+    cancelled = await client.post(f"/orders/{order['id']}/cancel", headers=alice.headers)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert await stock_of(resources, product.id) == 3  # not yet: the stock is elsewhere
+    await work_off(resources, worker)
+
+    assert await stock_of(resources, product.id) == 5
+    entries = await rows(
+        resources.databases.accounting,
+        "SELECT count(*), coalesce(sum(debit_cents - credit_cents), 0) FROM ledger_entry "
+        "WHERE order_id = :o",
+        o=order["id"],
+    )
+    assert entries == ([(6, 0)] if fulfilled else [(0, 0)])
+    # The event applied again changes nothing.
+    [event] = [
+        Event(id=i, kind=k, payload=p)
+        for i, k, p in await rows(
+            resources.databases.shard_for(alice.id),
+            "SELECT id, kind, payload FROM outbox_event WHERE kind = 'order.cancelled'",
+        )
+    ]
+    await flows.handle_order_cancelled(
+        resources.databases, event_id=event.id, payload=event.payload
+    )
+    assert await stock_of(resources, product.id) == 5
+
+
+# --- the directory and the purge -----------------------------------------------------------------
+
+
+async def test_a_directory_naming_a_shard_not_configured_is_refused(
+    shop: tuple[httpx.AsyncClient, Resources],
+) -> None:
+    _, resources = shop
+    directory = await load_directory(resources.db, shards=2)
+    assert sorted(Counter(directory.values()).items()) == [(1, 512), (2, 512)]
+
+    with pytest.raises(DirectoryProblem, match="SHOP_ORDER_SHARD_URLS gives 1"):
+        await load_directory(resources.db, shards=1)
+
+
+async def test_the_purge_forgets_settled_holds_and_their_fences(
+    shop: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, queue_url: str
+) -> None:
+    client, resources = shop
+    alice, bob = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=5)
+    for user in (alice, bob):
+        assert (await place(client, user, product.id)).status_code == 201
+    await work_off(resources, worker_of(resources, moto_endpoint, queue_url))
+    everything = Retention(keep_events=timedelta(0), keep_keys=timedelta(0))
+
+    deleted = await worker_of(resources, moto_endpoint, queue_url, retention=everything).purge()
+
+    assert deleted["reservation"] == 4  # two holds in main, two fences, one in each shard
+    assert await reservations(resources) == Counter()
+    for shard in shards(resources):
+        assert await rows(shard, "SELECT count(*) FROM order_fence") == [(0,)]
+        assert await rows(shard, "SELECT count(*) FROM outbox_event") == [(0,)]
