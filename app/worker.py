@@ -13,6 +13,12 @@ was recorded (its message lost, dead-lettered, or never published) is applied by
 itself, on the same claims, so every step still happens once; a failure is logged and tried
 again at the next pass. `shop worker redrive` moves the dead-letter queue's messages back.
 
+With stage 8's databases (federation, order shards) the worker writes each step in the
+database it belongs to, marks and reconciles events in every shard's outbox, and, on the same
+schedule as the purge, settles what a crash left between databases: a cancellation under way
+for more than CANCEL_FINISHED_WITHIN, and stock held for an order past SHOP_ORDER_HOLD_S
+(app/orders/service.py).
+
 The worker also keeps its tables bounded
 (`Retention`): handled outbox events and processed-event claims older than the retention,
 and Idempotency-Keys older than their TTL, are deleted in batches of one transaction each, at
