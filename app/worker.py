@@ -39,6 +39,7 @@ import contextlib
 import logging
 import signal
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -64,7 +65,7 @@ from app.kernel.models import utcnow
 from app.kernel.settings import WorkerSettings
 from app.migrations import runner
 from app.orders import service as orders
-from app.orders.flows import HANDLERS
+from app.orders.flows import HANDLERS, recorded_in
 
 log = logging.getLogger("shop.worker")
 
@@ -230,12 +231,15 @@ class Worker:
         QUEUE_AGE.set(max((m.age_s for m in messages), default=0.0))
         done = [m for m in messages if await self.handle(m)]
         if done:
-            handled = []
+            # Each event is marked in the database that recorded it (stage 8: its shard).
+            handled: dict[int, tuple[Database, list[uuid.UUID]]] = {}
             for message in done:
-                with contextlib.suppress(ValueError):
-                    handled.append(Event.from_message(message.body).id)
-            for db in self.databases.recording():  # stage 8: the event's shard; no row elsewhere
-                await outbox.mark_handled(db, event_ids=handled)
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    event = Event.from_message(message.body)
+                    db = recorded_in(self.databases, event)
+                    handled.setdefault(id(db), (db, []))[1].append(event.id)
+            for db, event_ids in handled.values():
+                await outbox.mark_handled(db, event_ids=event_ids)
             await self.queue.delete([m.receipt for m in done])
         return len(done)
 

@@ -19,7 +19,7 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -93,6 +93,9 @@ class Event:
     """The trace context of the code that recorded it (W3C traceparent/tracestate; empty with
     tracing off, and for an event read back from the table: it is kept in memory only). It
     travels in the message's attributes, not its body, so a worker's spans join that trace."""
+    origin: Database | None = field(default=None, compare=False)
+    """The database whose outbox holds it, where the relay serves several (stage 8's shards):
+    only that one is told it was published. None: every database the relay serves."""
 
     def to_message(self) -> str:
         return json.dumps({"id": str(self.id), "kind": self.kind, "payload": self.payload})
@@ -270,12 +273,13 @@ class Relay:
         """Events waiting in memory to be published."""
         return self._pending.qsize()
 
-    def publish_soon(self, events: Sequence[Event]) -> None:
-        """Queue events for publishing; those that do not fit are left to the sweep."""
+    def publish_soon(self, events: Sequence[Event], *, origin: Database | None = None) -> None:
+        """Queue events for publishing; those that do not fit are left to the sweep. `origin`:
+        the database they were recorded in (see Event.origin)."""
         left = 0
         for event in events:
             try:
-                self._pending.put_nowait(event)
+                self._pending.put_nowait(replace(event, origin=origin) if origin else event)
             except asyncio.QueueFull:
                 left += 1
         if left:
@@ -323,13 +327,17 @@ class Relay:
                     )
                 sent += [e.id for e in chunk if str(e.id) not in failed]
             if sent:
-                await self._mark_published(sent)
+                accepted = set(sent)
+                await self._mark_published([e for e in events if e.id in accepted])
             return len(sent)
 
-    async def _mark_published(self, ids: list[uuid.UUID]) -> None:
+    async def _mark_published(self, events: Sequence[Event]) -> None:
+        """Mark events published in the database each came from (every one, unknown)."""
         for db in self._dbs:
-            async with db.write() as conn:
-                await conn.execute(_MARK_PUBLISHED, {"ids": ids, "now": utcnow()})
+            ids = [e.id for e in events if e.origin is None or e.origin is db]
+            if ids:
+                async with db.write() as conn:
+                    await conn.execute(_MARK_PUBLISHED, {"ids": ids, "now": utcnow()})
 
     async def sweep(self, *, limit: int = 100) -> int:
         """Publish unpublished events older than `sweep_after_s` from every database the relay

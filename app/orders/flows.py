@@ -380,6 +380,12 @@ async def _set_confirmation(conn: AsyncConnection, order_id: int, **values: Any)
     await conn.execute(update(CustomerOrder).where(CustomerOrder.id == order_id).values(**values))
 
 
+def recorded_in(dbs: Databases, event: outbox.Event) -> Database:
+    """The database whose outbox holds an order's event: its shard (stage 8), else the main
+    one. Every kind of event here names its order."""
+    return dbs.shard_for(int(event.payload["order_id"]))
+
+
 Handler = Callable[[Databases, Mailer, uuid.UUID, Mapping[str, Any]], Awaitable[None]]
 
 

@@ -15,6 +15,8 @@ class CustomerOrder(Base):
     __tablename__ = "customer_order"
     __table_args__ = (
         Index("ix_customer_order_customer_id_id", "customer_id", "id"),
+        # The admins' listing, newest first, paged by (created_at, id): see list_all_orders.
+        Index("ix_customer_order_created_at_id", "created_at", "id"),
         Index(
             "ix_customer_order_cancel_requested_at",
             "cancel_requested_at",

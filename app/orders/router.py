@@ -5,15 +5,22 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Path, status
+from fastapi import APIRouter, Body, Header, Path, Query, status
 from fastapi.responses import JSONResponse, Response
 
 from app.accounting.schemas import EntryRead
 from app.delivery.schemas import ShipmentRead
 from app.kernel.schemas import MAX_INT32
 from app.orders import service
-from app.orders.schemas import OrderCreate, OrderPage, OrderRead, ShipmentPending
+from app.orders.schemas import (
+    AdminOrderPage,
+    OrderCreate,
+    OrderPage,
+    OrderRead,
+    ShipmentPending,
+)
 from app.web.deps import (
+    AdminDep,
     DatabasesDep,
     PageLimit,
     PageOffset,
@@ -111,6 +118,24 @@ async def list_my_orders(
         dbs, customer_id=principal.customer_id, limit=limit, offset=offset
     )
     return model_response(found)
+
+
+@router.get("/admin/orders", response_model=AdminOrderPage, responses=errors(401, 403, 422, 503))
+async def list_all_orders(
+    dbs: DatabasesDep,
+    _admin: AdminDep,
+    limit: PageLimit = 20,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=48,
+            description="The `next_cursor` of the page before; absent for the first page.",
+        ),
+    ] = None,
+) -> Response:
+    """Every customer's orders, newest first (admins). Paged by cursor, so a page never shifts
+    while orders are placed; with order shards (stage 8) every shard answers each page."""
+    return model_response(await service.list_all_orders(dbs, limit=limit, cursor=cursor))
 
 
 @router.get("/orders/{order_id}", response_model=OrderRead, responses=errors(401, 404, 422, 503))

@@ -67,6 +67,20 @@ class OrderSummary(ReadSchema):
 OrderPage = Page[OrderSummary]
 
 
+class AdminOrderSummary(OrderSummary):
+    customer_id: int
+
+
+class AdminOrderPage(ReadSchema):
+    """One page of every customer's orders, newest first. `next_cursor` (null on the last
+    page) asks for the page after this one: orders placed meanwhile only ever appear on the
+    first page, never shift a later one."""
+
+    items: list[AdminOrderSummary]
+    limit: int
+    next_cursor: str | None
+
+
 class ShipmentPending(ReadSchema):
     """The answer while an order's shipment is not open yet (202): the order is placed, and a
     worker has still to post its ledger and open its shipment (stage 7). Ask again after

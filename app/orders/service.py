@@ -4,11 +4,13 @@ with a queue (stage 7) the ledger and shipment follow through the outbox (see fl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -67,6 +69,7 @@ from app.orders.domain import (
 )
 from app.orders.models import CustomerOrder, IdempotencyKey, OrderFence, OrderLine, Reservation
 from app.orders.schemas import (
+    AdminOrderPage,
     OrderCreate,
     OrderLineRead,
     OrderPage,
@@ -615,7 +618,7 @@ async def _place_in_shard(
         await settle_reservation(dbs, order_id=order_id, committed=True)
     except Exception as exc:  # the order stands; the worker confirms its reservation later
         log.warning("order %s: reservation left to the worker: %s", order_id, exc)
-    relay.publish_soon([event])
+    relay.publish_soon([event], origin=shard)
     return PlaceResult(status_code=201, body=body, replayed=False)
 
 
@@ -746,6 +749,79 @@ async def list_orders(dbs: Databases, *, customer_id: int, limit: int, offset: i
     )
 
 
+_ALL_ORDERS = (
+    select(
+        CustomerOrder.id,
+        CustomerOrder.customer_id,
+        CustomerOrder.status,
+        CustomerOrder.total_cents,
+        CustomerOrder.created_at,
+        CustomerOrder.fulfilled_at,
+    )
+    .order_by(CustomerOrder.created_at.desc(), CustomerOrder.id.desc())
+    .limit(bindparam("limit", type_=Integer))
+)
+_ALL_ORDERS_BEFORE = _ALL_ORDERS.where(
+    tuple_(CustomerOrder.created_at, CustomerOrder.id)
+    < tuple_(bindparam("before_at", type_=UtcDateTime()), bindparam("before_id", type_=Integer))
+)
+_CURSOR = re.compile(r"(\d{1,20})\.(\d{1,10})")
+
+
+def _cursor_of(created_at: datetime, order_id: int) -> str:
+    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{order_id}"
+
+
+def _position(cursor: str) -> tuple[datetime, int]:
+    found = _CURSOR.fullmatch(cursor)
+    if found is None:
+        raise InvalidRequest(
+            "cursor", "not a cursor this listing gave; use its next_cursor", location="query"
+        )
+    micros, order_id = int(found[1]), int(found[2])
+    try:
+        return _EPOCH + timedelta(microseconds=micros), order_id
+    except OverflowError:
+        raise InvalidRequest(
+            "cursor", "not a cursor this listing gave; use its next_cursor", location="query"
+        ) from None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+async def list_all_orders(
+    dbs: Databases, *, limit: int, cursor: str | None = None
+) -> AdminOrderPage:
+    """Every customer's orders, newest first, for admins: each database that holds orders (the
+    main one, or every shard, asked at once) answers its next `limit` after the cursor, and
+    the pages are merged. Keyset paging on (created_at, id): a page never shifts when orders
+    are placed meanwhile. InvalidRequest for a cursor this listing did not give."""
+    stmt = _ALL_ORDERS
+    params: dict[str, Any] = {"limit": limit + 1}
+    if cursor is not None:
+        stmt = _ALL_ORDERS_BEFORE
+        params["before_at"], params["before_id"] = _position(cursor)
+    pages = await asyncio.gather(
+        *(db.fetch_all(stmt, primary=True, **params) for db in dbs.recording())
+    )
+    rows = sorted(
+        (row for page in pages for row in page),
+        key=lambda r: (r["created_at"], r["id"]),
+        reverse=True,
+    )
+    shown = rows[:limit]
+    more = len(rows) > limit
+    return AdminOrderPage.model_validate(
+        {
+            "items": [{**r, "fulfilment": _fulfilment(r)} for r in shown],
+            "limit": limit,
+            "next_cursor": _cursor_of(shown[-1]["created_at"], shown[-1]["id"]) if more else None,
+        }
+    )
+
+
 _CANCEL_COLUMNS = (
     CustomerOrder.customer_id,
     CustomerOrder.status,
@@ -852,7 +928,7 @@ async def _cancel_federated(
             )
     if found is not None:
         if relay is not None and event is not None:
-            relay.publish_soon([event])
+            relay.publish_soon([event], origin=dbs.shard_for(order_id))
         return found
     return await _finish_cancel(dbs, order_id=order_id, customer_id=order.customer_id, relay=relay)
 
@@ -906,7 +982,7 @@ async def _finish_cancel(
             )
         found = await _fetch(conn, order_id, None)
     if relay is not None and event is not None:
-        relay.publish_soon([event])
+        relay.publish_soon([event], origin=dbs.shard_for(order_id))
     return found
 
 

@@ -224,3 +224,29 @@ async def test_a_placed_order_is_confirmed_to_the_customers_address(
     assert mails[0].startswith(f"mail to {alice.email}: Your order #{order_id}")
     assert "2 x Blue mug: 25.00" in mails[0]
     assert "Total (tax included): 30.00" in mails[0]
+
+
+async def test_admins_list_every_customers_orders_newest_first_page_by_page(
+    client: AsyncClient, resources: Resources, alice: User, bob: User, admin: User
+) -> None:
+    product = await make_product(resources, initial_stock=20)
+    placed = []
+    for buyer in (alice, bob, alice):
+        answer = await client.post(
+            "/orders",
+            headers=buyer.headers,
+            json={"lines": [{"product_id": product.id, "quantity": 1}]},
+        )
+        placed.append((answer.json()["id"], buyer.id))
+
+    first = (await client.get("/admin/orders", headers=admin.headers, params={"limit": 2})).json()
+    rest = (
+        await client.get(
+            "/admin/orders", headers=admin.headers, params={"cursor": first["next_cursor"]}
+        )
+    ).json()
+
+    listed = [(o["id"], o["customer_id"]) for o in first["items"] + rest["items"]]
+    assert listed == placed[::-1]
+    assert rest["next_cursor"] is None
+    assert (await client.get("/admin/orders", headers=alice.headers)).status_code == 403

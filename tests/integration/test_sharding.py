@@ -490,3 +490,53 @@ async def test_the_purge_forgets_settled_holds_and_their_fences(
     for shard in shards(resources):
         assert await rows(shard, "SELECT count(*) FROM order_fence") == [(0,)]
         assert await rows(shard, "SELECT count(*) FROM outbox_event") == [(0,)]
+
+
+# --- the admins' listing across shards -----------------------------------------------------------
+
+
+async def test_the_admin_listing_merges_every_shard_newest_first_and_never_shifts(
+    shop: tuple[httpx.AsyncClient, Resources],
+) -> None:
+    client, resources = shop
+    alice, bob = await customers_on_both_shards(resources)
+    admin = await make_user(resources, role=Role.ADMIN)
+    product = await make_product(resources, initial_stock=50)
+    placed = [(await place(client, (alice, bob)[n % 2], product.id)).json()["id"] for n in range(5)]
+    newest_first = placed[::-1]
+
+    seen: list[int] = []
+    cursor: str | None = None
+    for page in range(3):
+        params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+        answer = await client.get("/admin/orders", headers=admin.headers, params=params)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        seen += [o["id"] for o in body["items"]]
+        assert {o["customer_id"] for o in body["items"]} <= {alice.id, bob.id}
+        cursor = body["next_cursor"]
+        if page == 0:  # placed while an admin pages: only on a first page
+            late = (await place(client, alice, product.id)).json()["id"]
+    assert cursor is None
+    assert seen == newest_first
+    first = (await client.get("/admin/orders", headers=admin.headers)).json()["items"]
+    assert [o["id"] for o in first] == [late, *newest_first]
+
+
+async def test_the_admin_listing_is_for_admins_and_refuses_a_made_up_cursor(
+    shop: tuple[httpx.AsyncClient, Resources],
+) -> None:
+    client, resources = shop
+    alice, _ = await customers_on_both_shards(resources)
+    admin = await make_user(resources, role=Role.ADMIN)
+
+    assert (await client.get("/admin/orders")).status_code == 401
+    assert (await client.get("/admin/orders", headers=alice.headers)).status_code == 403
+    for cursor in ("abc", "1.2.3", "9" * 20 + ".1", "-5.1"):
+        refused = await client.get(
+            "/admin/orders", headers=admin.headers, params={"cursor": cursor}
+        )
+        assert refused.status_code == 422, (cursor, refused.text)
+        assert refused.json()["detail"][0]["loc"] == ["query", "cursor"]
+    empty = await client.get("/admin/orders", headers=admin.headers, params={"cursor": "0.1"})
+    assert empty.json() == {"items": [], "limit": 20, "next_cursor": None}
