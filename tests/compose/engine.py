@@ -117,7 +117,13 @@ STAND_INS = (
     StandIn("docker.io/library/postgres:17-alpine", "postgres"),
     StandIn("docker.io/library/redis:7-alpine", "redis"),
     StandIn("docker.io/library/nginx:1.27-alpine", "nginx"),
-    StandIn("docker.io/motoserver/moto:latest", "moto", needs_python=True, needs_certs=True),
+    # Tagged as docker-compose.yml pins it: the moto version of the lock (test_packaging).
+    StandIn(
+        f"docker.io/motoserver/moto:{locked_version('moto')}",
+        "moto",
+        needs_python=True,
+        needs_certs=True,
+    ),
 )
 SHOP_IMAGE = "localhost/shop:dev"
 

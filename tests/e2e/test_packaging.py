@@ -11,6 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -85,6 +86,18 @@ def test_compose_starts_the_app_only_after_its_dependencies_are_ready() -> None:
     assert "--reload" in services["app"]["command"]
     assert "shop migrate" in " ".join(services["migrate"]["command"])
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_compose_pins_every_image_and_moto_at_the_locked_version() -> None:
+    """No `latest`: a tag that moves breaks a working file within days. moto's server is the
+    release the tests use (uv.lock), so local AWS behaves as it does in the suite."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    images = {s["image"] for s in compose["services"].values() if "image" in s}
+    assert images, "no images found"
+    assert all(":" in i and not i.endswith(":latest") for i in images), sorted(images)
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    moto = next(p["version"] for p in lock["package"] if p["name"] == "moto")
+    assert {i for i in images if i.startswith("motoserver/")} == {f"motoserver/moto:{moto}"}
 
 
 def test_compose_runs_the_worker_on_a_local_queue_made_like_the_stacks() -> None:
