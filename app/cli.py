@@ -133,7 +133,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
         settings.embedded_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     # Stage 8's federated databases and shards carry the same schema; each fills its own tables.
-    shards = settings.order_shard_urls
+    shards = resolved.shard_urls
     for each in (url, *resolved.function_urls.values(), *shards):
         if args.down:
             runner.downgrade(each, args.revision)

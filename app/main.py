@@ -79,7 +79,7 @@ async def open_resources(settings: Settings) -> Resources:
         replica_check_s=settings.database_replica_check_s,
     )
     databases = Databases.federate(
-        db, resolved.function_urls, settings.shard_urls, **settings.pool_options
+        db, resolved.function_urls, resolved.shard_urls, **settings.pool_options
     )
     try:
         databases = await runner.open_all(databases)

@@ -431,7 +431,7 @@ async def open_databases(settings: WorkerSettings) -> Databases:
         raise WorkerProblem(str(exc)) from exc
     db = Database(resolved.primary_url, **settings.pool_options)
     databases = Databases.federate(
-        db, resolved.function_urls, settings.shard_urls, **settings.pool_options
+        db, resolved.function_urls, resolved.shard_urls, **settings.pool_options
     )
     try:
         return await runner.open_all(databases)

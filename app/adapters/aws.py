@@ -27,6 +27,8 @@ class Resolved:
     redis_url: str | None
     function_urls: dict[str, str]
     """Stage 8's federated databases by function ("accounting", "delivery"): none before it."""
+    shard_urls: list[str]
+    """Stage 8's order shards, in shard order: none before it."""
 
 
 def _secrets_client(settings: Settings) -> Any:
@@ -74,6 +76,7 @@ def resolve(settings: Settings) -> Resolved:
         jwt_secret = read_secret_file(settings.jwt_secret_file)
     redis_url = settings.redis_url
     function_urls = dict(settings.function_urls)
+    shard_urls = list(settings.shard_urls)
     function_arns = {
         name: arn
         for name, arn in (
@@ -83,8 +86,8 @@ def resolve(settings: Settings) -> Resolved:
         if arn
     }
     arns = (settings.database_secret_arn, settings.jwt_secret_arn, settings.redis_auth_secret_arn)
-    if not any(arns) and not function_arns:
-        return Resolved(primary_url, replica_urls, jwt_secret, redis_url, function_urls)
+    if not any(arns) and not function_arns and not settings.order_shard_secret_arns:
+        return Resolved(primary_url, replica_urls, jwt_secret, redis_url, function_urls, shard_urls)
     client = _secrets_client(settings)
     if settings.database_secret_arn:
         creds = _database_credentials(client, settings.database_secret_arn)
@@ -96,6 +99,9 @@ def resolve(settings: Settings) -> Resolved:
     for name, arn in function_arns.items():
         creds = _database_credentials(client, arn)
         function_urls[name] = _url_for(creds, creds["host"], int(creds.get("port", 5432)))
+    for arn in settings.order_shard_secret_arns:
+        creds = _database_credentials(client, arn)
+        shard_urls.append(_url_for(creds, creds["host"], int(creds.get("port", 5432))))
     if settings.jwt_secret_arn:
         jwt_secret = _secret(client, settings.jwt_secret_arn)
     if settings.redis_auth_secret_arn and redis_url:
@@ -103,7 +109,7 @@ def resolve(settings: Settings) -> Resolved:
         token = json.loads(raw)["token"] if raw.lstrip().startswith("{") else raw
         scheme, _, rest = redis_url.partition("://")
         redis_url = f"{scheme}://:{quote(token, safe='')}@{rest}"
-    return Resolved(primary_url, replica_urls, jwt_secret, redis_url, function_urls)
+    return Resolved(primary_url, replica_urls, jwt_secret, redis_url, function_urls, shard_urls)
 
 
 def _database_credentials(client: Any, arn: str) -> dict[str, Any]:

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         "the primary. Needs SHOP_QUEUE_URL and SHOP_DATABASE_URL; a shard is a fresh database "
         "(orders already in the primary are not moved).",
     )
+    order_shard_secret_arns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated Secrets Manager secrets in the RDS format of the order "
+        "shards (stage 8 on AWS), in shard order, read at start-up like database_secret_arn; "
+        "they take the place of order_shard_urls.",
+    )
     order_hold_s: float = Field(
         60,
         ge=1,
@@ -398,7 +404,12 @@ class Settings(BaseSettings):
     @classmethod
     def _csv_lists(cls, data: object) -> object:
         if isinstance(data, dict):
-            for name in ("database_replica_urls", "database_replica_hosts", "order_shard_urls"):
+            for name in (
+                "database_replica_urls",
+                "database_replica_hosts",
+                "order_shard_urls",
+                "order_shard_secret_arns",
+            ):
                 if name in data:
                     data[name] = _split_csv(data[name])
         return data
@@ -456,9 +467,15 @@ class Settings(BaseSettings):
                 ("SHOP_DELIVERY_DATABASE_URL", self.delivery_database_url),
                 ("SHOP_DELIVERY_DATABASE_SECRET_ARN", self.delivery_database_secret_arn),
                 ("SHOP_ORDER_SHARD_URLS", self.order_shard_urls),
+                ("SHOP_ORDER_SHARD_SECRET_ARNS", self.order_shard_secret_arns),
             )
             if where
         ]
+        if self.order_shard_urls and self.order_shard_secret_arns:
+            raise ValueError(
+                "give the order shards as SHOP_ORDER_SHARD_URLS or as "
+                "SHOP_ORDER_SHARD_SECRET_ARNS, not both: their order numbers the shards"
+            )
         if federated and (not self.queue_url or self.is_embedded):
             raise ValueError(
                 f"{' and '.join(federated)} (stage 8) need SHOP_QUEUE_URL, whose worker "
@@ -539,7 +556,8 @@ class Settings(BaseSettings):
 
     @property
     def shard_urls(self) -> list[str]:
-        """The async URLs of stage 8's order shards, in order (none before it)."""
+        """The async URLs of stage 8's order shards given as URLs, in order (none before it);
+        app/adapters/aws.py reads those given as secrets."""
         return [to_async_url(url) for url in self.order_shard_urls]
 
     @property

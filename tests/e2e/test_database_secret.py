@@ -135,13 +135,13 @@ def test_a_secret_without_a_database_name_is_refused_not_guessed(
         _resolve(secrets_manager, "rds/no-dbname", value, monkeypatch)
 
 
-def test_stage_8s_federated_databases_are_found_in_their_own_rds_secrets(
+def test_stage_8s_federated_databases_and_shards_are_found_in_their_own_rds_secrets(
     template: dict[str, Any], secrets_manager: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     arns = {}
-    for function in ("main", "accounting", "delivery"):
+    for function in ("main", "accounting", "delivery", "shard-1", "shard-2"):
         value = _secret_as_aws_writes_it(template) | {"host": f"{function}.db.internal"}
         name = f"rds/federated-{function}"
         arns[function] = secrets_manager.create_secret(Name=name, SecretString=json.dumps(value))[
@@ -154,6 +154,7 @@ def test_stage_8s_federated_databases_are_found_in_their_own_rds_secrets(
         database_secret_arn=arns["main"],
         accounting_database_secret_arn=arns["accounting"],
         delivery_database_secret_arn=arns["delivery"],
+        order_shard_secret_arns=f"{arns['shard-1']},{arns['shard-2']}",
     )
 
     resolved = aws.resolve(settings)
@@ -164,6 +165,10 @@ def test_stage_8s_federated_databases_are_found_in_their_own_rds_secrets(
         "delivery": "delivery.db.internal",
     }
     assert all(urlsplit(url).path == "/shop" for url in resolved.function_urls.values())
+    assert [urlsplit(url).hostname for url in resolved.shard_urls] == [
+        "shard-1.db.internal",
+        "shard-2.db.internal",
+    ]
     # One without a database name is refused, naming it, as the primary's is.
     broken = _secret_as_aws_writes_it(template)
     del broken["dbname"]

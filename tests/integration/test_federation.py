@@ -586,6 +586,13 @@ def test_federated_databases_without_a_queue_are_refused_naming_what_is_missing(
         accounting_database_url="postgresql://db/ledger",
     )
     assert federated.function_urls == {"accounting": "postgresql+psycopg://db/ledger"}
+    with pytest.raises(ValidationError, match="not both"):
+        Settings(
+            **base,  # type: ignore[arg-type]
+            queue_url="http://sqs/q",
+            order_shard_urls="postgresql://db/s1",
+            order_shard_secret_arns="arn:aws:secretsmanager:us-east-1:1:secret:s1",
+        )
 
 
 async def test_without_federation_one_database_plays_every_role(resources: Resources) -> None:
