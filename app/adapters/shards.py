@@ -21,7 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.adapters.db import LOGICAL_SHARDS, Database
 from app.kernel.models import Base
 
-__all__ = ["LOGICAL_SHARDS", "DirectoryProblem", "ShardMap", "load_directory", "sharded_id"]
+__all__ = ["LOGICAL_SHARDS", "DirectoryProblem", "ShardMap", "load_directory", "logical_of"]
 
 
 class ShardMap(Base):
@@ -40,12 +40,6 @@ class DirectoryProblem(RuntimeError):
 def logical_of(key: int) -> int:
     """The logical shard of a key (a customer's id, or an order's id)."""
     return key % LOGICAL_SHARDS
-
-
-def sharded_id(sequence: int, key: int) -> int:
-    """An id that carries the logical shard of `key` (its customer): from a number drawn from
-    the shard's own sequence, so ids are unique across shards."""
-    return sequence * LOGICAL_SHARDS + logical_of(key)
 
 
 async def load_directory(main: Database, *, shards: int) -> dict[int, int]:

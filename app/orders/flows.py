@@ -202,11 +202,12 @@ async def handle_order_placed(
 async def _fulfil_federated(
     dbs: Databases, *, event_id: uuid.UUID, payload: Mapping[str, Any]
 ) -> None:
-    """The `fulfil` step where accounting and delivery have databases of their own (stage 8):
-    three transactions, each done once whatever the deliveries of the event.
+    """The `fulfil` step where the order's work spans databases (stage 8's federation or
+    shards): three transactions, each done once whatever the deliveries of the event.
 
-    1. On the main database: lock the order; unless it was cancelled first, mark it fulfilled
-       (`fulfilled_at` is the step's mark). A cancelled order that was never fulfilled ends it.
+    1. On the database that holds the order (the main one, or its shard): lock the order;
+       unless it was cancelled first, mark it fulfilled (`fulfilled_at` is the step's mark). A
+       cancelled order that was never fulfilled ends it.
     2. On accounting's: claim step `ledger` and post the order's entries.
     3. On delivery's: claim step `ship` and open its shipment, unless a cancellation has left
        a cancelled one first (`open_shipment_once`).

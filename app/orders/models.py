@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Sequence, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.kernel.models import Base, utcnow
@@ -73,6 +73,12 @@ class IdempotencyKey(Base):
     status_code: Mapped[int | None]
     response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+ORDER_NUMBERS = Sequence("order_number_seq", metadata=Base.metadata)
+"""Stage 8: order numbers drawn in the main database with the stock's hold, so that ids stay
+unique across shards whichever shard a logical shard lives in (an order id is a number times
+LOGICAL_SHARDS plus its customer's logical shard)."""
 
 
 class Reservation(Base):

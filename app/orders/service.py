@@ -15,13 +15,11 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Integer,
     Row,
     String,
     bindparam,
     delete,
-    func,
     insert,
     literal,
     select,
@@ -43,7 +41,7 @@ from app.adapters.db import (
 )
 from app.adapters.mail import Mailer
 from app.adapters.outbox import Event, Relay
-from app.adapters.shards import sharded_id
+from app.adapters.shards import LOGICAL_SHARDS, logical_of
 from app.catalog import service as catalog
 from app.customers import service as customers
 from app.delivery import service as delivery
@@ -67,7 +65,14 @@ from app.orders.domain import (
     fulfilment,
     price,
 )
-from app.orders.models import CustomerOrder, IdempotencyKey, OrderFence, OrderLine, Reservation
+from app.orders.models import (
+    ORDER_NUMBERS,
+    CustomerOrder,
+    IdempotencyKey,
+    OrderFence,
+    OrderLine,
+    Reservation,
+)
 from app.orders.schemas import (
     AdminOrderPage,
     OrderCreate,
@@ -434,13 +439,12 @@ async def place_order(
     return PlaceResult(status_code=201, body=body, replayed=False)
 
 
-_NEXT_ORDER_NUMBER = select(func.nextval("customer_order_id_seq").label("n"))
 _HOLD = (
     insert(Reservation)
     .from_select(
         ["order_id", "customer_id", "lines", "state", "expires_at", "created_at"],
         select(
-            bindparam("order_id", type_=BigInteger()),
+            ORDER_NUMBERS.next_value() * LOGICAL_SHARDS + bindparam("logical", type_=Integer()),
             bindparam("customer_id", type_=Integer()),
             bindparam("lines", type_=JSON()),
             literal("held", String(16)),
@@ -506,10 +510,11 @@ async def _place_in_shard(
     """Stage 8: the stock is in the main database, the order in its customer's shard, and no
     transaction spans both (docs/stage-8.md, "An order across the stock and its shard").
 
-    1. On the shard: a key already answered is answered again; else an order id is drawn from
-       the shard's sequence, carrying the customer's logical shard.
-    2. On the main database: take the stock and hold it for that id (`reservation`, `held`
-       for `hold`: SHOP_ORDER_HOLD_S), if the customer exists. Not enough stock: 409, nothing kept.
+    1. On the shard (with an Idempotency-Key): a key already answered is answered again.
+    2. On the main database: take the stock and hold it (`reservation`, `held` for `hold`:
+       SHOP_ORDER_HOLD_S) for a new order id, a number from the main database's sequence
+       carrying the customer's logical shard, if the customer exists. Not enough stock: 409,
+       nothing kept.
     3. On the shard: claim the key, take the id's fence, record the order, its lines, its
        `order.placed` event and the key's answer, in one transaction.
     4. Settle the reservation (`settle_reservation`): the fence says whether 3 committed.
@@ -520,8 +525,8 @@ async def _place_in_shard(
     shard = dbs.shard_for(customer_id)
     pairs = data.as_pairs()
     request_hash = fingerprint(pairs)
-    async with shard.write(pipeline=True) as conn:
-        if idempotency_key is not None:
+    if idempotency_key is not None:
+        async with shard.read(primary=True) as conn:
             replay = await _first_answer(
                 conn,
                 customer_id=customer_id,
@@ -529,10 +534,8 @@ async def _place_in_shard(
                 request_hash=request_hash,
                 ttl=idempotency_ttl,
             )
-            if replay is not None:
-                return replay
-        sequence = int((await run(conn, _NEXT_ORDER_NUMBER))[0]["n"])
-    order_id = sharded_id(sequence, customer_id)
+        if replay is not None:
+            return replay
     created_at = utcnow()
     async with dbs.main.write(pipeline=True) as conn:
         items = await catalog.reserve_stock(conn, lines=dict(pairs))
@@ -540,7 +543,7 @@ async def _place_in_shard(
             conn,
             _HOLD,
             {
-                "order_id": order_id,
+                "logical": logical_of(customer_id),
                 "customer_id": customer_id,
                 "lines": [[p, q] for p, q in pairs],
                 "expires_at": created_at + hold,
@@ -549,6 +552,7 @@ async def _place_in_shard(
         )
         if not held:
             raise Unauthenticated("this account no longer exists")
+    order_id = int(held[0]["order_id"])
     totals = price(
         [item.unit_price_cents * item.quantity for item in items], tax_rate_bp=tax_rate_bp
     )

@@ -1,6 +1,6 @@
-"""Stage 8's shards: the directory of logical shards and the reservations (in the main
-database), and the fence of taken order ids (in each shard). Every database carries every
-table; each fills only its own.
+"""Stage 8's shards: the directory of logical shards, the reservations and the sequence of
+order numbers (in the main database), and the fence of taken order ids (in each shard). Every
+database carries every table; each fills only its own.
 
 Revision ID: 0012
 Revises: 0011
@@ -21,6 +21,8 @@ backward_compatible = True
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":  # shards are PostgreSQL; SQLite has none
+        op.execute(sa.schema.CreateSequence(sa.Sequence("order_number_seq")))
     op.create_table(
         "shard_map",
         sa.Column("logical", sa.Integer(), autoincrement=False, nullable=False),
@@ -64,3 +66,5 @@ def downgrade() -> None:
     op.drop_index("ix_reservation_held_expires_at", table_name="reservation")
     op.drop_table("reservation")
     op.drop_table("shard_map")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(sa.schema.DropSequence(sa.Sequence("order_number_seq")))
