@@ -123,6 +123,20 @@ REDRIVEN = Counter(
     registry=REGISTRY,
 )
 
+HOLDS_SETTLED = Counter(
+    "shop_worker_holds_settled",
+    "Stage 8: stock holds the worker settled past SHOP_ORDER_HOLD_S, by outcome (`released`: "
+    "the order never committed, its stock returned; `confirmed`: it did). Any count means a "
+    "placing request died between the stock's database and its shard.",
+    ["state"],
+    registry=REGISTRY,
+)
+CANCELS_FINISHED = Counter(
+    "shop_worker_cancels_finished",
+    "Stage 8: cancellations a crash left half done that the worker finished.",
+    registry=REGISTRY,
+)
+
 PURGED_TABLES = ("outbox_event", "processed_event", "idempotency_key")
 MAX_PURGE_BATCHES = 10
 CANCEL_FINISHED_WITHIN = timedelta(seconds=30)
@@ -264,10 +278,13 @@ class Worker:
         longer than CANCEL_FINISHED_WITHIN, and stock still held for orders past their hold
         (the fence in the order's shard says whether the order exists)."""
         if self.databases.split:
-            await orders.finish_requested_cancels(
+            finished = await orders.finish_requested_cancels(
                 self.databases, older_than=CANCEL_FINISHED_WITHIN, limit=limit
             )
-            await orders.settle_expired_reservations(self.databases, limit=limit)
+            CANCELS_FINISHED.inc(finished)
+            settled = await orders.settle_expired_reservations(self.databases, limit=limit)
+            for state, count in settled.items():
+                HOLDS_SETTLED.labels(state).inc(count)
 
     async def _apply_unhandled(self, db: Database, events: list[Event]) -> int:
         applied = 0

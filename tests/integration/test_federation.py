@@ -472,7 +472,9 @@ async def test_a_cancellation_a_crash_left_half_done_is_finished_by_the_worker(
 
     # The worker's reconciliation pass, with the wait it gives a cancellation shortened.
     monkeypatch.setattr(worker_module, "CANCEL_FINISHED_WITHIN", timedelta(0))
+    finished = worker_module.CANCELS_FINISHED._value.get()
     await worker.settle()
+    assert worker_module.CANCELS_FINISHED._value.get() == finished + 1  # on /metrics
 
     assert (await client.get(f"/orders/{order['id']}", headers=alice.headers)).json()[
         "status"

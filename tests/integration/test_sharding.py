@@ -32,7 +32,7 @@ from app.kernel.security import Role
 from app.orders import flows
 from app.orders import service as orders
 from app.orders.schemas import OrderCreate
-from app.worker import Retention, Worker
+from app.worker import HOLDS_SETTLED, Retention, Worker
 from tests.conftest import REDIS_URL, test_settings
 from tests.integration.conftest import TABLES, User, make_product, make_user
 from tests.integration.test_outbox import REGION, RecordingMailer, drain
@@ -344,10 +344,12 @@ async def test_a_hold_nobody_settled_is_released_by_the_worker_and_the_late_orde
     assert await stock_of(resources, product.id) == 3
     assert await reservations(resources) == Counter(held=1)
 
+    released = HOLDS_SETTLED.labels("released")._value.get()
     await expire_holds(resources)
     await worker.settle()
     assert await stock_of(resources, product.id) == 5
     assert await reservations(resources) == Counter(released=1)
+    assert HOLDS_SETTLED.labels("released")._value.get() == released + 1  # on /metrics
 
     resume.set()
     late = await request
@@ -382,10 +384,12 @@ async def test_killed_after_the_order_committed_the_worker_confirms_its_hold(
     assert answer.status_code == 201  # the order stands; only its hold is unsettled
     assert await reservations(resources) == Counter(held=1)
 
+    confirmed = HOLDS_SETTLED.labels("confirmed")._value.get()
     await expire_holds(resources)
     await worker.settle()
 
     assert await reservations(resources) == Counter(confirmed=1)
+    assert HOLDS_SETTLED.labels("confirmed")._value.get() == confirmed + 1
     assert await stock_of(resources, product.id) == 3
     assert await orders_per_shard(resources) in (
         [[answer.json()["id"]], []],
