@@ -110,7 +110,8 @@ PURGED = Counter(
 TABLE_ROWS = Gauge(
     "shop_worker_table_rows",
     "Rows of the tables the worker keeps bounded (outbox_event, processed_event, "
-    "idempotency_key), sampled after each purge.",
+    "idempotency_key; with stage 8's shards, reservation and order_fence too), summed over "
+    "its databases, sampled after each purge.",
     ["table"],
     registry=REGISTRY,
 )
@@ -367,26 +368,38 @@ class Worker:
         return deleted
 
     async def sample_table_rows(self) -> None:
-        """Set `shop_worker_table_rows`: PostgreSQL's live-row statistics (no scan of the
-        tables; current within a second or so), an exact count elsewhere."""
-        async with self.db.write() as conn:
-            if self.db.dialect == "postgresql":
-                rows = await conn.execute(
-                    text(
-                        "SELECT relname, n_live_tup FROM pg_stat_user_tables "
-                        "WHERE relname IN ('outbox_event', 'processed_event', 'idempotency_key')"
+        """Set `shop_worker_table_rows`, summed over every database the worker writes (stage
+        8's shards hold the outbox and the keys, the main database the holds): PostgreSQL's
+        live-row statistics (no scan of the tables; current within a second or so), an exact
+        count elsewhere."""
+        tables = (
+            (*PURGED_TABLES, "reservation", "order_fence")
+            if self.databases.shards
+            else PURGED_TABLES
+        )
+        found: dict[str, int] = dict.fromkeys(tables, 0)
+        for db in self.databases.all():
+            async with db.write() as conn:
+                if db.dialect == "postgresql":
+                    rows = await conn.execute(
+                        text(
+                            "SELECT relname, n_live_tup FROM pg_stat_user_tables "
+                            "WHERE relname = ANY(:tables)"
+                        ),
+                        {"tables": list(tables)},
                     )
-                )
-                found = {str(name): int(count) for name, count in rows}
-            else:
-                found = {
-                    table: int(
-                        (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
-                    )
-                    for table in PURGED_TABLES
-                }
-        for table in PURGED_TABLES:
-            TABLE_ROWS.labels(table).set(found.get(table, 0))
+                    counts = {str(name): int(count) for name, count in rows}
+                else:
+                    counts = {
+                        table: int(
+                            (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+                        )
+                        for table in tables
+                    }
+            for table in tables:
+                found[table] += counts.get(table, 0)
+        for table, count in found.items():
+            TABLE_ROWS.labels(table).set(count)
 
     async def _purge_if_due(self) -> None:
         if self.retention is None or self.retention.every_s <= 0:

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 from sqlalchemy import text
 
 from app.adapters.db import Database
@@ -32,7 +33,7 @@ from app.kernel.security import Role
 from app.orders import flows
 from app.orders import service as orders
 from app.orders.schemas import OrderCreate
-from app.worker import HOLDS_SETTLED, Retention, Worker
+from app.worker import HOLDS_SETTLED, REGISTRY, Retention, Worker
 from tests.conftest import REDIS_URL, test_settings
 from tests.integration.conftest import TABLES, User, make_product, make_user
 from tests.integration.test_outbox import REGION, RecordingMailer, drain
@@ -494,6 +495,9 @@ async def test_the_purge_forgets_settled_holds_and_their_fences(
     for shard in shards(resources):
         assert await rows(shard, "SELECT count(*) FROM order_fence") == [(0,)]
         assert await rows(shard, "SELECT count(*) FROM outbox_event") == [(0,)]
+    metrics = generate_latest(REGISTRY).decode()
+    for table in ("outbox_event", "idempotency_key", "reservation", "order_fence"):
+        assert f'shop_worker_table_rows{{table="{table}"}}' in metrics
 
 
 # --- the admins' listing across shards -----------------------------------------------------------
