@@ -36,7 +36,9 @@ async def instance(cluster: Servers, cookies: CookieJar) -> AsyncIterator[Instan
         database_replica_max_lag_s=30,
     )
     app = create_app(settings)
-    async with LifespanManager(app, startup_timeout=20):
+    # Shutdown stops the replica's health check and closes the pools of both servers: on a
+    # loaded machine that has taken longer than asgi-lifespan's 5 s default once.
+    async with LifespanManager(app, startup_timeout=20, shutdown_timeout=20):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
             transport=transport, base_url="http://shop.test", cookies=cookies
