@@ -60,6 +60,7 @@ from app.orders import flows
 from app.orders.domain import (
     Fulfilment,
     OrderStatus,
+    Totals,
     check_cancellable,
     fingerprint,
     fulfilment,
@@ -285,6 +286,27 @@ def _order_lines(items: Sequence[catalog.Reserved]) -> list[OrderLineRead]:
     ]
 
 
+def _placed_answer(
+    order_id: int,
+    totals: Totals,
+    created_at: datetime,
+    fulfilled: Fulfilment,
+    lines: list[OrderLineRead],
+) -> dict[str, Any]:
+    """The 201 answer to a new order, as JSON (and as its Idempotency-Key keeps it)."""
+    return OrderRead(
+        id=order_id,
+        status=OrderStatus.PLACED,
+        subtotal_cents=totals.subtotal_cents,
+        tax_cents=totals.tax_cents,
+        total_cents=totals.total_cents,
+        created_at=created_at,
+        cancelled_at=None,
+        fulfilment=fulfilled,
+        lines=lines,
+    ).model_dump(mode="json")
+
+
 async def _store_answer(
     conn: AsyncConnection, customer_id: int, key: str, body: dict[str, Any]
 ) -> None:
@@ -413,17 +435,8 @@ async def place_order(
             event = await flows.record_placed(conn, **follow_up)
         else:
             await flows.fulfil(conn, **follow_up)
-        body = OrderRead(
-            id=order_id,
-            status=OrderStatus.PLACED,
-            subtotal_cents=totals.subtotal_cents,
-            tax_cents=totals.tax_cents,
-            total_cents=totals.total_cents,
-            created_at=created_at,
-            cancelled_at=None,
-            fulfilment=Fulfilment.PENDING if relay is not None else Fulfilment.DONE,
-            lines=lines,
-        ).model_dump(mode="json")
+        fulfilled = Fulfilment.PENDING if relay is not None else Fulfilment.DONE
+        body = _placed_answer(order_id, totals, created_at, fulfilled, lines)
         if idempotency_key is not None:
             await _store_answer(conn, customer_id, idempotency_key, body)
     if relay is not None and event is not None:
@@ -557,17 +570,7 @@ async def _place_in_shard(
         [item.unit_price_cents * item.quantity for item in items], tax_rate_bp=tax_rate_bp
     )
     lines = _order_lines(items)
-    body = OrderRead(
-        id=order_id,
-        status=OrderStatus.PLACED,
-        subtotal_cents=totals.subtotal_cents,
-        tax_cents=totals.tax_cents,
-        total_cents=totals.total_cents,
-        created_at=created_at,
-        cancelled_at=None,
-        fulfilment=Fulfilment.PENDING,
-        lines=lines,
-    ).model_dump(mode="json")
+    body = _placed_answer(order_id, totals, created_at, Fulfilment.PENDING, lines)
     try:
         async with shard.write(pipeline=True) as conn:
             if idempotency_key is not None:
