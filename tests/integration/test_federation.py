@@ -18,21 +18,19 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from app import worker as worker_module
 from app.adapters.db import Database
 from app.adapters.outbox import Event
-from app.adapters.queue import Queue
 from app.adapters.resources import Resources
 from app.delivery import service as delivery
 from app.kernel.security import Principal, Role
 from app.orders import flows
 from app.orders import service as orders
-from app.worker import Retention, Worker
-from tests.conftest import REDIS_URL, test_settings
-from tests.integration.conftest import TABLES, User, make_product, make_user
-from tests.integration.test_outbox import REGION, RecordingMailer, drain
+from app.worker import Retention
+from tests.integration.conftest import User, make_product, make_user
+from tests.integration.stage8 import migrated, published, rows, shop_on, work_off, worker_of
+from tests.integration.test_outbox import RecordingMailer
 from tests.integration.test_outbox import moto_endpoint as moto_endpoint  # fixtures
 from tests.integration.test_outbox import queue_url as queue_url
 
@@ -42,12 +40,7 @@ FUNCTIONS = ("main", "accounting", "delivery")
 @pytest.fixture(scope="module")
 def federated_urls(fresh_database: Callable[[], str]) -> dict[str, str]:
     """Three empty databases, each migrated as `shop migrate` does."""
-    from app.migrations import runner
-
-    urls = {name: fresh_database() for name in FUNCTIONS}
-    for url in urls.values():
-        runner.upgrade(url)
-    return urls
+    return migrated(fresh_database, FUNCTIONS)
 
 
 @pytest.fixture
@@ -55,70 +48,14 @@ async def shop(
     federated_urls: dict[str, str], moto_endpoint: str, queue_url: str
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Resources]]:
     """The shop with SHOP_ACCOUNTING_DATABASE_URL and SHOP_DELIVERY_DATABASE_URL set."""
-    from asgi_lifespan import LifespanManager
-
-    from app.main import create_app
-
-    drain(moto_endpoint, queue_url)
-    settings = test_settings(
+    async with shop_on(
+        moto_endpoint,
+        queue_url,
         database_url=federated_urls["main"],
         accounting_database_url=federated_urls["accounting"],
         delivery_database_url=federated_urls["delivery"],
-        redis_url=REDIS_URL,
-        queue_url=queue_url,
-        aws_region=REGION,
-        aws_endpoint_url=moto_endpoint,
-        outbox_sweep_s=60,
-    )
-    application = create_app(settings)
-    async with LifespanManager(application, startup_timeout=30):
-        resources: Resources = application.state.resources
-        for db in (resources.db, *resources.databases.others()):
-            async with db.write() as conn:
-                await conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
-            yield c, resources
-
-
-def worker_of(resources: Resources, moto_endpoint: str, queue_url: str, **kwargs: Any) -> Worker:
-    queue = Queue(queue_url, region=REGION, endpoint_url=moto_endpoint)
-    return Worker(
-        resources.db,
-        queue,
-        kwargs.pop("mailer", RecordingMailer()),
-        wait_s=0,
-        databases=resources.databases,
-        **kwargs,
-    )
-
-
-async def published(resources: Resources) -> None:
-    """Wait until the relay has published every event (it does so right after each commit)."""
-    for _ in range(100):
-        if await rows(resources.db, "SELECT id FROM outbox_event WHERE published_at IS NULL") == []:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the relay did not publish")
-
-
-async def work_off(worker: Worker) -> None:
-    """Run the worker until the queue is empty, once the relay has published everything."""
-    for _ in range(100):
-        if await rows(worker.db, "SELECT id FROM outbox_event WHERE published_at IS NULL") == []:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the relay did not publish")
-    for _ in range(20):
-        if await worker.run_once() == 0:
-            return
-    raise AssertionError("the queue did not empty")
-
-
-async def rows(db: Database, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    async with db.write() as conn:
-        return [tuple(r) for r in await conn.execute(text(sql), params)]
+    ) as running:
+        yield running
 
 
 async def count(db: Database, table: str, order_id: int) -> int:
@@ -227,7 +164,7 @@ async def test_an_order_is_recorded_in_main_its_ledger_in_accounting_its_shipmen
 
     order = await place(client, alice, product.id, 2)
     assert order["fulfilment"] == "pending"
-    await work_off(worker_of(resources, moto_endpoint, queue_url, mailer=mailer))
+    await work_off(resources, worker_of(resources, moto_endpoint, queue_url, mailer=mailer))
 
     assert await where_it_is(resources, order["id"]) == {
         "main": (0, 0),
@@ -316,7 +253,7 @@ async def test_a_cancellation_cancels_in_delivery_returns_stock_and_reverses_in_
     product = await make_product(resources, initial_stock=10)
     order = await place(client, alice, product.id, 3)
     worker = worker_of(resources, moto_endpoint, queue_url)
-    await work_off(worker)
+    await work_off(resources, worker)
 
     answer = await client.post(f"/orders/{order['id']}/cancel", headers=alice.headers)
     assert answer.status_code == 200, answer.text
@@ -326,7 +263,7 @@ async def test_a_cancellation_cancels_in_delivery_returns_stock_and_reverses_in_
     assert tracking["status"] == "cancelled"
     assert [e["status"] for e in tracking["events"]] == ["pending", "cancelled"]
 
-    await work_off(worker)
+    await work_off(resources, worker)
     assert [e.kind for e in await events_of(resources, order["id"])] == [
         "order.placed",
         "order.cancelled",
@@ -398,7 +335,7 @@ async def test_a_shipped_order_is_not_cancelled_and_keeps_no_request(
     admin = await make_user(resources, role=Role.ADMIN)
     product = await make_product(resources, initial_stock=5)
     order = await place(client, alice, product.id, 1)
-    await work_off(worker_of(resources, moto_endpoint, queue_url))
+    await work_off(resources, worker_of(resources, moto_endpoint, queue_url))
     shipments = (await client.get("/admin/shipments", headers=admin.headers)).json()["items"]
     for target in ("packed", "shipped"):
         moved = await client.post(
@@ -437,13 +374,8 @@ async def test_a_cancellation_a_crash_left_half_done_is_finished_by_the_worker(
     admin = await make_user(resources, role=Role.ADMIN)
     product = await make_product(resources, initial_stock=5)
     order = await place(client, alice, product.id, 2)
-    worker = worker_of(
-        resources,
-        moto_endpoint,
-        queue_url,
-        retention=Retention(keep_events=timedelta(days=1), keep_keys=timedelta(days=1)),
-    )
-    await work_off(worker)
+    worker = worker_of(resources, moto_endpoint, queue_url)
+    await work_off(resources, worker)
 
     async def crash(*_args: Any, **_kwargs: Any) -> Any:
         raise ConnectionError(f"killed before the {crash_at} commit")
@@ -523,7 +455,7 @@ async def test_cancellations_racing_the_worker_leave_every_order_whole(
     finally:
         stop.set()
         await running
-    await work_off(worker)
+    await work_off(resources, worker)
 
     assert codes == [200] * 8
     standing_units = 0
@@ -558,7 +490,7 @@ async def test_the_purge_keeps_every_database_s_claims_bounded(
     alice = await make_user(resources)
     product = await make_product(resources)
     await place(client, alice, product.id, 1)
-    await work_off(worker_of(resources, moto_endpoint, queue_url))
+    await work_off(resources, worker_of(resources, moto_endpoint, queue_url))
     everything = Retention(keep_events=timedelta(0), keep_keys=timedelta(0))
 
     deleted = await worker_of(resources, moto_endpoint, queue_url, retention=everything).purge()

@@ -20,11 +20,9 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import generate_latest
-from sqlalchemy import text
 
 from app.adapters.db import Database
 from app.adapters.outbox import Event
-from app.adapters.queue import Queue
 from app.adapters.resources import Resources
 from app.adapters.shards import LOGICAL_SHARDS, DirectoryProblem, load_directory
 from app.catalog import service as catalog
@@ -33,66 +31,34 @@ from app.kernel.security import Role
 from app.orders import flows
 from app.orders import service as orders
 from app.orders.schemas import OrderCreate
-from app.worker import HOLDS_SETTLED, REGISTRY, Retention, Worker
-from tests.conftest import REDIS_URL, test_settings
-from tests.integration.conftest import TABLES, User, make_product, make_user
-from tests.integration.test_outbox import REGION, RecordingMailer, drain
+from app.worker import HOLDS_SETTLED, REGISTRY, Retention
+from tests.integration.conftest import User, make_product, make_user
+from tests.integration.stage8 import migrated, rows, shop_on, work_off, worker_of
 from tests.integration.test_outbox import moto_endpoint as moto_endpoint  # fixtures
 from tests.integration.test_outbox import queue_url as queue_url
 
 NAMES = ("main", "accounting", "delivery", "shard-1", "shard-2")
-ALL_TABLES = f"{TABLES}, reservation, order_fence"
 
 
 @pytest.fixture(scope="module")
 def sharded_urls(fresh_database: Callable[[], str]) -> dict[str, str]:
     """Five empty databases, migrated (and the shards prepared) as `shop migrate` does."""
-    from app.migrations import runner
-
-    urls = {name: fresh_database() for name in NAMES}
-    for url in urls.values():
-        runner.upgrade(url)
-    for name in ("shard-1", "shard-2"):
-        runner.prepare_shard(urls[name])
-    return urls
+    return migrated(fresh_database, NAMES)
 
 
 @pytest.fixture
 async def shop(
     sharded_urls: dict[str, str], moto_endpoint: str, queue_url: str
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Resources]]:
-    from asgi_lifespan import LifespanManager
-
-    from app.main import create_app
-
-    drain(moto_endpoint, queue_url)
-    settings = test_settings(
+    async with shop_on(
+        moto_endpoint,
+        queue_url,
         database_url=sharded_urls["main"],
         accounting_database_url=sharded_urls["accounting"],
         delivery_database_url=sharded_urls["delivery"],
         order_shard_urls=f"{sharded_urls['shard-1']},{sharded_urls['shard-2']}",
-        redis_url=REDIS_URL,
-        queue_url=queue_url,
-        aws_region=REGION,
-        aws_endpoint_url=moto_endpoint,
-        outbox_sweep_s=60,
-    )
-    application = create_app(settings)
-    async with LifespanManager(application, startup_timeout=30):
-        resources: Resources = application.state.resources
-        for db in resources.databases.all():
-            async with db.write() as conn:
-                await conn.execute(text(f"TRUNCATE {ALL_TABLES} RESTART IDENTITY CASCADE"))
-        await catalog.catalog_changed(resources.cache)
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
-            yield c, resources
-
-
-async def rows(db: Database, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    async with db.write() as conn:
-        result = await conn.execute(text(sql), params)
-        return [tuple(r) for r in result] if result.returns_rows else []
+    ) as running:
+        yield running
 
 
 def shards(resources: Resources) -> list[Database]:
@@ -134,37 +100,6 @@ async def customers_on_both_shards(resources: Resources, count: int = 2) -> list
     made = [await make_user(resources) for _ in range(count)]
     assert {resources.databases.directory[u.id % LOGICAL_SHARDS] for u in made} == {1, 2}
     return made
-
-
-def worker_of(resources: Resources, moto_endpoint: str, queue_url: str, **kwargs: Any) -> Worker:
-    queue = Queue(queue_url, region=REGION, endpoint_url=moto_endpoint)
-    return Worker(
-        resources.db,
-        queue,
-        RecordingMailer(),
-        wait_s=0,
-        databases=resources.databases,
-        **kwargs,
-    )
-
-
-async def work_off(resources: Resources, worker: Worker) -> None:
-    """Once the relay has published every shard's events, run the worker until the queue is
-    empty."""
-    for _ in range(100):
-        waiting = [
-            await rows(db, "SELECT id FROM outbox_event WHERE published_at IS NULL")
-            for db in shards(resources)
-        ]
-        if not any(waiting):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the relay did not publish")
-    for _ in range(20):
-        if await worker.run_once() == 0:
-            return
-    raise AssertionError("the queue did not empty")
 
 
 async def expire_holds(resources: Resources) -> None:
@@ -324,12 +259,7 @@ async def test_a_hold_nobody_settled_is_released_by_the_worker_and_the_late_orde
     client, resources = shop
     alice, _ = await customers_on_both_shards(resources)
     product = await make_product(resources, initial_stock=5)
-    worker = worker_of(
-        resources,
-        moto_endpoint,
-        queue_url,
-        retention=Retention(keep_events=timedelta(days=1), keep_keys=timedelta(days=1)),
-    )
+    worker = worker_of(resources, moto_endpoint, queue_url)
     stalled = asyncio.Event()
     resume = asyncio.Event()
     real_claim = orders._claim_key
@@ -373,12 +303,7 @@ async def test_killed_after_the_order_committed_the_worker_confirms_its_hold(
     client, resources = shop
     alice, _ = await customers_on_both_shards(resources)
     product = await make_product(resources, initial_stock=5)
-    worker = worker_of(
-        resources,
-        moto_endpoint,
-        queue_url,
-        retention=Retention(keep_events=timedelta(days=1), keep_keys=timedelta(days=1)),
-    )
+    worker = worker_of(resources, moto_endpoint, queue_url)
     with monkeypatch.context() as patch:
         patch.setattr(orders, "settle_reservation", killed)
         answer = await place(client, alice, product.id, 2)
