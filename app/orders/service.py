@@ -1,6 +1,9 @@
 """The orders module's public API. Placing and cancelling an order are one transaction each,
 spanning catalog (stock), accounting (ledger) and delivery (shipment) through their services;
-with a queue (stage 7) the ledger and shipment follow through the outbox (see flows.py)."""
+with a queue (stage 7) the ledger and shipment follow through the outbox (see flows.py). With
+stage 8's databases no transaction can span them: placing holds the stock in the main database
+before recording the order in its customer's shard (`_place_in_shard`), and cancelling runs in
+steps a crash can leave for the worker to finish (`_cancel_federated`)."""
 
 from __future__ import annotations
 
