@@ -33,10 +33,12 @@ PREDICTED_BOTTLENECK: dict[int, str] = {
     5: "app",
     6: "app",
     7: "postgres",
+    8: "postgres",
 }
 """The component STAGES.md says saturates first at each stage, in the results' component names:
 stage 4's hot repeated reads land on the replica; at stages 5-6 a fixed fleet (the app) meets
-a changing curve; at stage 7 the single write primary."""
+a changing curve; at stage 7 the single write primary; at stage 8 main's primary, which
+still takes one reservation per order when the orders themselves are on two shards."""
 
 CHARTS = ("throughput.png", "cpu.png", "daily.png", "projection.png")
 

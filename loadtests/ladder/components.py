@@ -1,8 +1,9 @@
 """The native components of a stage, each in the foreground under the run's own folder (pids,
 logs, temp files), registered on an ExitStack so that they stop, in reverse order, even on
 Ctrl-C or a failure: PostgreSQL and its streaming replica (tests/pg_cluster.py's private
-clusters), redis-server, moto's server, the shop's server processes and workers, nginx as the
-load balancer and a second nginx with proxy_cache as the CDN stand-in.
+clusters; at stage 8 also one per order shard and per federated database), redis-server,
+moto's server, the shop's server processes and workers, nginx as the load balancer and a
+second nginx with proxy_cache as the CDN stand-in.
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ class Topology:
     processes: list[Process] = field(default_factory=list)
     primary: Cluster | None = None
     replica: Cluster | None = None
+    shards: list[Cluster] = field(default_factory=list)
+    """Stage 8: the order shards' primaries, in shard order."""
+    federated: dict[str, Cluster] = field(default_factory=dict)
+    """Stage 8: a primary per federated database (accounting, delivery)."""
     database: str = "shop"
     moto_url: str | None = None
     queue_url: str | None = None
@@ -145,6 +150,21 @@ class Topology:
             self.replica = self.stack.enter_context(streaming_replica(self.primary))
             self.replica.wait_ready()
             self.env["SHOP_DATABASE_REPLICA_URLS"] = self.replica.url(self.database)
+
+    def start_stage_8_databases(self, *, shards: int, federated: Sequence[str]) -> None:
+        """A PostgreSQL primary per order shard and per federated database, each its own
+        server (as each is its own RDS instance), named to the app by its settings."""
+        urls = []
+        for _ in range(shards):
+            cluster = self.stack.enter_context(private_cluster(POSTGRES_SETTINGS))
+            self.shards.append(cluster)
+            urls.append(cluster.create_database(self.database))
+        if urls:
+            self.env["SHOP_ORDER_SHARD_URLS"] = ",".join(urls)
+        for name in federated:
+            cluster = self.stack.enter_context(private_cluster(POSTGRES_SETTINGS))
+            self.federated[name] = cluster
+            self.env[f"SHOP_{name.upper()}_DATABASE_URL"] = cluster.create_database(self.database)
 
     def postmaster_pid(self, cluster: Cluster) -> int:
         return int((cluster.data / "postmaster.pid").read_text().split()[0])

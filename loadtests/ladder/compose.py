@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from loadtests.ladder.stages import STAGES, Stage
+from loadtests.ladder.stages import FEDERATED, STAGES, Stage
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -55,18 +55,32 @@ def _environment(stage: Stage) -> str:
         "SHOP_DATABASE_MAX_OVERFLOW": str(stage.max_overflow),
     }
     if stage.replica:
-        env["SHOP_DATABASE_REPLICA_URLS"] = (
-            "postgresql+psycopg://shop:${POSTGRES_PASSWORD:-shop-local-only}@ladder-replica:5432/shop"
-        )
+        env["SHOP_DATABASE_REPLICA_URLS"] = _url("replica")
     if stage.cache:
         env["SHOP_REDIS_URL"] = "redis://ladder-redis:6379/0"
     if stage.aws:
         env["SHOP_CARTS_TABLE"] = "shop-carts"
     if stage.queue:
         env["SHOP_QUEUE_URL"] = "http://ladder-moto:5000/123456789012/shop-orders"
+    if stage.shards:
+        env["SHOP_ORDER_SHARD_URLS"] = ",".join(_url(role) for role in _shard_roles(stage))
+    if stage.federated:
+        for name in FEDERATED:
+            env[f"SHOP_{name.upper()}_DATABASE_URL"] = _url(name)
     env |= stage.settings
     body = "".join(f"      {key}: {value!r}\n".replace("'", '"') for key, value in env.items())
     return f"    environment:\n      <<: *ladder-env\n{body}"
+
+
+def _url(role: str) -> str:
+    """The URL of the `shop` database on the PostgreSQL server of `role` (its alias)."""
+    return (
+        f"postgresql+psycopg://shop:${{POSTGRES_PASSWORD:-shop-local-only}}@ladder-{role}:5432/shop"
+    )
+
+
+def _shard_roles(stage: Stage) -> list[str]:
+    return [f"shard-{index}" for index in range(1, stage.shards + 1)]
 
 
 def _depends(*names: str, condition: str = "service_healthy") -> str:
@@ -92,13 +106,20 @@ def stage_block(stage: Stage) -> str:
                 _depends(f"s{n}-postgres"),
             )
         )  # fmt: skip
+    # Stage 8: a PostgreSQL server per order shard and per federated database.
+    databases = _shard_roles(stage) + (list(FEDERATED) if stage.federated else [])
+    for role in databases:
+        component = "shard" if role.startswith("shard") else "federated"
+        own = stage.shard_cpus if component == "shard" else stage.federated_cpus
+        parts.append(_service(stage, role, "postgres", component, own))
     if stage.cache:
         parts.append(_service(stage, "redis", "redis", *cpus("redis", stage.redis_cpus)))
     if stage.aws:
         # No budget: moto stands for AWS's managed services (stages.Stage.aws).
         parts.append(_service(stage, "moto", "moto", None, None))
     env = _environment(stage)
-    waits = [f"s{n}-postgres"] + ([f"s{n}-moto"] if stage.aws else [])
+    waits = [f"s{n}-{role}" for role in ["postgres", *databases]]
+    waits += [f"s{n}-moto"] if stage.aws else []
     parts.append(_service(stage, "setup", "setup", None, None, env + _depends(*waits)))
     # The app starts once the data is set up, beside whatever else it reads from: so naming
     # the stage's entry (`up s3-lb`) starts the whole stage and nothing of another one.

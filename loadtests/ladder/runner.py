@@ -29,7 +29,7 @@ from loadtests.ladder.cgroups import Budgets, CpuSampler, cpu_per_component
 from loadtests.ladder.components import ROOT, Topology, jwt_secret
 from loadtests.ladder.provenance import provenance
 from loadtests.ladder.signals import Metrics, merge_step, parse_metrics
-from loadtests.ladder.stages import Stage
+from loadtests.ladder.stages import FEDERATED, Stage
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 PRODUCTS = 1000
@@ -224,11 +224,15 @@ class Autoscaler:
     instances: list[tuple[float, int]] = field(default_factory=list)
     enabled: bool = True
     """False: the fleet stays as it is (stage 6's second day, on a fixed fleet)."""
+    ceiling: int = 0
+    """The most app processes it runs: the stage's `max_app_processes` unless raised (the
+    write-heavy ramp's `write_fleet`)."""
     _last_change: float = 0.0
     _busy: bool = False
 
     def __post_init__(self) -> None:
         self.instances.append((time.time(), len(self.topology.apps)))
+        self.ceiling = self.ceiling or self.stage.max_app_processes
 
     def utilisation(self) -> float | None:
         now = time.time()
@@ -242,7 +246,7 @@ class Autoscaler:
         """Target tracking: the processes that would run at `target`, within the fleet's
         bounds (ceil(count x level / target)), as an Auto Scaling policy computes it."""
         wanted = math.ceil(round(count * level / self.target, 6))
-        return max(self.stage.app_processes, min(self.stage.max_app_processes, wanted))
+        return max(self.stage.app_processes, min(self.ceiling, wanted))
 
     def check(self) -> None:
         since = time.time() - self._last_change
@@ -333,6 +337,11 @@ def build(stage: Stage, topology: Topology, budgets: Budgets, *, products: int =
     } | stage.settings
     say("  starting PostgreSQL" + (" and its streaming replica" if stage.replica else ""))
     topology.start_postgres(replica=stage.replica)
+    if stage.shards or stage.federated:
+        say(f"  starting {stage.shards} order shards and the federated databases")
+        topology.start_stage_8_databases(
+            shards=stage.shards, federated=FEDERATED if stage.federated else ()
+        )
     if stage.cache:
         topology.start_redis(box or "redis")
     if stage.aws:
@@ -376,6 +385,13 @@ def build(stage: Stage, topology: Topology, budgets: Budgets, *, products: int =
     budgets.add(box or "postgres", topology.postmaster_pid(topology.primary))
     if topology.replica is not None:
         budgets.add("replica", topology.postmaster_pid(topology.replica))
+    # Stage 8: a group per database, each with its primary's budget, counted as one component.
+    for index, cluster in enumerate(topology.shards, start=1):
+        budgets.group(f"shard-{index}", "shard", stage.shard_cpus)
+        budgets.add(f"shard-{index}", topology.postmaster_pid(cluster))
+    for name, cluster in topology.federated.items():
+        budgets.group(name, "federated", stage.federated_cpus)
+        budgets.add(name, topology.postmaster_pid(cluster))
     for process in topology.processes:
         budgets.add(process.group, process.pid)
 
@@ -579,7 +595,12 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
                 popular += [step | {"popularity": kind} for step in steps[:1]]
         writes: list[dict[str, Any]] = []
         if stage.probe == "write-heavy":
-            say("  write-heavy ramp: buyers who only place orders")
+            if scaler is not None and stage.write_fleet:
+                scaler.ceiling = max(scaler.ceiling, stage.write_fleet)
+            say(
+                "  write-heavy ramp: buyers who only place orders; the fleet may grow to "
+                f"{scaler.ceiling if scaler else stage.app_processes} app processes"
+            )
             writes, checked = run.measure(load.writes(), "step", folder / "writes")
             invariants = _both(invariants, checked)
         daily: list[dict[str, Any]] = []
@@ -628,6 +649,7 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
             "daily_peak_users": peak_users,
             "popularity": popular,
             "write_heavy": writes,
+            "write_fleet": scaler.ceiling if writes and scaler else 0,
             "missing": None if merged else f"the suite wrote no step (see {folder})",
             "p95_objective_ms": load.p95_ms,
             "loadgen_cpu": _loadgen_cpu(children_before, children_after, ended - started),

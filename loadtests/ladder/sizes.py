@@ -22,6 +22,14 @@ moto (SQS, SES, DynamoDB) runs outside the budgets and is reported as outside th
 An autoscaled fleet (stage 6) starts at its minimum; the local autoscaler may add processes of
 the same budget while the system under test stays within MACHINE_CPUS, which is fewer than the
 stack's maximum: the largest proportional slice that fits, said in `notes`.
+
+Stage 8 adds databases (the order shards, accounting, delivery) to stage 7 and changes nothing
+else. Its question is what a second write primary buys at the same size, so it is scaled by
+stage 7's factor (`scale_as`), not by its own: each shard's primary gets exactly stage 7's
+primary's budget, and its fleet the same ceiling. Its budgets then sum to more than
+MODEL_CPUS and MACHINE_CPUS (said in `notes`); the extra databases stay busy only with order
+writes, and every step records the load generator's CPU, which shows whether it still had
+its share of the machine.
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ holds about 1,000 requests/s, several times any stage's knee here."""
 MACHINE_CPUS = 1.3
 """The most the system under test may hold when an autoscaler adds processes (stage 6)."""
 REDIS_VCPUS = 1
+SCALED_AS: dict[int, int] = {8: 7}
+"""Stages scaled by another stage's factor: stage 8 is stage 7 plus databases, and is
+compared with it at the same budget per primary."""
 """Redis executes commands on one thread: one vCPU of its node is what it can use."""
 
 
@@ -65,6 +76,13 @@ class Derived:
     worker_cpus: float
     max_app_processes: int
     notes: tuple[str, ...]
+    shards: int = 0
+    shard_cpus: float = 0.0
+    """Each shard's primary (`budgets["shard"]` is their sum)."""
+    federated_cpus: float = 0.0
+    """Each federated database (`budgets["federated"]` is their sum)."""
+    write_fleet: int = 0
+    """The stack's largest fleet, for the write-heavy ramp (stages with a queue)."""
 
 
 def load(path: Path = AWS_SIZES) -> dict[int, dict[str, Any]]:
@@ -91,14 +109,33 @@ def aws_vcpus(
         found["redis"] = REDIS_VCPUS
     if group is not None:
         found["worker"] = group["vcpus"] * (group["min"] if workers is None else workers)
+    shards, federated = aws.get("order_shards"), aws.get("federated")
+    if shards:
+        found["shard"] = shards["vcpus"] * shards["count"]
+    if federated:
+        found["federated"] = federated["vcpus"] * federated["databases"]
     return found
 
 
-def derive(aws: dict[str, Any]) -> Derived:
-    """The budgets of one stage from its entry in aws_sizes.json."""
+def derive(aws: dict[str, Any], *, like: dict[str, Any] | None = None) -> Derived:
+    """The budgets of one stage from its entry in aws_sizes.json; a stage of SCALED_AS (or
+    given `like`, another stage's entry) at that stage's factor and fleet ceiling."""
+    if like is None and aws["number"] in SCALED_AS:
+        like = load()[SCALED_AS[aws["number"]]]
     web, database, cache, workers = aws["web"], aws["database"], aws["cache"], aws["workers"]
     notes: list[str] = []
     vcpus = aws_vcpus(aws)
+    shards, federated = aws.get("order_shards"), aws.get("federated")
+    if shards:
+        notes.append(
+            f"{shards['count']} order shards, each a primary of {shards['vcpus']} vCPUs with "
+            "its own budget"
+        )
+    if federated:
+        notes.append(
+            f"accounting and delivery, each a primary of {federated['vcpus']} vCPUs with its "
+            "own budget"
+        )
     if database is not None and database["read_replicas"] > 1:
         notes.append(
             f"{database['read_replicas']} read replicas of {database['vcpus']} vCPUs "
@@ -111,6 +148,15 @@ def derive(aws: dict[str, Any]) -> Derived:
         )
     total = sum(vcpus.values())
     scale = MODEL_CPUS / total
+    base = None
+    if like is not None:
+        base = derive(like)
+        scale = MODEL_CPUS / sum(aws_vcpus(like).values())
+        notes.append(
+            f"scaled as stage {like['number']} ({scale:.4g} CPUs per vCPU: the same budget per "
+            f"primary and the same fleet): {total * scale:.2f} CPUs at the minimum size, over "
+            f"the {MODEL_CPUS} of a stage scaled by its own factor"
+        )
     budgets = {name: round(v * scale, 3) for name, v in vcpus.items()}
     if aws["load_balancer"]:
         budgets["nginx"] = MANAGED_CPUS
@@ -119,7 +165,9 @@ def derive(aws: dict[str, Any]) -> Derived:
         notes.append("SQS, SES and DynamoDB (moto) run outside the budgets, reported apart")
     app_cpus = round(web["vcpus"] * scale, 3)
     max_app = web["min"] if database is not None else 1
-    if web["max"] > web["min"]:
+    if base is not None:
+        max_app = base.max_app_processes or max_app
+    elif web["max"] > web["min"]:
         room = MACHINE_CPUS - (sum(budgets.values()) - budgets["app"])
         fits = max(web["min"], math.floor(room / app_cpus + 1e-9))
         max_app = min(web["max"], fits)
@@ -138,6 +186,10 @@ def derive(aws: dict[str, Any]) -> Derived:
         worker_cpus=round(workers["vcpus"] * scale, 3) if workers else 0.0,
         max_app_processes=max_app if web["max"] > web["min"] else 0,
         notes=tuple(notes),
+        shards=shards["count"] if shards else 0,
+        shard_cpus=round(shards["vcpus"] * scale, 3) if shards else 0.0,
+        federated_cpus=round(federated["vcpus"] * scale, 3) if federated else 0.0,
+        write_fleet=web["max"] if workers else 0,
     )
 
 
@@ -149,6 +201,10 @@ def from_stacks(stage: Stage, aws: dict[str, Any] | None = None) -> Stage:
         return replace(stage, box_cpus=b["box"], app_cpus=b["box"], cpus_per_vcpu=derived.scale)
     return replace(
         stage,
+        shards=derived.shards,
+        shard_cpus=derived.shard_cpus,
+        federated_cpus=derived.federated_cpus,
+        write_fleet=derived.write_fleet,
         app_processes=derived.app_processes,
         app_cpus=derived.app_cpus,
         postgres_cpus=b["postgres"],

@@ -19,8 +19,15 @@ from dataclasses import dataclass, field
 
 from loadtests.ladder.sizes import from_stacks
 
-COMPONENTS = ("box", "app", "postgres", "replica", "redis", "nginx", "cdn", "moto", "worker")
+COMPONENTS = (
+    "box", "app", "postgres", "replica", "redis", "nginx", "cdn", "moto", "worker", "shard",
+    "federated",
+)  # fmt: skip
 """Component names of the per-stage results (the interface the report reads)."""
+
+
+FEDERATED = ("accounting", "delivery")
+"""The databases of stage 8's federation, one PostgreSQL primary each."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +55,17 @@ class Stage:
     """Budget of each `shop worker` process."""
     box_cpus: float = 0.0
     """Stage 1 only: app, PostgreSQL and Redis share this one budget."""
+    shards: int = 0
+    """Stage 8: order shards, each a PostgreSQL primary of `shard_cpus` (component `shard`,
+    their sum); 0: orders live in the main database."""
+    shard_cpus: float = 0.0
+    federated_cpus: float = 0.0
+    """Stage 8: accounting and delivery, each a PostgreSQL primary of this budget (component
+    `federated`, their sum); 0: both live in the main database."""
+    write_fleet: int = 0
+    """App processes the write-heavy ramp may grow to: the stack's largest fleet. Its question
+    is where the write primaries saturate, which a fleet held to this machine's slice would
+    hide (on AWS the fleet has 8 times the primary's vCPUs); 0: the autoscaler's ceiling."""
     pool_size: int = 4
     max_overflow: int = 4
     max_app_processes: int = 0
@@ -58,7 +76,7 @@ class Stage:
     beside the signals every step records (stage 4's reads by target and replicas passed
     over): `popularity` (stage 5: the knee's users under the suite's skew, uniform and Zipf
     picks), `day` (stage 6: a compressed day autoscaled, then on the fixed fleet) or
-    `write-heavy` (stage 7: a ramp of buyers who only place orders)."""
+    `write-heavy` (stages 7 and 8: a ramp of buyers who only place orders)."""
     cpus_per_vcpu: float = 0.0
     """Local CPUs per AWS vCPU of this stage (sizes.from_stacks): a knee over it is the same
     proportions' knee at the stack's minimum size."""
@@ -91,6 +109,10 @@ class Stage:
     def queue(self) -> bool:
         return self.worker_processes > 0
 
+    @property
+    def federated(self) -> bool:
+        return self.federated_cpus > 0
+
     def budgets(self, app_processes: float | None = None) -> dict[str, float]:
         """CPUs per component, as the results name them; the app's is the sum of its
         processes (`app_processes` when an autoscaler changed their number)."""
@@ -105,6 +127,8 @@ class Stage:
             "nginx": self.nginx_cpus,
             "cdn": self.cdn_cpus,
             "worker": round(self.worker_cpus * self.worker_processes, 3),
+            "shard": round(self.shard_cpus * self.shards, 3),
+            "federated": round(self.federated_cpus * len(FEDERATED), 3),
         }
         return {name: cpus for name, cpus in found.items() if cpus > 0}
 
@@ -127,6 +151,9 @@ def _declared() -> tuple[Stage, ...]:
         Stage(
             number=7, name="service-oriented", predicted="postgres", aws=True, probe="write-heavy"
         ),
+        # The design's prediction (docs/stage-8.md): with orders on two shards, main's one
+        # reservation write per order limits first.
+        Stage(number=8, name="federated", predicted="postgres", aws=True, probe="write-heavy"),
     )
 
 

@@ -22,18 +22,36 @@ from loadtests.ladder.signals import merge_step, metric_deltas, parse_metrics
 from loadtests.ladder.stages import COMPONENTS, STAGES, parse_stages
 
 STAGES_MD = ["single-box", "separate-db", "horizontal", "read-replicas", "cache-cdn",
-             "auto-scaling", "service-oriented"]  # fmt: skip
+             "auto-scaling", "service-oriented", "federated"]  # fmt: skip
 
 
 def test_every_stage_of_stages_md_is_declared_in_order() -> None:
     assert [stage.name for stage in STAGES.values()] == STAGES_MD
-    assert list(STAGES) == list(range(1, 8))
+    assert list(STAGES) == list(range(1, 9))
 
 
-@pytest.mark.parametrize("stage", STAGES.values(), ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "stage",
+    [s for s in STAGES.values() if s.number not in sizes.SCALED_AS],
+    ids=lambda s: s.name,
+)
 def test_a_stage_leaves_the_load_generator_most_of_a_core(stage) -> None:  # type: ignore[no-untyped-def]
     assert 0 < stage.total_cpus() <= sizes.MACHINE_CPUS + 0.001 < 1.5
     assert set(stage.budgets()) <= set(COMPONENTS)
+
+
+def test_stage_8_is_stage_7_plus_databases_at_the_same_budget_per_primary() -> None:
+    seven, eight = STAGES[7], STAGES[8]
+    assert eight.cpus_per_vcpu == seven.cpus_per_vcpu
+    assert eight.shards == 2 and eight.shard_cpus == seven.postgres_cpus
+    assert eight.federated_cpus == seven.postgres_cpus
+    extra = {"shard", "federated"}
+    assert set(eight.budgets()) == set(seven.budgets()) | extra
+    assert {k: v for k, v in eight.budgets().items() if k not in extra} == seven.budgets()
+    assert eight.max_app_processes == seven.max_app_processes
+    assert set(eight.budgets()) <= set(COMPONENTS)
+    # The write-heavy ramps of both may grow the fleet to the stack's largest.
+    assert eight.write_fleet == seven.write_fleet == sizes.load()[7]["web"]["max"]
 
 
 def test_each_stage_adds_what_stages_md_says() -> None:
@@ -61,7 +79,7 @@ def test_the_app_budget_follows_the_autoscaler() -> None:
 def test_stages_are_chosen_by_number_list_or_range() -> None:
     assert [s.number for s in parse_stages("3,4")] == [3, 4]
     assert [s.number for s in parse_stages("2-4")] == [2, 3, 4]
-    assert [s.number for s in parse_stages("")] == list(range(1, 8))
+    assert [s.number for s in parse_stages("")] == list(range(1, 9))
     with pytest.raises(ValueError, match="no stage 9"):
         parse_stages("9")
     with pytest.raises(ValueError, match="not a stage number"):

@@ -215,7 +215,7 @@ def test_the_write_heavy_ramp_is_fitted_per_order_and_the_primary_predicted_on_a
     assert found.aws["postgres"] == pytest.approx(1000, rel=0.01)
     text = "\n".join(model.write_heavy_section([result], {7: AWS[7]}))
     assert "**28 orders/s** at 30 users" in text
-    assert "so where the primary saturates is **predicted**, not measured" in text
+    assert "so where the write tier saturates is **predicted**, not measured" in text
     assert "postgres limits orders first, at 1,000 orders/s" in text
 
 
@@ -228,3 +228,37 @@ def test_a_write_heavy_ramp_without_a_knee_says_so() -> None:
     assert "found no step within the objective" in "\n".join(
         model.write_heavy_section([result], {7: AWS[7]})
     )
+
+
+def _write_result(stage: int, orders: list[float], p95: list[float]) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "name": "federated" if stage == 8 else "service-oriented",
+        "budgets": {"app": 1.0, "postgres": 0.15},
+        "p95_objective_ms": 500,
+        "write_heavy": _writes(10.0, 2.0, orders, p95),
+    }
+
+
+@pytest.mark.parametrize(
+    ("eight", "verdict"),
+    [([10, 20, 40, 50, 51], "**2.00 x**, at least the 1.7 x"), ([10, 20, 30, 31], "**short of**")],
+)
+def test_stage_8s_write_knee_is_judged_against_stage_7s(eight: list[float], verdict: str) -> None:
+    seven = _write_result(7, [10, 20, 25, 26], [80, 150, 300, 1400])
+    p95 = [80, 120, 200, 300, 1400][-len(eight) :]
+    text = "\n".join(
+        model.write_heavy_section([seven, _write_result(8, eight, p95)], {7: AWS[7], 8: AWS[8]})
+    )
+    assert "## Stage 7: where the single write primary saturates" in text
+    assert "## Stage 8: orders across two shards" in text
+    assert "## Stage 8 against stage 7: orders at the same budget per primary" in text
+    assert verdict in text
+
+
+def test_without_stage_7_stage_8_is_not_judged() -> None:
+    text = "\n".join(
+        model.write_heavy_section([_write_result(8, [10, 20, 30], [80, 150, 300])], {8: AWS[8]})
+    )
+    assert "## Stage 8: orders across two shards" in text
+    assert "against stage 7" not in text

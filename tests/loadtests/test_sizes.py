@@ -32,10 +32,20 @@ def test_every_scaled_budget_is_its_components_vcpus_times_the_stages_one_factor
         expected["redis"] = sizes.REDIS_VCPUS
     if aws["workers"]:
         expected["worker"] = aws["workers"]["vcpus"] * aws["workers"]["min"]
+    if aws.get("order_shards"):
+        expected["shard"] = aws["order_shards"]["vcpus"] * aws["order_shards"]["count"]
+    if aws.get("federated"):
+        expected["federated"] = aws["federated"]["vcpus"] * aws["federated"]["databases"]
     for name, vcpus in expected.items():
         assert derived.budgets[name] == pytest.approx(vcpus * derived.scale, abs=0.001), name
-    # The scaled components share the same slice of this machine at every stage.
-    assert sum(derived.budgets[n] for n in expected) == pytest.approx(sizes.MODEL_CPUS, abs=0.005)
+    if number in sizes.SCALED_AS:
+        # Scaled by the factor of the stage it is compared with (stage 8 as 7).
+        assert derived.scale == sizes.derive(AWS[sizes.SCALED_AS[number]]).scale
+        assert any(f"scaled as stage {sizes.SCALED_AS[number]}" in n for n in derived.notes)
+    else:
+        # The scaled components share the same slice of this machine at every other stage.
+        total = sum(derived.budgets[n] for n in expected)
+        assert total == pytest.approx(sizes.MODEL_CPUS, abs=0.005)
     # Managed services are stand-ins with a fixed budget, never scaled.
     for stand_in, present in (("nginx", aws["load_balancer"]), ("cdn", aws["edge"])):
         assert derived.budgets.get(stand_in) == (sizes.MANAGED_CPUS if present else None)
