@@ -42,7 +42,10 @@ class Database(Construct):
         spec: DatabaseSpec,
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
+        function: str | None = None,
     ) -> None:
+        """`function` names a database beside the main one (stage 8: accounting, delivery, an
+        order shard) in its instance identifier; the main database has none."""
         super().__init__(scope, id)
         self.security_group = ec2.SecurityGroup(
             self,
@@ -60,7 +63,8 @@ class Database(Construct):
         # replaces the primary fails; a demo stage is destroyed and deployed again instead.
         stack_name = Stack.of(self).stack_name
         assert not Token.is_unresolved(stack_name), "the identifier needs the stack's name"
-        identifier = f"{stack_name}-primary".lower()
+        name = f"{stack_name}-{function}" if function else stack_name
+        identifier = f"{name}-primary".lower()
         log_groups = [
             logs.LogGroup(
                 self,
