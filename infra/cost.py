@@ -141,6 +141,30 @@ def line_items(stage: Stage, *, at_max: bool = False) -> list[Item]:
             )
             alarms += 1
         alarms += 1
+    # Stage 8's databases beside main (stack.py, _split_databases): each a primary (with its
+    # Multi-AZ standby) and no replicas, its own secret, and a CPU alarm of its own.
+    for what, count, spec in (
+        ("accounting, delivery", 2 if stage.federated else 0, stage.federated),
+        ("order shards", stage.order_shards, stage.shard),
+    ):
+        if not count or spec is None:
+            continue
+        copies = 2 if spec.multi_az else 1
+        label = "Multi-AZ" if spec.multi_az else "single-AZ"
+        items.append(
+            Item(
+                f"{count} x RDS db.{spec.instance_type} {label} ({what})",
+                count * copies * RDS_PER_HOUR[spec.instance_type],
+            )
+        )
+        items.append(
+            Item(
+                f"RDS gp3 ({what})",
+                _monthly(count * copies * spec.storage_gib * RDS_GP3_PER_GB_MONTH),
+            )
+        )
+        secrets += count
+        alarms += count
     if stage.cache:
         cache = stage.cache
         items.append(

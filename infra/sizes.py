@@ -58,6 +58,8 @@ def sizes(stage: Stage) -> dict[str, Any]:
         "edge": stage.edge,
         "load_balancer": stage.load_balanced,
         "workers": None,
+        "federated": None,
+        "order_shards": None,
     }
     if stage.database is not None:
         found["database"] = {
@@ -75,6 +77,21 @@ def sizes(stage: Stage) -> dict[str, Any]:
     if stage.workers is not None:
         workers = stage.workers
         found["workers"] = _group(workers.instance_type, workers.min_size, workers.max_size)
+    if stage.federated is not None:
+        found["federated"] = {
+            "instance_type": stage.federated.instance_type,
+            "vcpus": _managed_vcpus(stage.federated.instance_type),
+            "multi_az": stage.federated.multi_az,
+            "databases": 2,  # accounting and delivery
+        }
+    if stage.shard is not None:
+        found["order_shards"] = {
+            "instance_type": stage.shard.instance_type,
+            "vcpus": _managed_vcpus(stage.shard.instance_type),
+            "multi_az": stage.shard.multi_az,
+            "count": stage.order_shards,
+            "read_replicas": stage.shard.read_replicas,
+        }
     return found
 
 

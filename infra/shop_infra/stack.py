@@ -8,6 +8,7 @@ they are told. The stack's one contract with the load tests is its `TargetUrl` o
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from aws_cdk import (
@@ -103,6 +104,11 @@ WEB_ONLY_SETTINGS = (
 """Settings of the web tier's own resources, which workers are given no access to."""
 DEFAULT_REGION = "us-east-1"
 """The region of the README's cost table, and of the tests' synth."""
+
+
+def _words(construct_id: str) -> str:
+    """A construct id as words: OrderShard2 -> order shard 2."""
+    return " ".join(re.findall(r"[A-Z][a-z]*|[0-9]+", construct_id)).lower()
 
 
 def _protocol(stage: Stage, *, https: bool) -> str:
@@ -301,6 +307,22 @@ class ShopStack(Stack):
             env["SHOP_DATABASE_SECRET_ARN"] = database.secret.secret_arn
             if database.replicas:
                 env["SHOP_DATABASE_REPLICA_HOSTS"] = Fn.join(",", database.replica_hosts)
+        split = self._split_databases(vpc=vpc, subnets=network.data_subnets)
+        for each in split.values():
+            secrets.append(each.secret)
+        if "AccountingDatabase" in split:
+            accounting, delivery = split["AccountingDatabase"], split["DeliveryDatabase"]
+            env["SHOP_ACCOUNTING_DATABASE_SECRET_ARN"] = accounting.secret.secret_arn
+            env["SHOP_DELIVERY_DATABASE_SECRET_ARN"] = delivery.secret.secret_arn
+        shards = [each for key, each in split.items() if key.startswith("OrderShard")]
+        if shards:
+            # In shard order: the app numbers the shards by their place in this list.
+            env["SHOP_ORDER_SHARD_SECRET_ARNS"] = Fn.join(
+                ",", [s.secret.secret_arn for s in shards]
+            )
+        # Every database the app tiers reach. Referencing each database's secret attachment in
+        # the boot script makes the instances (and so `shop migrate`) wait for all of them.
+        databases = [*([database] if database else []), *split.values()]
         if stage.cache is not None:
             cache = Cache(self, "Cache", spec=stage.cache, vpc=vpc, subnets=network.data_subnets)
             secrets.append(cache.auth_secret)
@@ -546,8 +568,8 @@ class ShopStack(Stack):
                 )
                 target_url = f"{'https' if certificate else 'http'}://{record_name}"
         hosts += [{"AutoScalingGroupName": g.auto_scaling_group_name} for g in web_groups]
-        if database is not None:
-            database.allow_from(web.security_group)
+        for each in databases:
+            each.allow_from(web.security_group)
         if cache is not None:
             cache.allow_from(web.security_group)
 
@@ -573,8 +595,8 @@ class ShopStack(Stack):
             send_mail = queue.send_mail_statement()
             if send_mail is not None:
                 workers.grant(send_mail)
-            if database is not None:
-                database.allow_from(workers.security_group)
+            for each in databases:
+                each.allow_from(workers.security_group)
             if cache is not None:
                 cache.allow_from(workers.security_group)
             worker_group = scaling_group(
@@ -605,6 +627,7 @@ class ShopStack(Stack):
             web_cpu=web_cpu,
             load_balancer=load_balancer,
             database=database,
+            split=split,
             cache=cache,
             queue=queue,
         )
@@ -631,6 +654,39 @@ class ShopStack(Stack):
         leave_nothing_behind(self)
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def _split_databases(
+        self, *, vpc: ec2.IVpc, subnets: ec2.SubnetSelection
+    ) -> dict[str, Database]:
+        """Stage 8's databases beside main, by construct id: accounting and delivery (each
+        module's own), then the order shards in shard order. Empty before stage 8.
+
+        No read replicas for them: the app sends a shard's (and a federated database's) reads
+        to its primary, so a replica would be paid for and never read.
+        """
+        stage = self.stage
+        found: dict[str, Database] = {}
+        if stage.federated is not None:
+            for function in ("Accounting", "Delivery"):
+                found[f"{function}Database"] = Database(
+                    self,
+                    f"{function}Database",
+                    spec=stage.federated,
+                    vpc=vpc,
+                    subnets=subnets,
+                    function=function,
+                )
+        if stage.shard is not None:
+            for number in range(1, stage.order_shards + 1):
+                found[f"OrderShard{number}"] = Database(
+                    self,
+                    f"OrderShard{number}",
+                    spec=stage.shard,
+                    vpc=vpc,
+                    subnets=subnets,
+                    function=f"orders-{number}",
+                )
+        return found
 
     def _grant_app(
         self,
@@ -910,6 +966,7 @@ class ShopStack(Stack):
         web_cpu: list,
         load_balancer: LoadBalancer | None,
         database: Database | None,
+        split: dict[str, Database],
         cache: Cache | None,
         queue: OrderQueue | None,
     ) -> None:
@@ -983,6 +1040,30 @@ class ShopStack(Stack):
                     worst("Replica lag (s, worst replica)", lag),
                     threshold=5,
                     description="A read replica is more than 5 s behind the primary.",
+                )
+        if split:
+            # Stage 8: the primaries beside main, each a write primary of its own (the figure
+            # the stage measures: which of them, if any, saturates after main).
+            observability.graph(
+                "Federated and shard databases CPU %",
+                [
+                    each.primary.metric_cpu_utilization(period=Duration.minutes(1))
+                    for each in split.values()
+                ],
+            )
+            observability.graph(
+                "Federated and shard databases connections",
+                [
+                    each.primary.metric_database_connections(period=Duration.minutes(1))
+                    for each in split.values()
+                ],
+            )
+            for key, each in split.items():
+                observability.alarm(
+                    f"{key}CpuHigh",
+                    each.primary.metric_cpu_utilization(period=Duration.minutes(1)),
+                    threshold=80,
+                    description=f"The {_words(key)} primary's CPU is saturated.",
                 )
         if cache is not None:
             node = {"CacheClusterId": f"{cache.id_for_metrics}-001"}

@@ -153,12 +153,37 @@ class Stage:
     """S3 + CloudFront for static files and cacheable pages, carts in DynamoDB."""
     workers: Workers | None = None
     """An SQS queue (with a dead-letter queue), SES sending and a worker group."""
+    federated: Database | None = None
+    """Databases per function (stage 8): accounting's ledger and delivery's shipments each in a
+    database of its own, both of this size. None: they live in the main database."""
+    order_shards: int = 0
+    """Order shards (stage 8): orders split by customer over this many primaries, each of the
+    size `shard`; the main database keeps the directory. 0: orders live in the main database."""
+    shard: Database | None = None
+    """The size of each order shard's primary."""
 
     def __post_init__(self) -> None:
         if self.database is None and self.fleet.max_size > 1:
             raise ValueError("only a single box can hold its own database")
         if self.load_balanced and self.nat_gateways < 1:
             raise ValueError("instances in private subnets need a NAT gateway to pull the image")
+        if self.order_shards < 0:
+            raise ValueError("a stage cannot have a negative number of order shards")
+        if (self.order_shards > 0) != (self.shard is not None):
+            raise ValueError("order shards need a shard size, and a shard size needs shards")
+        if (self.federated or self.order_shards) and (
+            self.database is None or self.workers is None
+        ):
+            # The app writes the federated databases from the queue's events, never in the
+            # request, and keeps the catalog, the stock and the shard directory in main.
+            raise ValueError(
+                "federated databases and order shards need a main database and workers"
+            )
+        for split in (self.federated, self.shard):
+            if split is not None and split.read_replicas:
+                # A shard's reads, like a federated database's, go to its primary: the app has
+                # no replicas for them, so a replica would be paid for and never read.
+                raise ValueError("the app reads federated databases and shards from primaries")
 
     @property
     def stack_id(self) -> str:

@@ -4,7 +4,7 @@ import dataclasses
 import itertools
 
 import pytest
-from shop_infra.stages import STAGES, Fleet, Stage, stage
+from shop_infra.stages import STAGES, Database, Fleet, Stage, stage
 
 LADDER = [
     "single-box",
@@ -57,6 +57,32 @@ def test_only_a_single_box_may_keep_its_database_on_the_instance():
         )
 
 
+_SPLIT = Database(instance_type="m7g.large", multi_az=True)
+_SPLIT_WITH_A_REPLICA = Database(instance_type="m7g.large", multi_az=True, read_replicas=1)
+
+
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        ({"order_shards": 2}, "shard size"),
+        ({"shard": _SPLIT}, "shard size"),
+        ({"order_shards": -1}, "negative"),
+        ({"order_shards": 2, "shard": _SPLIT, "workers": None}, "workers"),
+        ({"federated": _SPLIT, "workers": None}, "workers"),
+        ({"order_shards": 1, "shard": _SPLIT_WITH_A_REPLICA}, "primaries"),
+        ({"federated": _SPLIT_WITH_A_REPLICA}, "primaries"),
+    ],
+)
+def test_a_stage_refuses_shards_or_federation_it_cannot_build(change, refused):
+    with pytest.raises(ValueError, match=refused):
+        dataclasses.replace(stage("service-oriented"), **change)
+
+
+def test_a_stage_refuses_shards_without_a_main_database():
+    with pytest.raises(ValueError, match="main database"):
+        dataclasses.replace(stage(1), order_shards=1, shard=_SPLIT)
+
+
 def test_each_stage_keeps_everything_the_previous_one_had():
     for before, after in itertools.pairwise(STAGES):
         assert after.fleet.min_size >= before.fleet.min_size
@@ -67,3 +93,6 @@ def test_each_stage_keeps_everything_the_previous_one_had():
             assert after.database.multi_az >= before.database.multi_az
         assert bool(after.cache) >= bool(before.cache)
         assert after.edge >= before.edge
+        assert bool(after.workers) >= bool(before.workers)
+        assert bool(after.federated) >= bool(before.federated)
+        assert after.order_shards >= before.order_shards
