@@ -1,7 +1,8 @@
 """The stage-3 topology (nginx, two app processes, a private PostgreSQL, each under its CPU
 budget) built natively and driven by the Locust suite at low load for 14 s, as `make ladder`
 does: no failed request, the shop's invariants hold, and the result file has the shape the
-report reads. The full ladder is a benchmark (`make ladder`), not a test."""
+report reads; and stage 8's, whose five PostgreSQL servers must each do their part. The full
+ladder is a benchmark (`make ladder`), not a test."""
 
 from __future__ import annotations
 
@@ -66,3 +67,29 @@ def test_stage_three_at_low_load_serves_without_errors_and_keeps_invariants(
         assert step["signals"]["fulfilment_lag_s"] is None
         assert step["signals"]["cdn_offload"] is None  # no CDN at stage 3
         assert step["signals"]["orders_per_s"] is not None
+
+
+def test_stage_eight_places_orders_in_both_shards_and_keeps_every_databases_invariants(
+    tmp_path: Path,
+) -> None:
+    """Stage 8's topology (a main primary and its replica, two order shards, accounting and
+    delivery, each its own PostgreSQL server under its own budget, plus stage 7's queue and
+    worker) at low load: the shards and the federated databases do the work, the write-heavy
+    ramp runs after the mix, and the invariants, read through the API from every database,
+    hold."""
+    load = Load(step_s=8, steps=2, step_users=4, spawn_rate=10, warmup_s=2, products=100)
+    result = run_stage(STAGES[8], load, tmp_path)
+
+    assert result["invariants"]["ok"], result["invariants"]
+    steps = result["steps"] + result["write_heavy"]
+    assert len(result["write_heavy"]) == 2 and result["write_fleet"] == STAGES[8].write_fleet
+    assert [step["failures"] for step in steps] == [0] * len(steps)
+    orders = [step for step in result["write_heavy"] if step["signals"]["orders_per_s"]]
+    assert orders, "the write-heavy ramp placed no order"
+    for step in orders:
+        # Orders are written in the shards, their ledger and shipments in the federated
+        # databases (by the worker), and each order still takes its hold in main.
+        assert step["cpu"]["shard"] > 0 and step["cpu"]["postgres"] > 0
+    assert any(step["cpu"]["federated"] > 0 for step in steps)
+    written = json.loads((tmp_path / "stage-8.json").read_text())
+    assert written["budgets"]["shard"] == pytest.approx(2 * STAGES[7].postgres_cpus, abs=0.002)
