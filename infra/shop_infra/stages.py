@@ -279,6 +279,21 @@ _SERVICE_ORIENTED = replace(
     workers=Workers(instance_type=_APP, min_size=1, max_size=4),
 )
 
+_FEDERATED = replace(
+    _SERVICE_ORIENTED,
+    number=8,
+    name="federated",
+    users=">10,000,000",
+    summary="as 7, plus accounting and delivery in databases of their own, orders sharded by "
+    "customer over 2 primaries",
+    bottleneck="measured: whatever limits after the write primary (stock rows, the directory)",
+    # Main keeps stage 7's primary and 2 replicas: catalog, stock, customers, the shard
+    # directory. Each split-off database is a Multi-AZ primary without replicas (see Stage).
+    federated=Database(instance_type=_DB, multi_az=True),
+    order_shards=2,
+    shard=Database(instance_type=_DB, multi_az=True),
+)
+
 STAGES: tuple[Stage, ...] = (
     _SINGLE_BOX,
     _SEPARATE_DB,
@@ -287,6 +302,7 @@ STAGES: tuple[Stage, ...] = (
     _CACHE_CDN,
     _AUTO_SCALING,
     _SERVICE_ORIENTED,
+    _FEDERATED,
 )
 
 

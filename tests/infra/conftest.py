@@ -1,6 +1,6 @@
 """Synthesizes every stage once per test session, offline, with cdk-nag attached.
 
-One App holds all seven stacks, so there is one synth (one Node process, ~10 s) for the whole
+One App holds every stage's stack, so there is one synth (one Node process, ~10 s) for the whole
 session; the templates are then read from the cloud assembly. The image build context is a stub
 folder so that synth does not copy the repository into cdk.out for every test run.
 """

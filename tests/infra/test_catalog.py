@@ -14,16 +14,17 @@ LADDER = [
     "cache-cdn",
     "auto-scaling",
     "service-oriented",
+    "federated",
 ]
 
 
-def test_the_catalog_has_the_seven_stages_of_the_ladder_in_order():
+def test_the_catalog_has_the_eight_stages_of_the_ladder_in_order():
     assert [(s.number, s.name) for s in STAGES] == list(enumerate(LADDER, start=1))
 
 
 def test_stack_ids_read_like_shop_number_name():
     assert STAGES[0].stack_id == "Shop-1-single-box"
-    assert STAGES[-1].stack_id == "Shop-7-service-oriented"
+    assert STAGES[-1].stack_id == "Shop-8-federated"
 
 
 def test_a_stage_is_found_by_number_or_name():
@@ -55,6 +56,17 @@ def test_only_a_single_box_may_keep_its_database_on_the_instance():
             fleet=Fleet(instance_type="c7i.large", min_size=2, max_size=2),
             nat_gateways=1,
         )
+
+
+def test_stage_8_splits_accounting_delivery_and_two_order_shards_off_stage_7():
+    federated, before = stage("federated"), stage("service-oriented")
+    assert federated.number == 8 and federated.users == ">10,000,000"
+    assert federated.database == before.database  # main keeps its primary and 2 replicas
+    assert federated.federated == Database(instance_type="m7g.large", multi_az=True)
+    assert federated.order_shards == 2
+    assert federated.shard == Database(instance_type="m7g.large", multi_az=True)
+    for earlier in STAGES[:7]:
+        assert earlier.federated is None and earlier.order_shards == 0 and earlier.shard is None
 
 
 _SPLIT = Database(instance_type="m7g.large", multi_az=True)

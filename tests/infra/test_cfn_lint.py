@@ -14,6 +14,12 @@ _REDUNDANT_DEPENDS_ON_LISTENER = (
     "must be attached before its metric exists) and also refers to it in the ResourceLabel: "
     "the explicit DependsOn is redundant and harmless."
 )
+_MAJOR_VERSION_ONLY = (
+    "EngineVersion is the major version alone ('17') on purpose: RDS then creates the "
+    "instance at a recent minor and upgrades it, where a pinned minor fails once RDS retires "
+    "it. RDS documents major-only versions, and cfn-lint's E3691 accepts them (cfn-lint "
+    "#3849); its deprecation list for W3691 wrongly holds the major versions too."
+)
 ALLOWED_WARNINGS = {
     # (rule, logical id prefix of the resource the warning is about): reason
     ("W3005", "CustomVpcRestrictDefaultSGCustomResourceProviderHandler"): (
@@ -27,12 +33,17 @@ ALLOWED_WARNINGS = {
         "The same CDK helper pattern, for aws-cdk-lib's AwsCustomResource function (the look-up "
         "of the CloudFront VPC origin's security group)."
     ),
-    ("W3691", "DatabasePrimary"): (
-        "EngineVersion is the major version alone ('17') on purpose: RDS then creates the "
-        "instance at a recent minor and upgrades it, where a pinned minor fails once RDS retires "
-        "it. RDS documents major-only versions, and cfn-lint's E3691 accepts them (cfn-lint "
-        "#3849); its deprecation list for W3691 wrongly holds the major versions too."
-    ),
+    # Every primary: main's, and stage 8's federated databases and order shards.
+    **{
+        ("W3691", f"{database}Primary"): _MAJOR_VERSION_ONLY
+        for database in (
+            "Database",
+            "AccountingDatabase",
+            "DeliveryDatabase",
+            "OrderShard1",
+            "OrderShard2",
+        )
+    },
     ("W3005", "BlueGroupScalingPolicyRequestsPerTarget"): _REDUNDANT_DEPENDS_ON_LISTENER,
     ("W3005", "GreenGroupScalingPolicyRequestsPerTarget"): _REDUNDANT_DEPENDS_ON_LISTENER,
 }

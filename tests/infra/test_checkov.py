@@ -51,6 +51,11 @@ _REPLICA_MULTI_AZ = (
     "Read capacity is made redundant by several replicas over both AZs (and the Multi-AZ primary "
     "takes reads if they all fail); a standby per replica would double the cost of reads."
 )
+_PASSWORD_FROM_SECRETS_MANAGER = (
+    "The app signs in with the generated password it reads from Secrets Manager with its "
+    "instance role; IAM database tokens expire every 15 minutes and would need a refresh "
+    "in every pooled connection of the app, for no gain over a secret no one sees."
+)
 _PUBLIC_ENTRY = (
     "Stages 1-4 have no CDN: the box (1-2) or the load balancer (3-4) is the shop's public "
     "entry point and must take HTTP from every load-test client (HTTPS too with a domain)."
@@ -86,11 +91,19 @@ ALLOWED: dict[tuple[str, str], str] = {
         "Stage 2 is a single-AZ database by definition (STAGES.md): its lack of redundancy is "
         "what the stage demonstrates; Multi-AZ is stage 3."
     ),
-    ("CKV_AWS_161", "DatabasePrimary"): (
-        "The app signs in with the generated password it reads from Secrets Manager with its "
-        "instance role; IAM database tokens expire every 15 minutes and would need a refresh "
-        "in every pooled connection of the app, for no gain over a secret no one sees."
-    ),
+    ("CKV_AWS_161", "DatabasePrimary"): _PASSWORD_FROM_SECRETS_MANAGER,
+    # Stage 8's federated databases and order shards: the same construct as the main database,
+    # Multi-AZ primaries without replicas, so the same reasons and no others.
+    **{
+        (rule, f"{database}{part}"): reason
+        for database in ("AccountingDatabase", "DeliveryDatabase", "OrderShard1", "OrderShard2")
+        for rule, part, reason in (
+            ("CKV_AWS_118", "Primary", _ENHANCED_MONITORING),
+            ("CKV_AWS_161", "Primary", _PASSWORD_FROM_SECRETS_MANAGER),
+            ("CKV_AWS_149", "Secret", _AWS_MANAGED_KEYS),
+            ("CKV_AWS_158", "PostgresqlLogs", _LOG_GROUPS),
+        )
+    },
     ("CKV_AWS_119", "EdgeCarts"): _AWS_MANAGED_KEYS,
     ("CKV_AWS_149", "CacheAuthToken"): _AWS_MANAGED_KEYS,
     ("CKV_AWS_149", "DatabaseCredentials"): _AWS_MANAGED_KEYS,

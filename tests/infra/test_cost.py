@@ -22,6 +22,35 @@ def test_each_stage_costs_more_per_hour_than_the_one_before():
     assert all(a < b for a, b in itertools.pairwise(hourly))
 
 
+def _alarms(stage) -> int:
+    [item] = [item for item in cost.line_items(stage) if item.name.startswith("dashboard + ")]
+    return int(item.name.split()[2])
+
+
+def test_stage_8_pays_for_the_alarms_and_secrets_its_databases_add(synthesized):
+    """Checked against the templates: what stage 8 adds over stage 7 in alarms and secrets."""
+    before, after = synthesized[7], synthesized[8]
+    added_alarms = len(after.resources("AWS::CloudWatch::Alarm")) - len(
+        before.resources("AWS::CloudWatch::Alarm")
+    )
+    assert added_alarms == 4
+    assert _alarms(after.stage) - _alarms(before.stage) == added_alarms
+    added_secrets = len(after.resources("AWS::SecretsManager::Secret")) - len(
+        before.resources("AWS::SecretsManager::Secret")
+    )
+    [secrets_before] = [i for i in cost.line_items(before.stage) if i.name.endswith(" secrets")]
+    [secrets_after] = [i for i in cost.line_items(after.stage) if i.name.endswith(" secrets")]
+    assert int(secrets_after.name.split()[0]) - int(secrets_before.name.split()[0]) == added_secrets
+
+
+def test_stage_8_pays_for_each_federated_database_and_shard_with_its_standby():
+    federated = STAGES[7]
+    items = {item.name: item.per_hour for item in cost.line_items(federated)}
+    assert items["2 x RDS db.m7g.large Multi-AZ (accounting, delivery)"] == 2 * 2 * 0.168
+    assert items["2 x RDS db.m7g.large Multi-AZ (order shards)"] == 2 * 2 * 0.168
+    assert "RDS gp3 (accounting, delivery)" in items and "RDS gp3 (order shards)" in items
+
+
 def test_a_scaling_stage_costs_more_at_its_maximum_size():
     for stage in STAGES:
         if stage.fleet.auto_scaling:

@@ -256,7 +256,7 @@ def test_the_web_role_uses_carts_by_key_and_the_assets_objects(synthesized, numb
     assert not _allows(web, "dynamodb:Query") and not _allows(web, "dynamodb:BatchWriteItem")
 
 
-@pytest.mark.parametrize("number", range(1, 8))
+@pytest.mark.parametrize("number", [s.number for s in STAGES])
 def test_web_instances_publish_the_static_files_where_the_cdn_serves_them(synthesized, number):
     """From stage 5 CloudFront serves /static/* from the bucket: each web instance publishes
     (idempotently) before it serves; before stage 5 the app serves them itself."""

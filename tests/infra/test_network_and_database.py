@@ -89,17 +89,21 @@ def test_every_database_instance_has_performance_insights(synthesized, number):
 
 @pytest.mark.parametrize("number", WITH_RDS)
 def test_the_database_secret_names_the_database_rds_creates(synthesized, number):
+    """Every primary's: main's, and from stage 8 those of the federated databases and shards."""
     synth = synthesized[number]
-    [primary] = [
-        r["Properties"]
-        for r in synth.resources("AWS::RDS::DBInstance").values()
+    primaries = {
+        logical_id: r["Properties"]
+        for logical_id, r in synth.resources("AWS::RDS::DBInstance").items()
         if "SourceDBInstanceIdentifier" not in r["Properties"]
-    ]
-    [attachment] = synth.resources("AWS::SecretsManager::SecretTargetAttachment").values()
-    secret = synth.template["Resources"][attachment["Properties"]["SecretId"]["Ref"]]
-    template = json.loads(secret["Properties"]["GenerateSecretString"]["SecretStringTemplate"])
-    assert template == {"username": "shop", "dbname": primary["DBName"]}
-    assert primary["DBName"] == "shop"
+    }
+    attachments = synth.resources("AWS::SecretsManager::SecretTargetAttachment").values()
+    assert len(attachments) == len(primaries)
+    for attachment in attachments:
+        primary = primaries[attachment["Properties"]["TargetId"]["Ref"]]
+        secret = synth.template["Resources"][attachment["Properties"]["SecretId"]["Ref"]]
+        template = json.loads(secret["Properties"]["GenerateSecretString"]["SecretStringTemplate"])
+        assert template == {"username": "shop", "dbname": primary["DBName"]}
+        assert primary["DBName"] == "shop"
 
 
 @pytest.mark.parametrize("number", WITH_RDS)

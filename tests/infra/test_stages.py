@@ -332,3 +332,147 @@ def test_a_route_53_record_is_made_only_when_a_hosted_zone_is_given(synthesized,
     )
     cdn.assertions.resource_count_is("AWS::CertificateManager::Certificate", 1)
     assert cdn.template["Outputs"]["TargetUrl"]["Value"] == "https://cache-cdn.shop.example.com"
+
+
+SPLIT = ("AccountingDatabase", "DeliveryDatabase", "OrderShard1", "OrderShard2")
+"""Stage 8's databases beside main, by construct id (the shards in shard order)."""
+SPLIT_SETTINGS = (
+    "SHOP_ACCOUNTING_DATABASE_SECRET_ARN",
+    "SHOP_DELIVERY_DATABASE_SECRET_ARN",
+    "SHOP_ORDER_SHARD_SECRET_ARNS",
+)
+
+
+def _logical_id(synth, kind: str, prefix: str) -> str:
+    [found] = [k for k in synth.resources(kind) if re.fullmatch(f"{prefix}[0-9A-F]{{8}}", k)]
+    return found
+
+
+def _attachment(synth, database: str) -> str:
+    return _logical_id(
+        synth, "AWS::SecretsManager::SecretTargetAttachment", f"{database}SecretAttachment"
+    )
+
+
+def _secret_reads(synth, role_prefix: str) -> set[str]:
+    """The logical ids of the secrets a role may read (through their attachment or not)."""
+    reads: set[str] = set()
+    for policy in synth.resources("AWS::IAM::Policy").values():
+        props = policy["Properties"]
+        if not any(role["Ref"].startswith(role_prefix) for role in props.get("Roles", [])):
+            continue
+        for statement in props["PolicyDocument"]["Statement"]:
+            actions = statement["Action"]
+            actions = [actions] if isinstance(actions, str) else actions
+            if statement["Effect"] == "Allow" and any(
+                a.startswith("secretsmanager:") for a in actions
+            ):
+                resources = statement["Resource"]
+                resources = resources if isinstance(resources, list) else [resources]
+                reads |= {r["Ref"] for r in resources}
+    return reads
+
+
+def _launch_template_boot(synth, prefix: str) -> str:
+    [template] = [
+        t for k, t in synth.resources("AWS::EC2::LaunchTemplate").items() if k.startswith(prefix)
+    ]
+    return json.dumps(template["Properties"]["LaunchTemplateData"]["UserData"])
+
+
+def test_stage_8_adds_four_multi_az_primaries_beside_main_and_its_two_replicas(synthesized):
+    synth = synthesized[8]
+    stage = STAGES[7]
+    instances = synth.resources("AWS::RDS::DBInstance")
+    primaries = {
+        k: r for k, r in instances.items() if "SourceDBInstanceIdentifier" not in r["Properties"]
+    }
+    replicas = {k: r for k, r in instances.items() if k not in primaries}
+    assert len(primaries) == 5 and len(replicas) == 2
+    # Main's replicas read from main; the shards and federated databases have none (the app
+    # sends their reads to their primaries).
+    main = _logical_id(synth, "AWS::RDS::DBInstance", "DatabasePrimary")
+    for replica in replicas.values():
+        assert f'{{"Ref": "{main}"}}' in json.dumps(
+            replica["Properties"]["SourceDBInstanceIdentifier"]
+        )
+    assert stage.order_shards == 2 and stage.shard.read_replicas == 0
+    identifiers = set()
+    for database in SPLIT:
+        primary = primaries[_logical_id(synth, "AWS::RDS::DBInstance", f"{database}Primary")]
+        props = primary["Properties"]
+        assert props["MultiAZ"] is True and props["StorageEncrypted"] is True
+        assert props["DBInstanceClass"] == "db.m7g.large" and props["DBName"] == "shop"
+        identifiers.add(props["DBInstanceIdentifier"])
+        # Its own secret, attached to it, in the RDS format with the database's name.
+        attachment = synth.template["Resources"][_attachment(synth, database)]["Properties"]
+        assert attachment["TargetId"] == {
+            "Ref": _logical_id(synth, "AWS::RDS::DBInstance", f"{database}Primary")
+        }
+        secret = synth.template["Resources"][attachment["SecretId"]["Ref"]]
+        template = json.loads(secret["Properties"]["GenerateSecretString"]["SecretStringTemplate"])
+        assert template == {"username": "shop", "dbname": "shop"}
+    assert len(identifiers) == 4 and "shop-8-federated-primary" not in identifiers
+    assert len(synth.resources("AWS::SecretsManager::SecretTargetAttachment")) == 5
+
+
+@pytest.mark.parametrize("tier", ["BlueGroup", "GreenGroup", "WorkerGroup"])
+def test_stage_8_tells_both_tiers_where_every_database_is_in_shard_order(synthesized, tier):
+    synth = synthesized[8]
+    boot = _launch_template_boot(synth, tier)
+    accounting, delivery, shard1, shard2 = (_attachment(synth, d) for d in SPLIT)
+    assert f'SHOP_ACCOUNTING_DATABASE_SECRET_ARN=", {{"Ref": "{accounting}"}}' in boot
+    assert f'SHOP_DELIVERY_DATABASE_SECRET_ARN=", {{"Ref": "{delivery}"}}' in boot
+    shards = json.dumps({"Fn::Join": [",", [{"Ref": shard1}, {"Ref": shard2}]]})
+    assert f'SHOP_ORDER_SHARD_SECRET_ARNS=", {shards}' in boot
+    assert "SHOP_DATABASE_SECRET_ARN=" in boot
+
+
+def test_stages_before_8_keep_every_table_in_the_main_database(synthesized):
+    for number in range(1, 8):
+        script = _user_data(synthesized[number])
+        for setting in SPLIT_SETTINGS:
+            assert setting not in script, (number, setting)
+
+
+def test_stage_8_web_instances_migrate_only_once_every_database_exists(synthesized):
+    """The web groups' instances run `shop migrate` at boot over every database: their launch
+    template names each database's secret attachment, which CloudFormation creates only after
+    its instance, so no group starts before all five databases are there."""
+    synth = synthesized[8]
+    attachments = {_attachment(synth, d) for d in ("Database", *SPLIT)}
+    for tier in ("BlueGroup", "GreenGroup"):
+        boot = _launch_template_boot(synth, tier)
+        assert "shop migrate && " in boot
+        for attachment in attachments:
+            assert f'{{"Ref": "{attachment}"}}' in boot, (tier, attachment)
+
+
+def test_stage_8_web_and_worker_roles_read_exactly_the_secrets_they_use(synthesized):
+    synth = synthesized[8]
+    databases = {_attachment(synth, d) for d in ("Database", *SPLIT)}
+    cache = _logical_id(synth, "AWS::SecretsManager::Secret", "CacheAuthToken")
+    jwt = _logical_id(synth, "AWS::SecretsManager::Secret", "JwtSecret")
+    assert _secret_reads(synth, "WebRole") == databases | {cache, jwt}
+    assert _secret_reads(synth, "WorkersRole") == databases | {cache}
+    # No other role (CDK's helper functions, the load balancer's) reads a database secret.
+    for policy in synth.resources("AWS::IAM::Policy").values():
+        roles = [role["Ref"] for role in policy["Properties"].get("Roles", [])]
+        if not any(r.startswith(("WebRole", "WorkersRole")) for r in roles):
+            assert not any(a in json.dumps(policy) for a in databases), roles
+
+
+def test_stage_8_databases_admit_postgresql_from_the_web_and_worker_tiers_only(synthesized):
+    synth = synthesized[8]
+    web = _logical_id(synth, "AWS::EC2::SecurityGroup", "WebSecurityGroup")
+    workers = _logical_id(synth, "AWS::EC2::SecurityGroup", "WorkersSecurityGroup")
+    for database in ("Database", *SPLIT):
+        group = _logical_id(synth, "AWS::EC2::SecurityGroup", f"{database}SecurityGroup")
+        sources = {
+            rule["Properties"]["SourceSecurityGroupId"]["Fn::GetAtt"][0]
+            for rule in synth.resources("AWS::EC2::SecurityGroupIngress").values()
+            if rule["Properties"]["GroupId"] == {"Fn::GetAtt": [group, "GroupId"]}
+            and (rule["Properties"]["FromPort"], rule["Properties"]["ToPort"]) == (5432, 5432)
+        }
+        assert sources == {web, workers}, database
+        assert "SecurityGroupIngress" not in synth.template["Resources"][group]["Properties"]

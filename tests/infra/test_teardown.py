@@ -17,7 +17,7 @@ NAMES = [s.stack_id for s in STAGES] + ["Shop-LoadGen"]
 
 @pytest.fixture(scope="module")
 def templates(synthesized, loadgen) -> dict[str, dict[str, Any]]:
-    """Every stack the app can make, by name: the seven stages and the load generator."""
+    """Every stack the app can make, by name: the stages and the load generator."""
     return {**{s.stage.stack_id: s.template for s in synthesized.values()}, "Shop-LoadGen": loadgen}
 
 
