@@ -3,10 +3,10 @@
 
 Context (all optional; `cdk deploy -c key=value`):
   shop:hosted_zone   a Route 53 hosted zone name: adds <stage>.<zone> records (needs account/region)
-  shop:mail_sender   SES sender address for stage 7, at a domain you control (SES mails it a
+  shop:mail_sender   SES sender address for stages 7-8, at a domain you control (SES mails it a
                      verification link; a reserved test domain such as example.com is
-                     refused); without it, stage 7's workers log their mail instead of sending it
-  shop:stages        comma-separated stage numbers or names to synthesize (default: the seven
+                     refused); without it, the workers log their mail instead of sending it
+  shop:stages        comma-separated stage numbers or names to synthesize (default: the eight
                      stages); `loadgen` adds the optional load generator Shop-LoadGen, which
                      is made only when named (it needs a stage's URL), so that
                      `cdk deploy --all` deploys the stages alone
@@ -16,7 +16,7 @@ Context (all optional; `cdk deploy -c key=value`):
   shop:ami           {region: AMI id} of Amazon Linux 2023, pinned per region (cdk.json holds
                      us-east-1's); a region without one fails at synth with the command that
                      looks the current one up
-  shop:first_deploy  true on a blue/green stage's (6, 7) first deploy only: both colours may
+  shop:first_deploy  true on a blue/green stage's (6-8) first deploy only: both colours may
                      then take the build; on any later deploy a Rule refuses to leave both
                      BlueImage and GreenImage empty (docs/aws.md, Blue/green)
 """
@@ -48,7 +48,7 @@ def _context_without_the_cli() -> dict[str, Any]:
 
 
 def chosen(wanted: str | None) -> tuple[list[Stage], bool]:
-    """The stages named in `shop:stages` (all seven when it is empty), and whether the load
+    """The stages named in `shop:stages` (all eight when it is empty), and whether the load
     generator is named: it is made only then, since it cannot deploy without a stage's URL."""
     keys = [key.strip() for key in wanted.split(",")] if wanted else []
     stages = [stage(key) for key in keys if key != "loadgen"]

@@ -300,7 +300,7 @@ NOT_CHECKABLE = (
 
 def main(argv: list[str] | None = None, *, endpoint_url: str | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", required=True, help="1-7, or a stage name")
+    parser.add_argument("--stage", required=True, help="1-8, or a stage name")
     parser.add_argument("--region", help="default: the AWS profile's region")
     parser.add_argument("--mail-sender", help="stage 7's SES sender (cdk's shop:mail_sender)")
     options = parser.parse_args(argv)
