@@ -105,7 +105,7 @@ docs: $(STAMP)
 
 ## preflight: read-only checks that STAGE=n deploys on the first try (REGION=..., SENDER=... for 7)
 preflight: $(STAMP)
-	@test -n "$(STAGE)" || { echo "make preflight STAGE=n (1-7)" >&2; exit 2; }
+	@test -n "$(STAGE)" || { echo "make preflight STAGE=n (1-8)" >&2; exit 2; }
 	$(BIN)/python infra/preflight.py --stage $(STAGE) $(if $(REGION),--region $(REGION)) $(if $(SENDER),--mail-sender $(SENDER))
 
 ## bench: requests/s of the shop's hot routes beside a bare FastAPI route, one worker

@@ -25,11 +25,15 @@ stack's maximum: the largest proportional slice that fits, said in `notes`.
 
 Stage 8 adds databases (the order shards, accounting, delivery) to stage 7 and changes nothing
 else. Its question is what a second write primary buys at the same size, so it is scaled by
-stage 7's factor (`scale_as`), not by its own: each shard's primary gets exactly stage 7's
+stage 7's factor (SCALED_AS), not by its own: each shard's primary gets exactly stage 7's
 primary's budget, and its fleet the same ceiling. Its budgets then sum to more than
 MODEL_CPUS and MACHINE_CPUS (said in `notes`); the extra databases stay busy only with order
 writes, and every step records the load generator's CPU, which shows whether it still had
 its share of the machine.
+
+The write-heavy ramp of stages 7 and 8 asks where the write primaries saturate. Its fleet may
+grow to the stack's largest (`write_fleet`), since on AWS the fleet has 8 times the primary's
+vCPUs and a fleet held to this machine's slice would be the limit first.
 """
 
 from __future__ import annotations
@@ -54,10 +58,10 @@ holds about 1,000 requests/s, several times any stage's knee here."""
 MACHINE_CPUS = 1.3
 """The most the system under test may hold when an autoscaler adds processes (stage 6)."""
 REDIS_VCPUS = 1
+"""Redis executes commands on one thread: one vCPU of its node is what it can use."""
 SCALED_AS: dict[int, int] = {8: 7}
 """Stages scaled by another stage's factor: stage 8 is stage 7 plus databases, and is
 compared with it at the same budget per primary."""
-"""Redis executes commands on one thread: one vCPU of its node is what it can use."""
 
 
 @dataclass(frozen=True, kw_only=True)
