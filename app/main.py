@@ -208,7 +208,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Shop",
         summary="One shop carried through every stage of 'Scaling up to your first 10M users'.",
-        version="0.1.0",
+        # 0.2.0: order ids are 64-bit, up to 2^53 - 1 (stage 8's carry their logical shard).
+        version="0.2.0",
         lifespan=lifespan,
         docs_url=None,  # install_docs serves the docs pages from local assets, not a CDN
         redoc_url=None,

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, CheckConstraint, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.kernel.models import Base, utcnow
+from app.kernel.models import Base, OrderIdType, utcnow
 
 
 class LedgerEntry(Base):
@@ -20,7 +20,7 @@ class LedgerEntry(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    order_id: Mapped[int] = mapped_column(index=True)
+    order_id: Mapped[int] = mapped_column(OrderIdType, index=True)
     customer_id: Mapped[int] = mapped_column(index=True)
     event: Mapped[str] = mapped_column(String(32))
     account: Mapped[str] = mapped_column(String(64), index=True)

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.kernel.models import Base
+from app.kernel.models import Base, OrderIdType
 
 
 class CartRow(Base):
@@ -21,7 +21,7 @@ class CartRow(Base):
     # Only ever grows, across checkouts: cart_id + version is a checkout's Idempotency-Key.
     version: Mapped[int] = mapped_column(BigInteger)
     checked_out_version: Mapped[int | None] = mapped_column(BigInteger)
-    checked_out_order_id: Mapped[int | None]
+    checked_out_order_id: Mapped[int | None] = mapped_column(OrderIdType)
     updated_at: Mapped[datetime]
     expires_at: Mapped[datetime]
 

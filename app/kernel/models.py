@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, MetaData, String
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -32,6 +32,12 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+OrderIdType = BigInteger().with_variant(Integer(), "sqlite")
+"""An order's id, and every column that holds one: 64 bits, since stage 8's ids carry their
+logical shard (`number * 1024 + logical`) and pass 2^31 after about two million orders. On
+SQLite an INTEGER is 64 bits already, and only an INTEGER primary key is its row id."""
 
 
 def utcnow() -> datetime:

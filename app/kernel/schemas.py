@@ -11,6 +11,9 @@ _NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 _NO_CONTROL_ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
 
 MAX_INT32 = 2_147_483_647
+MAX_ORDER_ID = 2**53 - 1
+"""The largest order id the API takes or gives: order ids are 64-bit (stage 8's carry their
+logical shard), and 2^53 - 1 is the largest integer every JSON client reads exactly."""
 
 Name = Annotated[
     str,

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Sequence, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.kernel.models import Base, utcnow
+from app.kernel.models import Base, OrderIdType, utcnow
 
 
 class CustomerOrder(Base):
@@ -25,7 +25,7 @@ class CustomerOrder(Base):
         ),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(OrderIdType, primary_key=True)
     # Every order belongs to an account that exists (a forged token cannot order for nobody).
     customer_id: Mapped[int] = mapped_column(ForeignKey("customer.id", ondelete="RESTRICT"))
     status: Mapped[str] = mapped_column(String(16))
@@ -54,7 +54,7 @@ class OrderLine(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     order_id: Mapped[int] = mapped_column(
-        ForeignKey("customer_order.id", ondelete="CASCADE"), index=True
+        OrderIdType, ForeignKey("customer_order.id", ondelete="CASCADE"), index=True
     )
     product_id: Mapped[int]
     sku: Mapped[str] = mapped_column(String(64))

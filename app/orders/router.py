@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.accounting.schemas import EntryRead
 from app.delivery.schemas import ShipmentRead
-from app.kernel.schemas import MAX_INT32
+from app.kernel.schemas import MAX_ORDER_ID
 from app.orders import service
 from app.orders.schemas import (
     AdminOrderPage,
@@ -32,7 +32,9 @@ from app.web.openapi import ErrorBody, OutOfStockBody, conflict, errors
 
 router = APIRouter(tags=["orders"])
 
-OrderId = Annotated[int, Path(ge=1, le=MAX_INT32, description="Order id.")]
+OrderId = Annotated[
+    int, Path(ge=1, le=MAX_ORDER_ID, description="Order id: 64-bit since API 0.2.0.")
+]
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(

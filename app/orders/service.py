@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Integer,
     Row,
     String,
@@ -58,6 +59,7 @@ from app.kernel.errors import (
     Unavailable,
 )
 from app.kernel.models import UtcDateTime, utcnow
+from app.kernel.schemas import MAX_ORDER_ID
 from app.kernel.security import Principal
 from app.orders import flows
 from app.orders.domain import (
@@ -773,9 +775,9 @@ _ALL_ORDERS = (
 )
 _ALL_ORDERS_BEFORE = _ALL_ORDERS.where(
     tuple_(CustomerOrder.created_at, CustomerOrder.id)
-    < tuple_(bindparam("before_at", type_=UtcDateTime()), bindparam("before_id", type_=Integer))
+    < tuple_(bindparam("before_at", type_=UtcDateTime()), bindparam("before_id", type_=BigInteger))
 )
-_CURSOR = re.compile(r"(\d{1,20})\.(\d{1,10})")
+_CURSOR = re.compile(r"(\d{1,20})\.(\d{1,16})")
 
 
 def _cursor_of(created_at: datetime, order_id: int) -> str:
@@ -790,6 +792,10 @@ def _position(cursor: str) -> tuple[datetime, int]:
             "cursor", "not a cursor this listing gave; use its next_cursor", location="query"
         )
     micros, order_id = int(found[1]), int(found[2])
+    if order_id > MAX_ORDER_ID:
+        raise InvalidRequest(
+            "cursor", "not a cursor this listing gave; use its next_cursor", location="query"
+        )
     try:
         return _EPOCH + timedelta(microseconds=micros), order_id
     except OverflowError:

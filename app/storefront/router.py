@@ -33,7 +33,7 @@ from app.delivery import service as delivery
 from app.delivery.domain import ShipmentStatus
 from app.delivery.schemas import ShipmentRead
 from app.kernel.errors import Forbidden, InvalidRequest, NotFound, ShopError, Unauthenticated
-from app.kernel.schemas import MAX_CENTS, MAX_INT32, SearchText
+from app.kernel.schemas import MAX_CENTS, MAX_INT32, MAX_ORDER_ID, SearchText
 from app.kernel.security import Principal
 from app.orders import service as orders
 from app.storefront.pages import render
@@ -61,7 +61,7 @@ _PRICE = re.compile(r"^\s*(?:EUR\s*)?(\d{1,7})(?:[.,](\d{1,2}))?\s*$")
 PageNumber = Annotated[int, Query(ge=1, le=10_000, description="Page number, from 1.")]
 Search = Annotated[SearchText | None, Query(description="Name or SKU contains this.")]
 ProductId = Annotated[int, Path(ge=1, le=MAX_INT32)]
-OrderId = Annotated[int, Path(ge=1, le=MAX_INT32)]
+OrderId = Annotated[int, Path(ge=1, le=MAX_ORDER_ID)]
 ShipmentId = Annotated[int, Path(ge=1, le=MAX_INT32)]
 
 

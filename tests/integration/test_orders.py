@@ -50,6 +50,31 @@ async def test_placing_an_order_reserves_stock_posts_the_ledger_and_opens_a_ship
     assert (await trial_balance(client, admin))["balanced"] is True
 
 
+async def test_an_order_id_past_32_bits_is_placed_and_read_back(
+    client: AsyncClient, resources: Resources, alice: User
+) -> None:
+    """Orders are numbered by one sequence without shards; a shop that has taken 2^31 of them
+    still places the next, posts its ledger, opens its shipment and reads it back."""
+    from sqlalchemy import text
+
+    async with resources.db.write() as conn:
+        await conn.execute(
+            text("SELECT setval(pg_get_serial_sequence('customer_order', 'id'), 2147483650)")
+        )
+    mug = await make_product(resources, price_cents=1250, initial_stock=5)
+    placed = await client.post(
+        "/orders", headers=alice.headers, json={"lines": [{"product_id": mug.id, "quantity": 1}]}
+    )
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    assert order_id > 2**31
+    assert (await client.get(f"/orders/{order_id}", headers=alice.headers)).status_code == 200
+    entries = (await client.get(f"/ledger/orders/{order_id}", headers=alice.headers)).json()
+    assert sum(e["debit_cents"] for e in entries) == placed.json()["total_cents"]
+    shipment = await client.get(f"/orders/{order_id}/shipment", headers=alice.headers)
+    assert shipment.status_code == 200, shipment.text
+
+
 async def test_an_order_keeps_the_price_it_was_placed_at(
     client: AsyncClient, resources: Resources, alice: User, admin: User
 ) -> None:
