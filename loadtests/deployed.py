@@ -14,8 +14,10 @@ Command, with no port, key or bucket to open.
 
 What each stage has is found from the stack's own resources (logical id prefixes are those of
 infra/shop_infra), not from the catalog: web instances (`Instance1`, the box of stages 1-2) or web
-Auto Scaling groups (stages 3-7; any group but `WorkerGroup...`), RDS instances
-(`DatabasePrimary...`, `DatabaseReplica<n>...`), the ElastiCache replication group, the orders
+Auto Scaling groups (stages 3-8; any group but `WorkerGroup...`), RDS instances
+(`DatabasePrimary...`, `DatabaseReplica<n>...`; at stage 8 also `OrderShard<n>Primary...`,
+component `shard`, and `AccountingDatabasePrimary...`, `DeliveryDatabasePrimary...`, component
+`federated`, each summed over its databases), the ElastiCache replication group, the orders
 queue (not its dead-letter queue) and the load balancer. CPU is expressed as vCPUs used
 (utilisation x vCPUs of the instance type, x instances in service for a group) and budgets as the
 vCPUs of each tier, as the ladder does with cgroups. Redis runs its commands on one engine thread:
@@ -53,6 +55,9 @@ SIGNALS = ("db_share", "pool_wait_ms", "cache_hit_ratio", "replica_lag_s", "queu
 
 REDIS_ENGINE_VCPUS = 1.0
 """Redis executes commands on one thread: that thread's core is the cache's budget."""
+
+FEDERATED_PREFIXES = ("AccountingDatabasePrimary", "DeliveryDatabasePrimary")
+"""Logical ids of stage 8's databases per function (infra/shop_infra/stack.py)."""
 
 STACK_NAME = re.compile(r"^Shop-(?P<number>\d+)-(?P<name>[a-z0-9-]+)$")
 
@@ -104,6 +109,10 @@ class Topology:
     worker_groups: list[str] = field(default_factory=list)
     db_primary: str | None = None
     db_replicas: list[str] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+    """Stage 8: the order shards' primaries."""
+    federated: list[str] = field(default_factory=list)
+    """Stage 8: accounting's and delivery's primaries."""
     cache_group: str | None = None
     """The ElastiCache replication group; its nodes (cache_nodes) are looked up by discover."""
     cache_nodes: list[str] = field(default_factory=list)
@@ -146,15 +155,25 @@ def classify(stack_name: str, resources: Iterable[dict[str, Any]]) -> Topology:
         elif kind == "AWS::RDS::DBInstance":
             if logical.startswith("DatabaseReplica"):
                 topology.db_replicas.append(physical)
-            else:
+            elif logical.startswith("DatabasePrimary"):
                 topology.db_primary = physical
+            elif logical.startswith("OrderShard"):
+                topology.shards.append(physical)
+            elif logical.startswith(FEDERATED_PREFIXES):
+                topology.federated.append(physical)
         elif kind == "AWS::SQS::Queue" and "DeadLetters" not in logical:
             topology.queue_name = physical.rstrip("/").rsplit("/", 1)[-1]
         elif kind == "AWS::ElastiCache::ReplicationGroup":
             topology.cache_group = physical
         elif kind == "AWS::ElasticLoadBalancingV2::LoadBalancer":
             topology.load_balancer = physical.split(":loadbalancer/", 1)[-1]
-    for collection in (topology.web_instances, topology.web_groups, topology.db_replicas):
+    for collection in (
+        topology.web_instances,
+        topology.web_groups,
+        topology.db_replicas,
+        topology.shards,
+        topology.federated,
+    ):
         collection.sort()
     return topology
 
@@ -188,6 +207,8 @@ def discover(session: Any, stack_name: str) -> Topology:
         for component, ids in (
             ("postgres", [topology.db_primary]),
             ("replica", topology.db_replicas),
+            ("shard", topology.shards),
+            ("federated", topology.federated),
         ):
             if ids:
                 classes = {
@@ -283,6 +304,10 @@ def queries(topology: Topology) -> list[Query]:
         dims = (("DBInstanceIdentifier", replica),)
         found.append(Query(f"replica_cpu:{replica}", "AWS/RDS", "CPUUtilization", dims))
         found.append(Query(f"replica_lag:{replica}", "AWS/RDS", "ReplicaLag", dims))
+    for component, ids in (("shard", topology.shards), ("federated", topology.federated)):
+        for each in ids:
+            dims = (("DBInstanceIdentifier", each),)
+            found.append(Query(f"{component}_cpu:{each}", "AWS/RDS", "CPUUtilization", dims))
     for node in topology.cache_nodes:
         dims = (("CacheClusterId", node),)
         found.append(Query(f"cache_hits:{node}", "AWS/ElastiCache", "CacheHits", dims, "Sum"))
@@ -393,9 +418,10 @@ def step_evidence(topology: Topology, values: dict[str, list[float]]) -> dict[st
     primary = _mean(values.get("db_cpu:primary", []))
     if primary is not None:
         cpu["postgres"] = primary / 100 * topology.vcpus.get("postgres", 0.0)
-    replicas = _means(values, "replica_cpu")
-    if replicas:
-        cpu["replica"] = sum(replicas.values()) / 100 * topology.vcpus.get("replica", 0.0)
+    for component in ("replica", "shard", "federated"):
+        each = _means(values, f"{component}_cpu")
+        if each:  # summed, as their budget is: one component of several databases
+            cpu[component] = sum(each.values()) / 100 * topology.vcpus.get(component, 0.0)
     engine = _means(values, "cache_cpu")
     if engine:
         # The primary's engine thread is the one that saturates: the busiest node counts.
@@ -444,8 +470,13 @@ def budgets(
             found[component] = found.get(component, 0.0) + most * topology.vcpus[component]
     if topology.db_primary and "postgres" in topology.vcpus:
         found["postgres"] = topology.vcpus["postgres"]
-    if topology.db_replicas and "replica" in topology.vcpus:
-        found["replica"] = topology.vcpus["replica"] * len(topology.db_replicas)
+    for component, ids in (
+        ("replica", topology.db_replicas),
+        ("shard", topology.shards),
+        ("federated", topology.federated),
+    ):
+        if ids and component in topology.vcpus:
+            found[component] = topology.vcpus[component] * len(ids)
     if topology.cache_nodes:
         found["redis"] = REDIS_ENGINE_VCPUS
     return found

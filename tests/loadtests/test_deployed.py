@@ -373,6 +373,10 @@ def test_stage_resources_are_recognised_by_the_cdk_apps_logical_ids():
         ("AWS::RDS::DBInstance", "DatabasePrimary5C9E0B2A", "db-primary"),
         ("AWS::RDS::DBInstance", "DatabaseReplica2A1B2C3D", "db-r2"),
         ("AWS::RDS::DBInstance", "DatabaseReplica1A1B2C3D", "db-r1"),
+        ("AWS::RDS::DBInstance", "OrderShard2Primary44FDA548", "db-s2"),
+        ("AWS::RDS::DBInstance", "OrderShard1PrimaryF7F71DAD", "db-s1"),
+        ("AWS::RDS::DBInstance", "AccountingDatabasePrimary81F50834", "db-acc"),
+        ("AWS::RDS::DBInstance", "DeliveryDatabasePrimaryF7F59897", "db-del"),
         ("AWS::SQS::Queue", "OrdersDeadLetters1A2B", "https://sqs/1/dlq"),
         ("AWS::SQS::Queue", "OrdersQueue1A2B", "https://sqs/1/orders-queue"),
         (
@@ -382,19 +386,80 @@ def test_stage_resources_are_recognised_by_the_cdk_apps_logical_ids():
         ),
     ]
     topology = deployed.classify(
-        "Shop-7-service-oriented",
+        "Shop-8-federated",
         [
             {"ResourceType": kind, "LogicalResourceId": logical, "PhysicalResourceId": physical}
             for kind, logical, physical in rows
         ],
     )
-    assert (topology.stage, topology.name) == (7, "service-oriented")
+    assert (topology.stage, topology.name) == (8, "federated")
     assert topology.web_instances == ["i-1"]
     assert topology.web_groups == ["blue", "green"]
     assert topology.worker_groups == ["workers"]
     assert (topology.db_primary, topology.db_replicas) == ("db-primary", ["db-r1", "db-r2"])
+    assert topology.shards == ["db-s1", "db-s2"]
+    assert topology.federated == ["db-acc", "db-del"]
     assert topology.queue_name == "orders-queue"
     assert topology.load_balancer == "app/shop/50dc6c495c0c9188"
+
+
+def _rds(kind: str, source: str | None = None) -> dict[str, Any]:
+    properties: dict[str, Any] = {"DBInstanceClass": kind}
+    if source:
+        properties["SourceDBInstanceIdentifier"] = {"Ref": source}
+    else:
+        properties |= {
+            "Engine": "postgres",
+            "AllocatedStorage": "20",
+            "MasterUsername": "shop",
+            "MasterUserPassword": "not-a-secret-1",
+        }
+    return {"Type": "AWS::RDS::DBInstance", "Properties": properties}
+
+
+def test_stage_8s_shards_and_federated_databases_are_measured_apart_from_main(endpoint, tmp_path):
+    """Stage 8's primaries under the CDK app's logical ids: main stays `postgres`, the two
+    order shards are `shard` and accounting with delivery `federated`, each the sum of its
+    databases (as the local ladder counts them), never mistaken for main."""
+    ami = _client(endpoint, "ec2").describe_images()["Images"][0]["ImageId"]
+    databases = {
+        "DatabasePrimaryEDE0B3D0": _rds("db.m7g.large"),
+        "DatabaseReplica1ED560A1F": _rds("db.m7g.large", "DatabasePrimaryEDE0B3D0"),
+        "AccountingDatabasePrimary81F50834": _rds("db.m7g.large"),
+        "DeliveryDatabasePrimaryF7F59897": _rds("db.m7g.large"),
+        "OrderShard1PrimaryF7F71DAD": _rds("db.m7g.large"),
+        "OrderShard2Primary44FDA548": _rds("db.m7g.large"),
+    }
+    instance = {
+        "Type": "AWS::EC2::Instance",
+        "Properties": {"ImageId": ami, "InstanceType": "c7i.large"},
+    }
+    _create_stack(
+        endpoint,
+        "Shop-8-federated",
+        {"Instance1A1B2C3D": instance, **databases},
+        _target_url_output("http://shop-8.example.test"),
+    )
+    names = _physical(endpoint, "Shop-8-federated")
+    for logical, cpu in (
+        ("DatabasePrimaryEDE0B3D0", 30),
+        ("OrderShard1PrimaryF7F71DAD", 60),
+        ("OrderShard2Primary44FDA548", 40),
+        ("AccountingDatabasePrimary81F50834", 10),
+        ("DeliveryDatabasePrimaryF7F59897", 20),
+    ):
+        _put(endpoint, "AWS/RDS", "CPUUtilization", {"DBInstanceIdentifier": names[logical]},
+             [cpu, cpu])  # fmt: skip
+
+    result = _evidence(endpoint, tmp_path, "Shop-8-federated", steps=1)
+    # db.m7g.large: 2 vCPUs each; main alone is `postgres`.
+    assert result["budgets"] == {
+        "app": 2.0, "postgres": 2.0, "replica": 2.0, "shard": 4.0, "federated": 4.0,
+    }  # fmt: skip
+    [step] = result["steps"]
+    assert step["cpu"]["postgres"] == pytest.approx(0.6)
+    assert step["cpu"]["shard"] == pytest.approx(2.0)  # 60 % and 40 % of 2 vCPUs
+    assert step["cpu"]["federated"] == pytest.approx(0.6)
 
 
 def test_a_step_shorter_than_cloudwatchs_period_still_reads_the_minute_it_falls_in():
