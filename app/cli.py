@@ -1,5 +1,5 @@
 """The `shop` command: serve, migrate, seed, create an admin, run the queue worker, forget old
-idempotency keys."""
+idempotency keys, publish the static files, move a logical shard."""
 
 from __future__ import annotations
 
@@ -283,6 +283,26 @@ def cmd_purge_keys(args: argparse.Namespace) -> None:
     print(f"shop: forgot {_run(work)} idempotency keys", file=sys.stderr)
 
 
+def cmd_shards_move(args: argparse.Namespace) -> None:
+    from app.main import close_resources, open_resources
+    from app.orders.moves import move_logical_shard
+
+    def say(line: str) -> None:
+        print(f"shop: {line}", file=sys.stderr, flush=True)
+
+    async def work(settings: Settings) -> None:
+        res = await open_resources(settings)
+        try:
+            await move_logical_shard(
+                res.databases, logical=args.logical, to=args.to, grace_s=args.grace_s, say=say
+            )
+        finally:
+            await close_resources(res)
+
+    _run(work)
+    say(f"logical shard {args.logical} is in shard {args.to}")
+
+
 def cmd_assets_publish(args: argparse.Namespace) -> None:
     from app.adapters import assets
 
@@ -371,6 +391,23 @@ def parser() -> argparse.ArgumentParser:
     purge = sub.add_parser("purge-keys", help="forget idempotency keys older than the TTL")
     purge.add_argument("--hours", type=int, default=24)
     purge.set_defaults(func=cmd_purge_keys)
+
+    shards = sub.add_parser("shards", help="the order shards (stage 8)")
+    shards_sub = shards.add_subparsers(dest="shards_command", required=True)
+    move = shards_sub.add_parser(
+        "move",
+        help="move a logical shard (1/1024 of the customers) to another order shard while the "
+        "shop serves; run it again to finish a move that died",
+    )
+    move.add_argument("logical", type=int, help="the logical shard: a customer id modulo 1024")
+    move.add_argument("--to", type=int, required=True, help="the shard, 1-based")
+    move.add_argument(
+        "--grace-s",
+        type=float,
+        default=10.0,
+        help="seconds the moved rows stay in the old shard for reads of stale processes",
+    )
+    move.set_defaults(func=cmd_shards_move)
 
     assets = sub.add_parser("assets", help="the app's static files (stage 5: S3 and the CDN)")
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)

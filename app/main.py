@@ -23,7 +23,7 @@ from app.adapters.queue import Queue
 from app.adapters.ratelimit import RateLimit
 from app.adapters.replicas import PositionTokens
 from app.adapters.resources import Resources
-from app.adapters.shards import DirectoryProblem
+from app.adapters.shards import DirectoryProblem, follow_directory
 from app.adapters.tracing import WEB_SERVICE, quiet, tracing_for
 from app.carts.domain import CartStoreUnavailable
 from app.carts.router import cart_store_unavailable
@@ -191,6 +191,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.resources = resources
         sampler = asyncio.create_task(sample_pools_forever(resources)) if settings.metrics else None
+        # Stage 8: logical shards move between databases; every process follows the directory.
+        dbs = resources.databases
+        follower = asyncio.create_task(follow_directory(dbs)) if dbs.shards else None
         if resources.relay is not None:
             await resources.relay.start()
         try:
@@ -199,6 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if sampler is not None:
                 sampler.cancel()
+            if follower is not None:
+                follower.cancel()
             if resources.relay is not None:
                 await resources.relay.stop()
             await close_resources(resources)

@@ -52,7 +52,7 @@ from app.adapters.db import Database, Databases
 from app.adapters.mail import Mailer, mailer_for
 from app.adapters.outbox import Event
 from app.adapters.queue import Message, Queue
-from app.adapters.shards import DirectoryProblem
+from app.adapters.shards import DirectoryProblem, follow_directory
 from app.adapters.tracing import (
     WORKER_SERVICE,
     continue_trace,
@@ -537,9 +537,13 @@ async def _serve(settings: WorkerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stopping.set)
     started = time.perf_counter()
+    # Stage 8: logical shards move between databases; the worker follows the directory too.
+    follower = asyncio.create_task(follow_directory(databases)) if databases.shards else None
     try:
         await worker.run()
     finally:
+        if follower is not None:
+            follower.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)

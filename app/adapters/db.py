@@ -13,6 +13,7 @@ and one network round trip per statement to be most of an order's cost (see READ
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -28,7 +29,7 @@ from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
-from sqlalchemy import Executable, Table, bindparam, event
+from sqlalchemy import Executable, Integer, Table, bindparam, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -46,6 +47,7 @@ from app.adapters.replicas import (
     ReplicaSet,
     current_position,
 )
+from app.kernel.errors import Unavailable
 
 log = logging.getLogger("shop.db")
 
@@ -158,6 +160,24 @@ def unique_violation(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         exc = exc.orig if isinstance(exc.orig, BaseException) else exc
     return isinstance(exc, psycopg.errors.UniqueViolation | sqlite3.IntegrityError)
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, raised through SQLAlchemy or from the driver."""
+    if isinstance(exc, DBAPIError):
+        exc = exc.orig if isinstance(exc.orig, BaseException) else exc
+    return exc.sqlstate if isinstance(exc, psycopg.Error) else None
+
+
+class ShardFenced(Unavailable):
+    """A write refused by its logical shard's fence: its transaction did nothing."""
+
+
+SHARD_MOVING = "SH001"
+"""The fence's answer while its logical shard is copied to another database."""
+SHARD_MOVED = "SH002"
+"""The fence's answer once its logical shard is in another database."""
+_FENCE = text("SELECT shop_shard_fence(:logical)").bindparams(bindparam("logical", type_=Integer))
 
 
 def _replica_failure(exc: psycopg.Error) -> bool:
@@ -276,8 +296,13 @@ class Database:
         return self.primary.url.render_as_string(hide_password=True)
 
     @asynccontextmanager
-    async def write(self, *, pipeline: bool = False) -> AsyncIterator[AsyncConnection]:
+    async def write(
+        self, *, pipeline: bool = False, fence: int | None = None
+    ) -> AsyncIterator[AsyncConnection]:
         """A transaction on the primary: committed when the block ends, rolled back on error.
+
+        With `fence` (a logical shard, stage 8's shards), the transaction first takes that
+        logical shard's fence (`Databases.shard_write`).
 
         With `pipeline=True` (PostgreSQL), statements sent with `run` go out without waiting for
         each other; a round trip happens only when a result is read, and once more for the
@@ -294,6 +319,8 @@ class Database:
                     driver = _driver(conn)
                     try:
                         async with driver.pipeline():
+                            if fence is not None:  # queued: no round trip of its own
+                                await send(conn, _FENCE, {"logical": fence})
                             yield conn
                             await conn.commit()
                     except BaseException:
@@ -309,6 +336,8 @@ class Database:
                                 await conn.invalidate()
                         raise
                 else:
+                    if fence is not None:
+                        await run(conn, _FENCE, {"logical": fence})
                     yield conn
             position = current_position() if self.replicas else None
             if position is not None:
@@ -450,8 +479,11 @@ class Databases:
     delivery: Database
     shards: tuple[Database, ...] = ()
     """The order shards, numbered from 1 in the directory; none: orders live in `main`."""
-    directory: Mapping[int, int] = field(default_factory=dict)
-    """Logical shard (key % LOGICAL_SHARDS) to shard number (1-based)."""
+    directory: dict[int, int] = field(default_factory=dict)
+    """Logical shard (key % LOGICAL_SHARDS) to shard number (1-based), kept current by
+    `shards.follow_directory`."""
+    stale: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
+    """Set when a write found its logical shard moved away: the directory is re-read."""
 
     @classmethod
     def single(cls, db: Database) -> Databases:
@@ -491,6 +523,34 @@ class Databases:
         if not self.shards:
             return self.main
         return self.shards[self.directory[key % LOGICAL_SHARDS] - 1]
+
+    @asynccontextmanager
+    async def shard_write(
+        self, key: int, *, pipeline: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
+        """A transaction on the database holding the orders of `key` (see `shard_for`); with
+        shards, behind its logical shard's fence, so that no write lands on a database the
+        logical shard is moving away from. A fenced write answers Unavailable (retry): the
+        logical shard is being copied, or has moved and this process's directory is stale
+        (it is re-read at once)."""
+        if not self.shards:
+            async with self.main.write(pipeline=pipeline) as conn:
+                yield conn
+            return
+        try:
+            async with self.shard_for(key).write(
+                pipeline=pipeline, fence=key % LOGICAL_SHARDS
+            ) as conn:
+                yield conn
+        except (DBAPIError, psycopg.Error) as exc:
+            state = sqlstate(exc)
+            if state not in (SHARD_MOVING, SHARD_MOVED):
+                raise
+            if state == SHARD_MOVED:
+                self.stale.set()
+            raise ShardFenced(
+                "this customer's orders are moving to another database: retry in a moment"
+            ) from exc
 
     def recording(self) -> list[Database]:
         """The databases whose outbox records events: the shards, or `main` without them."""

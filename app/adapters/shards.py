@@ -7,21 +7,47 @@ main database (`shard_map`), maps each logical shard to one of the physical shar
 nothing is rehashed (docs/stage-8.md).
 
 The directory is filled once, when the first process finds it empty (logical shard k to
-database k % N + 1), and read by every process at start-up. Moving a logical shard online
-(docs/stage-8.md, build step 4) will reload it on a version change; until then a process holds
-the map it started with, and the map never changes under it.
+database k % N + 1), and read by every process at start-up. A logical shard moves online
+(`shop shards move`, app/orders/moves.py) between databases: every write to its rows takes
+the fence of its shard first (`shop_shard_fence`, migration 0015), which refuses it while the
+rows are copied (SH001: the client retries) and once they have gone (SH002: this process's
+directory is stale). Every process follows the directory (`follow_directory`): it re-reads
+it when a row's version changes, every few seconds, or at once after a write met SH002.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Integer, func, select
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+
+from sqlalchemy import Integer, String, func, select
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.adapters.db import LOGICAL_SHARDS, Database
+from app.adapters.db import LOGICAL_SHARDS, Database, Databases
 from app.kernel.models import Base
 
-__all__ = ["LOGICAL_SHARDS", "DirectoryProblem", "ShardMap", "load_directory", "logical_of"]
+__all__ = [
+    "FENCE_LOCK",
+    "LOGICAL_SHARDS",
+    "DirectoryProblem",
+    "ShardMap",
+    "ShardMove",
+    "follow_directory",
+    "load_directory",
+    "logical_of",
+    "read_directory",
+]
+
+log = logging.getLogger("shop.shards")
+
+FENCE_LOCK = 0x73687264
+"""The first key of the fence's advisory locks ("shrd"); the second is the logical shard."""
+FOLLOW_S = 2.0
+"""How often a process looks for a newer directory when nothing told it to sooner."""
 
 
 class ShardMap(Base):
@@ -31,6 +57,18 @@ class ShardMap(Base):
     shard: Mapped[int] = mapped_column(Integer)
     """The physical shard, 1-based: its place in SHOP_ORDER_SHARD_URLS."""
     version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class ShardMove(Base):
+    """In a shard: a logical shard moving away from it (`moving`: its writes wait) or moved
+    away (`gone`: a writer's directory is stale). No row: the shard holds it, if the
+    directory says so."""
+
+    __tablename__ = "shard_move"
+
+    logical: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    state: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime]
 
 
 class DirectoryProblem(RuntimeError):
@@ -70,3 +108,36 @@ async def load_directory(main: Database, *, shards: int) -> dict[int, int]:
             "give every shard the directory names, in the same order"
         )
     return directory
+
+
+async def read_directory(main: Database) -> tuple[int, dict[int, int]]:
+    """The directory as it stands, with its version (the highest of its rows')."""
+    async with main.read(primary=True) as conn:
+        rows = (
+            await conn.execute(select(ShardMap.logical, ShardMap.shard, ShardMap.version))
+        ).all()
+    return max((int(r.version) for r in rows), default=0), {
+        int(r.logical): int(r.shard) for r in rows
+    }
+
+
+async def follow_directory(dbs: Databases, *, every_s: float = FOLLOW_S) -> None:
+    """Keep `dbs.directory` the main database's, for as long as it runs (a task of the app's
+    lifespan and of the worker): a look at the version every `every_s`, or at once when a
+    write found its logical shard gone (`dbs.stale`)."""
+    seen: int | None = None
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(dbs.stale.wait(), every_s)
+        dbs.stale.clear()
+        try:
+            version, directory = await read_directory(dbs.main)
+        except (OSError, DBAPIError) as exc:
+            log.warning("the shard directory could not be read: %s", exc)
+            continue
+        if version != seen and len(directory) == LOGICAL_SHARDS:
+            moved = {k: v for k, v in directory.items() if dbs.directory.get(k) != v}
+            dbs.directory.update(directory)
+            if moved and seen is not None:
+                log.info("shard directory %s: logical shards %s moved", version, sorted(moved))
+            seen = version

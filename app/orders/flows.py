@@ -215,7 +215,7 @@ async def _fulfil_federated(
     A cancellation after 1 posts the reversal from its own event (`handle_order_cancelled`), in
     either order with 2: the two sum to zero."""
     order_id = int(payload["order_id"])
-    async with dbs.shard_for(order_id).write() as conn:
+    async with dbs.shard_write(order_id) as conn:
         order = (
             await conn.execute(
                 select(CustomerOrder.status, CustomerOrder.fulfilled_at)
@@ -323,8 +323,7 @@ about 40 s: 3 attempts of a 2 s connect and a 10 s read); past it, another worke
 async def _mail(dbs: Databases, mailer: Mailer, *, event_id: uuid.UUID, order_id: int) -> None:
     """The `mail` step (see the module's docstring): lease, commit, send, record; on the
     database that holds the order (its shard, stage 8), the address read from the main one."""
-    db = dbs.shard_for(order_id)
-    async with db.write() as conn:
+    async with dbs.shard_write(order_id) as conn:
         done = await conn.execute(
             select(outbox.ProcessedEvent.event_id).where(
                 outbox.ProcessedEvent.event_id == event_id, outbox.ProcessedEvent.step == "mail"
@@ -367,12 +366,12 @@ async def _mail(dbs: Databases, mailer: Mailer, *, event_id: uuid.UUID, order_id
         log.error("confirmation of order %s given up (event %s): %s", order_id, event_id, exc)
         outcome: dict[str, Any] = {"confirmation_refused": str(exc)[:500] or "refused"}
     except BaseException:
-        async with db.write() as conn:
+        async with dbs.shard_write(order_id) as conn:
             await _set_confirmation(conn, order_id, confirmation_claimed_until=None)
         raise
     else:
         outcome = {"confirmation_sent_at": utcnow()}
-    async with db.write() as conn:
+    async with dbs.shard_write(order_id) as conn:
         await _set_confirmation(conn, order_id, confirmation_claimed_until=None, **outcome)
         await outbox.claim(conn, event_id=event_id, step="mail")
 

@@ -37,6 +37,7 @@ from app.accounting.schemas import EntryRead
 from app.adapters.db import (
     Database,
     Databases,
+    ShardFenced,
     insert_or_ignore,
     named_values,
     run,
@@ -577,7 +578,7 @@ async def _place_in_shard(
     lines = _order_lines(items)
     body = _placed_answer(order_id, totals, created_at, Fulfilment.PENDING, lines)
     try:
-        async with shard.write(pipeline=True) as conn:
+        async with dbs.shard_write(customer_id, pipeline=True) as conn:
             if idempotency_key is not None:
                 replay = await _claim_key(
                     conn,
@@ -616,9 +617,10 @@ async def _place_in_shard(
             if idempotency_key is not None:
                 await _store_answer(conn, customer_id, idempotency_key, body)
     except Exception as exc:
-        # The order did not commit (or its commit's answer was lost): the fence decides which.
+        # The order did not commit (or its commit's answer was lost): the fence decides which;
+        # refused by its logical shard's fence (a move), it surely did not.
         try:
-            await settle_reservation(dbs, order_id=order_id)
+            await settle_reservation(dbs, order_id=order_id, aborted=isinstance(exc, ShardFenced))
         except Exception as settling:
             log.warning("order %s: reservation left to the worker: %s", order_id, settling)
         if isinstance(exc, _Replayed):
@@ -635,17 +637,18 @@ async def _place_in_shard(
 
 
 async def settle_reservation(
-    dbs: Databases, *, order_id: int, committed: bool = False
+    dbs: Databases, *, order_id: int, committed: bool = False, aborted: bool = False
 ) -> str | None:
     """Settle an order's reservation (stage 8): take the order id's fence in its shard, void,
     unless it is taken. Void (taken now, or by a settlement that died before it finished), the
     order never committed and never will, so its stock returns (`released`); taken by the
     order, it exists (`confirmed`). `committed`: the caller saw the order's transaction commit,
-    so the fence is the order's and is not read. Returns the new state, or None when it was
-    settled before."""
-    fenced = False
-    if not committed:
-        async with dbs.shard_for(order_id).write() as conn:
+    so the fence is the order's and is not read; `aborted`: the order's transaction surely did
+    nothing (its logical shard's fence refused it), so the stock returns without a fence.
+    Returns the new state, or None when it was settled before."""
+    fenced = aborted
+    if not committed and not aborted:
+        async with dbs.shard_write(order_id) as conn:
             await insert_or_ignore(
                 conn,
                 OrderFence.__table__,  # type: ignore[arg-type]
@@ -927,7 +930,7 @@ async def _cancel_federated(
     A crash after 1 leaves a request that the worker's reconciliation finishes
     (`finish_requested_cancels`); every step finds done what was done before it."""
     event: Event | None = None
-    async with dbs.shard_for(order_id).write() as conn:
+    async with dbs.shard_write(order_id) as conn:
         order = await _lock_for_cancel(conn, order_id, principal)
         if order.fulfilled_at is None:
             restock_here = not dbs.shards
@@ -976,7 +979,7 @@ async def _finish_cancel(
         async with dbs.delivery.write() as conn:
             await delivery.cancel_or_forestall(conn, order_id=order_id, customer_id=customer_id)
     except IllegalTransition:
-        async with dbs.shard_for(order_id).write() as conn:
+        async with dbs.shard_write(order_id) as conn:
             await conn.execute(
                 update(CustomerOrder)
                 .where(CustomerOrder.id == order_id)
@@ -984,7 +987,7 @@ async def _finish_cancel(
             )
         raise
     event: Event | None = None
-    async with dbs.shard_for(order_id).write() as conn:
+    async with dbs.shard_write(order_id) as conn:
         order = (
             await conn.execute(
                 select(*_CANCEL_COLUMNS).where(CustomerOrder.id == order_id).with_for_update()

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -276,3 +277,78 @@ def _post_quietly(url: str, token: str, product_id: int) -> None:
             json={"lines": [{"product_id": product_id, "quantity": 1}]},
             timeout=30,
         )
+
+
+def test_shop_shards_move_moves_a_customers_orders_while_the_shop_serves(
+    sharded: dict[str, str],
+) -> None:
+    """`shop shards move` against a running `shop serve`: the customer's order is read back
+    through the server once its directory has followed (within seconds), the next order lands
+    in the new shard, and the old one keeps nothing of that logical shard."""
+    import httpx
+
+    env = {k[4:]: v for k, v in sharded.items() if k.startswith("env:")}
+    main = _libpq(sharded["main"])
+    port = _free_port()
+    server = subprocess.Popen(
+        [SHOP, "serve", "--port", str(port), "--no-access-log"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: _answers(f"{base}/healthz"), 30, "the shop to start")
+        token = httpx.post(
+            f"{base}/auth/token",
+            data={"username": "customer1@example.com", "password": "demo-password-1"},
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        product_id = _scalar(main, "SELECT min(product_id) FROM stock_level")
+        order = {"lines": [{"product_id": product_id, "quantity": 1}]}
+        first = httpx.post(f"{base}/orders", headers=headers, json=order).json()["id"]
+        logical = first % 1024
+        source = _scalar(main, f"SELECT shard FROM shard_map WHERE logical = {logical}")
+        target = 3 - source
+
+        moved = subprocess.run(
+            [SHOP, "shards", "move", str(logical), "--to", str(target), "--grace-s", "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert moved.returncode == 0, moved.stderr
+        assert f"logical shard {logical} is in shard {target}" in moved.stderr
+        assert "Traceback" not in moved.stderr
+
+        def read_back() -> bool:
+            return httpx.get(f"{base}/orders/{first}", headers=headers).status_code == 200
+
+        _wait(read_back, 10, "the server to follow the directory")
+        second = httpx.post(f"{base}/orders", headers=headers, json=order)
+        assert second.status_code == 201, second.text
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    new, old = _libpq(sharded[f"shard{target}"]), _libpq(sharded[f"shard{source}"])
+    mine = f"SELECT count(*) FROM customer_order WHERE id % 1024 = {logical}"
+    assert (_scalar(new, mine), _scalar(old, mine)) == (2, 0)
+    assert _scalar(old, f"SELECT state FROM shard_move WHERE logical = {logical}") == "gone"
+    output = server.stdout.read() if server.stdout else ""
+    assert "Traceback" not in output
+
+
+def test_shop_shards_move_without_shards_says_so_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
+    env |= {"SHOP_ENV": "test", "SHOP_JWT_SECRET": "s" * 40,
+            "SHOP_SQLITE_PATH": str(tmp_path / "shop.db")}  # fmt: skip
+    assert subprocess.run([SHOP, "migrate"], env=env, capture_output=True).returncode == 0
+    refused = subprocess.run(
+        [SHOP, "shards", "move", "5", "--to", "2"], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "shop: shards: no order shards are configured (SHOP_ORDER_SHARD_URLS)"
+    )

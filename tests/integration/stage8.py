@@ -14,13 +14,14 @@ from sqlalchemy import text
 from app.adapters.db import Database
 from app.adapters.queue import Queue
 from app.adapters.resources import Resources
+from app.adapters.shards import read_directory
 from app.catalog import service as catalog
 from app.worker import Worker
 from tests.conftest import REDIS_URL, test_settings
 from tests.integration.conftest import TABLES
 from tests.integration.test_outbox import REGION, RecordingMailer, drain
 
-ALL_TABLES = f"{TABLES}, reservation, order_fence"
+ALL_TABLES = f"{TABLES}, reservation, order_fence, shard_move"
 
 
 def migrated(fresh_database: Callable[[], str], names: tuple[str, ...]) -> dict[str, str]:
@@ -58,9 +59,17 @@ async def shop_on(
     )
     async with LifespanManager(application, startup_timeout=30):
         resources: Resources = application.state.resources
-        for db in resources.databases.all():
+        dbs = resources.databases
+        for db in dbs.all():
             async with db.write() as conn:
                 await conn.execute(text(f"TRUNCATE {ALL_TABLES} RESTART IDENTITY CASCADE"))
+        if dbs.shards:  # the directory as first filled, whatever an earlier test moved
+            await rows(
+                dbs.main,
+                "UPDATE shard_map SET shard = logical % :n + 1, version = 1",
+                n=len(dbs.shards),
+            )
+            dbs.directory.update((await read_directory(dbs.main))[1])
         await catalog.catalog_changed(resources.cache)
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:

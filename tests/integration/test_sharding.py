@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -24,12 +25,13 @@ from prometheus_client import generate_latest
 from app.adapters.db import Database
 from app.adapters.outbox import Event
 from app.adapters.resources import Resources
-from app.adapters.shards import LOGICAL_SHARDS, DirectoryProblem, load_directory
+from app.adapters.shards import LOGICAL_SHARDS, DirectoryProblem, load_directory, read_directory
 from app.catalog import service as catalog
-from app.kernel.errors import Unauthenticated
+from app.kernel.errors import InvalidRequest, Unauthenticated, Unavailable
 from app.kernel.security import Role
 from app.orders import flows
 from app.orders import service as orders
+from app.orders.moves import move_logical_shard
 from app.orders.schemas import OrderCreate
 from app.worker import HOLDS_SETTLED, REGISTRY, Retention
 from tests.integration.conftest import User, make_product, make_user
@@ -512,3 +514,176 @@ async def test_the_admin_listing_is_for_admins_and_refuses_a_made_up_cursor(
         assert refused.json()["detail"][0]["loc"] == ["query", "cursor"]
     empty = await client.get("/admin/orders", headers=admin.headers, params={"cursor": "0.1"})
     assert empty.json() == {"items": [], "limit": 20, "next_cursor": None}
+
+
+# --- moving a logical shard online ---------------------------------------------------------------
+
+
+def _logical(user: User) -> int:
+    return user.id % LOGICAL_SHARDS
+
+
+async def _orders_of(db: Database, logical: int) -> list[int]:
+    found = await rows(
+        db, "SELECT id FROM customer_order WHERE id % 1024 = :k ORDER BY id", k=logical
+    )
+    return [order_id for (order_id,) in found]
+
+
+async def _follow(resources: Resources) -> None:
+    """What every process's `follow_directory` does within seconds of a move."""
+    resources.databases.directory.update((await read_directory(resources.db))[1])
+
+
+async def test_a_logical_shard_moves_with_its_orders_keys_and_events_and_stays_served(
+    shop: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, queue_url: str
+) -> None:
+    client, resources = shop
+    alice, bob = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=20, price_cents=1000)
+    first = (await place(client, alice, product.id, key="once")).json()
+    second = (await place(client, alice, product.id)).json()
+    theirs = (await place(client, bob, product.id)).json()
+    await work_off(resources, worker_of(resources, moto_endpoint, queue_url))
+    k = _logical(alice)
+    source = resources.databases.directory[k]
+    to = 3 - source
+    origin, target = shards(resources)[source - 1], shards(resources)[to - 1]
+
+    said: list[str] = []
+    moved = await move_logical_shard(
+        resources.databases, logical=k, to=to, grace_s=0, say=said.append
+    )
+    await _follow(resources)
+
+    assert (moved.source, moved.target) == (source, to)
+    assert moved.rows["customer_order"] == 2 and moved.rows["order_line"] == 2
+    assert moved.rows["idempotency_key"] == 1 and moved.rows["outbox_event"] == 2
+    assert await _orders_of(origin, k) == [] and await rows(
+        origin,
+        "SELECT count(*) FROM outbox_event WHERE (payload->>'order_id')::bigint % 1024 = :k",
+        k=k,
+    ) == [(0,)]
+    assert await _orders_of(target, k) == sorted([first["id"], second["id"]])
+    assert any("copied to shard" in line for line in said)
+    # Served from its new shard: reads, a replayed key, a new order, the worker's steps.
+    listed = (await client.get("/orders", headers=alice.headers)).json()["items"]
+    assert sorted(o["id"] for o in listed) == sorted([first["id"], second["id"]])
+    one = await client.get(f"/orders/{first['id']}", headers=alice.headers)
+    assert one.status_code == 200 and one.json()["fulfilment"] == "done"
+    again = await place(client, alice, product.id, key="once")
+    assert again.headers.get("Idempotent-Replayed") == "true" and again.json()["id"] == first["id"]
+    third = await place(client, alice, product.id)
+    assert third.status_code == 201, third.text
+    await work_off(resources, worker_of(resources, moto_endpoint, queue_url))
+    assert third.json()["id"] in await _orders_of(target, k)
+    done = await client.get(f"/orders/{third.json()['id']}", headers=alice.headers)
+    assert done.json()["fulfilment"] == "done"
+    # The other logical shards did not move.
+    assert (await client.get(f"/orders/{theirs['id']}", headers=bob.headers)).status_code == 200
+    assert await stock_of(resources, product.id) == 16
+    # Moving it again where it is already is refused, naming the parameter.
+    with pytest.raises(InvalidRequest, match="already"):
+        await move_logical_shard(resources.databases, logical=k, to=to, grace_s=0)
+
+
+async def test_an_order_for_a_logical_shard_being_copied_waits_and_keeps_no_stock(
+    shop: tuple[httpx.AsyncClient, Resources],
+) -> None:
+    client, resources = shop
+    alice, bob = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=5)
+    k = _logical(alice)
+    origin = shards(resources)[resources.databases.directory[k] - 1]
+    await rows(origin, "INSERT INTO shard_move VALUES (:k, 'moving', now())", k=k)
+
+    paused = await place(client, alice, product.id)
+    assert paused.status_code == 503 and paused.headers["Retry-After"] == "1", paused.text
+    assert "moving" in paused.json()["detail"]
+    # Its transaction on the shard did nothing, so the stock came back at once.
+    assert await stock_of(resources, product.id) == 5
+    assert await reservations(resources) == Counter(released=1)
+    assert await _orders_of(origin, k) == []
+    # Other customers' orders go on.
+    assert (await place(client, bob, product.id)).status_code == 201
+
+
+async def test_a_process_with_the_old_directory_is_refused_and_rereads_it(
+    shop: tuple[httpx.AsyncClient, Resources],
+) -> None:
+    _, resources = shop
+    alice, _ = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=5)
+    k = _logical(alice)
+    old = dict(resources.databases.directory)
+    to = 3 - old[k]
+    await move_logical_shard(resources.databases, logical=k, to=to, grace_s=0)
+    # Another process, which has not looked at the directory since the move.
+    elsewhere = replace(resources.databases, directory=old, stale=asyncio.Event())
+    data = OrderCreate.model_validate({"lines": [{"product_id": product.id, "quantity": 1}]})
+
+    relay = resources.relay
+
+    with pytest.raises(Unavailable):
+        await orders.place_order(
+            elsewhere, customer_id=alice.id, data=data, tax_rate_bp=0, relay=relay
+        )
+    assert elsewhere.stale.is_set()  # its follower reads the directory now, not in seconds
+    assert await stock_of(resources, product.id) == 5
+    elsewhere.directory.update((await read_directory(resources.db))[1])
+    placed = await orders.place_order(
+        elsewhere, customer_id=alice.id, data=data, tax_rate_bp=0, relay=relay
+    )
+    assert placed.status_code == 201
+    assert await _orders_of(shards(resources)[to - 1], k) == [placed.body["id"]]
+
+
+async def test_orders_placed_while_their_logical_shard_moves_all_end_in_the_new_shard(
+    shop: tuple[httpx.AsyncClient, Resources], moto_endpoint: str, queue_url: str
+) -> None:
+    """Under load: buyers of one logical shard and of another order without pause while the
+    first moves; each retries a 503 as its Retry-After says (faster here). Every order
+    answered 201 is in its customer's shard afterwards, once; the stock agrees."""
+    client, resources = shop
+    alice, bob = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=1000)
+    k = _logical(alice)
+    to = 3 - resources.databases.directory[k]
+
+    moved = asyncio.Event()
+    after_move: list[int] = []
+
+    async def buyer(user: User, count: int) -> list[int]:
+        placed = []
+        while len(placed) < count or (user is alice and not after_move):
+            for _attempt in range(100):
+                answer = await place(client, user, product.id)
+                if answer.status_code != 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert answer.status_code == 201, answer.text
+            placed.append(answer.json()["id"])
+            if moved.is_set() and user is alice:
+                after_move.append(placed[-1])
+        return placed
+
+    async def mover() -> None:
+        await asyncio.sleep(0.2)
+        await move_logical_shard(resources.databases, logical=k, to=to, grace_s=0.5)
+        moved.set()
+
+    mine, theirs, _ = await asyncio.gather(buyer(alice, 40), buyer(bob, 40), mover())
+    # The move happened in the middle of the buying, not before or after it.
+    assert 0 < len(after_move) < len(mine)
+
+    assert await _orders_of(shards(resources)[to - 1], k) == sorted(mine)
+    assert await _orders_of(shards(resources)[2 - to], k) == []
+    assert await orders_per_shard(resources) != [[], []]
+    await expire_holds(resources)
+    await worker_of(resources, moto_endpoint, queue_url).settle()
+    assert await stock_of(resources, product.id) == 1000 - len(mine) - len(theirs)
+    held = await reservations(resources)
+    assert held["confirmed"] == len(mine) + len(theirs) and held["held"] == 0
+    for order_id in mine[-3:]:
+        one = await client.get(f"/orders/{order_id}", headers=alice.headers)
+        assert one.status_code == 200
