@@ -276,7 +276,13 @@ def cmd_purge_keys(args: argparse.Namespace) -> None:
         res = await open_resources(settings)
         try:
             hours = max(args.hours, settings.idempotency_ttl_h)
-            return await service.purge_idempotency_keys(res.db, older_than=timedelta(hours=hours))
+            # Keys live where their orders do: each order shard (stage 8), else the main one.
+            return sum(
+                [
+                    await service.purge_idempotency_keys(db, older_than=timedelta(hours=hours))
+                    for db in res.databases.recording()
+                ]
+            )
         finally:
             await close_resources(res)
 

@@ -352,3 +352,22 @@ def test_shop_shards_move_without_shards_says_so_in_one_line(tmp_path: Path) -> 
     assert refused.stderr.strip() == (
         "shop: shards: no order shards are configured (SHOP_ORDER_SHARD_URLS)"
     )
+
+
+def test_shop_purge_keys_forgets_old_keys_in_every_order_shard(sharded: dict[str, str]) -> None:
+    env = {k[4:]: v for k, v in sharded.items() if k.startswith("env:")}
+    old = "now() - interval '3 days'"
+    for number, shard in ((1, "shard1"), (2, "shard2")):
+        with psycopg.connect(_libpq(sharded[shard])) as conn:
+            conn.execute(
+                "INSERT INTO idempotency_key (customer_id, key, request_hash, created_at) "
+                f"VALUES ({number}, 'old', 'h', {old}), ({number}, 'new', 'h', now())"
+            )
+    purged = subprocess.run(
+        [SHOP, "purge-keys"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert purged.returncode == 0, purged.stderr
+    assert "forgot 2 idempotency keys" in purged.stderr
+    for shard in ("shard1", "shard2"):
+        keys = _scalar(_libpq(sharded[shard]), "SELECT string_agg(key, ',') FROM idempotency_key")
+        assert keys == "new"
