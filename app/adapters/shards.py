@@ -131,11 +131,15 @@ async def follow_directory(dbs: Databases, *, every_s: float = FOLLOW_S) -> None
             await asyncio.wait_for(dbs.stale.wait(), every_s)
         dbs.stale.clear()
         try:
+            async with dbs.main.read(primary=True) as conn:
+                newest = await conn.scalar(select(func.max(ShardMap.version)))
+            if newest == seen:
+                continue
             version, directory = await read_directory(dbs.main)
         except (OSError, DBAPIError) as exc:
             log.warning("the shard directory could not be read: %s", exc)
             continue
-        if version != seen and len(directory) == LOGICAL_SHARDS:
+        if len(directory) == LOGICAL_SHARDS:
             moved = {k: v for k, v in directory.items() if dbs.directory.get(k) != v}
             dbs.directory.update(directory)
             if moved and seen is not None:
