@@ -10,7 +10,8 @@ knobs (loadtests/shapes.py), `SHOP_LOAD_THINK_S` (mean think time, default 1.0),
 `SHOP_LOAD_POPULARITY` (which products are picked: the default skew, `uniform` or `zipf:S`),
 `SHOP_LOAD_MIX` (unset: the talk's mix; `orders`: buyers who only place orders),
 `SHOP_LOAD_ADMIN_EMAIL`/`SHOP_LOAD_ADMIN_PASSWORD` (the admin who restocks and checks the
-invariants), `SHOP_LOAD_P95_MS` (the latency objective, default 500), and the outputs
+invariants), `SHOP_LOAD_P95_MS` (the latency objective, default 500), `SHOP_LOAD_SETTLE_S` (how
+long the closing stock check waits for work the run left in flight, default 12), and the outputs
 `SHOP_LOAD_STEPS_OUT` (one JSON line per measured step) and `SHOP_LOAD_INVARIANTS_OUT`; for the
 fault runs (loadtests/ladder/faults.py), `SHOP_LOAD_REQUESTS_OUT` (one JSON line per request:
 start, name, status, milliseconds, error kind, Retry-After) and `SHOP_LOAD_ACKED_OUT` (one JSON
@@ -48,6 +49,7 @@ log = logging.getLogger("shop.load")
 try:
     THINK_S = shapes._env_number("SHOP_LOAD_THINK_S", 1.0, minimum=0.0)
     P95_OBJECTIVE_MS = shapes._env_number("SHOP_LOAD_P95_MS", 500.0, minimum=1.0)
+    SETTLE_S = shapes._env_number("SHOP_LOAD_SETTLE_S", 12.0, minimum=0.0)
     POPULARITY = shapes.popularity(os.environ.get("SHOP_LOAD_POPULARITY"))
     MIX = shapes.mix(os.environ.get("SHOP_LOAD_MIX"))
     _shape_class = shapes.chosen(os.environ.get("SHOP_LOAD_SHAPE"))
@@ -800,7 +802,10 @@ def _check_invariants() -> dict[str, Any]:
         }
     try:
         return invariants.check_run(
-            RunState.admin, stock_before=RunState.stock_before, tally=RunState.tally
+            RunState.admin,
+            stock_before=RunState.stock_before,
+            tally=RunState.tally,
+            settle_s=SETTLE_S,
         )
     except invariants.ShopUnreachable as exc:
         return {"ok": False, "checks": {"readable": {"ok": False, "detail": str(exc)}}}

@@ -34,7 +34,11 @@ CARTS_TABLE = "shop-carts"
 ASSETS_BUCKET = "shop-assets"
 QUEUE = "shop-orders"
 AWS_KEYS = {"AWS_ACCESS_KEY_ID": "ladder-local", "AWS_SECRET_ACCESS_KEY": "ladder-local"}
-POSTGRES_SETTINGS = ("max_connections=80", "shared_buffers=64MB")
+RDS_MAX_CONNECTIONS = 900
+"""RDS's default max_connections for the stacks' db.m7g.large (8 GiB): LEAST(memory / 9531392,
+5000). With a smaller limit the fleet a write-heavy ramp grows to (8 app processes, each with
+its pools) is refused connections before the primary's CPU is the limit."""
+POSTGRES_SETTINGS = (f"max_connections={RDS_MAX_CONNECTIONS}", "shared_buffers=64MB")
 
 
 class ComponentFailed(RuntimeError):
@@ -114,6 +118,8 @@ class Topology:
     nginx: Process | None = None
     target: str = ""
     """The URL Locust drives: the CDN stand-in, else the balancer, else the one app."""
+    settle_s: float = 12.0
+    """How long the suite's closing stock check waits (Stage.settle_s)."""
 
     def spawn(
         self,

@@ -323,6 +323,7 @@ def build(stage: Stage, topology: Topology, budgets: Budgets, *, products: int =
     """Start the stage's components, migrate and seed, then put each under its budget (the
     set-up runs unbudgeted: seeding under 0.1 CPU would take minutes)."""
     box = "box" if stage.single_box else None
+    topology.settle_s = stage.settle_s
     topology.env |= {
         "SHOP_ENV": "test",
         "SHOP_JWT_SECRET": jwt_secret(),
@@ -411,6 +412,7 @@ def locust(
     outputs = {"steps": folder / "steps.jsonl", "invariants": folder / "invariants.json"}
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
     env |= load.env(shape or "") | {
+        "SHOP_LOAD_SETTLE_S": str(topology.settle_s),
         "SHOP_LOAD_ADMIN_EMAIL": ADMIN_EMAIL,
         "SHOP_LOAD_ADMIN_PASSWORD": topology.env["_ADMIN_PASSWORD"],
     }
