@@ -118,10 +118,16 @@ def fit(steps: Sequence[Mapping[str, Any]], rate: str = "rps") -> dict[str, Dema
 
 
 def _largest_budgets(result: Mapping[str, Any]) -> dict[str, float]:
-    """The budgets at the fleet's largest size during the run (an autoscaler changes them)."""
-    largest = {k: float(v) for k, v in (result.get("budgets") or {}).items()}
-    for step in result.get("steps") or []:
-        for name, cpus in (step.get("budgets") or {}).items():
+    """The budgets at the fleet's largest size during the steps (an autoscaler changes them,
+    and each of its steps records its own); the result's budgets for a fixed fleet. Not the
+    result's when steps have their own: at stages 7 and 8 it holds the write-heavy ramp's
+    fleet, larger than the mix's."""
+    recorded = [step["budgets"] for step in result.get("steps") or [] if step.get("budgets")]
+    if not recorded:
+        return {k: float(v) for k, v in (result.get("budgets") or {}).items()}
+    largest: dict[str, float] = {}
+    for budgets in recorded:
+        for name, cpus in budgets.items():
             largest[name] = max(largest.get(name, 0.0), float(cpus))
     return largest
 

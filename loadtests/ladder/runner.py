@@ -595,6 +595,8 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
                 steps, checked = run.measure(steady, "step", folder / f"popularity-{name}")
                 invariants = _both(invariants, checked)
                 popular += [step | {"popularity": kind} for step in steps[:1]]
+        # The fleet's largest during the mix (the write-heavy ramp may grow it further).
+        peak_apps = max((n for _, n in scaler.instances), default=0) if scaler else 0
         writes: list[dict[str, Any]] = []
         if stage.probe == "write-heavy":
             if scaler is not None and stage.write_fleet:
@@ -634,7 +636,6 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
         sampler.stop.set()
         thread.join(10)
         children_after = os.times()  # Locust has been waited for: its CPU time is in here
-        peak_apps = max((n for _, n in scaler.instances), default=0) if scaler else 0
         result = {
             "stage": stage.number,
             "name": stage.name,

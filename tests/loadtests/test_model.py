@@ -262,3 +262,17 @@ def test_without_stage_7_stage_8_is_not_judged() -> None:
     )
     assert "## Stage 8: orders across two shards" in text
     assert "against stage 7" not in text
+
+
+def test_an_autoscaled_mix_is_judged_by_its_own_steps_fleet_not_the_write_ramps() -> None:
+    """Stages 7 and 8 grow the fleet to 8 app processes for the write-heavy ramp after the mix;
+    the mix's capacity is its steps' largest fleet, not that one."""
+    steps = [
+        {"users": 10 * n, "rps": 10.0 * n, "p95_ms": 100, "failures": 0, "requests": 100 * n,
+         "cpu": {"app": 0.01 * n}, "budgets": {"app": 0.2 if n < 3 else 0.3}}
+        for n in (1, 2, 3)
+    ]  # fmt: skip
+    result = {"stage": 7, "budgets": {"app": 1.1}, "steps": steps, "p95_objective_ms": 500}
+    found = model.predict(result)
+    assert found is not None
+    assert found.capacities["app"] == pytest.approx(0.3 / 0.001, rel=0.01)
