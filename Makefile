@@ -113,7 +113,7 @@ bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench
 
 ## ladder: each stage built natively under CPU budgets, loaded by Locust, measured, torn down;
-## results in ladder-results/, report in docs/ladder/ and the README's table (STAGES=3,4 for some; about 59 min for all)
+## results in ladder-results/, report in docs/ladder/ and the README's table (STAGES=3,4 for some; about 74 min for all)
 ladder: $(STAMP) system-packages
 	$(BIN)/python -m loadtests.ladder $(if $(STAGES),--stages $(STAGES))
 

@@ -276,3 +276,14 @@ def test_an_autoscaled_mix_is_judged_by_its_own_steps_fleet_not_the_write_ramps(
     found = model.predict(result)
     assert found is not None
     assert found.capacities["app"] == pytest.approx(0.3 / 0.001, rel=0.01)
+
+
+def test_orders_per_second_are_the_suites_answered_orders_before_the_apps_count() -> None:
+    step = {
+        "started_at": 100.0,
+        "ended_at": 110.0,
+        "by_name": {"POST /orders": {"requests": 650, "failures": 50}},
+        "signals": {"orders_per_s": 22.0},  # scrapes lost on a saturated machine
+    }
+    assert model.orders_answered(step) == 60.0
+    assert model.orders_answered({"signals": {"orders_per_s": 22.0}}) == 22.0
