@@ -1,5 +1,5 @@
-"""docker-compose.yml brought up for real: the development profile and the stage profiles 3, 5
-and 7, each from the project's own Dockerfile, on podman (see engine.py and README.md here).
+"""docker-compose.yml brought up for real: the development profile and the stage profiles 3, 5,
+7 and 8, each from the project's own Dockerfile, on podman (see engine.py and README.md here).
 
 Against each: /readyz answers, the storefront renders, a customer signs in and places an order
 (and where a queue takes the order, the worker fulfils it); `down -v` leaves nothing behind."""
@@ -51,6 +51,8 @@ PROFILES = (
     Profile("stage-3", ("s3-lb",), "s3-app", 8180, queue=False),
     Profile("stage-5", ("s5-cdn",), "s5-app", 8180, queue=False),
     Profile("stage-7", ("s7-cdn", "s7-worker"), "s7-app", 8180, queue=True),
+    # Five PostgreSQL servers: main (with its replica), two order shards, accounting, delivery.
+    Profile("stage-8", ("s8-cdn", "s8-worker"), "s8-app", 8180, queue=True),
 )
 
 
