@@ -17,7 +17,8 @@ move takes it from the database that holds it (A) to another (B) while the shop 
 
 Writes to the logical shard wait for at most the copy (one transaction of 1/1024 of a shard);
 the other 1,023 logical shards are not touched. A move that died part-way is finished by
-running it again: before the switch it starts over, after it it finishes 4 and 5.
+running it again: before the switch it starts over (until then the logical shard's writes
+answer 503), after it it finishes 4 and 5.
 """
 
 from __future__ import annotations
@@ -78,14 +79,11 @@ def _of(logical: int) -> dict[Table, ColumnElement[bool]]:
     }
 
 
-async def _set_state(db: Database, logical: int, state: str | None) -> None:
-    """Write (or, with None, clear) the logical shard's row in `db`'s `shard_move`, under the
-    fence's exclusive lock: the writes holding the fence finish first."""
+async def _set_state(db: Database, logical: int, state: str) -> None:
+    """Write the logical shard's row in `db`'s `shard_move`, under the fence's exclusive lock:
+    the writes holding the fence finish first."""
     async with db.write() as conn:
         await conn.execute(select(func.pg_advisory_xact_lock(FENCE_LOCK, logical)))
-        if state is None:
-            await conn.execute(delete(ShardMove).where(ShardMove.logical == logical))
-            return
         values = {"logical": logical, "state": state, "updated_at": utcnow()}
         await conn.execute(
             postgresql.insert(ShardMove)
