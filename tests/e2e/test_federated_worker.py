@@ -188,25 +188,12 @@ def sharded(fresh_database: Callable[[], str], moto_endpoint: str) -> dict[str, 
 def test_a_shop_killed_between_the_stock_and_the_order_leaves_stock_and_orders_agreeing(
     sharded: dict[str, str], held_table: str, outcome: str
 ) -> None:
-    import httpx
 
-    env = {k[4:]: v for k, v in sharded.items() if k.startswith("env:")}
+    env = _env_of(sharded)
     main = _libpq(sharded["main"])
-    port = _free_port()
-    server = subprocess.Popen(
-        [SHOP, "serve", "--port", str(port), "--no-access-log"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    server, base = _start_shop(env)
     try:
-        _wait(lambda: _answers(f"{base}/healthz"), 30, "the shop to start")
-        token = httpx.post(
-            f"{base}/auth/token",
-            data={"username": "customer1@example.com", "password": "demo-password-1"},
-        ).json()["access_token"]
+        token = _sign_in(base)
         customer_id = _scalar(main, "SELECT id FROM customer WHERE email = 'customer1@example.com'")
         logical = customer_id % 1024
         number = _scalar(main, f"SELECT shard FROM shard_map WHERE logical = {logical}")
@@ -257,6 +244,41 @@ def test_a_shop_killed_between_the_stock_and_the_order_leaves_stock_and_orders_a
     assert "Traceback" not in output
 
 
+def _env_of(sharded: dict[str, str]) -> dict[str, str]:
+    """The stage-8 shop's environment the `sharded` fixture carries."""
+    return {k[4:]: v for k, v in sharded.items() if k.startswith("env:")}
+
+
+def _start_shop(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`shop serve` on a free port, answering: the process and its base URL."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [SHOP, "serve", "--port", str(port), "--no-access-log"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: _answers(f"{base}/healthz"), 30, "the shop to start")
+    except BaseException:
+        server.kill()
+        raise
+    return server, base
+
+
+def _sign_in(base: str) -> str:
+    """The seeded customer 1's access token."""
+    import httpx
+
+    answer = httpx.post(
+        f"{base}/auth/token",
+        data={"username": "customer1@example.com", "password": "demo-password-1"},
+    )
+    return str(answer.json()["access_token"])
+
+
 def _answers(url: str) -> bool:
     import httpx
 
@@ -287,23 +309,11 @@ def test_shop_shards_move_moves_a_customers_orders_while_the_shop_serves(
     in the new shard, and the old one keeps nothing of that logical shard."""
     import httpx
 
-    env = {k[4:]: v for k, v in sharded.items() if k.startswith("env:")}
+    env = _env_of(sharded)
     main = _libpq(sharded["main"])
-    port = _free_port()
-    server = subprocess.Popen(
-        [SHOP, "serve", "--port", str(port), "--no-access-log"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    server, base = _start_shop(env)
     try:
-        _wait(lambda: _answers(f"{base}/healthz"), 30, "the shop to start")
-        token = httpx.post(
-            f"{base}/auth/token",
-            data={"username": "customer1@example.com", "password": "demo-password-1"},
-        ).json()["access_token"]
+        token = _sign_in(base)
         headers = {"Authorization": f"Bearer {token}"}
         product_id = _scalar(main, "SELECT min(product_id) FROM stock_level")
         order = {"lines": [{"product_id": product_id, "quantity": 1}]}
@@ -355,7 +365,7 @@ def test_shop_shards_move_without_shards_says_so_in_one_line(tmp_path: Path) -> 
 
 
 def test_shop_purge_keys_forgets_old_keys_in_every_order_shard(sharded: dict[str, str]) -> None:
-    env = {k[4:]: v for k, v in sharded.items() if k.startswith("env:")}
+    env = _env_of(sharded)
     old = "now() - interval '3 days'"
     for number, shard in ((1, "shard1"), (2, "shard2")):
         with psycopg.connect(_libpq(sharded[shard])) as conn:
