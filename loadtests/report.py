@@ -333,10 +333,12 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
     summaries = [analysis.summarise(result) for result in results]
     objectives = sorted({float(r.get("p95_objective_ms") or 500.0) for r in results})
     sources = sorted({str(r.get("source", "local")) for r in results})
+    commits = {(r.get("provenance") or {}).get("commit") for r in results}
+    runs = "one run" if len(commits) <= 1 else f"{len(commits)} runs (commits below)"
     parts = [
         "# The stage ladder, measured",
         "",
-        "Written by `python -m loadtests.report` from the per-stage results of one run "
+        f"Written by `python -m loadtests.report` from the per-stage results of {runs} "
         f"(source: {', '.join(sources)}). The knee is the step with the highest throughput "
         f"whose p95 stays under {' / '.join(f'{o:g}' for o in objectives)} ms with under 1 % "
         "errors; the bottleneck is the component whose CPU used over its budget is highest at "

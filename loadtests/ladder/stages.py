@@ -9,7 +9,8 @@ component STAGES.md predicts to saturate first) and `sizes.from_stacks` gives ev
 budget in proportion to its vCPUs in the stage's stack, one scale factor per stage, so that the
 scaled components share 0.9 CPU at the stage's minimum size (the stand-ins of the load balancer
 and the CDN get 0.1 each, an autoscaled fleet grows to 1.3 in all) and the load generator keeps
-most of a core.
+most of a core. Stage 8, stage 7 plus databases, takes stage 7's factor instead (each of its
+primaries gets stage 7's primary's budget), and so holds more (sizes.SCALED_AS).
 Whether the predicted component saturates first is then what the run finds out.
 """
 
