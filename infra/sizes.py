@@ -77,6 +77,7 @@ def sizes(stage: Stage) -> dict[str, Any]:
     if stage.workers is not None:
         workers = stage.workers
         found["workers"] = _group(workers.instance_type, workers.min_size, workers.max_size)
+        found["workers"]["backlog_per_instance"] = workers.messages_per_instance
     if stage.federated is not None:
         found["federated"] = {
             "instance_type": stage.federated.instance_type,

@@ -335,6 +335,9 @@ class WriteLimit:
     fleet: int = 0
     """App processes the ramp's fleet could grow to (0: not recorded, the autoscaler's own
     ceiling)."""
+    workers: int = 0
+    """The most workers that ran during the ramp (0: not recorded, the workers stayed as
+    started)."""
 
 
 ORDER_ROUTE = "POST /orders"
@@ -395,6 +398,7 @@ def write_limit(
             if name in per_order and per_order[name].seconds > 0
         },
         fleet=int(result.get("write_fleet") or 0),
+        workers=int(result.get("write_workers") or 0),
     )
 
 
@@ -446,6 +450,11 @@ def _write_heavy(stage: int, found: WriteLimit | None, assumptions: Assumptions)
             "largest), so that the app does not hide where the primaries saturate. "
             if found.fleet
             else "passes. "
+        )
+        + (
+            f"Its workers grew on the stack's rule (the backlog per worker) to {found.workers}. "
+            if found.workers
+            else ""
         )
         + f"Its knee: **{found.knee_orders:.0f} orders/s** at "
         f"{found.knee_users} users (p95 {found.knee_p95_ms:.0f} ms); what limited it: "

@@ -20,13 +20,13 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from loadtests import analysis, shapes
 from loadtests.ladder.cgroups import Budgets, CpuSampler, cpu_per_component
-from loadtests.ladder.components import ROOT, Topology, jwt_secret
+from loadtests.ladder.components import ROOT, Process, Topology, jwt_secret
 from loadtests.ladder.provenance import provenance
 from loadtests.ladder.signals import Metrics, merge_step, parse_metrics
 from loadtests.ladder.stages import FEDERATED, Stage
@@ -127,6 +127,9 @@ class Sampler:
     metrics: list[tuple[float, dict[str, Metrics]]] = field(default_factory=list)
     lag: list[tuple[float, float]] | None = None
     depth: list[tuple[float, float]] | None = None
+    """Messages queued (visible)."""
+    backlog: list[tuple[float, float]] | None = None
+    """Messages queued plus in flight: what the worker group is scaled on."""
     fulfilment: list[tuple[float, float]] | None = None
     """The workers' age of the last order they finished (its first send to its last step), the
     oldest of them."""
@@ -139,7 +142,7 @@ class Sampler:
         if self.topology.workers:
             self.fulfilment = []
         if self.topology.queue_url is not None:
-            self.depth = []
+            self.depth, self.backlog = [], []
             import boto3
 
             self._sqs = boto3.client(
@@ -178,13 +181,24 @@ class Sampler:
             try:
                 attributes = self._sqs.get_queue_attributes(
                     QueueUrl=self.topology.queue_url,
-                    AttributeNames=["ApproximateNumberOfMessages"],
+                    AttributeNames=[
+                        "ApproximateNumberOfMessages",
+                        "ApproximateNumberOfMessagesNotVisible",
+                    ],
                 )["Attributes"]
-                self.depth.append((now, float(attributes["ApproximateNumberOfMessages"])))
+                visible = float(attributes["ApproximateNumberOfMessages"])
+                in_flight = float(attributes.get("ApproximateNumberOfMessagesNotVisible", 0))
+                self.depth.append((now, visible))
+                assert self.backlog is not None
+                self.backlog.append((now, visible + in_flight))
             except Exception:
                 pass
         for hook in self.hooks:
             hook()
+
+    def last_backlog(self) -> float | None:
+        """The backlog last sampled, if any."""
+        return self.backlog[-1][1] if self.backlog else None
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -208,31 +222,114 @@ def _last_event_age(port: int) -> float | None:
 
 
 @dataclass
-class Autoscaler:
-    """Stage 6 locally: target tracking on the app processes' mean CPU against their budget,
-    one process at a time behind nginx, scale-in more cautious than scale-out, as an Auto
-    Scaling group with a target tracking policy does, in seconds instead of minutes."""
+class _Scaling:
+    """What the two local scaling policies share, as an Auto Scaling group runs them: one
+    change at a time, a cooldown after each, scale-in more cautious than scale-out, and the
+    group's size over time (a step's CPU is judged against what ran during it)."""
 
     topology: Topology
     budgets: Budgets
     stage: Stage
-    cpu: CpuSampler
-    target: float = 0.6
-    """Mean CPU of the app processes against their budget that the fleet is sized for."""
+    _: KW_ONLY
     cooldown_s: float = 8
     """Seconds after a change before the next scale-out; twice as long before a scale-in."""
     instances: list[tuple[float, int]] = field(default_factory=list)
     enabled: bool = True
-    """False: the fleet stays as it is (stage 6's second day, on a fixed fleet)."""
+    """False: the group stays as it is."""
     ceiling: int = 0
-    """The most app processes it runs: the stage's `max_app_processes` unless raised (the
-    write-heavy ramp's `write_fleet`)."""
+    """The most processes it runs."""
     _last_change: float = 0.0
     _busy: bool = False
 
+    noun = "processes"
+
     def __post_init__(self) -> None:
-        self.instances.append((time.time(), len(self.topology.apps)))
+        self.instances.append((time.time(), len(self.members())))
+
+    def members(self) -> list[Process]:
+        raise NotImplementedError
+
+    def wanted(self) -> int | None:
+        """The size the policy asks for now; None when its metric has no sample."""
+        raise NotImplementedError
+
+    def _add(self) -> None:
+        raise NotImplementedError
+
+    def _remove(self) -> None:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        since = time.time() - self._last_change
+        if not self.enabled or self._busy or since < self.cooldown_s:
+            return
+        wanted = self.wanted()
+        if wanted is None:
+            return
+        count = len(self.members())
+        if wanted > count:
+            self._busy = True
+            threading.Thread(target=self._grow, daemon=True).start()
+        elif wanted < count and since >= 2 * self.cooldown_s:
+            self._remove()
+            self._changed()
+
+    def _grow(self) -> None:
+        try:
+            self._add()
+            self._changed()
+        finally:
+            self._busy = False
+
+    def _next(self) -> int:
+        return max(int(p.name.split("-")[1]) for p in self.members()) + 1
+
+    def _changed(self) -> None:
+        self._last_change = time.time()
+        self.instances.append((self._last_change, len(self.members())))
+        say(f"  autoscaler: {len(self.members())} {self.noun}")
+
+    def resume(self) -> None:
+        """Scale again, judging only what was measured from now on (the window before this
+        may hold a larger group's work, which would read as a busy small group)."""
+        self._last_change = time.time()
+        self.enabled = True
+
+    def mean_count(self, start: float, end: float) -> float:
+        """Processes running between `start` and `end`, on average over the time."""
+        if end <= start:
+            return float(self.count_at(end))
+        edges = [start, *(when for when, _ in self.instances if start < when < end), end]
+        spans = itertools.pairwise(edges)
+        return sum(self.count_at(a) * (b - a) for a, b in spans) / (end - start)
+
+    def count_at(self, at: float) -> int:
+        count = self.instances[0][1]
+        for when, number in self.instances:
+            if when <= at:
+                count = number
+        return count
+
+
+@dataclass
+class Autoscaler(_Scaling):
+    """Stage 6 locally: target tracking on the app processes' mean CPU against their budget,
+    one process at a time behind nginx, as an Auto Scaling group with a target tracking
+    policy does, in seconds instead of minutes. `ceiling` is the stage's `max_app_processes`
+    unless raised (the write-heavy ramp's `write_fleet`)."""
+
+    cpu: CpuSampler
+    target: float = 0.6
+    """Mean CPU of the app processes against their budget that the fleet is sized for."""
+
+    noun = "app processes"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.ceiling = self.ceiling or self.stage.max_app_processes
+
+    def members(self) -> list[Process]:
+        return self.topology.apps
 
     def utilisation(self) -> float | None:
         now = time.time()
@@ -248,44 +345,23 @@ class Autoscaler:
         wanted = math.ceil(round(count * level / self.target, 6))
         return max(self.stage.app_processes, min(self.ceiling, wanted))
 
-    def check(self) -> None:
-        since = time.time() - self._last_change
-        if not self.enabled or self._busy or since < self.cooldown_s:
-            return
+    def wanted(self) -> int | None:
         level = self.utilisation()
-        if level is None:
-            return
-        count = len(self.topology.apps)
-        wanted = self.desired(level, count)
-        if wanted > count:
-            self._busy = True
-            threading.Thread(target=self._add, daemon=True).start()
-        elif wanted < count and since >= 2 * self.cooldown_s:
-            self._remove()
+        return None if level is None else self.desired(level, len(self.topology.apps))
 
     def _add(self) -> None:
-        try:
-            index = max(int(a.name.split("-")[1]) for a in self.topology.apps) + 1
-            group = f"app-{index}"
-            self.budgets.group(group, "app", self.stage.app_cpus)
-            app = self.topology.start_app(index, group)
-            self.budgets.add(group, app.pid)
-            self.topology.reload_balancer()
-            self._changed()
-        finally:
-            self._busy = False
+        index = self._next()
+        group = f"app-{index}"
+        self.budgets.group(group, "app", self.stage.app_cpus)
+        app = self.topology.start_app(index, group)
+        self.budgets.add(group, app.pid)
+        self.topology.reload_balancer()
 
     def _remove(self) -> None:
         app = self.topology.apps[-1]
         self.topology.apps.remove(app)
         self.topology.reload_balancer()
-        self._changed()
         threading.Timer(2.0, app.stop).start()  # in-flight requests finish first
-
-    def _changed(self) -> None:
-        self._last_change = time.time()
-        self.instances.append((self._last_change, len(self.topology.apps)))
-        say(f"  autoscaler: {len(self.topology.apps)} app processes")
 
     def fix(self, count: int) -> None:
         """Stop scaling, with `count` processes (stage 5's fixed fleet, for the same day)."""
@@ -295,28 +371,45 @@ class Autoscaler:
             time.sleep(0.2)
         while len(self.topology.apps) > count:
             self._remove()
+            self._changed()
         time.sleep(3)  # the processes taken out finish their requests and stop
 
-    def resume(self) -> None:
-        """Scale again, judging only CPU used from now on (the window before this may hold a
-        larger fleet's work, which would read as a busy small fleet)."""
-        self._last_change = time.time()
-        self.enabled = True
 
-    def mean_count(self, start: float, end: float) -> float:
-        """App processes running between `start` and `end`, on average over the time."""
-        if end <= start:
-            return float(self.count_at(end))
-        edges = [start, *(when for when, _ in self.instances if start < when < end), end]
-        spans = itertools.pairwise(edges)
-        return sum(self.count_at(a) * (b - a) for a, b in spans) / (end - start)
+@dataclass
+class WorkerScaler(_Scaling):
+    """The stack's worker group locally: target tracking on the backlog per worker (messages
+    queued plus in flight, over the workers running), held at the stage's `worker_backlog`,
+    from the stage's workers up to `ceiling`, each new worker under its own budget."""
 
-    def count_at(self, at: float) -> int:
-        count = self.instances[0][1]
-        for when, number in self.instances:
-            if when <= at:
-                count = number
-        return count
+    backlog: Callable[[], float | None]
+    """The queue's messages queued plus in flight, last sampled (None: no sample yet)."""
+
+    noun = "workers"
+
+    def members(self) -> list[Process]:
+        return self.topology.workers
+
+    def desired(self, backlog: float) -> int:
+        """ceil(backlog / target), within the group's bounds, as the stack's policy does."""
+        wanted = math.ceil(round(backlog / max(1, self.stage.worker_backlog), 6))
+        return max(self.stage.worker_processes, min(self.ceiling, wanted))
+
+    def wanted(self) -> int | None:
+        backlog = self.backlog()
+        return None if backlog is None else self.desired(backlog)
+
+    def _add(self) -> None:
+        index = self._next()
+        group = f"worker-{index}"
+        self.budgets.group(group, "worker", self.stage.worker_cpus)
+        worker = self.topology.start_worker(index, group)
+        self.budgets.add(group, worker.pid)
+
+    def _remove(self) -> None:
+        worker = self.topology.workers.pop()
+        # SIGTERM: the worker finishes the message in hand; what it had not started is
+        # delivered again after its visibility timeout.
+        threading.Thread(target=worker.stop, daemon=True).start()
 
 
 def build(stage: Stage, topology: Topology, budgets: Budgets, *, products: int = PRODUCTS) -> None:
@@ -481,6 +574,7 @@ class _Pass:
     sampler: Sampler
     scaler: Autoscaler | None
     stack: ExitStack
+    workers: WorkerScaler | None = None
 
     def measure(
         self, load: Load, shape: str, folder: Path
@@ -517,8 +611,10 @@ class _Pass:
                 if scaler is not None:
                     # The fleet's size changed during the run: a slice's CPU is judged against
                     # the processes that ran during it, not against the largest fleet.
+                    span = step["started_at"], step["ended_at"]
                     step["budgets"] = stage.budgets(
-                        scaler.mean_count(step["started_at"], step["ended_at"])
+                        scaler.mean_count(*span),
+                        self.workers.mean_count(*span) if self.workers else None,
                     )
                 merged.append(step)
                 count = scaler.count_at(step["ended_at"]) if scaler else stage.app_processes
@@ -571,7 +667,15 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
         budgets.group(LOADGEN, LOADGEN, 0)
         started = time.time()
         thread.start()
-        run = _Pass(stage, topology, budgets, cpu, sampler, scaler, stack)
+        workers = None
+        if stage.write_workers:
+            # Off until the write-heavy ramp: the mix's figures keep the stack's minimum group.
+            workers = WorkerScaler(
+                topology, budgets, stage, backlog=sampler.last_backlog,
+                ceiling=stage.write_workers, enabled=False,
+            )  # fmt: skip
+            sampler.hooks.append(workers.check)
+        run = _Pass(stage, topology, budgets, cpu, sampler, scaler, stack, workers)
         # Every stage is a step ramp (stage 6's with the autoscaler on), so that every stage
         # has a knee and a fitted model.
         merged, invariants = run.measure(load, "step", folder)
@@ -601,9 +705,12 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
         if stage.probe == "write-heavy":
             if scaler is not None and stage.write_fleet:
                 scaler.ceiling = max(scaler.ceiling, stage.write_fleet)
+            if workers is not None:
+                workers.resume()
             say(
                 "  write-heavy ramp: buyers who only place orders; the fleet may grow to "
-                f"{scaler.ceiling if scaler else stage.app_processes} app processes"
+                f"{scaler.ceiling if scaler else stage.app_processes} app processes and "
+                f"{workers.ceiling if workers else stage.worker_processes} workers"
             )
             writes, checked = run.measure(load.writes(), "step", folder / "writes")
             invariants = _both(invariants, checked)
@@ -653,6 +760,9 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
             "popularity": popular,
             "write_heavy": writes,
             "write_fleet": scaler.ceiling if writes and scaler else 0,
+            "write_workers": max((n for _, n in workers.instances), default=0)
+            if writes and workers
+            else 0,
             "missing": None if merged else f"the suite wrote no step (see {folder})",
             "p95_objective_ms": load.p95_ms,
             "loadgen_cpu": _loadgen_cpu(children_before, children_after, ended - started),

@@ -33,7 +33,10 @@ its share of the machine.
 
 The write-heavy ramp of stages 7 and 8 asks where the write primaries saturate. Its fleet may
 grow to the stack's largest (`write_fleet`), since on AWS the fleet has 8 times the primary's
-vCPUs and a fleet held to this machine's slice would be the limit first.
+vCPUs and a fleet held to this machine's slice would be the limit first; its workers may grow
+to the stack's largest group (`write_workers`) on the stack's own rule, the backlog per worker
+(`worker_backlog`), so that a single worker falling behind does not hide the worker's share of
+each order's writes.
 """
 
 from __future__ import annotations
@@ -87,6 +90,11 @@ class Derived:
     """Each federated database (`budgets["federated"]` is their sum)."""
     write_fleet: int = 0
     """The stack's largest fleet, for the write-heavy ramp (stages with a queue)."""
+    write_workers: int = 0
+    """The stack's largest worker group, for the write-heavy ramp."""
+    worker_backlog: int = 0
+    """The backlog per worker (messages queued plus in flight) the stack's worker group is
+    scaled to hold."""
 
 
 def load(path: Path = AWS_SIZES) -> dict[int, dict[str, Any]]:
@@ -194,6 +202,8 @@ def derive(aws: dict[str, Any], *, like: dict[str, Any] | None = None) -> Derive
         shard_cpus=round(shards["vcpus"] * scale, 3) if shards else 0.0,
         federated_cpus=round(federated["vcpus"] * scale, 3) if federated else 0.0,
         write_fleet=web["max"] if workers else 0,
+        write_workers=workers["max"] if workers else 0,
+        worker_backlog=workers["backlog_per_instance"] if workers else 0,
     )
 
 
@@ -209,6 +219,8 @@ def from_stacks(stage: Stage, aws: dict[str, Any] | None = None) -> Stage:
         shard_cpus=derived.shard_cpus,
         federated_cpus=derived.federated_cpus,
         write_fleet=derived.write_fleet,
+        write_workers=derived.write_workers,
+        worker_backlog=derived.worker_backlog,
         app_processes=derived.app_processes,
         app_cpus=derived.app_cpus,
         postgres_cpus=b["postgres"],

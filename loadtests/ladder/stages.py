@@ -72,6 +72,12 @@ class Stage:
     """App processes the write-heavy ramp may grow to: the stack's largest fleet. Its question
     is where the write primaries saturate, which a fleet held to this machine's slice would
     hide (on AWS the fleet has 8 times the primary's vCPUs); 0: the autoscaler's ceiling."""
+    write_workers: int = 0
+    """`shop worker` processes the write-heavy ramp may grow to (the stack's largest group),
+    one at a time on the stack's rule: the backlog per worker held at `worker_backlog`. The
+    worker writes each order's ledger and shipment, a share of the primaries' work that one
+    worker falling behind would leave unmeasured; 0: the workers stay as started."""
+    worker_backlog: int = 0
     pool_size: int = 4
     max_overflow: int = 4
     max_app_processes: int = 0
@@ -123,10 +129,14 @@ class Stage:
     def federated(self) -> bool:
         return self.federated_cpus > 0
 
-    def budgets(self, app_processes: float | None = None) -> dict[str, float]:
+    def budgets(
+        self, app_processes: float | None = None, workers: float | None = None
+    ) -> dict[str, float]:
         """CPUs per component, as the results name them; the app's is the sum of its
-        processes (`app_processes` when an autoscaler changed their number)."""
+        processes (`app_processes` when an autoscaler changed their number), the worker's the
+        sum of its (`workers` when the write-heavy ramp changed theirs)."""
         processes = self.app_processes if app_processes is None else app_processes
+        workers = self.worker_processes if workers is None else workers
         if self.single_box:
             return {"box": self.box_cpus}
         found = {
@@ -136,7 +146,7 @@ class Stage:
             "redis": self.redis_cpus,
             "nginx": self.nginx_cpus,
             "cdn": self.cdn_cpus,
-            "worker": round(self.worker_cpus * self.worker_processes, 3),
+            "worker": round(self.worker_cpus * workers, 3),
             "shard": round(self.shard_cpus * self.shards, 3),
             "federated": round(self.federated_cpus * len(FEDERATED), 3),
         }

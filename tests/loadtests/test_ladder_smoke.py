@@ -83,6 +83,7 @@ def test_stage_eight_places_orders_in_both_shards_and_keeps_every_databases_inva
     assert result["invariants"]["ok"], result["invariants"]
     steps = result["steps"] + result["write_heavy"]
     assert len(result["write_heavy"]) == 2 and result["write_fleet"] == STAGES[8].write_fleet
+    assert 1 <= result["write_workers"] <= STAGES[8].write_workers
     assert [step["failures"] for step in steps] == [0] * len(steps)
     orders = [step for step in result["write_heavy"] if step["signals"]["orders_per_s"]]
     assert orders, "the write-heavy ramp placed no order"

@@ -52,6 +52,10 @@ def test_stage_8_is_stage_7_plus_databases_at_the_same_budget_per_primary() -> N
     assert set(eight.budgets()) <= set(COMPONENTS)
     # The write-heavy ramps of both may grow the fleet to the stack's largest.
     assert eight.write_fleet == seven.write_fleet == sizes.load()[7]["web"]["max"]
+    # ... and the workers to the stack's largest group, on the stack's backlog per worker.
+    group = sizes.load()[7]["workers"]
+    assert eight.write_workers == seven.write_workers == group["max"] == 4
+    assert eight.worker_backlog == seven.worker_backlog == group["backlog_per_instance"]
 
 
 def test_each_stage_adds_what_stages_md_says() -> None:
@@ -359,6 +363,90 @@ def test_the_fleet_size_of_a_slice_is_its_mean_over_the_slice(tmp_path: Path) ->
     assert scaler.mean_count(105, 115) == pytest.approx(1.5)
     assert scaler.mean_count(100, 140) == pytest.approx((10 * 1 + 20 * 2 + 10 * 3) / 40)
     assert scaler.mean_count(135, 145) == 3  # past the last change
+
+
+class _Workers(_Topology):
+    """A topology whose workers start and stop without processes."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(0)
+        self.workers = [_App(f"worker-{n}") for n in range(workers)]
+
+    def start_worker(self, index: int, group: str) -> _App:
+        worker = _App(f"worker-{index}")
+        self.workers.append(worker)
+        return worker
+
+
+WORKERS = replace(STAGES[7], worker_processes=1, write_workers=4, worker_backlog=100)
+
+
+def _workers(count: int, backlog: float | None, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from loadtests.ladder.runner import WorkerScaler
+
+    topology = _Workers(count)
+    scaler = WorkerScaler(
+        topology,  # type: ignore[arg-type]
+        Budgets("t", root=tmp_path),
+        WORKERS,
+        backlog=lambda: backlog,
+        ceiling=WORKERS.write_workers,
+        cooldown_s=0,
+    )
+    return scaler, topology
+
+
+def _settle(scaler) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.time() + 5
+    while scaler._busy and time.time() < deadline:
+        time.sleep(0.01)
+
+
+def test_the_worker_group_grows_one_worker_at_a_time_on_the_backlog_per_worker(
+    tmp_path: Path,
+) -> None:
+    # 1,394 messages behind one worker (a stage-7 ramp's backlog): the stack's policy asks for
+    # 14 workers at 100 each, which its group caps at 4; each change adds one worker, under a
+    # budget of its own.
+    scaler, topology = _workers(1, 1394.0, tmp_path)
+    assert scaler.desired(1394.0) == 4 and scaler.desired(150.0) == 2
+    for expected in (2, 3, 4, 4):
+        scaler.check()
+        _settle(scaler)
+        assert len(topology.workers) == expected
+    assert [n for _, n in scaler.instances] == [1, 2, 3, 4]
+    assert scaler.budgets.groups["worker-3"].cpus == WORKERS.worker_cpus
+
+
+def test_the_worker_group_shrinks_to_its_minimum_and_waits_for_a_sample(tmp_path: Path) -> None:
+    import time
+
+    scaler, topology = _workers(3, 20.0, tmp_path)
+    started = list(topology.workers)
+    for _ in range(3):
+        scaler.check()
+    deadline = time.time() + 5
+    while not started[1].stopped and time.time() < deadline:  # stopped on a thread
+        time.sleep(0.01)
+    assert len(topology.workers) == 1 and [w.stopped for w in started] == [False, True, True]
+    scaler, topology = _workers(1, None, tmp_path)  # no backlog sampled yet: no change
+    scaler.check()
+    assert len(topology.workers) == 1 and scaler.instances == scaler.instances[:1]
+
+
+def test_a_disabled_worker_group_stays_as_it_is(tmp_path: Path) -> None:
+    scaler, topology = _workers(1, 1000.0, tmp_path)
+    scaler.enabled = False
+    scaler.check()
+    assert len(topology.workers) == 1
+
+
+def test_the_budgets_of_a_slice_count_the_workers_that_ran_during_it() -> None:
+    stage = WORKERS
+    assert stage.budgets()["worker"] == stage.worker_cpus
+    assert stage.budgets(workers=2.5)["worker"] == round(2.5 * stage.worker_cpus, 3)
 
 
 def test_a_stage_that_could_not_run_keeps_its_row_with_the_reason(tmp_path: Path) -> None:
