@@ -75,11 +75,15 @@ async def open_resources(settings: Settings) -> Resources:
         resolved.primary_url,
         resolved.replica_urls,
         **settings.pool_options,
-        replica_max_lag_s=settings.database_replica_max_lag_s,
-        replica_check_s=settings.database_replica_check_s,
+        **settings.replica_options,
     )
     databases = Databases.federate(
-        db, resolved.function_urls, resolved.shard_urls, **settings.pool_options
+        db,
+        resolved.function_urls,
+        resolved.shard_urls,
+        resolved.shard_replica_urls,
+        settings.replica_options,
+        **settings.pool_options,
     )
     try:
         databases = await runner.open_all(databases)
@@ -143,7 +147,11 @@ async def open_resources(settings: Settings) -> Resources:
         sign_in_limit=RateLimit(name="sign-in", window_s=settings.sign_in_window_s, redis=redis),
         redis=redis,
         cache=cache,
-        positions=PositionTokens(resolved.jwt_secret) if db.replicas else None,
+        positions=(
+            PositionTokens(resolved.jwt_secret)
+            if any(each.replicas for each in databases.all())
+            else None
+        ),
         carts_table=(
             await asyncio.to_thread(
                 VersionedTable.open,

@@ -29,6 +29,8 @@ class Resolved:
     """Stage 8's federated databases by function ("accounting", "delivery"): none before it."""
     shard_urls: list[str]
     """Stage 8's order shards, in shard order: none before it."""
+    shard_replica_urls: list[list[str]]
+    """Each order shard's replicas, in shard order (a shard may have none)."""
 
 
 def _secrets_client(settings: Settings) -> Any:
@@ -77,6 +79,7 @@ def resolve(settings: Settings) -> Resolved:
     redis_url = settings.redis_url
     function_urls = dict(settings.function_urls)
     shard_urls = list(settings.shard_urls)
+    shard_replica_urls = settings.shard_replica_urls
     function_arns = {
         name: arn
         for name, arn in (
@@ -87,7 +90,15 @@ def resolve(settings: Settings) -> Resolved:
     }
     arns = (settings.database_secret_arn, settings.jwt_secret_arn, settings.redis_auth_secret_arn)
     if not any(arns) and not function_arns and not settings.order_shard_secret_arns:
-        return Resolved(primary_url, replica_urls, jwt_secret, redis_url, function_urls, shard_urls)
+        return Resolved(
+            primary_url,
+            replica_urls,
+            jwt_secret,
+            redis_url,
+            function_urls,
+            shard_urls,
+            shard_replica_urls,
+        )
     client = _secrets_client(settings)
     if settings.database_secret_arn:
         creds = _database_credentials(client, settings.database_secret_arn)
@@ -99,9 +110,15 @@ def resolve(settings: Settings) -> Resolved:
     for name, arn in function_arns.items():
         creds = _database_credentials(client, arn)
         function_urls[name] = _url_for(creds, creds["host"], int(creds.get("port", 5432)))
-    for arn in settings.order_shard_secret_arns:
+    hosts = settings.order_shard_replica_hosts
+    for number, arn in enumerate(settings.order_shard_secret_arns):
         creds = _database_credentials(client, arn)
-        shard_urls.append(_url_for(creds, creds["host"], int(creds.get("port", 5432))))
+        port = int(creds.get("port", 5432))
+        shard_urls.append(_url_for(creds, creds["host"], port))
+        if number < len(hosts):
+            shard_replica_urls.append(
+                [_url_for(creds, *_host_port(h, port)) for h in hosts[number]]
+            )
     if settings.jwt_secret_arn:
         jwt_secret = _secret(client, settings.jwt_secret_arn)
     if settings.redis_auth_secret_arn and redis_url:
@@ -109,7 +126,15 @@ def resolve(settings: Settings) -> Resolved:
         token = json.loads(raw)["token"] if raw.lstrip().startswith("{") else raw
         scheme, _, rest = redis_url.partition("://")
         redis_url = f"{scheme}://:{quote(token, safe='')}@{rest}"
-    return Resolved(primary_url, replica_urls, jwt_secret, redis_url, function_urls, shard_urls)
+    return Resolved(
+        primary_url,
+        replica_urls,
+        jwt_secret,
+        redis_url,
+        function_urls,
+        shard_urls,
+        shard_replica_urls,
+    )
 
 
 def _database_credentials(client: Any, arn: str) -> dict[str, Any]:

@@ -208,7 +208,11 @@ class Database:
         prepared_statements: bool = True,
         replica_max_lag_s: float = 5.0,
         replica_check_s: float = 0.5,
+        shard: int = 0,
     ) -> None:
+        self.shard = shard
+        """Stage 8: the order shard this database is (by number), whose positions a request
+        keeps apart from main's (0: main, or a federated database)."""
         rules = ConnectionRules(
             statement_timeout_ms=statement_timeout_ms,
             lock_timeout_ms=lock_timeout_ms,
@@ -341,14 +345,14 @@ class Database:
                     yield conn
             position = current_position() if self.replicas else None
             if position is not None:
-                await _note_commit(conn, position)
+                await _note_commit(conn, position, self.shard)
 
     async def _choose(self) -> Replica | None:
         """The replica for this read, or None for the primary."""
         if not self.replicas:
             return None
         position = current_position()
-        not_before = position.not_before if position is not None else 0
+        not_before = position.at(self.shard) if position is not None else 0
         replica = await self.replicas.choose_caught_up(not_before)
         if replica is None:
             behind = not_before > 0 and any(r.healthy for r in self.replicas.replicas)
@@ -495,13 +499,26 @@ class Databases:
         main: Database,
         urls: Mapping[str, str],
         shard_urls: Sequence[str] = (),
+        shard_replica_urls: Sequence[Sequence[str]] = (),
+        replica_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Databases:
         """`main` and, for each function named in `urls` ("accounting", "delivery"), a Database
-        of its own, and one per shard (their primaries only: no replicas), with the pool
-        `options` of `Database`. The directory is loaded later (`with_directory`)."""
+        of its own (its primary only), and one per shard with that shard's replicas
+        (`shard_replica_urls`, in shard order; `replica_options` for their health checks),
+        with the pool `options` of `Database`. The directory is loaded later
+        (`with_directory`)."""
         made = {name: Database(url, **options) for name, url in urls.items()}
-        shards = tuple(Database(url, **options) for url in shard_urls)
+        shards = tuple(
+            Database(
+                url,
+                shard_replica_urls[number - 1] if number <= len(shard_replica_urls) else (),
+                shard=number,
+                **(replica_options or {}),
+                **options,
+            )
+            for number, url in enumerate(shard_urls, start=1)
+        )
         return cls(main, made.get("accounting", main), made.get("delivery", main), shards)
 
     def with_directory(self, directory: Mapping[int, int]) -> Databases:
@@ -574,8 +591,9 @@ LOGICAL_SHARDS = 1024
 (app/adapters/shards.py keeps the directory)."""
 
 
-async def _note_commit(conn: AsyncConnection, position: ClientPosition) -> None:
-    """Add the primary's WAL insert position, read just after a COMMIT on `conn`, to `position`.
+async def _note_commit(conn: AsyncConnection, position: ClientPosition, shard: int) -> None:
+    """Add the primary's WAL insert position, read just after a COMMIT on `conn`, to `position`
+    (as `shard`'s: 0 for main).
 
     The insert position is at or past the end of the commit record even when the commit is
     not yet flushed (synchronous_commit=off). It is read on the same connection, outside a
@@ -594,7 +612,7 @@ async def _note_commit(conn: AsyncConnection, position: ClientPosition) -> None:
         log.warning("a write committed but the primary's position is unknown: %s", exc)
         return
     if row is not None:
-        position.advance(int(row[0]))
+        position.advance(int(row[0]), shard=shard)
 
 
 def _driver_pool(

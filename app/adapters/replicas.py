@@ -17,7 +17,10 @@ half a second, and without the ask most of a customer's reads after a write went
 The token holds nothing secret and cannot be forged, so a client can only ask for reads at least as
 fresh as its own writes. Keeping it per customer in Redis instead would cost a cache round trip on
 every authenticated read, and would not cover a sign-up followed by a sign-in, where no customer is
-known yet.
+known yet. Stage 8's order shards are servers of their own, each with its own log and replicas: a
+position is kept per write database (main's, then each shard's by number), and the token carries
+them all, `<main>-<shard 1>-<shard 2>.<mac>` (empty for none), so that a read of a customer's
+orders on their shard's replica waits for that shard's writes only.
 
 How the position reaches the reads: a context variable (`ClientPosition`), set by the middleware
 for each request and read only by `Database`. Passing it explicitly would add a parameter to every
@@ -88,15 +91,34 @@ _REPLICA_POSITION_SQL = (
 @dataclass(slots=True)
 class ClientPosition:
     """What one request's reads must include: the client's own writes, as far as it told us
-    (its token), and those of this request."""
+    (its token), and those of this request. Positions are per write database: `not_before`
+    is the main primary's, `shards` stage 8's order shards' by number (each shard is a
+    server of its own, its positions another write-ahead log's)."""
 
     not_before: int = 0
+    shards: dict[int, int] = field(default_factory=dict)
     wrote: bool = False
 
-    def advance(self, position: int) -> None:
-        """A write of this request committed; the primary was at `position` just after."""
-        self.not_before = max(self.not_before, position)
+    def advance(self, position: int, *, shard: int = 0) -> None:
+        """A write of this request committed; the primary (`shard` 0: main's, else that
+        shard's) was at `position` just after."""
+        if shard:
+            self.shards[shard] = max(self.shards.get(shard, 0), position)
+        else:
+            self.not_before = max(self.not_before, position)
         self.wrote = True
+
+    def at(self, shard: int = 0) -> int:
+        """The position reads of `shard` (0: main) must have replayed."""
+        return self.shards.get(shard, 0) if shard else self.not_before
+
+    def vector(self) -> list[int]:
+        """Main's position, then each shard's in number order (0 where none), as a token
+        carries them."""
+        return [
+            self.not_before,
+            *(self.shards.get(n, 0) for n in range(1, max(self.shards, default=0) + 1)),
+        ]
 
 
 _CURRENT: ContextVar[ClientPosition | None] = ContextVar("shop_client_position", default=None)
@@ -108,9 +130,11 @@ def current_position() -> ClientPosition | None:
 
 
 @contextmanager
-def client_position(not_before: int = 0) -> Iterator[ClientPosition]:
-    """Reads in the block see every write committed before `not_before`, and the block's own."""
-    position = ClientPosition(not_before)
+def client_position(not_before: int | Sequence[int] = 0) -> Iterator[ClientPosition]:
+    """Reads in the block see every write committed before `not_before` (main's position, or
+    a token's vector: main's, then each shard's), and the block's own."""
+    vector = [not_before] if isinstance(not_before, int) else list(not_before) or [0]
+    position = ClientPosition(vector[0], {n: p for n, p in enumerate(vector[1:], 1) if p})
     token = _CURRENT.set(position)
     try:
         yield position
@@ -138,7 +162,10 @@ def reading_after(not_before: int) -> Iterator[None]:
 
 
 class PositionTokens:
-    """Signs and checks the read-after token: `<position in hex>.<HMAC-SHA256, 128 bits>`."""
+    """Signs and checks the read-after token: `<positions>.<HMAC-SHA256, 128 bits>`, the
+    positions in hex separated by `-` (a cookie may not hold commas): main's first, then each
+    order shard's in number order (empty for none), so that without shards a token is
+    `<main's position>.<mac>`."""
 
     def __init__(self, key: str, *, max_age_s: int = 60) -> None:
         self._key = key.encode()
@@ -146,36 +173,55 @@ class PositionTokens:
         """How long the cookie lives: a position older than the lag bound is reached by every
         healthy replica anyway."""
 
-    def sign(self, position: int) -> str:
-        text = format(position, "x").encode()
+    def sign(self, positions: int | Sequence[int]) -> str:
+        vector = [positions] if isinstance(positions, int) else list(positions) or [0]
+        parts = [format(vector[0], "x"), *(format(p, "x") if p else "" for p in vector[1:])]
+        text = "-".join(parts).rstrip("-").encode()
         return (text + b"." + self._mac(text)).decode()
 
-    def read(self, token: bytes) -> int:
-        """The position in a token; 0 (no constraint) for anything not signed by us."""
+    def read(self, token: bytes) -> list[int]:
+        """The positions in a token (main's first); [0] (no constraint) for anything not
+        signed by us."""
         text, _, mac = token.strip().partition(b".")
-        if not 0 < len(text) <= 16 or not hmac.compare_digest(mac, self._mac(text)):
-            return 0
+        if not 0 < len(text) <= _TOKEN_TEXT_MAX or not hmac.compare_digest(mac, self._mac(text)):
+            return [0]
+        parts = text.split(b"-")
+        if len(parts) > 1 + TOKEN_SHARDS or any(len(part) > 16 for part in parts):
+            return [0]
         try:
-            return int(text, 16)
+            return [int(part, 16) if part else 0 for part in parts]
         except ValueError:
-            return 0
+            return [0]
 
     def _mac(self, text: bytes) -> bytes:
         digest = hmac.new(self._key, b"shop-read-after:" + text, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=")
 
-    def from_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> int:
-        """The newest position in the request's header or cookie (0 without one)."""
-        seen = 0
+    def from_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> list[int]:
+        """The newest position per database in the request's header and cookie ([0] without
+        one)."""
+        seen = [0]
         for name, value in headers:
             if name == _HEADER_KEY:
-                seen = max(seen, self.read(value))
+                seen = _newest(seen, self.read(value))
             elif name == b"cookie" and COOKIE.encode() in value:
                 for part in value.split(b";"):
                     key, _, token = part.strip().partition(b"=")
                     if key == COOKIE.encode():
-                        seen = max(seen, self.read(token))
+                        seen = _newest(seen, self.read(token))
         return seen
+
+
+TOKEN_SHARDS = 64
+"""The most order shards a token carries positions for."""
+_TOKEN_TEXT_MAX = 17 * (1 + TOKEN_SHARDS)
+"""Main's position and each shard's, 16 hex digits and a separator each."""
+
+
+def _newest(one: Sequence[int], other: Sequence[int]) -> list[int]:
+    longest = max(len(one), len(other))
+    padded = [list(one) + [0] * (longest - len(one)), list(other) + [0] * (longest - len(other))]
+    return [max(a, b) for a, b in zip(*padded, strict=True)]
 
 
 # --- replicas and their health ----------------------------------------------------------------
@@ -262,6 +308,19 @@ class ReplicaSet:
         with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(task), CATCH_UP_WAIT_S)
         return self.choose(not_before)
+
+    async def wait_for(self, position: int, *, timeout_s: float) -> bool:
+        """Poll until every healthy replica has replayed `position`; False if one had not
+        after `timeout_s` (a replica found unhealthy meanwhile takes no reads, so it is not
+        waited for)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            await self._catch_up()
+            if all(r.position >= position for r in self.replicas if r.healthy):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(min(self.check_s, 0.1))
 
     async def _catch_up(self) -> None:
         try:

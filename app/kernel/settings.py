@@ -117,6 +117,20 @@ class Settings(BaseSettings):
         "shards (stage 8 on AWS), in shard order, read at start-up like database_secret_arn; "
         "they take the place of order_shard_urls.",
     )
+    order_shard_replica_urls: Annotated[list[list[str]], NoDecode] = Field(
+        default_factory=list,
+        description="The read replicas of the order shards (stage 8): semicolon-separated "
+        "groups in shard order, each a comma-separated list of SQLAlchemy URLs of that "
+        "shard's streaming replicas (a group may be empty). A customer's order reads go to "
+        "them as main's reads go to database_replica_urls, with read-your-writes kept per "
+        "shard. Empty: a shard's reads go to its primary.",
+    )
+    order_shard_replica_hosts: Annotated[list[list[str]], NoDecode] = Field(
+        default_factory=list,
+        description="As order_shard_replica_urls, as host names (or host:port) that share "
+        "the credentials of that shard's secret in order_shard_secret_arns (RDS read "
+        "replicas, stage 8 on AWS).",
+    )
     order_hold_s: float = Field(
         60,
         ge=1,
@@ -412,6 +426,10 @@ class Settings(BaseSettings):
             ):
                 if name in data:
                     data[name] = _split_csv(data[name])
+            for name in ("order_shard_replica_urls", "order_shard_replica_hosts"):
+                if isinstance(data.get(name), str):
+                    groups = data[name].split(";") if data[name].strip() else []
+                    data[name] = [_split_csv(group) for group in groups]
         return data
 
     @model_validator(mode="before")
@@ -476,6 +494,22 @@ class Settings(BaseSettings):
                 "give the order shards as SHOP_ORDER_SHARD_URLS or as "
                 "SHOP_ORDER_SHARD_SECRET_ARNS, not both: their order numbers the shards"
             )
+        for name, replicas, shards in (
+            ("SHOP_ORDER_SHARD_REPLICA_URLS", self.order_shard_replica_urls, "URLS"),
+            ("SHOP_ORDER_SHARD_REPLICA_HOSTS", self.order_shard_replica_hosts, "SECRET_ARNS"),
+        ):
+            given = self.order_shard_urls if shards == "URLS" else self.order_shard_secret_arns
+            if len(replicas) > 64:  # app/adapters/replicas.py: TOKEN_SHARDS
+                raise ValueError(
+                    f"{name}: at most 64 shards may have replicas (a read-after token carries "
+                    "64 shards' positions)"
+                )
+            if len(replicas) > len(given):
+                raise ValueError(
+                    f"{name} names the replicas of {len(replicas)} shards, but "
+                    f"SHOP_ORDER_SHARD_{shards} names {len(given)}: one group per shard, in "
+                    "shard order"
+                )
         if federated and (not self.queue_url or self.is_embedded):
             raise ValueError(
                 f"{' and '.join(federated)} (stage 8) need SHOP_QUEUE_URL, whose worker "
@@ -559,6 +593,20 @@ class Settings(BaseSettings):
         """The async URLs of stage 8's order shards given as URLs, in order (none before it);
         app/adapters/aws.py reads those given as secrets."""
         return [to_async_url(url) for url in self.order_shard_urls]
+
+    @property
+    def shard_replica_urls(self) -> list[list[str]]:
+        """The async URLs of each order shard's replicas given as URLs, in shard order;
+        app/adapters/aws.py adds those given as hosts."""
+        return [[to_async_url(url) for url in group] for group in self.order_shard_replica_urls]
+
+    @property
+    def replica_options(self) -> dict[str, Any]:
+        """The keyword arguments of every replica set's health checks (app/adapters/db.py)."""
+        return {
+            "replica_max_lag_s": self.database_replica_max_lag_s,
+            "replica_check_s": self.database_replica_check_s,
+        }
 
     @property
     def function_urls(self) -> dict[str, str]:

@@ -9,6 +9,8 @@ move takes it from the database that holds it (A) to another (B) while the shop 
    refused (503, retry in a moment). Reads still go to A.
 2. **Copy** its rows from A to B, in one transaction on B (rows a move that died left there
    are dropped first; order lines get B's own ids, nothing refers to them).
+   When B has replicas, the move waits until they have replayed the copy (at most their lag
+   bound), since the logical shard's reads follow the directory to them.
 3. **Switch** the directory in the main database (its version goes up): every process
    re-reads it within `shards.FOLLOW_S` and sends the logical shard's reads and writes to B.
 4. **Gone** on A: a process still holding the old directory has its write refused there and
@@ -45,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.adapters.db import LOGICAL_SHARDS, Database, Databases
 from app.adapters.outbox import OutboxEvent, ProcessedEvent
+from app.adapters.replicas import client_position
 from app.adapters.shards import FENCE_LOCK, ShardMap, ShardMove, read_directory
 from app.kernel.errors import InvalidRequest
 from app.kernel.models import utcnow
@@ -155,8 +158,19 @@ async def move_logical_shard(
         origin = shards[source - 1]
         say(f"logical shard {logical}: writes paused in shard {source}")
         await _set_state(origin, logical, "moving")
-        copied = await _copy(origin, target, logical)
+        with client_position() as written:  # the copy's position in shard `to`
+            copied = await _copy(origin, target, logical)
         say(f"logical shard {logical}: copied to shard {to}: {copied}")
+        if target.replicas:
+            # Reads follow the directory to B's replicas: they must hold the copy first.
+            timeout = target.replicas.max_lag_s
+            if await target.replicas.wait_for(written.at(to), timeout_s=timeout):
+                say(f"logical shard {logical}: shard {to}'s replicas hold the copy")
+            else:
+                say(
+                    f"logical shard {logical}: a replica of shard {to} is still behind after "
+                    f"{timeout:g} s; it may answer without the moved orders until it catches up"
+                )
         async with dbs.main.write() as conn:
             newest = select(func.max(ShardMap.version)).scalar_subquery()
             await conn.execute(

@@ -34,7 +34,7 @@ class ReadYourWrites:
 
             async def send_position(message: Message) -> None:
                 if message["type"] == "http.response.start" and position.wrote:
-                    token = tokens.sign(position.not_before)
+                    token = tokens.sign(position.vector())
                     headers = MutableHeaders(scope=message)
                     headers.append(HEADER, token)
                     headers.append(

@@ -155,6 +155,8 @@ def test_stage_8s_federated_databases_and_shards_are_found_in_their_own_rds_secr
         accounting_database_secret_arn=arns["accounting"],
         delivery_database_secret_arn=arns["delivery"],
         order_shard_secret_arns=f"{arns['shard-1']},{arns['shard-2']}",
+        # Shard 1's two replicas share its secret's credentials; shard 2 has none.
+        order_shard_replica_hosts="shard-1-a.db.internal:6432,shard-1-b.db.internal;",
     )
 
     resolved = aws.resolve(settings)
@@ -169,6 +171,15 @@ def test_stage_8s_federated_databases_and_shards_are_found_in_their_own_rds_secr
         "shard-1.db.internal",
         "shard-2.db.internal",
     ]
+    assert [
+        [(urlsplit(u).hostname, urlsplit(u).port) for u in g] for g in resolved.shard_replica_urls
+    ] == [
+        [("shard-1-a.db.internal", 6432), ("shard-1-b.db.internal", 5432)],
+        [],
+    ]
+    assert {urlsplit(u).username for u in resolved.shard_replica_urls[0]} == {
+        urlsplit(resolved.shard_urls[0]).username
+    }
     # One without a database name is refused, naming it, as the primary's is.
     broken = _secret_as_aws_writes_it(template)
     del broken["dbname"]

@@ -527,6 +527,24 @@ def test_federated_databases_without_a_queue_are_refused_naming_what_is_missing(
             order_shard_urls="postgresql://db/s1",
             order_shard_secret_arns="arn:aws:secretsmanager:us-east-1:1:secret:s1",
         )
+    # Replicas per shard: one group per shard, in shard order; a group may be empty.
+    sharded = Settings(
+        **base,  # type: ignore[arg-type]
+        queue_url="http://sqs/q",
+        order_shard_urls="postgresql://db/s1,postgresql://db/s2",
+        order_shard_replica_urls=";postgresql://r1/s2, postgresql://r2/s2",
+    )
+    assert sharded.shard_replica_urls == [
+        [],
+        ["postgresql+psycopg://r1/s2", "postgresql+psycopg://r2/s2"],
+    ]
+    with pytest.raises(ValidationError, match=r"replicas of 2 shards.*names 1"):
+        Settings(
+            **base,  # type: ignore[arg-type]
+            queue_url="http://sqs/q",
+            order_shard_urls="postgresql://db/s1",
+            order_shard_replica_urls="postgresql://r/s1;postgresql://r/s2",
+        )
 
 
 async def test_without_federation_one_database_plays_every_role(resources: Resources) -> None:
