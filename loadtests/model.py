@@ -18,6 +18,7 @@ table that uses them.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -416,9 +417,11 @@ def write_heavy_section(
     results: Sequence[Mapping[str, Any]],
     sizes: Mapping[int, Mapping[str, Any]],
     assumptions: Assumptions = Assumptions(),
+    repeats: Sequence[Sequence[Mapping[str, Any]]] = (),
 ) -> list[str]:
     """The report's sections on the write-heavy ramps (stages 7 and 8): where the write
-    primaries saturate, and what stage 8's shards bought over stage 7's one primary."""
+    primaries saturate, and what stage 8's shards bought over stage 7's one primary, in this
+    run and in each of `repeats` (other runs' results, judged the same way)."""
     lines: list[str] = []
     found: dict[int, WriteLimit | None] = {}
     for result in results:
@@ -427,8 +430,26 @@ def write_heavy_section(
         stage = int(result["stage"])
         found[stage] = write_limit(result, sizes.get(stage), assumptions)
         lines += _write_heavy(stage, found[stage], assumptions)
-    lines += _write_gain(found)
+    runs = [(_commit(results), found)]
+    for run in repeats:
+        limits = {
+            int(r["stage"]): write_limit(r, sizes.get(int(r["stage"])), assumptions)
+            for r in run
+            if r.get("write_heavy")
+        }
+        runs.append((_commit(run), limits))
+    lines += _write_gain(runs)
     return lines
+
+
+def _commit(results: Sequence[Mapping[str, Any]]) -> str:
+    """The commit stages 7 and 8 of a run were measured at (short), as its results record."""
+    commits = {
+        str((r.get("provenance") or {}).get("commit") or "not recorded")[:7]
+        for r in results
+        if int(r["stage"]) in (7, 8)
+    }
+    return ", ".join(sorted(commits)) or "not recorded"
 
 
 def _write_heavy(stage: int, found: WriteLimit | None, assumptions: Assumptions) -> list[str]:
@@ -505,27 +526,76 @@ def _write_heavy(stage: int, found: WriteLimit | None, assumptions: Assumptions)
 WRITERS = {"postgres": "the main primary", "shard": "the order shards together"}
 
 
-def _write_gain(found: Mapping[int, WriteLimit | None]) -> list[str]:
-    """Stage 8's write-heavy knee against stage 7's, judged by WRITE_GAIN_TARGET."""
-    seven, eight = found.get(7), found.get(8)
-    if 7 not in found or 8 not in found:
+def _write_gain(runs: Sequence[tuple[str, Mapping[int, WriteLimit | None]]]) -> list[str]:
+    """Stage 8's write-heavy knee against stage 7's, judged by WRITE_GAIN_TARGET: in one run,
+    or across several (each run's stages 7 and 8 measured one after the other on the same
+    machine) by the median gain, with every run's shown."""
+    paired = [(commit, found) for commit, found in runs if 7 in found and 8 in found]
+    if not paired:
         return []
     title = "## Stage 8 against stage 7: orders at the same budget per primary"
-    if seven is None or eight is None:
-        missing = " and ".join(str(n) for n in (7, 8) if found[n] is None)
-        return [title, "", f"Not judged: stage {missing}'s write-heavy ramp found no knee.", ""]
-    gain = eight.knee_orders / seven.knee_orders if seven.knee_orders else 0.0
-    met = gain >= WRITE_GAIN_TARGET
-    return [
+    if len(paired) == 1:
+        found = paired[0][1]
+        seven, eight = found[7], found[8]
+        if seven is None or eight is None:
+            missing = " and ".join(str(n) for n in (7, 8) if found[n] is None)
+            return [title, "", f"Not judged: stage {missing}'s write-heavy ramp found no knee.", ""]
+        gain = _gain(seven, eight)
+        return [
+            title,
+            "",
+            f"Stage 7's write-heavy knee: {seven.knee_orders:.0f} orders/s (limited by "
+            f"{seven.bottleneck.component}); stage 8's: {eight.knee_orders:.0f} orders/s "
+            f"(limited by {eight.bottleneck.component}): **{gain:.2f} x**, " + _verdict(gain),
+            "",
+        ]
+    rows, gains = [], []
+    for number, (commit, found) in enumerate(paired, start=1):
+        seven, eight = found[7], found[8]
+        gain = _gain(seven, eight) if seven is not None and eight is not None else None
+        if gain is not None:
+            gains.append(gain)
+        ratio = f"{gain:.2f} x" if gain is not None else "not judged (no knee)"
+        rows.append(f"| {number} | {commit} | {_knee_of(seven)} | {_knee_of(eight)} | {ratio} |")
+    lines = [
         title,
         "",
-        f"Stage 7's write-heavy knee: {seven.knee_orders:.0f} orders/s (limited by "
-        f"{seven.bottleneck.component}); stage 8's: {eight.knee_orders:.0f} orders/s (limited "
-        f"by {eight.bottleneck.component}): **{gain:.2f} x**, "
+        f"{len(paired)} runs of stages 7 and 8, each pair measured one after the other on this "
+        "machine (run 1 is the run the sections above come from):",
+        "",
+        "| run | commit | stage 7: orders/s at the knee (limited by) | stage 8 | stage 8 / 7 |",
+        "|---:|---|---|---|---:|",
+        *rows,
+        "",
+    ]
+    if not gains:
+        return [*lines, "Not judged: no run had a knee in both write-heavy ramps.", ""]
+    median = statistics.median(gains)
+    short = sum(gain < WRITE_GAIN_TARGET for gain in gains)
+    lines += [
+        f"Median **{median:.2f} x** (runs {min(gains):.2f}-{max(gains):.2f} x), "
+        + _verdict(median)
         + (
-            f"at least the {WRITE_GAIN_TARGET:g} x the design asked for."
-            if met
-            else f"**short of** the {WRITE_GAIN_TARGET:g} x the design asked for."
+            f" {short} of {len(gains)} runs fell short of it."
+            if short
+            else " Every run reached it."
         ),
         "",
     ]
+    return lines
+
+
+def _gain(seven: WriteLimit, eight: WriteLimit) -> float:
+    return eight.knee_orders / seven.knee_orders if seven.knee_orders else 0.0
+
+
+def _knee_of(found: WriteLimit | None) -> str:
+    if found is None:
+        return "no knee"
+    return f"{found.knee_orders:.0f} ({found.bottleneck.component})"
+
+
+def _verdict(gain: float) -> str:
+    if gain >= WRITE_GAIN_TARGET:
+        return f"at least the {WRITE_GAIN_TARGET:g} x the design asked for."
+    return f"**short of** the {WRITE_GAIN_TARGET:g} x the design asked for."

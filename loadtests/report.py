@@ -329,7 +329,12 @@ def daily_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> str:
+def markdown(
+    results: Sequence[Mapping[str, Any]],
+    *,
+    charts: Sequence[str],
+    repeats: Sequence[Sequence[Mapping[str, Any]]] = (),
+) -> str:
     summaries = [analysis.summarise(result) for result in results]
     objectives = sorted({float(r.get("p95_objective_ms") or 500.0) for r in results})
     sources = sorted({str(r.get("source", "local")) for r in results})
@@ -383,7 +388,7 @@ def markdown(results: Sequence[Mapping[str, Any]], *, charts: Sequence[str]) -> 
     parts += popularity_section(results)
     parts += daily_section(results)
     parts += model.model_section(results)
-    parts += model.write_heavy_section(results, sizes.load())
+    parts += model.write_heavy_section(results, sizes.load(), repeats=repeats)
     parts += model.projection_section(results, sizes.load())
     parts += provenance_section(results)
     titles = {
@@ -623,8 +628,14 @@ def _plot_projection(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
     return True
 
 
-def write_report(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
-    """Write README.md and the charts that have data into `out`; returns the files written."""
+def write_report(
+    results: Sequence[Mapping[str, Any]],
+    out: Path,
+    repeats: Sequence[Sequence[Mapping[str, Any]]] = (),
+) -> list[Path]:
+    """Write README.md and the charts that have data into `out`, and every result into its
+    raw folder (`repeats`: other runs' write-heavy stages, under `raw/repeats/<n>/`); returns
+    the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -639,20 +650,44 @@ def write_report(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
         else:
             (out / name).unlink(missing_ok=True)  # no stale chart from an earlier run
     readme = out / "README.md"
-    readme.write_text(markdown(results, charts=charts) + "\n", encoding="utf-8")
+    text = markdown(results, charts=charts, repeats=repeats)
+    readme.write_text(text + "\n", encoding="utf-8")
     raw = out / RAW
-    raw.mkdir(exist_ok=True)
+    folders = [raw, *(raw / REPEATS / str(n) for n in range(1, len(repeats) + 1))]
     kept = set()
-    for result in results:
-        path = raw / f"stage-{result['stage']}.json.gz"
-        text = json.dumps(result, indent=1, sort_keys=True).encode("utf-8")
-        if not (path.exists() and gzip.decompress(path.read_bytes()) == text):
-            path.write_bytes(gzip.compress(text, mtime=0))  # same results, same bytes
-        kept.add(path)
-        written.append(path)
-    for stale in set(raw.glob("stage-*.json.gz")) - kept:
+    for folder, run in zip(folders, [results, *repeats], strict=True):
+        folder.mkdir(parents=True, exist_ok=True)
+        for result in run:
+            path = folder / f"stage-{result['stage']}.json.gz"
+            data = json.dumps(result, indent=1, sort_keys=True).encode("utf-8")
+            if not (path.exists() and gzip.decompress(path.read_bytes()) == data):
+                path.write_bytes(gzip.compress(data, mtime=0))  # same results, same bytes
+            kept.add(path)
+            written.append(path)
+    for stale in {*raw.glob("stage-*.json.gz"), *raw.glob(f"{REPEATS}/*/stage-*.json.gz")} - kept:
         stale.unlink()
     return [readme, *written]
+
+
+REPEATS = "repeats"
+"""The folder of a results folder that holds other runs of the write-heavy stages, one
+numbered folder each, compared in the report's "Stage 8 against stage 7"."""
+
+
+def load_repeats(folder: Path, more: Sequence[Path] = ()) -> list[list[dict[str, Any]]]:
+    """The runs under `folder/repeats/<n>/` in number order, then those of `more`, each with
+    only its stages that ran a write-heavy ramp."""
+    kept = folder / REPEATS
+    numbered = (
+        sorted(
+            (p for p in kept.iterdir() if p.is_dir() and p.name.isdigit()),
+            key=lambda p: int(p.name),
+        )
+        if kept.is_dir()
+        else []
+    )
+    runs = [load_results(path) for path in [*numbered, *more]]
+    return [[r for r in run if r.get("write_heavy")] for run in runs]
 
 
 README_BEGIN = "<!-- ladder table: written by python -m loadtests.report --readme -->"
@@ -689,16 +724,26 @@ def main(argv: list[str] | None = None) -> int:
         help="also replace the ladder table of this file (README.md, docs/index.md) with the "
         "run's; may be given more than once",
     )
+    parser.add_argument(
+        "--repeat",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder of another run's stage-<n>.json (as `make ladder STAGES=7,8` writes): "
+        "its write-heavy stages join the comparison of stages 7 and 8; may be given more than "
+        f"once (kept in the report's {RAW}/{REPEATS}/, where the next regeneration finds them)",
+    )
     args = parser.parse_args(argv)
     for path in args.readme:
         if not path.is_file():
             parser.error(f"no file at {path}")
     try:
         results = load_results(args.results)
+        repeats = load_repeats(args.results, args.repeat)
     except ResultError as exc:
         print(f"python -m loadtests.report: {exc}", file=sys.stderr)
         return 2
-    for path in write_report(results, args.out):
+    for path in write_report(results, args.out, repeats):
         print(path)
     for path in args.readme:
         if not update_readme(path, results):

@@ -287,3 +287,33 @@ def test_orders_per_second_are_the_suites_answered_orders_before_the_apps_count(
     }
     assert model.orders_answered(step) == 60.0
     assert model.orders_answered({"signals": {"orders_per_s": 22.0}}) == 22.0
+
+
+def test_several_runs_of_stages_7_and_8_are_judged_by_their_median_with_each_shown() -> None:
+    def run(commit: str, eight: list[float]) -> list[dict[str, Any]]:
+        found = [
+            _write_result(7, [10, 20, 25, 26], [80, 150, 300, 1400]),
+            _write_result(8, eight, [80, 120, 200, 300, 1400][-len(eight) :]),
+        ]
+        return [{**r, "provenance": {"commit": commit * 40}} for r in found]
+
+    first, second, third = (
+        run("a", [10, 20, 40, 50, 51]),
+        run("b", [10, 20, 30, 31]),
+        run("c", [10, 20, 45, 46]),
+    )
+    text = "\n".join(
+        model.write_heavy_section(first, {7: AWS[7], 8: AWS[8]}, repeats=[second, third])
+    )
+    assert "3 runs of stages 7 and 8" in text
+    assert "| 1 | aaaaaaa | 25 (" in text and "| 2.00 x |" in text
+    assert "| 2 | bbbbbbb |" in text and "| 1.20 x |" in text
+    assert "| 3 | ccccccc |" in text and "| 1.80 x |" in text
+    assert "Median **1.80 x** (runs 1.20-2.00 x), at least the 1.7 x" in text
+    assert "1 of 3 runs fell short of it." in text
+    # The stage sections describe run 1 only; a repeat without stage 8 is not paired.
+    assert text.count("## Stage 8: orders across two shards") == 1
+    alone = "\n".join(
+        model.write_heavy_section(first, {7: AWS[7], 8: AWS[8]}, repeats=[second[:1]])
+    )
+    assert "runs of stages 7 and 8" not in alone and "**2.00 x**" in alone

@@ -208,6 +208,41 @@ def test_the_report_keeps_its_raw_results_and_regenerates_the_same_page_from_the
     ]
 
 
+def test_other_runs_of_the_write_heavy_stages_are_kept_and_found_again(tmp_path: Path) -> None:
+    """`--repeat` folders join the comparison of stages 7 and 8 and are kept under
+    raw/repeats/<n>/, where regenerating the page from raw finds them."""
+    heavy = json.loads((DATA / "stage-3.json").read_text())
+    writes = [
+        dict(step, signals={**step.get("signals", {}), "orders_per_s": step["rps"] / 4})
+        for step in heavy["steps"]
+    ]
+    seven = {**heavy, "stage": 7, "write_heavy": writes}
+    eight = {**heavy, "stage": 8, "write_heavy": writes}
+    main, other = tmp_path / "main", tmp_path / "other"
+    for folder in (main, other):
+        folder.mkdir()
+        for result in (seven, eight):
+            (folder / f"stage-{result['stage']}.json").write_text(json.dumps(result))
+    out = tmp_path / "out"
+    cli = [sys.executable, "-m", "loadtests.report"]
+    done = subprocess.run(
+        [*cli, str(main), str(out), "--repeat", str(other)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    page = (out / "README.md").read_text()
+    assert "2 runs of stages 7 and 8" in page
+    kept = sorted(p.name for p in (out / report.RAW / report.REPEATS / "1").iterdir())
+    assert kept == ["stage-7.json.gz", "stage-8.json.gz"]
+    again = tmp_path / "again"
+    done = subprocess.run(
+        [*cli, str(out / report.RAW), str(again)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (again / "README.md").read_text() == page
+
+
 def test_the_report_says_where_its_figures_come_from(tmp_path: Path) -> None:
     from loadtests.ladder.provenance import provenance
 
@@ -299,7 +334,9 @@ def test_the_committed_report_and_the_readme_table_come_from_the_committed_raw_r
     folder = ROOT / "docs" / "ladder"
     committed = report.load_results(folder / report.RAW)
     charts = [name for name in report.CHARTS if (folder / name).is_file()]
-    assert (folder / "README.md").read_text() == report.markdown(committed, charts=charts) + "\n"
+    repeats = report.load_repeats(folder / report.RAW)
+    page = report.markdown(committed, charts=charts, repeats=repeats)
+    assert (folder / "README.md").read_text() == page + "\n"
     for page in (ROOT / "README.md", ROOT / "docs" / "index.md"):
         assert report.readme_block(committed) in page.read_text(), page
     # Every stage of the ladder once. Stages run again after a fix come from a later commit:
