@@ -142,7 +142,8 @@ def line_items(stage: Stage, *, at_max: bool = False) -> list[Item]:
             alarms += 1
         alarms += 1
     # Stage 8's databases beside main (stack.py, _split_databases): each a primary (with its
-    # Multi-AZ standby) and no replicas, its own secret, and a CPU alarm of its own.
+    # Multi-AZ standby), its own secret and a CPU alarm of its own; the order shards also have
+    # their read replicas (none for accounting and delivery), with a lag alarm per shard.
     for what, count, spec in (
         ("accounting, delivery", 2 if stage.federated else 0, stage.federated),
         ("order shards", stage.order_shards, stage.shard),
@@ -163,6 +164,19 @@ def line_items(stage: Stage, *, at_max: bool = False) -> list[Item]:
                 _monthly(count * copies * spec.storage_gib * RDS_GP3_PER_GB_MONTH),
             )
         )
+        if spec.read_replicas:
+            replicas = count * spec.read_replicas
+            items.append(
+                Item(
+                    f"{replicas} x RDS read replica ({what})",
+                    replicas
+                    * (
+                        RDS_PER_HOUR[spec.instance_type]
+                        + _monthly(spec.storage_gib * RDS_GP3_PER_GB_MONTH)
+                    ),
+                )
+            )
+            alarms += count  # replica lag, one alarm per database
         secrets += count
         alarms += count
     if stage.cache:

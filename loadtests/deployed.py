@@ -16,7 +16,8 @@ What each stage has is found from the stack's own resources (logical id prefixes
 infra/shop_infra), not from the catalog: web instances (`Instance1`, the box of stages 1-2) or web
 Auto Scaling groups (stages 3-8; any group but `WorkerGroup...`), RDS instances
 (`DatabasePrimary...`, `DatabaseReplica<n>...`; at stage 8 also `OrderShard<n>Primary...`,
-component `shard`, and `AccountingDatabasePrimary...`, `DeliveryDatabasePrimary...`, component
+component `shard`, the shards' `OrderShard<n>Replica<m>...`, counted with main's replicas as
+component `replica` (every read replica together, as their budget is), and `AccountingDatabasePrimary...`, `DeliveryDatabasePrimary...`, component
 `federated`, each summed over its databases), the ElastiCache replication group, the orders
 queue (not its dead-letter queue) and the load balancer. CPU is expressed as vCPUs used
 (utilisation x vCPUs of the instance type, x instances in service for a group) and budgets as the
@@ -109,6 +110,7 @@ class Topology:
     worker_groups: list[str] = field(default_factory=list)
     db_primary: str | None = None
     db_replicas: list[str] = field(default_factory=list)
+    """Every read replica: main's, and at stage 8 the order shards'."""
     shards: list[str] = field(default_factory=list)
     """Stage 8: the order shards' primaries."""
     federated: list[str] = field(default_factory=list)
@@ -157,6 +159,8 @@ def classify(stack_name: str, resources: Iterable[dict[str, Any]]) -> Topology:
                 topology.db_replicas.append(physical)
             elif logical.startswith("DatabasePrimary"):
                 topology.db_primary = physical
+            elif logical.startswith("OrderShard") and "Replica" in logical:
+                topology.db_replicas.append(physical)
             elif logical.startswith("OrderShard"):
                 topology.shards.append(physical)
             elif logical.startswith(FEDERATED_PREFIXES):

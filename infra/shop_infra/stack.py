@@ -104,6 +104,17 @@ WEB_ONLY_SETTINGS = (
 """Settings of the web tier's own resources, which workers are given no access to."""
 DEFAULT_REGION = "us-east-1"
 """The region of the README's cost table, and of the tests' synth."""
+REPLICA_LAG_ALARM_S = 5
+"""Seconds a read replica may fall behind its primary before its alarm fires: the app's own
+limit (SHOP_DATABASE_REPLICA_MAX_LAG_S), past which it takes the replica out of its reads."""
+
+
+def _replica_lag(database: Database) -> list[cloudwatch.IMetric]:
+    """ReplicaLag of each of the database's read replicas, in replica order."""
+    return [
+        metric("AWS/RDS", "ReplicaLag", {"DBInstanceIdentifier": r.instance_identifier})
+        for r in database.replicas
+    ]
 
 
 def _words(construct_id: str) -> str:
@@ -320,8 +331,15 @@ class ShopStack(Stack):
             env["SHOP_ORDER_SHARD_SECRET_ARNS"] = Fn.join(
                 ",", [s.secret.secret_arn for s in shards]
             )
+        if any(s.replicas for s in shards):
+            # One group per shard, in the same order, of its replicas' host:port; they share
+            # their shard's secret's credentials, as main's replicas share main's.
+            env["SHOP_ORDER_SHARD_REPLICA_HOSTS"] = Fn.join(
+                ";", [Fn.join(",", s.replica_endpoints) for s in shards]
+            )
         # Every database the app tiers reach. Referencing each database's secret attachment in
-        # the boot script makes the instances (and so `shop migrate`) wait for all of them.
+        # the boot script makes the instances (and so `shop migrate`) wait for all of them, and
+        # referencing each replica's endpoint (main's, the shards') waits for the replicas.
         databases = [*([database] if database else []), *split.values()]
         if stage.cache is not None:
             cache = Cache(self, "Cache", spec=stage.cache, vpc=vpc, subnets=network.data_subnets)
@@ -661,8 +679,9 @@ class ShopStack(Stack):
         """Stage 8's databases beside main, by construct id: accounting and delivery (each
         module's own), then the order shards in shard order. Empty before stage 8.
 
-        No read replicas for them: the app sends a shard's (and a federated database's) reads
-        to its primary, so a replica would be paid for and never read.
+        Each is built by the same construct as main, replicas included: each order shard has
+        `stage.shard.read_replicas` of them (its customers' order reads); accounting and
+        delivery have none (the catalog refuses them: the app reads those from their primaries).
         """
         stage = self.stage
         found: dict[str, Database] = {}
@@ -685,6 +704,7 @@ class ShopStack(Stack):
                     vpc=vpc,
                     subnets=subnets,
                     function=f"orders-{number}",
+                    first_zone=number - 1,
                 )
         return found
 
@@ -1030,25 +1050,24 @@ class ShopStack(Stack):
                 description="The database primary's CPU is saturated (stage 3's bottleneck).",
             )
             if database.replicas:
-                lag = [
-                    metric("AWS/RDS", "ReplicaLag", {"DBInstanceIdentifier": r.instance_identifier})
-                    for r in database.replicas
-                ]
+                lag = _replica_lag(database)
                 observability.graph("Replica lag (s)", lag)
                 observability.alarm(
                     "ReplicaLagHigh",
                     worst("Replica lag (s, worst replica)", lag),
-                    threshold=5,
+                    threshold=REPLICA_LAG_ALARM_S,
                     description="A read replica is more than 5 s behind the primary.",
                 )
         if split:
             # Stage 8: the primaries beside main, each a write primary of its own (the figure
-            # the stage measures: which of them, if any, saturates after main).
+            # the stage measures: which of them, if any, saturates after main), and the order
+            # shards' replicas, watched as main's are.
             observability.graph(
                 "Federated and shard databases CPU %",
                 [
-                    each.primary.metric_cpu_utilization(period=Duration.minutes(1))
+                    instance.metric_cpu_utilization(period=Duration.minutes(1))
                     for each in split.values()
+                    for instance in (each.primary, *each.replicas)
                 ],
             )
             observability.graph(
@@ -1064,6 +1083,20 @@ class ShopStack(Stack):
                     each.primary.metric_cpu_utilization(period=Duration.minutes(1)),
                     threshold=80,
                     description=f"The {_words(key)} primary's CPU is saturated.",
+                )
+            replicated = {key: each for key, each in split.items() if each.replicas}
+            if replicated:
+                observability.graph(
+                    "Shard replica lag (s)",
+                    [lag for each in replicated.values() for lag in _replica_lag(each)],
+                )
+            for key, each in replicated.items():
+                observability.alarm(
+                    f"{key}ReplicaLagHigh",
+                    worst(f"{_words(key).capitalize()} replica lag (s)", _replica_lag(each)),
+                    threshold=REPLICA_LAG_ALARM_S,
+                    description=f"A read replica of {_words(key)} is more than "
+                    f"{REPLICA_LAG_ALARM_S} s behind its primary.",
                 )
         if cache is not None:
             node = {"CacheClusterId": f"{cache.id_for_metrics}-001"}

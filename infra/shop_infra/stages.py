@@ -160,7 +160,8 @@ class Stage:
     """Order shards (stage 8): orders split by customer over this many primaries, each of the
     size `shard`; the main database keeps the directory. 0: orders live in the main database."""
     shard: Database | None = None
-    """The size of each order shard's primary."""
+    """The size of each order shard: its primary and its read replicas (a customer's order
+    reads go to the replicas of the customer's shard, with read-your-writes per shard)."""
 
     def __post_init__(self) -> None:
         if self.database is None and self.fleet.max_size > 1:
@@ -179,11 +180,14 @@ class Stage:
             raise ValueError(
                 "federated databases and order shards need a main database and workers"
             )
-        for split in (self.federated, self.shard):
-            if split is not None and split.read_replicas:
-                # A shard's reads, like a federated database's, go to its primary: the app has
-                # no replicas for them, so a replica would be paid for and never read.
-                raise ValueError("the app reads federated databases and shards from primaries")
+        if self.federated is not None and self.federated.read_replicas:
+            # Accounting's and delivery's reads go to their primaries: the app has no replicas
+            # for them, so a replica would be paid for and never read. Order shards may have
+            # replicas: a customer's order reads go to those of the customer's shard.
+            raise ValueError(
+                "the app reads the federated databases from their primaries: only order shards "
+                "take read replicas"
+            )
 
     @property
     def stack_id(self) -> str:
@@ -288,10 +292,11 @@ _FEDERATED = replace(
     "customer over 2 primaries",
     bottleneck="measured: whatever limits after the write primary (stock rows, the directory)",
     # Main keeps stage 7's primary and 2 replicas: catalog, stock, customers, the shard
-    # directory. Each split-off database is a Multi-AZ primary without replicas (see Stage).
+    # directory. Accounting and delivery are Multi-AZ primaries without replicas (see Stage);
+    # each order shard is a Multi-AZ primary with one replica for its customers' order reads.
     federated=Database(instance_type=_DB, multi_az=True),
     order_shards=2,
-    shard=Database(instance_type=_DB, multi_az=True),
+    shard=Database(instance_type=_DB, multi_az=True, read_replicas=1),
 )
 
 STAGES: tuple[Stage, ...] = (

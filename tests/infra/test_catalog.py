@@ -64,7 +64,8 @@ def test_stage_8_splits_accounting_delivery_and_two_order_shards_off_stage_7():
     assert federated.database == before.database  # main keeps its primary and 2 replicas
     assert federated.federated == Database(instance_type="m7g.large", multi_az=True)
     assert federated.order_shards == 2
-    assert federated.shard == Database(instance_type="m7g.large", multi_az=True)
+    # Each shard has one replica for its customers' order reads; accounting and delivery none.
+    assert federated.shard == Database(instance_type="m7g.large", multi_az=True, read_replicas=1)
     for earlier in STAGES[:7]:
         assert earlier.federated is None and earlier.order_shards == 0 and earlier.shard is None
 
@@ -81,13 +82,22 @@ _SPLIT_WITH_A_REPLICA = Database(instance_type="m7g.large", multi_az=True, read_
         ({"order_shards": -1}, "negative"),
         ({"order_shards": 2, "shard": _SPLIT, "workers": None}, "workers"),
         ({"federated": _SPLIT, "workers": None}, "workers"),
-        ({"order_shards": 1, "shard": _SPLIT_WITH_A_REPLICA}, "primaries"),
-        ({"federated": _SPLIT_WITH_A_REPLICA}, "primaries"),
+        ({"federated": _SPLIT_WITH_A_REPLICA}, "federated databases from their primaries"),
     ],
 )
 def test_a_stage_refuses_shards_or_federation_it_cannot_build(change, refused):
     with pytest.raises(ValueError, match=refused):
         dataclasses.replace(stage("service-oriented"), **change)
+
+
+def test_order_shards_may_have_read_replicas_where_federated_databases_may_not():
+    """The app reads a customer's orders from their shard's replicas; it has no replicas for
+    accounting or delivery, so a replica there would be paid for and never read."""
+    two = Database(instance_type="m7g.large", multi_az=True, read_replicas=2)
+    sharded = dataclasses.replace(stage("service-oriented"), order_shards=3, shard=two)
+    assert sharded.shard is not None and sharded.shard.read_replicas == 2
+    with pytest.raises(ValueError, match="only order shards take read replicas"):
+        dataclasses.replace(sharded, federated=_SPLIT_WITH_A_REPLICA)
 
 
 def test_a_stage_refuses_shards_without_a_main_database():

@@ -47,9 +47,17 @@ _ENHANCED_MONITORING = (
     "and the dashboard graphs CPU and connections; Enhanced Monitoring's per-process OS metrics "
     "would add a monitoring role and log ingestion for nothing the load test reads."
 )
+_REPLICA_ENCRYPTION = (
+    "False positive: a read replica inherits the storage encryption of its (encrypted) "
+    "primary, and CloudFormation rejects StorageEncrypted on a replica (cfn-lint F3020)."
+)
 _REPLICA_MULTI_AZ = (
     "Read capacity is made redundant by several replicas over both AZs (and the Multi-AZ primary "
     "takes reads if they all fail); a standby per replica would double the cost of reads."
+)
+_SHARD_REPLICA_MULTI_AZ = (
+    "Each order shard has one replica: while it lags or is down the app reads the shard from its "
+    "Multi-AZ primary, and RDS replaces a lost replica; a standby for it would double the cost."
 )
 _PASSWORD_FROM_SECRETS_MANAGER = (
     "The app signs in with the generated password it reads from Secrets Manager with its "
@@ -76,10 +84,7 @@ ALLOWED: dict[tuple[str, str], str] = {
             "CustomVpcRestrictDefaultSGCustomResourceProviderHandler",
         )
     },
-    ("CKV_AWS_16", "DatabaseReplica"): (
-        "False positive: a read replica inherits the storage encryption of its (encrypted) "
-        "primary, and CloudFormation rejects StorageEncrypted on a replica (cfn-lint F3020)."
-    ),
+    ("CKV_AWS_16", "DatabaseReplica"): _REPLICA_ENCRYPTION,
     ("CKV_AWS_27", "Orders"): (
         "False positive: the queues use SQS-managed encryption (SqsManagedSseEnabled: true), "
         "which this rule, looking for a KMS key id, does not recognise."
@@ -93,7 +98,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ),
     ("CKV_AWS_161", "DatabasePrimary"): _PASSWORD_FROM_SECRETS_MANAGER,
     # Stage 8's federated databases and order shards: the same construct as the main database,
-    # Multi-AZ primaries without replicas, so the same reasons and no others.
+    # Multi-AZ primaries, so the same reasons and no others ...
     **{
         (rule, f"{database}{part}"): reason
         for database in ("AccountingDatabase", "DeliveryDatabase", "OrderShard1", "OrderShard2")
@@ -102,6 +107,16 @@ ALLOWED: dict[tuple[str, str], str] = {
             ("CKV_AWS_161", "Primary", _PASSWORD_FROM_SECRETS_MANAGER),
             ("CKV_AWS_149", "Secret", _AWS_MANAGED_KEYS),
             ("CKV_AWS_158", "PostgresqlLogs", _LOG_GROUPS),
+        )
+    },
+    # ... and each order shard's one replica, as main's replicas.
+    **{
+        (rule, f"{shard}Replica"): reason
+        for shard in ("OrderShard1", "OrderShard2")
+        for rule, reason in (
+            ("CKV_AWS_16", _REPLICA_ENCRYPTION),
+            ("CKV_AWS_118", _ENHANCED_MONITORING),
+            ("CKV_AWS_157", _SHARD_REPLICA_MULTI_AZ),
         )
     },
     ("CKV_AWS_119", "EdgeCarts"): _AWS_MANAGED_KEYS,

@@ -33,7 +33,7 @@ def test_stage_8_pays_for_the_alarms_and_secrets_its_databases_add(synthesized):
     added_alarms = len(after.resources("AWS::CloudWatch::Alarm")) - len(
         before.resources("AWS::CloudWatch::Alarm")
     )
-    assert added_alarms == 4
+    assert added_alarms == 6  # each new primary's CPU, each shard's replica lag
     assert _alarms(after.stage) - _alarms(before.stage) == added_alarms
     added_secrets = len(after.resources("AWS::SecretsManager::Secret")) - len(
         before.resources("AWS::SecretsManager::Secret")
@@ -49,6 +49,26 @@ def test_stage_8_pays_for_each_federated_database_and_shard_with_its_standby():
     assert items["2 x RDS db.m7g.large Multi-AZ (accounting, delivery)"] == 2 * 2 * 0.168
     assert items["2 x RDS db.m7g.large Multi-AZ (order shards)"] == 2 * 2 * 0.168
     assert "RDS gp3 (accounting, delivery)" in items and "RDS gp3 (order shards)" in items
+    # One replica per shard, priced as main's replicas are (instance and storage, no standby).
+    [main_replicas] = [v for k, v in items.items() if k.endswith("x RDS read replica")]
+    assert items["2 x RDS read replica (order shards)"] == main_replicas  # 2 and 2, same size
+    assert not any("replica (accounting" in name for name in items)
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.stack_id)
+def test_every_read_replica_in_the_template_is_paid_for(synthesized, stage):
+    """Main's replicas (stage 4 on) and, at stage 8, each order shard's."""
+    replicas = [
+        r
+        for r in synthesized[stage.number].resources("AWS::RDS::DBInstance").values()
+        if "SourceDBInstanceIdentifier" in r["Properties"]
+    ]
+    priced = sum(
+        int(item.name.split(" x ", 1)[0])
+        for item in cost.line_items(stage)
+        if " x RDS read replica" in item.name
+    )
+    assert priced == len(replicas)
 
 
 def test_a_scaling_stage_costs_more_at_its_maximum_size():

@@ -107,17 +107,18 @@ EXPECTED = {
         "AWS::CloudWatch::Alarm": 2,  # oldest message age, dead letters
     },
     "7 service-oriented -> 8 federated: databases per function, orders sharded by customer": {
-        # Accounting, delivery and two order shards: each a primary (no replicas: the app reads
-        # them from their primaries) in its own subnet group, with its own secret, its exported
-        # log's group, and its own security group ...
-        "AWS::RDS::DBInstance": 4,
-        "AWS::RDS::DBSubnetGroup": 4,
+        # Accounting, delivery and two order shards: each a primary in its own subnet group,
+        # with its own secret, its exported log's group, and its own security group ...
+        # ... and each shard one read replica (in a subnet group of its own, as main's are;
+        # accounting and delivery have none: the app reads them from their primaries).
+        "AWS::RDS::DBInstance": 4 + 2,
+        "AWS::RDS::DBSubnetGroup": 4 + 2,
         "AWS::SecretsManager::Secret": 4,
         "AWS::SecretsManager::SecretTargetAttachment": 4,
         "AWS::Logs::LogGroup": 4,
-        "AWS::EC2::SecurityGroup": 4,
+        "AWS::EC2::SecurityGroup": 4,  # a shard's replica shares its primary's ...
         "AWS::EC2::SecurityGroupIngress": 8,  # ... open to the web and the worker tiers only
-        "AWS::CloudWatch::Alarm": 4,  # each new primary's CPU
+        "AWS::CloudWatch::Alarm": 4 + 2,  # each new primary's CPU; each shard's replica lag
     },
 }
 

@@ -99,6 +99,39 @@ def test_stage_5_alarms_on_cloudfronts_5xx_rate_in_us_east_1(synthesized):
     assert dimensions["Region"] == "Global"
 
 
+def test_stage_8_watches_each_shards_replica_as_main_watches_its_own(synthesized):
+    """Each shard replica's CPU and lag on the dashboard, and a lag alarm per shard at the same
+    threshold as main's replicas' (the lag past which the app stops reading a replica)."""
+    synth = synthesized[8]
+    instances = synth.resources("AWS::RDS::DBInstance")
+    replicas = sorted(
+        k for k, r in instances.items() if "SourceDBInstanceIdentifier" in r["Properties"]
+    )
+    shard_replicas = [k for k in replicas if k.startswith("OrderShard")]
+    assert len(shard_replicas) == 2 and len(replicas) == 4
+    graphed = dashboard_metrics(synth)
+    for replica in replicas:
+        identifier = ["DBInstanceIdentifier", f"<{replica}>"]
+        for name in ("CPUUtilization", "ReplicaLag"):
+            assert any(
+                line[:2] == ["AWS/RDS", name] and line[2:4] == identifier for line in graphed
+            ), (replica, name)
+    alarms = _alarms(synth)
+    [main] = [v for k, v in alarms.items() if k.startswith("ObservabilityReplicaLagHigh")]
+    for number, replica in enumerate(shard_replicas, start=1):
+        assert replica.startswith(f"OrderShard{number}Replica")
+        [alarm] = [
+            v
+            for k, v in alarms.items()
+            if k.startswith(f"ObservabilityOrderShard{number}ReplicaLag")
+        ]
+        assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/RDS", "ReplicaLag")
+        assert alarm["Dimensions"] == [{"Name": "DBInstanceIdentifier", "Value": {"Ref": replica}}]
+        assert alarm["Threshold"] == main["Threshold"] == 5
+        assert alarm["ComparisonOperator"] == main["ComparisonOperator"]
+        assert f"order shard {number}" in alarm["AlarmDescription"]
+
+
 @pytest.mark.parametrize("each", STAGES, ids=lambda s: s.stack_id)
 def test_every_alarm_notifies_the_stages_topic(synthesized, each):
     synth = synthesized[each.number]

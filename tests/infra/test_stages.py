@@ -5,6 +5,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import aws_cdk as cdk
 import pytest
@@ -13,6 +15,7 @@ from shop_infra.stack import DEFAULT_REGION, ShopStack
 from shop_infra.stages import GRACEFUL_SHUTDOWN_S, STAGES
 
 from .conftest import INFRA, MAIL_SENDER, _context
+from .test_boot_path import boot_scripts
 
 
 def _user_data(synth) -> str:
@@ -336,10 +339,12 @@ def test_a_route_53_record_is_made_only_when_a_hosted_zone_is_given(synthesized,
 
 SPLIT = ("AccountingDatabase", "DeliveryDatabase", "OrderShard1", "OrderShard2")
 """Stage 8's databases beside main, by construct id (the shards in shard order)."""
+SHARDS = ("OrderShard1", "OrderShard2")
 SPLIT_SETTINGS = (
     "SHOP_ACCOUNTING_DATABASE_SECRET_ARN",
     "SHOP_DELIVERY_DATABASE_SECRET_ARN",
     "SHOP_ORDER_SHARD_SECRET_ARNS",
+    "SHOP_ORDER_SHARD_REPLICA_HOSTS",
 )
 
 
@@ -373,6 +378,16 @@ def _secret_reads(synth, role_prefix: str) -> set[str]:
     return reads
 
 
+def _replicas_of(synth, primary: str) -> list[str]:
+    """The logical ids of the read replicas whose source is the instance `primary`."""
+    return sorted(
+        logical_id
+        for logical_id, instance in synth.resources("AWS::RDS::DBInstance").items()
+        if f'{{"Ref": "{primary}"}}'
+        in json.dumps(instance["Properties"].get("SourceDBInstanceIdentifier", ""))
+    )
+
+
 def _launch_template_boot(synth, prefix: str) -> str:
     [template] = [
         t for k, t in synth.resources("AWS::EC2::LaunchTemplate").items() if k.startswith(prefix)
@@ -380,7 +395,7 @@ def _launch_template_boot(synth, prefix: str) -> str:
     return json.dumps(template["Properties"]["LaunchTemplateData"]["UserData"])
 
 
-def test_stage_8_adds_four_multi_az_primaries_beside_main_and_its_two_replicas(synthesized):
+def test_stage_8_adds_four_multi_az_primaries_beside_main_and_one_replica_per_shard(synthesized):
     synth = synthesized[8]
     stage = STAGES[7]
     instances = synth.resources("AWS::RDS::DBInstance")
@@ -388,19 +403,26 @@ def test_stage_8_adds_four_multi_az_primaries_beside_main_and_its_two_replicas(s
         k: r for k, r in instances.items() if "SourceDBInstanceIdentifier" not in r["Properties"]
     }
     replicas = {k: r for k, r in instances.items() if k not in primaries}
-    assert len(primaries) == 5 and len(replicas) == 2
-    # Main's replicas read from main; the shards and federated databases have none (the app
-    # sends their reads to their primaries).
+    assert len(primaries) == 5 and len(replicas) == 2 + 2
+    # Main keeps its two replicas; each order shard has exactly one, reading from that shard's
+    # primary; accounting and delivery have none (the app reads them from their primaries).
     main = _logical_id(synth, "AWS::RDS::DBInstance", "DatabasePrimary")
-    for replica in replicas.values():
-        assert f'{{"Ref": "{main}"}}' in json.dumps(
-            replica["Properties"]["SourceDBInstanceIdentifier"]
-        )
-    assert stage.order_shards == 2 and stage.shard.read_replicas == 0
+    assert len(_replicas_of(synth, main)) == stage.database.read_replicas == 2
+    assert stage.order_shards == 2 and stage.shard.read_replicas == 1
+    assert stage.federated.read_replicas == 0
+    found = set(_replicas_of(synth, main))
     identifiers = set()
     for database in SPLIT:
-        primary = primaries[_logical_id(synth, "AWS::RDS::DBInstance", f"{database}Primary")]
+        logical_id = _logical_id(synth, "AWS::RDS::DBInstance", f"{database}Primary")
+        primary = primaries[logical_id]
         props = primary["Properties"]
+        if database in SHARDS:
+            [replica] = _replicas_of(synth, logical_id)
+            assert replica == _logical_id(synth, "AWS::RDS::DBInstance", f"{database}Replica1")
+            assert replicas[replica]["Properties"]["DBInstanceClass"] == props["DBInstanceClass"]
+            found.add(replica)
+        else:
+            assert _replicas_of(synth, logical_id) == []
         assert props["MultiAZ"] is True and props["StorageEncrypted"] is True
         assert props["DBInstanceClass"] == "db.m7g.large" and props["DBName"] == "shop"
         identifiers.add(props["DBInstanceIdentifier"])
@@ -413,6 +435,18 @@ def test_stage_8_adds_four_multi_az_primaries_beside_main_and_its_two_replicas(s
         template = json.loads(secret["Properties"]["GenerateSecretString"]["SecretStringTemplate"])
         assert template == {"username": "shop", "dbname": "shop"}
     assert len(identifiers) == 4 and "shop-8-federated-primary" not in identifiers
+    assert found == set(replicas)  # no replica of anything else
+    # The shards' replicas sit in different zones: one zone's loss keeps one of them reading.
+    zones = {
+        json.dumps(
+            replicas[
+                _replicas_of(synth, _logical_id(synth, "AWS::RDS::DBInstance", f"{d}Primary"))[0]
+            ]["Properties"]["AvailabilityZone"]
+        )
+        for d in SHARDS
+    }
+    assert len(zones) == len(SHARDS) == 2
+    # A replica signs in with its primary's credentials: no secret of its own.
     assert len(synth.resources("AWS::SecretsManager::SecretTargetAttachment")) == 5
 
 
@@ -426,6 +460,89 @@ def test_stage_8_tells_both_tiers_where_every_database_is_in_shard_order(synthes
     shards = json.dumps({"Fn::Join": [",", [{"Ref": shard1}, {"Ref": shard2}]]})
     assert f'SHOP_ORDER_SHARD_SECRET_ARNS=", {shards}' in boot
     assert "SHOP_DATABASE_SECRET_ARN=" in boot
+
+
+@pytest.mark.parametrize("tier", ["BlueGroup", "GreenGroup", "WorkerGroup"])
+def test_stage_8_tells_both_tiers_each_shards_replicas_in_shard_order(synthesized, tier):
+    """SHOP_ORDER_SHARD_REPLICA_HOSTS: one group per shard, separated by ';', in the order of
+    SHOP_ORDER_SHARD_SECRET_ARNS; in each, the host:port of that shard's replicas, separated by
+    ','. Read as the instance reads its env file, with CloudFormation's values filled in."""
+    synth = synthesized[8]
+    [script] = [v for k, v in boot_scripts(synth).items() if k.startswith(tier)]
+    [line] = [x for x in script.splitlines() if x.startswith("SHOP_ORDER_SHARD_REPLICA_HOSTS=")]
+    groups = line.split("=", 1)[1].split(";")
+    expected = []
+    for shard in SHARDS:
+        primary = _logical_id(synth, "AWS::RDS::DBInstance", f"{shard}Primary")
+        expected.append(
+            [f"{r}.Endpoint.Address:{r}.Endpoint.Port" for r in _replicas_of(synth, primary)]
+        )
+    assert [group.split(",") for group in groups] == expected
+    assert len(groups) == 2 and all(len(group) == 1 for group in expected)
+    # The shards' secrets in the same order, and main's replicas where they were.
+    shard_secrets = [_attachment(synth, shard) for shard in SHARDS]
+    assert f"SHOP_ORDER_SHARD_SECRET_ARNS={','.join(f'ref-{s}' for s in shard_secrets)}" in script
+    main = _logical_id(synth, "AWS::RDS::DBInstance", "DatabasePrimary")
+    main_hosts = ",".join(f"{r}.Endpoint.Address" for r in _replicas_of(synth, main))
+    assert f"SHOP_DATABASE_REPLICA_HOSTS={main_hosts}\n" in script
+
+
+def _named(value: Any) -> Iterator[str]:
+    """Every logical id a CloudFormation value refers to (Ref, Fn::GetAtt, Fn::Sub)."""
+    if isinstance(value, list):
+        for each in value:
+            yield from _named(each)
+    elif isinstance(value, dict):
+        if "Ref" in value:
+            yield value["Ref"]
+        if "Fn::GetAtt" in value:
+            target = value["Fn::GetAtt"]
+            yield target[0] if isinstance(target, list) else target.split(".")[0]
+        if "Fn::Sub" in value:
+            text = value["Fn::Sub"] if isinstance(value["Fn::Sub"], str) else value["Fn::Sub"][0]
+            yield from (name.split(".")[0] for name in re.findall(r"\$\{([^}!]+)\}", text))
+        for each in value.values():
+            yield from _named(each)
+
+
+def _created_before(template: dict[str, Any], logical_id: str) -> set[str]:
+    """What CloudFormation creates before `logical_id`: every resource it refers to or names
+    in DependsOn, and theirs in turn."""
+    resources = template["Resources"]
+    found: set[str] = set()
+    todo = [logical_id]
+    while todo:
+        resource = resources[todo.pop()]
+        depends = resource.get("DependsOn", [])
+        depends = [depends] if isinstance(depends, str) else depends
+        for name in {*_named(resource.get("Properties", {})), *depends}:
+            if name in resources and name not in found:
+                found.add(name)
+                todo.append(name)
+    return found
+
+
+@pytest.mark.parametrize(
+    "number", [s.number for s in STAGES if s.database and s.database.read_replicas]
+)
+def test_no_instance_boots_before_the_replicas_it_is_told_about(synthesized, number):
+    """Main's replicas (stage 4 on) and each shard's (stage 8): the boot script names each
+    replica's endpoint, so every group (web, workers) is created after all of them; the app
+    never starts with the address of a replica that does not exist yet."""
+    synth = synthesized[number]
+    replicas = {
+        k
+        for k, r in synth.resources("AWS::RDS::DBInstance").items()
+        if "SourceDBInstanceIdentifier" in r["Properties"]
+    }
+    if number == 8:
+        assert len([r for r in replicas if r.startswith(SHARDS)]) == 2 and len(replicas) == 4
+    launched = synth.resources("AWS::AutoScaling::AutoScalingGroup") | synth.resources(
+        "AWS::EC2::Instance"
+    )
+    assert launched
+    for logical_id in launched:
+        assert replicas <= _created_before(synth.template, logical_id), logical_id
 
 
 def test_stages_before_8_keep_every_table_in_the_main_database(synthesized):
@@ -476,3 +593,32 @@ def test_stage_8_databases_admit_postgresql_from_the_web_and_worker_tiers_only(s
         }
         assert sources == {web, workers}, database
         assert "SecurityGroupIngress" not in synth.template["Resources"][group]["Properties"]
+
+
+def test_stage_8_shard_replicas_admit_postgresql_from_the_web_and_worker_tiers_only(synthesized):
+    """Each shard's replica is in its shard's security group and no other: the rules the test
+    above checks (5432 from the web and worker tiers, nothing else) are the replica's too."""
+    synth = synthesized[8]
+    instances = synth.resources("AWS::RDS::DBInstance")
+    for shard in SHARDS:
+        group = _logical_id(synth, "AWS::EC2::SecurityGroup", f"{shard}SecurityGroup")
+        primary = _logical_id(synth, "AWS::RDS::DBInstance", f"{shard}Primary")
+        [replica] = _replicas_of(synth, primary)
+        props = instances[replica]["Properties"]
+        assert props["VPCSecurityGroups"] == [{"Fn::GetAtt": [group, "GroupId"]}]
+        assert props["PubliclyAccessible"] is False
+        # Only the primary and its replica are in that group.
+        members = [
+            k
+            for k, r in instances.items()
+            if {"Fn::GetAtt": [group, "GroupId"]} in r["Properties"]["VPCSecurityGroups"]
+        ]
+        assert sorted(members) == sorted([primary, replica])
+        # Where it lives: the data subnets, as the primary (no route to or from the internet).
+        [subnet_group] = [
+            v
+            for k, v in synth.resources("AWS::RDS::DBSubnetGroup").items()
+            if props["DBSubnetGroupName"] == {"Ref": k}
+        ]
+        data = {k for k in synth.resources("AWS::EC2::Subnet") if "Data" in k}
+        assert {ref["Ref"] for ref in subnet_group["Properties"]["SubnetIds"]} == data

@@ -375,6 +375,8 @@ def test_stage_resources_are_recognised_by_the_cdk_apps_logical_ids():
         ("AWS::RDS::DBInstance", "DatabaseReplica1A1B2C3D", "db-r1"),
         ("AWS::RDS::DBInstance", "OrderShard2Primary44FDA548", "db-s2"),
         ("AWS::RDS::DBInstance", "OrderShard1PrimaryF7F71DAD", "db-s1"),
+        ("AWS::RDS::DBInstance", "OrderShard1Replica1B2C3D4E5", "db-s1-r1"),
+        ("AWS::RDS::DBInstance", "OrderShard2Replica1F6A7B8C9", "db-s2-r1"),
         ("AWS::RDS::DBInstance", "AccountingDatabasePrimary81F50834", "db-acc"),
         ("AWS::RDS::DBInstance", "DeliveryDatabasePrimaryF7F59897", "db-del"),
         ("AWS::SQS::Queue", "OrdersDeadLetters1A2B", "https://sqs/1/dlq"),
@@ -396,7 +398,9 @@ def test_stage_resources_are_recognised_by_the_cdk_apps_logical_ids():
     assert topology.web_instances == ["i-1"]
     assert topology.web_groups == ["blue", "green"]
     assert topology.worker_groups == ["workers"]
-    assert (topology.db_primary, topology.db_replicas) == ("db-primary", ["db-r1", "db-r2"])
+    # The shards' replicas are read replicas like main's, never shards.
+    assert topology.db_primary == "db-primary"
+    assert topology.db_replicas == ["db-r1", "db-r2", "db-s1-r1", "db-s2-r1"]
     assert topology.shards == ["db-s1", "db-s2"]
     assert topology.federated == ["db-acc", "db-del"]
     assert topology.queue_name == "orders-queue"
