@@ -407,8 +407,7 @@ class WorkerScaler(_Scaling):
 
     def _remove(self) -> None:
         worker = self.topology.workers.pop()
-        # SIGTERM: the worker finishes the message in hand; what it had not started is
-        # delivered again after its visibility timeout.
+        # SIGTERM: the worker finishes the batch in hand and receives no more (app/worker.py).
         threading.Thread(target=worker.stop, daemon=True).start()
 
 
