@@ -17,8 +17,9 @@ infra/shop_infra), not from the catalog: web instances (`Instance1`, the box of 
 Auto Scaling groups (stages 3-8; any group but `WorkerGroup...`), RDS instances
 (`DatabasePrimary...`, `DatabaseReplica<n>...`; at stage 8 also `OrderShard<n>Primary...`,
 component `shard`, the shards' `OrderShard<n>Replica<m>...`, counted with main's replicas as
-component `replica` (every read replica together, as their budget is), and `AccountingDatabasePrimary...`, `DeliveryDatabasePrimary...`, component
-`federated`, each summed over its databases), the ElastiCache replication group, the orders
+component `replica` (every read replica together, as their budget is), and
+`AccountingDatabasePrimary...`, `DeliveryDatabasePrimary...`, component `federated`, each
+summed over its databases), the ElastiCache replication group, the orders
 queue (not its dead-letter queue) and the load balancer. CPU is expressed as vCPUs used
 (utilisation x vCPUs of the instance type, x instances in service for a group) and budgets as the
 vCPUs of each tier, as the ladder does with cgroups. Redis runs its commands on one engine thread:

@@ -467,8 +467,8 @@ def _write_heavy(stage: int, found: WriteLimit | None, assumptions: Assumptions)
         "A ramp of buyers who only place orders (products picked uniformly, so that the best "
         "sellers do not sell out; the admin restocks), on the same topology after the fine "
         + (
-            f"passes, with a fleet that may grow to {found.fleet} app processes (the stack's "
-            "largest), so that the app does not hide where the primaries saturate. "
+            f"passes, on a fleet of {found.fleet} app processes (the stack's largest, held "
+            "there), so that the app does not hide where the primaries saturate. "
             if found.fleet
             else "passes. "
         )

@@ -145,7 +145,7 @@ class Budgets:
     def usage_s(self) -> dict[str, float]:
         """CPU seconds used so far, per group."""
         found: dict[str, float] = {}
-        for name, group in self.groups.items():
+        for name, group in list(self.groups.items()):
             if self.controller is None:
                 found[name] = sum(process_cpu_s(p) for p in _trees(group.pids))
             elif self.controller.version == 2:
@@ -159,9 +159,10 @@ class Budgets:
         average hides. Empty without a controller (nothing is throttled then)."""
         if self.controller is None:
             return {}
+        # A snapshot of the groups: an autoscaler's thread may add one meanwhile.
         return {
             name: read_throttling(group.folders[0] / "cpu.stat")
-            for name, group in self.groups.items()
+            for name, group in list(self.groups.items())
             if group.cpus > 0 and group.folders
         }
 

@@ -203,7 +203,10 @@ class Sampler:
     def run(self) -> None:
         while not self.stop.is_set():
             started = time.monotonic()
-            self.once()
+            try:
+                self.once()
+            except Exception as exc:  # a lost sample must not stop sampling (and scaling)
+                say(f"  sampler: one sample lost: {exc!r}")
             self.stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
 
 
@@ -289,6 +292,24 @@ class _Scaling:
         self.instances.append((self._last_change, len(self.members())))
         say(f"  autoscaler: {len(self.members())} {self.noun}")
 
+    def fix(self, count: int) -> None:
+        """Stop scaling, with `count` processes: the extra taken out (stage 5's fixed fleet,
+        for stage 6's day), or the missing started one at a time (the write-heavy ramp's
+        largest fleet)."""
+        self.enabled = False
+        deadline = time.time() + 30
+        while self._busy and time.time() < deadline:
+            time.sleep(0.2)
+        while len(self.members()) < count:
+            self._add()
+            self._changed()
+        shrunk = len(self.members()) > count
+        while len(self.members()) > count:
+            self._remove()
+            self._changed()
+        if shrunk:
+            time.sleep(3)  # the processes taken out finish their requests and stop
+
     def resume(self) -> None:
         """Scale again, judging only what was measured from now on (the window before this
         may hold a larger group's work, which would read as a busy small group)."""
@@ -333,7 +354,7 @@ class Autoscaler(_Scaling):
 
     def utilisation(self) -> float | None:
         now = time.time()
-        groups = {name: g.component for name, g in self.budgets.groups.items()}
+        groups = {name: g.component for name, g in list(self.budgets.groups.items())}
         used = cpu_per_component(self.cpu.samples, groups, now - 5, now)
         if "app" not in used:
             return None
@@ -362,17 +383,6 @@ class Autoscaler(_Scaling):
         self.topology.apps.remove(app)
         self.topology.reload_balancer()
         threading.Timer(2.0, app.stop).start()  # in-flight requests finish first
-
-    def fix(self, count: int) -> None:
-        """Stop scaling, with `count` processes (stage 5's fixed fleet, for the same day)."""
-        self.enabled = False
-        deadline = time.time() + 30
-        while self._busy and time.time() < deadline:
-            time.sleep(0.2)
-        while len(self.topology.apps) > count:
-            self._remove()
-            self._changed()
-        time.sleep(3)  # the processes taken out finish their requests and stop
 
 
 @dataclass
@@ -594,7 +604,9 @@ class _Pass:
             lines = _lines(outputs["steps"])
             for line in lines[seen:]:
                 time.sleep(1.2 if not finished else 0)  # the sample after the step's end
-                groups = {name: group.component for name, group in self.budgets.groups.items()}
+                groups = {
+                    name: group.component for name, group in list(self.budgets.groups.items())
+                }
                 step = merge_step(
                     line,
                     cpu_samples=self.cpu.samples,
@@ -703,13 +715,18 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
         writes: list[dict[str, Any]] = []
         if stage.probe == "write-heavy":
             if scaler is not None and stage.write_fleet:
+                # The ramp asks where the write primaries saturate, so it runs on the stack's
+                # largest fleet, held there: grown by the autoscaler during the ramp, the fleet
+                # was the limit of its early steps (each order's app CPU queues behind a small
+                # quota) and its knee measured how fast processes were added.
                 scaler.ceiling = max(scaler.ceiling, stage.write_fleet)
+                scaler.fix(scaler.ceiling)
             if workers is not None:
                 workers.resume()
             say(
-                "  write-heavy ramp: buyers who only place orders; the fleet may grow to "
-                f"{scaler.ceiling if scaler else stage.app_processes} app processes and "
-                f"{workers.ceiling if workers else stage.worker_processes} workers"
+                "  write-heavy ramp: buyers who only place orders, on a fleet of "
+                f"{scaler.ceiling if scaler else stage.app_processes} app processes; the "
+                f"workers may grow to {workers.ceiling if workers else stage.worker_processes}"
             )
             writes, checked = run.measure(load.writes(), "step", folder / "writes")
             invariants = _both(invariants, checked)

@@ -31,9 +31,10 @@ MODEL_CPUS and MACHINE_CPUS (said in `notes`); the extra databases stay busy onl
 writes, and every step records the load generator's CPU, which shows whether it still had
 its share of the machine.
 
-The write-heavy ramp of stages 7 and 8 asks where the write primaries saturate. Its fleet may
-grow to the stack's largest (`write_fleet`), since on AWS the fleet has 8 times the primary's
-vCPUs and a fleet held to this machine's slice would be the limit first; its workers may grow
+The write-heavy ramp of stages 7 and 8 asks where the write primaries saturate. It runs on the
+stack's largest fleet (`write_fleet`, held there), since on AWS the fleet has 8 times the
+primary's vCPUs and a fleet held to this machine's slice, or growing during the ramp, would be
+the limit first; its workers may grow
 to the stack's largest group (`write_workers`) on the stack's own rule, the backlog per worker
 (`worker_backlog`), so that a single worker falling behind does not hide the worker's share of
 each order's writes.

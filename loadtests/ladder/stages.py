@@ -69,9 +69,10 @@ class Stage:
     """Stage 8: accounting and delivery, each a PostgreSQL primary of this budget (component
     `federated`, their sum); 0: both live in the main database."""
     write_fleet: int = 0
-    """App processes the write-heavy ramp may grow to: the stack's largest fleet. Its question
-    is where the write primaries saturate, which a fleet held to this machine's slice would
-    hide (on AWS the fleet has 8 times the primary's vCPUs); 0: the autoscaler's ceiling."""
+    """App processes the write-heavy ramp runs on, held there: the stack's largest fleet. Its
+    question is where the write primaries saturate, which a fleet held to this machine's slice,
+    or growing during the ramp, would hide (on AWS the fleet has 8 times the primary's vCPUs);
+    0: the fleet as the autoscaler left it."""
     write_workers: int = 0
     """`shop worker` processes the write-heavy ramp may grow to (the stack's largest group),
     one at a time on the stack's rule: the backlog per worker held at `worker_backlog`. The

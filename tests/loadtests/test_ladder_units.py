@@ -356,6 +356,18 @@ def test_a_resumed_autoscaler_waits_out_the_cpu_of_the_fleet_before(tmp_path: Pa
     assert len(topology.apps) == 1 and scaler.enabled
 
 
+def test_a_fixed_fleet_is_grown_or_shrunk_to_its_size_and_stops_scaling(tmp_path: Path) -> None:
+    # The write-heavy ramp holds the stack's largest fleet: started one process at a time,
+    # each under its own budget, and kept whatever the CPU says.
+    scaler, topology = _scaler(1, 0.0, tmp_path)
+    scaler.fix(3)
+    assert [a.name for a in topology.apps] == ["app-0", "app-1", "app-2"]
+    assert [n for _, n in scaler.instances] == [1, 2, 3] and not scaler.enabled
+    assert scaler.budgets.groups["app-2"].cpus == SCALED.app_cpus
+    scaler.check()  # idle, but held
+    assert len(topology.apps) == 3
+
+
 def test_the_fleet_size_of_a_slice_is_its_mean_over_the_slice(tmp_path: Path) -> None:
     scaler, _ = _scaler(1, 0.0, tmp_path)
     scaler.instances = [(100.0, 1), (110.0, 2), (130.0, 3)]
