@@ -19,6 +19,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
@@ -154,15 +155,13 @@ class Sampler:
             )
 
     def once(self) -> None:
-        self.cpu.sample()
+        """One round of the signals: each app's and worker's /metrics (scraped at once),
+        replica lag, queue depth and backlog."""
         now = time.time()
-        scraped: dict[str, Metrics] = {}
-        for app in list(self.topology.apps):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{app.port}/metrics", timeout=2) as r:
-                    scraped[str(app.port)] = parse_metrics(r.read().decode())
-            except OSError:
-                pass
+        apps = list(self.topology.apps)
+        with ThreadPoolExecutor(max_workers=max(1, len(apps))) as pool:
+            found = list(pool.map(_scrape, [app.port for app in apps]))
+        scraped = {str(app.port): m for app, m in zip(apps, found, strict=True) if m is not None}
         self.metrics.append((now, scraped))
         if self.fulfilment is not None:
             ages = [age for w in list(self.topology.workers) if (age := _last_event_age(w.port))]
@@ -193,21 +192,44 @@ class Sampler:
                 self.backlog.append((now, visible + in_flight))
             except Exception:
                 pass
-        for hook in self.hooks:
-            hook()
 
     def last_backlog(self) -> float | None:
         """The backlog last sampled, if any."""
         return self.backlog[-1][1] if self.backlog else None
 
     def run(self) -> None:
+        """CPU every second, and the scaling policies after each CPU sample, on a thread of
+        their own: on a saturated machine a round of scrapes can take seconds, and the CPU of
+        the steps past a knee (which name the bottleneck) must not wait for it."""
+        cpu = threading.Thread(target=self._cpu_loop, daemon=True)
+        cpu.start()
+        self._every_second(self.once)
+        cpu.join(5)
+
+    def _cpu_loop(self) -> None:
+        def sample() -> None:
+            self.cpu.sample()
+            for hook in self.hooks:
+                hook()
+
+        self._every_second(sample)
+
+    def _every_second(self, work: Callable[[], None]) -> None:
         while not self.stop.is_set():
             started = time.monotonic()
             try:
-                self.once()
+                work()
             except Exception as exc:  # a lost sample must not stop sampling (and scaling)
                 say(f"  sampler: one sample lost: {exc!r}")
             self.stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
+
+
+def _scrape(port: int) -> Metrics | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            return parse_metrics(r.read().decode())
+    except OSError:
+        return None
 
 
 def _last_event_age(port: int) -> float | None:

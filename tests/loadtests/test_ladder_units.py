@@ -548,3 +548,35 @@ def test_a_workers_fulfilment_lag_is_read_from_its_metrics_port() -> None:
         server.shutdown()
         server.server_close()
     assert _last_event_age(port) is None  # nothing listens any more
+
+
+def test_cpu_and_the_scaling_policies_are_sampled_every_second_while_a_scrape_hangs(
+    tmp_path: Path,
+) -> None:
+    """On a saturated machine one round of /metrics scrapes can take seconds; the CPU of the
+    steps past a knee (which name the bottleneck) and the autoscalers must not wait for it."""
+    import socket
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from loadtests.ladder.cgroups import CpuSampler
+    from loadtests.ladder.runner import Sampler
+
+    with socket.socket() as silent:  # accepts, never answers: each scrape waits its timeout
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        app = SimpleNamespace(port=silent.getsockname()[1])
+        topology = SimpleNamespace(apps=[app], workers=[], replica=None, queue_url=None)
+        budgets = Budgets("t", root=tmp_path)
+        budgets.group("app-0", "app", 0.2)
+        sampler = Sampler(topology, CpuSampler(budgets), cache=False)  # type: ignore[arg-type]
+        checks: list[float] = []
+        sampler.hooks.append(lambda: checks.append(time.time()))
+        thread = threading.Thread(target=sampler.run, daemon=True)
+        thread.start()
+        time.sleep(4.5)
+        sampler.stop.set()
+        thread.join(10)
+    assert len(sampler.metrics) <= 3  # the scrapes: about one round per 2-s timeout
+    assert len(sampler.cpu.samples) >= 4 and len(checks) >= 4
