@@ -44,7 +44,10 @@ def test_each_stages_parts_are_found_in_its_template(synthesized, stage):
         assert topology.db_primary is None
     else:
         assert topology.db_primary is not None
-        assert len(topology.db_replicas) == stage.database.read_replicas
+        # Every read replica, main's and (stage 8) each order shard's, is a `replica`.
+        shard_replicas = stage.order_shards * stage.shard.read_replicas if stage.shard else 0
+        assert len(topology.db_replicas) == stage.database.read_replicas + shard_replicas
+        assert len(topology.shards) == stage.order_shards
     assert (topology.cache_group is not None) == (stage.cache is not None)
     assert (topology.load_balancer is not None) == stage.load_balanced
     assert len(topology.worker_groups) == (1 if stage.workers else 0)
