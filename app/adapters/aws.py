@@ -89,43 +89,34 @@ def resolve(settings: Settings) -> Resolved:
         if arn
     }
     arns = (settings.database_secret_arn, settings.jwt_secret_arn, settings.redis_auth_secret_arn)
-    if not any(arns) and not function_arns and not settings.order_shard_secret_arns:
-        return Resolved(
-            primary_url,
-            replica_urls,
-            jwt_secret,
-            redis_url,
-            function_urls,
-            shard_urls,
-            shard_replica_urls,
-        )
-    client = _secrets_client(settings)
-    if settings.database_secret_arn:
-        creds = _database_credentials(client, settings.database_secret_arn)
-        port = int(creds.get("port", 5432))
-        primary_url = _url_for(creds, creds["host"], port)
-        replica_urls += [
-            _url_for(creds, *_host_port(h, port)) for h in settings.database_replica_hosts
-        ]
-    for name, arn in function_arns.items():
-        creds = _database_credentials(client, arn)
-        function_urls[name] = _url_for(creds, creds["host"], int(creds.get("port", 5432)))
-    hosts = settings.order_shard_replica_hosts
-    for number, arn in enumerate(settings.order_shard_secret_arns):
-        creds = _database_credentials(client, arn)
-        port = int(creds.get("port", 5432))
-        shard_urls.append(_url_for(creds, creds["host"], port))
-        if number < len(hosts):
-            shard_replica_urls.append(
-                [_url_for(creds, *_host_port(h, port)) for h in hosts[number]]
-            )
-    if settings.jwt_secret_arn:
-        jwt_secret = _secret(client, settings.jwt_secret_arn)
-    if settings.redis_auth_secret_arn and redis_url:
-        raw = _secret(client, settings.redis_auth_secret_arn)
-        token = json.loads(raw)["token"] if raw.lstrip().startswith("{") else raw
-        scheme, _, rest = redis_url.partition("://")
-        redis_url = f"{scheme}://:{quote(token, safe='')}@{rest}"
+    if any(arns) or function_arns or settings.order_shard_secret_arns:
+        client = _secrets_client(settings)
+        if settings.database_secret_arn:
+            creds = _database_credentials(client, settings.database_secret_arn)
+            port = int(creds.get("port", 5432))
+            primary_url = _url_for(creds, creds["host"], port)
+            replica_urls += [
+                _url_for(creds, *_host_port(h, port)) for h in settings.database_replica_hosts
+            ]
+        for name, arn in function_arns.items():
+            creds = _database_credentials(client, arn)
+            function_urls[name] = _url_for(creds, creds["host"], int(creds.get("port", 5432)))
+        hosts = settings.order_shard_replica_hosts
+        for number, arn in enumerate(settings.order_shard_secret_arns):
+            creds = _database_credentials(client, arn)
+            port = int(creds.get("port", 5432))
+            shard_urls.append(_url_for(creds, creds["host"], port))
+            if number < len(hosts):
+                shard_replica_urls.append(
+                    [_url_for(creds, *_host_port(h, port)) for h in hosts[number]]
+                )
+        if settings.jwt_secret_arn:
+            jwt_secret = _secret(client, settings.jwt_secret_arn)
+        if settings.redis_auth_secret_arn and redis_url:
+            raw = _secret(client, settings.redis_auth_secret_arn)
+            token = json.loads(raw)["token"] if raw.lstrip().startswith("{") else raw
+            scheme, _, rest = redis_url.partition("://")
+            redis_url = f"{scheme}://:{quote(token, safe='')}@{rest}"
     return Resolved(
         primary_url,
         replica_urls,
