@@ -8,6 +8,7 @@ second nginx with proxy_cache as the CDN stand-in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -54,8 +55,12 @@ def free_port() -> int:
 def wait_http(
     url: str, process: subprocess.Popen[bytes] | None, log: Path, timeout: float = 60
 ) -> None:
-    """Poll `url` until it answers (any status), or fail with the process's log."""
-    deadline = time.monotonic() + timeout
+    """Poll `url` until it answers (any status), or fail with the process's log. A process
+    still running when the time is up is stopped with SIGABRT: a Python started with
+    PYTHONFAULTHANDLER (as the shop's processes are, `Topology.shop_env`) writes where each
+    of its threads stood into the log, which the error then carries."""
+    started = time.monotonic()
+    deadline = started + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             break
@@ -66,8 +71,16 @@ def wait_http(
             return
         except OSError:
             time.sleep(0.1)
-    tail = log.read_text(errors="replace")[-3000:] if log.is_file() else ""
-    raise ComponentFailed(f"{url} did not answer in {timeout:.0f} s\n{tail}")
+    if process is not None and process.poll() is not None:
+        what = f"exited with code {process.returncode} after {time.monotonic() - started:.0f} s"
+    else:
+        what = f"did not answer in {timeout:.0f} s"
+        if process is not None:
+            process.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
+    tail = log.read_text(errors="replace")[-6000:] if log.is_file() else ""
+    raise ComponentFailed(f"{url} {what}; its log ends:\n{tail or '(empty)'}")
 
 
 @dataclass
@@ -249,7 +262,8 @@ class Topology:
 
     def shop_env(self, extra: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
-        env |= self.env | extra
+        # A process that stalls (wait_http) or crashes leaves its threads' stacks in its log.
+        env |= self.env | {"PYTHONFAULTHANDLER": "1"} | extra
         return env
 
     def shop(self, *args: str, stdin: str | None = None) -> None:
@@ -272,7 +286,9 @@ class Topology:
         command = [str(BIN / "shop"), "serve", "--host", "127.0.0.1", "--port", str(port)]
         command.append("--no-access-log")
         app = self.spawn(f"app-{index}", group, command, env=self.shop_env({}), port=port)
-        wait_http(f"http://127.0.0.1:{port}/readyz", app.popen, app.log)
+        # Generous: a process starting beside a loaded stage on a shared machine is slow, and
+        # one that stalls leaves its stacks in the error (wait_http).
+        wait_http(f"http://127.0.0.1:{port}/readyz", app.popen, app.log, timeout=120)
         self.apps.append(app)
         return app
 

@@ -264,7 +264,10 @@ class _Scaling:
     ceiling: int = 0
     """The most processes it runs."""
     _last_change: float = 0.0
-    _busy: bool = False
+    _grower: threading.Thread | None = None
+    """The scale-out in progress (a process starting), if any."""
+    _started: int = 0
+    """Processes started so far: each new one takes the next index, never one in use."""
 
     noun = "processes"
 
@@ -286,28 +289,30 @@ class _Scaling:
 
     def check(self) -> None:
         since = time.time() - self._last_change
-        if not self.enabled or self._busy or since < self.cooldown_s:
+        growing = self._grower is not None and self._grower.is_alive()
+        if not self.enabled or growing or since < self.cooldown_s:
             return
         wanted = self.wanted()
         if wanted is None:
             return
         count = len(self.members())
         if wanted > count:
-            self._busy = True
-            threading.Thread(target=self._grow, daemon=True).start()
+            self._grower = threading.Thread(target=self._grow, daemon=True)
+            self._grower.start()
         elif wanted < count and since >= 2 * self.cooldown_s:
             self._remove()
             self._changed()
 
     def _grow(self) -> None:
-        try:
-            self._add()
-            self._changed()
-        finally:
-            self._busy = False
+        self._add()
+        self._changed()
 
     def _next(self) -> int:
-        return max(int(p.name.split("-")[1]) for p in self.members()) + 1
+        """The next process's index: past every index used, running or not (a process still
+        starting is not yet a member, and must not share its name, log and group)."""
+        used = max((int(p.name.split("-")[1]) for p in self.members()), default=-1)
+        self._started = max(self._started, used + 1) + 1
+        return self._started - 1
 
     def _changed(self) -> None:
         self._last_change = time.time()
@@ -319,9 +324,9 @@ class _Scaling:
         for stage 6's day), or the missing started one at a time (the write-heavy ramp's
         largest fleet)."""
         self.enabled = False
-        deadline = time.time() + 30
-        while self._busy and time.time() < deadline:
-            time.sleep(0.2)
+        if self._grower is not None:
+            # The process it is starting joins first (its start fails within wait_http's time).
+            self._grower.join()
         while len(self.members()) < count:
             self._add()
             self._changed()

@@ -313,13 +313,11 @@ def _scaler(apps: int, used_per_app: float, tmp_path: Path):  # type: ignore[no-
 
 
 def test_the_autoscaler_adds_a_process_above_its_target(tmp_path: Path) -> None:
-    import time
 
     scaler, topology = _scaler(1, 0.19, tmp_path)  # 95 % of a 0.2 budget
     scaler.check()
-    deadline = time.time() + 5
-    while scaler._busy and time.time() < deadline:
-        time.sleep(0.01)
+    assert scaler._grower is not None
+    scaler._grower.join(5)
     assert [a.name for a in topology.apps] == ["app-0", "app-1"]
     assert topology.reloads == 1 and scaler.instances[-1][1] == 2
 
@@ -368,6 +366,47 @@ def test_a_fixed_fleet_is_grown_or_shrunk_to_its_size_and_stops_scaling(tmp_path
     assert len(topology.apps) == 3
 
 
+class _SlowStart(_Topology):
+    """A topology whose next process starts only when the test lets it."""
+
+    def __init__(self, apps: int) -> None:
+        super().__init__(apps)
+        import threading
+
+        self.go = threading.Event()
+        self.starting = threading.Event()
+
+    def start_app(self, index: int, group: str) -> _App:
+        self.starting.set()
+        assert self.go.wait(5)
+        return super().start_app(index, group)
+
+
+def test_fixing_the_fleet_while_a_process_starts_waits_for_it_and_reuses_no_name(
+    tmp_path: Path,
+) -> None:
+    # The ladder's stage-8 smoke: the autoscaler was starting a process when the write-heavy
+    # ramp fixed the fleet; the fix started another under the same name (log, budget group)
+    # while the first was not yet a member. Every process gets a name of its own, and the fix
+    # counts the one starting.
+    import threading
+
+    scaler, _ = _scaler(1, 0.19, tmp_path)
+    topology = _SlowStart(1)
+    scaler.topology = topology  # type: ignore[assignment]
+    scaler.check()
+    assert topology.starting.wait(5)
+    assert scaler._next() == 2  # app-1 is starting: not a member, but its name is taken
+    fixing = threading.Thread(target=scaler.fix, args=(3,))
+    fixing.start()
+    fixing.join(0.3)
+    assert fixing.is_alive()  # the fix waits for the process being started
+    topology.go.set()
+    fixing.join(5)
+    names = [a.name for a in topology.apps]
+    assert len(names) == 3 and len(set(names)) == 3 and names[:2] == ["app-0", "app-1"]
+
+
 def test_the_fleet_size_of_a_slice_is_its_mean_over_the_slice(tmp_path: Path) -> None:
     scaler, _ = _scaler(1, 0.0, tmp_path)
     scaler.instances = [(100.0, 1), (110.0, 2), (130.0, 3)]
@@ -409,11 +448,8 @@ def _workers(count: int, backlog: float | None, tmp_path: Path):  # type: ignore
 
 
 def _settle(scaler) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    deadline = time.time() + 5
-    while scaler._busy and time.time() < deadline:
-        time.sleep(0.01)
+    if scaler._grower is not None:
+        scaler._grower.join(5)
 
 
 def test_the_worker_group_grows_one_worker_at_a_time_on_the_backlog_per_worker(
@@ -580,3 +616,32 @@ def test_cpu_and_the_scaling_policies_are_sampled_every_second_while_a_scrape_ha
         thread.join(10)
     assert len(sampler.metrics) <= 3  # the scrapes: about one round per 2-s timeout
     assert len(sampler.cpu.samples) >= 4 and len(checks) >= 4
+
+
+def test_a_process_that_stalls_before_listening_fails_with_where_it_stood(tmp_path: Path) -> None:
+    # A shop process that neither answers nor exits: the error carries its threads' stacks
+    # (SIGABRT with PYTHONFAULTHANDLER), not an empty log.
+    import os
+    import subprocess
+    import sys
+
+    from loadtests.ladder.components import ComponentFailed, free_port, wait_http
+
+    log = tmp_path / "stalled.log"
+    code = "import time\ndef stuck_in_start_up():\n    time.sleep(60)\nstuck_in_start_up()\n"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"PYTHONFAULTHANDLER": "1"},
+        )
+    try:
+        with pytest.raises(ComponentFailed) as failed:
+            wait_http(f"http://127.0.0.1:{free_port()}/readyz", process, log, timeout=1)
+        assert "did not answer in 1 s" in str(failed.value)
+        assert "stuck_in_start_up" in str(failed.value)
+        assert process.poll() is not None
+    finally:
+        process.kill()
+        process.wait()
