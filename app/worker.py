@@ -132,6 +132,12 @@ HOLDS_SETTLED = Counter(
     ["state"],
     registry=REGISTRY,
 )
+HOLDS_CONFIRMED = Counter(
+    "shop_worker_holds_confirmed",
+    "Stage 8: stock holds the worker confirmed in its pass because their order committed "
+    "(every placed order's, in batches: the placing request leaves its hold held).",
+    registry=REGISTRY,
+)
 CANCELS_FINISHED = Counter(
     "shop_worker_cancels_finished",
     "Stage 8: cancellations a crash left half done that the worker finished.",
@@ -140,6 +146,8 @@ CANCELS_FINISHED = Counter(
 
 PURGED_TABLES = ("outbox_event", "processed_event", "idempotency_key")
 MAX_PURGE_BATCHES = 10
+CONFIRM_BATCH = 1000
+"""Stage 8: holds confirmed per statement on the main database in the worker's pass."""
 CANCEL_FINISHED_WITHIN = timedelta(seconds=30)
 """Stage 8: a cancellation still under way this long after it was asked for was left by a
 crash (its request takes well under a second); reconciliation finishes it."""
@@ -275,14 +283,24 @@ class Worker:
         return applied
 
     async def settle(self, *, limit: int = 100) -> None:
-        """Stage 8: finish what a crash left between databases: cancellations under way for
-        longer than CANCEL_FINISHED_WITHIN, and stock still held for orders past their hold
-        (the fence in the order's shard says whether the order exists)."""
+        """Stage 8: confirm the holds of the orders placed since the last pass, and finish
+        what a crash left between databases: cancellations under way for longer than
+        CANCEL_FINISHED_WITHIN, and stock still held for orders past their hold (the fence in
+        the order's shard says whether the order exists)."""
         if self.databases.split:
             finished = await orders.finish_requested_cancels(
                 self.databases, older_than=CANCEL_FINISHED_WITHIN, limit=limit
             )
             CANCELS_FINISHED.inc(finished)
+            # The holds of committed orders, in batches (their requests leave them held); a
+            # batch not wholly confirmed has reached the holds of orders not committed yet.
+            for _ in range(MAX_PURGE_BATCHES):
+                confirmed = await orders.confirm_committed_holds(
+                    self.databases, limit=CONFIRM_BATCH
+                )
+                HOLDS_CONFIRMED.inc(confirmed)
+                if confirmed < CONFIRM_BATCH:
+                    break
             settled = await orders.settle_expired_reservations(self.databases, limit=limit)
             for state, count in settled.items():
                 HOLDS_SETTLED.labels(state).inc(count)

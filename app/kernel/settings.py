@@ -136,8 +136,10 @@ class Settings(BaseSettings):
         ge=1,
         le=3600,
         description="With order shards (stage 8): seconds the stock of an order being placed "
-        "stays held before `shop worker` settles it (the placing request settles it within a "
-        "second or two; this bounds what a request that died leaves held).",
+        "stays held before `shop worker` settles it by looking for the order (a request that "
+        "fails settles its hold at once, and the worker confirms the holds of committed orders "
+        "in batches every worker_purge_every_s; this bounds what a request that died leaves "
+        "held).",
     )
     accounting_database_secret_arn: str | None = Field(
         None,
@@ -702,7 +704,11 @@ class WorkerSettings(Settings):
         "worker itself (0: never).",
     )
     worker_purge_every_s: float = Field(
-        60, ge=0, le=86_400, description="Seconds between two purges by `shop worker` (0: never)."
+        60,
+        ge=0,
+        le=86_400,
+        description="Seconds between two purges by `shop worker` (0: never); stage 8's stock "
+        "holds are confirmed and settled on the same schedule.",
     )
     worker_purge_batch: int = Field(
         1000, ge=1, le=100_000, description="Rows deleted per purge transaction."

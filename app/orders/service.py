@@ -536,11 +536,14 @@ async def _place_in_shard(
        nothing kept.
     3. On the shard: claim the key, take the id's fence, record the order, its lines, its
        `order.placed` event and the key's answer, in one transaction.
-    4. Settle the reservation (`settle_reservation`): the fence says whether 3 committed.
+    4. The worker confirms the hold, with others, in its next pass (`confirm_committed_holds`:
+       one statement on the main database per pass, not a transaction per order: main is the
+       limit stage 8 moves, docs/stage-8.md).
 
-    Whatever fails after 2 is settled at once when the databases answer, else by the worker
-    once the reservation expires; after the worker has settled it, 3 can no longer commit (the
-    fence is taken), so stock and order always end together."""
+    Whatever fails after 2 is settled at once when the databases answer (`settle_reservation`:
+    the fence says whether 3 committed), else by the worker once the reservation expires; after
+    the worker has settled it, 3 can no longer commit (the fence is taken), so stock and order
+    always end together."""
     shard = dbs.shard_for(customer_id)
     pairs = data.as_pairs()
     request_hash = fingerprint(pairs)
@@ -628,10 +631,7 @@ async def _place_in_shard(
         if unique_violation(exc):  # the worker fenced the id: this try took too long
             raise Unavailable("the order took too long to record; retry") from exc
         raise
-    try:  # committed: the fence is the order's, no need to read it
-        await settle_reservation(dbs, order_id=order_id, committed=True)
-    except Exception as exc:  # the order stands; the worker confirms its reservation later
-        log.warning("order %s: reservation left to the worker: %s", order_id, exc)
+    # Committed: the hold is the order's now; the worker's next pass confirms it.
     relay.publish_soon([event], origin=shard)
     return PlaceResult(status_code=201, body=body, replayed=False)
 
@@ -674,6 +674,51 @@ async def settle_reservation(
             update(Reservation).where(Reservation.order_id == order_id).values(state=state)
         )
     return state
+
+
+async def confirm_committed_holds(dbs: Databases, *, limit: int = 1000) -> int:
+    """The worker's pass (stage 8): confirm the held reservations whose order committed, at
+    most `limit`, oldest first; how many. One read of the holds and one update on the main
+    database, one read of the fences per shard: a placing request leaves its hold held, so that
+    an order costs main one transaction, not two. Only an order's own fence (taken with it,
+    `void` false) confirms; every shard is asked, so a logical shard moved meanwhile does not
+    hide it. A hold whose order has not committed (yet, or ever) is left to the request or to
+    `settle_expired_reservations`."""
+    if not dbs.shards:
+        return 0
+    async with dbs.main.write() as conn:
+        held = (
+            (
+                await conn.execute(
+                    select(Reservation.order_id)
+                    .where(Reservation.state == "held")
+                    .order_by(Reservation.expires_at)
+                    .limit(limit)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    if not held:
+        return 0
+    committed: set[int] = set()
+    for shard in dbs.shards:
+        async with shard.write() as conn:
+            found = await conn.execute(
+                select(OrderFence.order_id).where(
+                    OrderFence.order_id.in_(held), OrderFence.void.is_(False)
+                )
+            )
+            committed.update(found.scalars())
+    if not committed:
+        return 0
+    async with dbs.main.write() as conn:
+        confirmed = await conn.execute(
+            update(Reservation)
+            .where(Reservation.order_id.in_(sorted(committed)), Reservation.state == "held")
+            .values(state="confirmed")
+        )
+    return int(confirmed.rowcount)
 
 
 async def settle_expired_reservations(dbs: Databases, *, limit: int = 100) -> dict[str, int]:

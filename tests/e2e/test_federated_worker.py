@@ -240,7 +240,10 @@ def test_a_shop_killed_between_the_stock_and_the_order_leaves_stock_and_orders_a
     else:
         assert (orders, _scalar(main, taken)) == (1, stock - 1)
         assert _scalar(shard, "SELECT void FROM order_fence") is False
-    assert f"its reservation expired held; {outcome}" in output
+    if outcome == "released":
+        assert "its reservation expired held; released" in output
+    else:  # the order committed: the pass confirms its hold like any other, no warning
+        assert "expired held" not in output
     assert "Traceback" not in output
 
 

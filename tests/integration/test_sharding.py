@@ -33,7 +33,7 @@ from app.orders import flows
 from app.orders import service as orders
 from app.orders.moves import move_logical_shard
 from app.orders.schemas import OrderCreate
-from app.worker import HOLDS_SETTLED, REGISTRY, Retention
+from app.worker import HOLDS_CONFIRMED, HOLDS_SETTLED, REGISTRY, Retention
 from tests.integration.conftest import User, make_product, make_user
 from tests.integration.stage8 import migrated, rows, shop_on, work_off, worker_of
 from tests.integration.test_outbox import moto_endpoint as moto_endpoint  # fixtures
@@ -132,8 +132,11 @@ async def test_each_order_lives_in_its_customers_shard_under_an_id_that_names_it
         assert sorted(o["id"] for o in found) == placed[shard - 1]
         assert all(o["id"] % LOGICAL_SHARDS == user.id % LOGICAL_SHARDS for o in found)
     assert await rows(resources.db, "SELECT count(*) FROM customer_order") == [(0,)]
-    assert await reservations(resources) == Counter(confirmed=3)
+    # Held until the worker's pass confirms them: main sees one transaction per order.
+    assert await reservations(resources) == Counter(held=3)
     assert await stock_of(resources, product.id) == 5
+    assert await orders.confirm_committed_holds(resources.databases) == 3
+    assert await reservations(resources) == Counter(confirmed=3)
 
     # Every read finds it in its shard, and only for its owner.
     await work_off(resources, worker_of(resources, moto_endpoint, queue_url))
@@ -203,7 +206,7 @@ async def test_a_replayed_key_answers_the_first_order_and_holds_no_more_stock(
     assert again.json() == first.json()
     assert other.status_code == 422
     assert await stock_of(resources, product.id) == 8
-    assert await reservations(resources) == Counter(confirmed=1)
+    assert await reservations(resources) == Counter(held=1)
 
 
 async def test_twenty_concurrent_retries_of_one_key_make_one_order(
@@ -222,6 +225,7 @@ async def test_twenty_concurrent_retries_of_one_key_make_one_order(
     assert all(a.status_code in (201, 409) for a in answers), [a.status_code for a in answers]
     assert sum(len(ids) for ids in await orders_per_shard(resources)) == 1
     assert await stock_of(resources, product.id) == 98
+    assert await orders.confirm_committed_holds(resources.databases) == 1
     states = await reservations(resources)
     assert states["confirmed"] == 1 and states["held"] == 0
 
@@ -240,6 +244,8 @@ async def test_no_oversell_with_two_hundred_buyers_on_both_shards(
     assert await stock_of(resources, product.id) == 0
     per_shard = await orders_per_shard(resources)
     assert sum(len(ids) for ids in per_shard) == 50 and all(per_shard)
+    assert await orders.confirm_committed_holds(resources.databases, limit=20) == 20
+    assert await orders.confirm_committed_holds(resources.databases) == 30
     assert await reservations(resources) == Counter(confirmed=50)
     await work_off(resources, worker_of(resources, moto_endpoint, queue_url))
     admin = await make_user(resources, role=Role.ADMIN)
@@ -335,28 +341,40 @@ async def test_a_hold_nobody_settled_is_released_by_the_worker_and_the_late_orde
     assert await stock_of(resources, product.id) == 3
 
 
-async def test_killed_after_the_order_committed_the_worker_confirms_its_hold(
+async def test_the_worker_confirms_the_holds_of_committed_orders_and_only_those(
     shop: tuple[httpx.AsyncClient, Resources],
     moto_endpoint: str,
     queue_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A placed order leaves its hold held; the worker's next pass confirms it (not counted as
+    a settlement: nothing went wrong). A hold whose order has not committed, still within its
+    time, is left alone by that pass, and released once it expires."""
     client, resources = shop
-    alice, _ = await customers_on_both_shards(resources)
+    alice, bob = await customers_on_both_shards(resources)
     product = await make_product(resources, initial_stock=5)
     worker = worker_of(resources, moto_endpoint, queue_url)
+    answer = await place(client, alice, product.id, 2)
+    assert answer.status_code == 201
     with monkeypatch.context() as patch:
-        patch.setattr(orders, "settle_reservation", killed)
-        answer = await place(client, alice, product.id, 2)
-    assert answer.status_code == 201  # the order stands; only its hold is unsettled
-    assert await reservations(resources) == Counter(held=1)
+        patch.setattr(flows, "record_placed", killed)  # this order never commits
+        patch.setattr(orders, "settle_reservation", killed)  # and its request dies
+        with pytest.raises(ConnectionError):
+            await place(client, bob, product.id, 1)
+    assert await reservations(resources) == Counter(held=2)
+    assert await stock_of(resources, product.id) == 2
 
-    confirmed = HOLDS_SETTLED.labels("confirmed")._value.get()
+    confirmed = HOLDS_CONFIRMED._value.get()
+    settled = HOLDS_SETTLED.labels("confirmed")._value.get()
+    await worker.settle()
+    assert await reservations(resources) == Counter(held=1, confirmed=1)
+    assert HOLDS_CONFIRMED._value.get() == confirmed + 1  # on /metrics
+    assert HOLDS_SETTLED.labels("confirmed")._value.get() == settled
+    assert await stock_of(resources, product.id) == 2
+
     await expire_holds(resources)
     await worker.settle()
-
-    assert await reservations(resources) == Counter(confirmed=1)
-    assert HOLDS_SETTLED.labels("confirmed")._value.get() == confirmed + 1
+    assert await reservations(resources) == Counter(released=1, confirmed=1)
     assert await stock_of(resources, product.id) == 3
     assert await orders_per_shard(resources) in (
         [[answer.json()["id"]], []],
@@ -454,7 +472,9 @@ async def test_the_purge_forgets_settled_holds_and_their_fences(
     await work_off(resources, worker_of(resources, moto_endpoint, queue_url))
     everything = Retention(keep_events=timedelta(0), keep_keys=timedelta(0))
 
-    deleted = await worker_of(resources, moto_endpoint, queue_url, retention=everything).purge()
+    worker = worker_of(resources, moto_endpoint, queue_url, retention=everything)
+    await worker.settle()  # the pass that purges settles first: held holds are kept
+    deleted = await worker.purge()
 
     assert deleted["reservation"] == 4  # two holds in main, two fences, one in each shard
     assert await reservations(resources) == Counter()
