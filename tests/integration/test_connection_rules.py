@@ -206,3 +206,42 @@ async def test_a_shipment_that_keeps_changing_gives_up_with_409_not_a_hang(
         async with resources.db.write() as conn:
             await conn.execute(text("DROP TRIGGER skip_shipment_update ON shipment"))
             await conn.execute(text("DROP FUNCTION skip_update()"))
+
+
+async def test_pooled_connections_the_server_closed_are_replaced_not_failed(
+    database_url: str,
+) -> None:
+    # A restart, failover or terminate closes the connections idle in the pool: the next
+    # transactions get new ones, not an error (the pool checks a connection's socket as it
+    # leaves, instead of a round trip to the server before every transaction); a healthy
+    # pooled connection is reused.
+    from app.adapters.db import make_engine
+
+    engine = make_engine(database_url, pool_size=2, max_overflow=0)
+    try:
+        async with engine.begin() as one, engine.begin() as two:
+            pids = {
+                (await one.execute(text("SELECT pg_backend_pid()"))).scalar_one(),
+                (await two.execute(text("SELECT pg_backend_pid()"))).scalar_one(),
+            }
+        async with engine.begin() as conn:
+            assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() in pids
+
+        other = make_engine(database_url, pool_size=1, max_overflow=0)
+        try:
+            async with other.begin() as admin:
+                await admin.execute(
+                    text("SELECT pg_terminate_backend(p) FROM unnest(CAST(:pids AS int[])) AS p"),
+                    {"pids": sorted(pids)},
+                )
+        finally:
+            await other.dispose()
+        await asyncio.sleep(0.2)  # the server's goodbye reaches the pooled sockets
+        async with engine.begin() as one, engine.begin() as two:
+            now = {
+                (await one.execute(text("SELECT pg_backend_pid()"))).scalar_one(),
+                (await two.execute(text("SELECT pg_backend_pid()"))).scalar_one(),
+            }
+        assert not now & pids
+    finally:
+        await engine.dispose()
