@@ -705,6 +705,10 @@ def run_stage(stage: Stage, load: Load, out: Path, *, enforce: bool = True) -> d
         budgets.group(LOADGEN, LOADGEN, 0)
         started = time.time()
         thread.start()
+        # However the stage ends (a component that fails included), sampling stops before the
+        # processes and groups it reads are taken down.
+        stack.callback(thread.join, 10)
+        stack.callback(sampler.stop.set)
         workers = None
         if stage.write_workers:
             # Off until the write-heavy ramp: the mix's figures keep the stack's minimum group.
