@@ -645,3 +645,29 @@ def test_a_process_that_stalls_before_listening_fails_with_where_it_stood(tmp_pa
     finally:
         process.kill()
         process.wait()
+
+
+def test_the_replica_lag_probe_keeps_one_connection_to_the_primary() -> None:
+    # The probe runs every second against the primary whose CPU the ladder measures: a new
+    # connection each time (a backend forked and authenticated) would be charged to it.
+    from types import SimpleNamespace
+
+    from loadtests.ladder.runner import Sampler
+    from tests.pg_cluster import private_cluster, why_unavailable
+
+    if why_unavailable():
+        pytest.skip(why_unavailable())
+    with private_cluster() as primary:
+        topology = SimpleNamespace(
+            primary=primary, replica=object(), workers=[], queue_url=None, apps=[]
+        )
+        sampler = Sampler(topology, cpu=None, cache=False)  # type: ignore[arg-type]
+        backends = set()
+        for _ in range(3):
+            sampler.once()
+            assert sampler._probe is not None
+            backends.add(sampler._probe.info.backend_pid)
+        assert sampler.lag is not None and [lag for _, lag in sampler.lag] == [0.0, 0.0, 0.0]
+        assert len(backends) == 1
+        sampler._close_probe()
+        assert sampler._probe is None
