@@ -636,18 +636,16 @@ async def _place_in_shard(
     return PlaceResult(status_code=201, body=body, replayed=False)
 
 
-async def settle_reservation(
-    dbs: Databases, *, order_id: int, committed: bool = False, aborted: bool = False
-) -> str | None:
+async def settle_reservation(dbs: Databases, *, order_id: int, aborted: bool = False) -> str | None:
     """Settle an order's reservation (stage 8): take the order id's fence in its shard, void,
     unless it is taken. Void (taken now, or by a settlement that died before it finished), the
     order never committed and never will, so its stock returns (`released`); taken by the
-    order, it exists (`confirmed`). `committed`: the caller saw the order's transaction commit,
-    so the fence is the order's and is not read; `aborted`: the order's transaction surely did
-    nothing (its logical shard's fence refused it), so the stock returns without a fence.
-    Returns the new state, or None when it was settled before."""
+    order, it exists (`confirmed`). `aborted`: the order's transaction surely did nothing (its
+    logical shard's fence refused it), so the stock returns without a fence. (The holds of
+    orders seen to commit are confirmed in batches: `confirm_committed_holds`.) Returns the
+    new state, or None when it was settled before."""
     fenced = aborted
-    if not committed and not aborted:
+    if not aborted:
         async with dbs.shard_write(order_id) as conn:
             await insert_or_ignore(
                 conn,
