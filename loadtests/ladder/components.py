@@ -213,9 +213,9 @@ class Topology:
 
     def start_moto(self, group: str, *, queue: bool) -> None:
         port = free_port()
-        moto = self.spawn(
-            "moto", group, [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port=port
-        )
+        # moto with its costs that grow with a queue's depth taken out (motoserver.py).
+        command = [sys.executable, "-m", "loadtests.ladder.motoserver"]
+        moto = self.spawn("moto", group, [*command, "-H", "127.0.0.1", "-p", str(port)], port=port)
         self.moto_url = f"http://127.0.0.1:{port}"
         wait_http(f"{self.moto_url}/moto-api/", moto.popen, moto.log)
         import boto3
