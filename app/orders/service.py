@@ -655,6 +655,14 @@ async def settle_reservation(dbs: Databases, *, order_id: int, aborted: bool = F
             fenced = (
                 await conn.execute(select(OrderFence.void).where(OrderFence.order_id == order_id))
             ).scalar_one()
+            if fenced and await _order_exists(conn, order_id):
+                # Its own fence was purged before its hold was settled (fences are kept for
+                # days, a hold for a minute: a worker that confirmed nothing for that long).
+                # The order is the proof: its fence is restored, its stock stays sold.
+                await conn.execute(
+                    update(OrderFence).where(OrderFence.order_id == order_id).values(void=False)
+                )
+                fenced = False
     async with dbs.main.write() as conn:
         held = (
             await conn.execute(
@@ -672,6 +680,11 @@ async def settle_reservation(dbs: Databases, *, order_id: int, aborted: bool = F
             update(Reservation).where(Reservation.order_id == order_id).values(state=state)
         )
     return state
+
+
+async def _order_exists(conn: AsyncConnection, order_id: int) -> bool:
+    found = await conn.execute(select(CustomerOrder.id).where(CustomerOrder.id == order_id))
+    return found.first() is not None
 
 
 async def confirm_committed_holds(dbs: Databases, *, limit: int = 1000) -> int:

@@ -405,6 +405,29 @@ async def test_a_settlement_killed_after_its_fence_is_finished_by_the_next(
     assert await orders.settle_expired_reservations(resources.databases) == {}
 
 
+async def test_a_hold_whose_orders_fence_was_purged_is_confirmed_not_released(
+    shop: tuple[httpx.AsyncClient, Resources],
+) -> None:
+    """Fences are purged by age; a hold left held past that (its worker's passes failing for
+    days) must not be settled as if its order never committed: the order itself decides."""
+    client, resources = shop
+    alice, _ = await customers_on_both_shards(resources)
+    product = await make_product(resources, initial_stock=5)
+    answer = await place(client, alice, product.id, 2)
+    assert answer.status_code == 201
+    order_id = answer.json()["id"]
+    for shard in shards(resources):  # as the purge would, the hold still held
+        await rows(shard, "DELETE FROM order_fence WHERE order_id = :o", o=order_id)
+    await expire_holds(resources)
+
+    assert await orders.settle_expired_reservations(resources.databases) == {"confirmed": 1}
+    assert await reservations(resources) == Counter(confirmed=1)
+    assert await stock_of(resources, product.id) == 3
+    fences = [await rows(s, "SELECT void FROM order_fence WHERE order_id = :o", o=order_id)
+              for s in shards(resources)]  # fmt: skip
+    assert sorted(fences, key=len) == [[], [(False,)]]
+
+
 # --- cancelling ----------------------------------------------------------------------------------
 
 
