@@ -15,6 +15,10 @@ SATURATED = 0.85
 """A component using at least this share of its CPU budget counts as saturated."""
 
 NO_BOTTLENECK = "none (load generator or latency-bound)"
+MACHINE = "the machine"
+"""Named when no budgeted component saturates but everything measured on the machine (the
+shop's processes, the stand-ins and the load generator) uses SATURATED of its cores or more:
+the budgets were not reached because the machine ran out first."""
 
 
 def percentile(histogram: Mapping[int, int], fraction: float) -> float:
@@ -139,6 +143,7 @@ def bottleneck(
     budgets: Mapping[str, float],
     *,
     beyond: Mapping[str, Any] | None = None,
+    cores: int | None = None,
 ) -> Bottleneck:
     """The component that saturates as the load passes `step` (the knee).
 
@@ -148,7 +153,8 @@ def bottleneck(
     SATURATED there; at the knee itself it is often below (a component at 70 % of its budget
     already queues enough to break a p95 bound). When none reaches SATURATED, the component is
     NO_BOTTLENECK: the limit is then the load generator, or latency (locks, pools, waits), not a
-    CPU budget."""
+    CPU budget, or, given the machine's `cores`, MACHINE when all the CPU measured reached
+    SATURATED of them."""
     judged = beyond if beyond is not None else step
     every = utilisations(judged, budgets)
     shares = {name: share for name, share in every.items() if name not in CONSUMERS}
@@ -174,8 +180,28 @@ def bottleneck(
         figure += " past the knee" + (f", {at_knee:.0%} at it" if at_knee is not None else "")
     if share < SATURATED:
         evidence = f"no component at {SATURATED:.0%} of its budget; highest: {figure}"
+        used = sum(float(v) for v in cpu.values())
+        if cores and used >= SATURATED * cores:
+            parts = ", ".join(f"{n} {float(v):.2f}" for n, v in sorted(
+                cpu.items(), key=lambda item: -float(item[1])) if float(v) >= 0.01)  # fmt: skip
+            evidence = (
+                f"{used:.2f} of the machine's {cores} cores ({used / cores:.0%})"
+                f"{' past the knee' if beyond is not None else ''} ({parts}); {evidence}"
+            )
+            return Bottleneck(
+                MACHINE, used / cores, f"{evidence}; {signals}" if signals else evidence
+            )
         return Bottleneck(NO_BOTTLENECK, share, f"{evidence}; {signals}" if signals else evidence)
     return Bottleneck(name, share, f"{figure}; {signals}" if signals else figure)
+
+
+def machine_cores(result: Mapping[str, Any]) -> int | None:
+    """The cores of the machine a local result ran on (its provenance); None for a deployed
+    run, whose components have machines of their own."""
+    if result.get("source", "local") != "local":
+        return None
+    cores = (result.get("provenance") or {}).get("cores")
+    return int(cores) if cores else None
 
 
 def steps_are_a_day(result: Mapping[str, Any]) -> bool:
@@ -323,7 +349,10 @@ def summarise(result: Mapping[str, Any]) -> StageSummary:
     step = steps[at]
     past = heavier(steps, at)
     found = bottleneck(
-        step, result.get("budgets") or {}, beyond=steps[past] if past is not None else None
+        step,
+        result.get("budgets") or {},
+        beyond=steps[past] if past is not None else None,
+        cores=machine_cores(result),
     )
     fine = result.get("fine") or []
     repeated = spread(fine, p95_ms=objective) if fine else None

@@ -389,7 +389,10 @@ def write_limit(
         knee_users=int(steps[at]["users"]),
         knee_p95_ms=float(steps[at]["p95_ms"]),
         bottleneck=analysis.bottleneck(
-            steps[at], result.get("budgets") or {}, beyond=steps[past] if past is not None else None
+            steps[at],
+            result.get("budgets") or {},
+            beyond=steps[past] if past is not None else None,
+            cores=analysis.machine_cores(result),
         ),
         per_order=per_order,
         here=here,

@@ -89,6 +89,26 @@ def test_below_85_percent_of_every_budget_nothing_is_named() -> None:
     assert analysis.bottleneck({"cpu": {"moto": 3.0}}, {"moto": 0.0}).utilisation == 0.0
 
 
+def test_the_machine_is_named_when_its_cores_ran_out_before_any_budget() -> None:
+    """Stage 8's write ramp at 085349e: no budget at 85 %, the two cores spent by the shop,
+    moto and Locust together. Without the cores (a deployed run), nothing is named."""
+    budgets = {"app": 1.1, "postgres": 0.138, "shard": 0.276, "worker": 0.55}
+    past = {
+        "cpu": {"app": 0.88, "postgres": 0.11, "shard": 0.14, "worker": 0.35, "moto": 0.30}
+        | {"loadgen": 0.08}
+    }
+    found = analysis.bottleneck(past, budgets, cores=2)
+    assert found.component == analysis.MACHINE
+    assert found.utilisation == pytest.approx(0.93)
+    assert found.evidence.startswith(
+        "1.86 of the machine's 2 cores (93%) (app 0.88, worker 0.35, moto 0.30, shard 0.14"
+    )
+    assert "highest: app 0.88 of 1.1 CPU (80%)" in found.evidence
+    assert analysis.bottleneck(past, budgets).component == analysis.NO_BOTTLENECK
+    spare = {"cpu": {"app": 0.6, "postgres": 0.1, "moto": 0.2}}
+    assert analysis.bottleneck(spare, budgets, cores=2).component == analysis.NO_BOTTLENECK
+
+
 def test_the_component_that_saturates_past_the_knee_is_named_though_below_85_at_it() -> None:
     """A p95 bound breaks while the limiting component is still at 70 % of its budget (it
     queues already): the step past the knee, where it reaches its budget, names it."""
