@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import boto3
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from loadtests.ladder.cgroups import process_cpu_s  # noqa: E402
 from loadtests.ladder.components import free_port, wait_http  # noqa: E402
 
 SERVERS = {
@@ -29,11 +29,6 @@ SERVERS = {
 }
 BODY = json.dumps({"kind": "order.placed", "payload": {"order_id": 1, "lines": [[3, 1]]}})
 ROUNDS = 60
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(server: str, depth: int) -> float:
@@ -56,7 +51,7 @@ def measure(server: str, depth: int) -> float:
         batch = [{"Id": str(n), "MessageBody": BODY} for n in range(10)]
         for _ in range(depth // 10):
             sqs.send_message_batch(QueueUrl=url, Entries=batch)
-        before = _cpu_s(popen.pid)
+        before = process_cpu_s(popen.pid)
         for _ in range(ROUNDS):
             sqs.send_message_batch(QueueUrl=url, Entries=batch)
             got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
@@ -80,7 +75,7 @@ def measure(server: str, depth: int) -> float:
                     "ApproximateNumberOfMessagesNotVisible",
                 ],
             )
-        return 1000 * (_cpu_s(popen.pid) - before) / (ROUNDS * 10)
+        return 1000 * (process_cpu_s(popen.pid) - before) / (ROUNDS * 10)
     finally:
         popen.terminate()
         popen.wait(10)

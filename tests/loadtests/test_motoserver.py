@@ -4,7 +4,6 @@ shop and the ladder ask of it, and a send no longer costs more as the queue grow
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from loadtests.ladder.cgroups import process_cpu_s
 from loadtests.ladder.components import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,19 +150,14 @@ def _drain(sqs: Any, url: str) -> list[dict[str, Any]]:
     return seen
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _send_cost(url: str, pid: int, *, depth: int) -> float:
     """CPU seconds the server spends on 100 sends, with `depth` messages already queued."""
     sqs = _sqs(url)
     queue = sqs.create_queue(QueueName=f"deep-{depth}")["QueueUrl"]
     _send(sqs, queue, depth)
-    before = _cpu_s(pid)
+    before = process_cpu_s(pid)
     _send(sqs, queue, 100)
-    return _cpu_s(pid) - before
+    return process_cpu_s(pid) - before
 
 
 def test_a_send_costs_the_same_at_any_depth_where_stock_moto_pays_for_every_message(
