@@ -79,7 +79,7 @@ ROUTES: dict[str, tuple[str, float | None]] = {
     "product list (20)": ("shop", None),
     "my order": ("shop", 0.15),
     "my orders (20)": ("shop", 0.15),
-    "place order": ("shop", 0.05),
+    "place order": ("shop", 0.08),
     "place order, queue on": ("shop + queue", None),
     "product by id, traced 5%": ("shop, traced 5%", None),
     "product by id, traced 100%": ("shop, traced 100%", None),

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.accounting.domain import Account, LedgerEvent, Posting, order_placed, reversal
 from app.accounting.models import LedgerEntry
 from app.accounting.schemas import AccountBalance, EntryRead, TrialBalance
-from app.adapters.db import Database, named_values, run_many
+from app.adapters.db import Database, Tx, named_values, run_many
 from app.kernel.models import utcnow
 
 _INSERT_ENTRY = insert(LedgerEntry).values(
@@ -25,7 +25,7 @@ _INSERT_ENTRY = insert(LedgerEntry).values(
 
 
 async def _post(
-    conn: AsyncConnection,
+    conn: Tx,
     *,
     order_id: int,
     customer_id: int,
@@ -54,7 +54,7 @@ async def _post(
 
 
 async def post_order_placed(
-    conn: AsyncConnection, *, order_id: int, customer_id: int, subtotal_cents: int, tax_cents: int
+    conn: Tx, *, order_id: int, customer_id: int, subtotal_cents: int, tax_cents: int
 ) -> None:
     """Post a new order's balanced entries inside the caller's transaction."""
     await _post(

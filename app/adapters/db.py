@@ -7,8 +7,9 @@ exist. Which replica may answer (health, lag, the client's own writes) is app/ad
 
 SQLAlchemy builds every statement and the schema. On the hottest paths (a product read, placing
 an order) `fetch_all` and `run` hand SQLAlchemy-compiled constants straight to psycopg, as prepared
-statements and, for an order, in pipeline mode: `make bench` showed SQLAlchemy's execution layer
-and one network round trip per statement to be most of an order's cost (see README).
+statements, on a psycopg pool of the driver's own, and, for an order, in pipeline mode
+(`Database.pipelined`): `make bench` showed SQLAlchemy's execution layer, its pool's checkout and
+one network round trip per statement to be most of an order's cost (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -20,17 +21,17 @@ import logging
 import select
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import psycopg
 from psycopg import pq
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
-from sqlalchemy import Executable, Integer, Table, bindparam, event, text
+from sqlalchemy import Executable, Insert, Integer, Table, bindparam, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -146,20 +147,35 @@ def _drop_if_closed(
     dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry, _proxy: object
 ) -> None:
     """Pool checkout: raise DisconnectionError (the pool then discards the connection and
-    hands out another, up to three times) when the server has closed it while it sat idle.
-    An idle connection has nothing to read; one the server closed (restart, failover, an
-    administrator's terminate, an idle timeout) has its goodbye or the end of the stream
-    waiting, or libpq has already marked it bad. Anything unexpected to read also retires it,
-    which costs a new connection, never a request."""
+    hands out another, up to three times) when the server has closed it while it sat idle."""
     driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
-    pgconn = getattr(driver, "pgconn", None)
-    if pgconn is None:
+    if getattr(driver, "pgconn", None) is None:
         return
+    closed = _closed_while_idle(driver)
+    if closed:
+        raise DisconnectionError(closed)
+
+
+async def _check_idle(driver: Any) -> None:
+    """Driver pool checkout: as `_drop_if_closed`, for the driver's own pools (psycopg's pool
+    discards a connection whose check raises and hands out another)."""
+    closed = _closed_while_idle(driver)
+    if closed:
+        await driver.close()  # else the pool would take it back as healthy, and offer it again
+        raise psycopg.OperationalError(closed)
+
+
+def _closed_while_idle(driver: Any) -> str | None:
+    """Why a pooled psycopg connection is of no more use, or None. An idle connection has
+    nothing to read; one the server closed (restart, failover, an administrator's terminate,
+    an idle timeout) has its goodbye or the end of the stream waiting, or libpq has already
+    marked it bad. Anything unexpected to read also retires it, which costs a new connection,
+    never a request. No round trip: a look at the socket."""
+    pgconn = driver.pgconn
     if driver.closed or pgconn.status != pq.ConnStatus.OK:
-        raise DisconnectionError("the connection is closed")
+        return "the connection is closed"
     readable, _, _ = select.select([pgconn.socket], [], [], 0)
-    if readable:
-        raise DisconnectionError("the server closed the connection while it was idle")
+    return "the server closed the connection while it was idle" if readable else None
 
 
 def _is_disconnect(exc: psycopg.Error) -> bool:
@@ -256,7 +272,9 @@ class Database:
         self._primary_reader = make_engine(primary_url, writer=False, autocommit=True, **sizes)
         postgres = self.dialect == "postgresql"
         # The hottest reads skip SQLAlchemy's execution layer on PostgreSQL: see fetch_all.
-        self._primary_fast = _driver_pool(primary_url, rules, pool_size, pool_timeout)
+        self._primary_fast = _driver_pool(
+            primary_url, rules, pool_size, pool_timeout, overflow=max_overflow
+        )
         replica_rules = replace(rules, connect_timeout_s=REPLICA_CONNECT_TIMEOUT_S)
         replica_sizes = {
             **sizes,
@@ -323,18 +341,11 @@ class Database:
         return self.primary.url.render_as_string(hide_password=True)
 
     @asynccontextmanager
-    async def write(
-        self, *, pipeline: bool = False, fence: int | None = None
-    ) -> AsyncIterator[AsyncConnection]:
+    async def write(self, *, fence: int | None = None) -> AsyncIterator[AsyncConnection]:
         """A transaction on the primary: committed when the block ends, rolled back on error.
 
         With `fence` (a logical shard, stage 8's shards), the transaction first takes that
         logical shard's fence (`Databases.shard_write`).
-
-        With `pipeline=True` (PostgreSQL), statements sent with `run` go out without waiting for
-        each other; a round trip happens only when a result is read, and once more for the
-        queued statements and the COMMIT together. Inside such a block every statement must go
-        through `run`: SQLAlchemy's own execute cannot read results in pipeline mode.
 
         With replicas, inside a request, the primary's WAL position just after the COMMIT is
         added to the request's position (one more round trip), so that the client's next reads
@@ -342,33 +353,58 @@ class Database:
         """
         async with self.primary.connect() as conn:
             async with conn.begin():
-                if pipeline and self.dialect == "postgresql":
-                    driver = _driver(conn)
-                    try:
-                        async with driver.pipeline():
-                            if fence is not None:  # queued: no round trip of its own
-                                await send(conn, _FENCE, {"logical": fence})
-                            yield conn
-                            await conn.commit()
-                    except BaseException:
-                        # A statement the server refused inside the pipeline (a duplicate key,
-                        # a lock or statement timeout) leaves the connection's transaction
-                        # aborted, and nothing on the way back to the pool rolls it back:
-                        # the next checkout would fail. Roll back here; a connection that
-                        # cannot is discarded.
-                        if driver.pgconn.transaction_status != pq.TransactionStatus.IDLE:
-                            try:
-                                await driver.rollback()
-                            except psycopg.Error:
-                                await conn.invalidate()
-                        raise
-                else:
-                    if fence is not None:
-                        await run(conn, _FENCE, {"logical": fence})
-                    yield conn
+                if fence is not None:
+                    await run(conn, _FENCE, {"logical": fence})
+                yield conn
             position = current_position() if self.replicas else None
             if position is not None:
-                await _note_commit(conn, position, self.shard)
+                await _note_commit(_driver(conn), position, self.shard, autocommit=False)
+
+    @asynccontextmanager
+    async def pipelined(self, *, fence: int | None = None) -> AsyncIterator[Tx]:
+        """A transaction on the primary for the hottest write (placing an order), as `write`
+        but on PostgreSQL on the driver alone: a connection of the primary's driver pool,
+        BEGIN, the statements in pipeline mode, COMMIT. Statements sent with `run`, `send`,
+        `run_many` and `insert_or_ignore` go out without waiting for each other; a round trip
+        happens only when a result is read, and once more for the queued statements and the
+        COMMIT together. The handle has no `execute`: SQLAlchemy's own execution cannot read
+        results in pipeline mode, and its checkout, greenlet hops and reset were a tenth of an
+        order's CPU (docs/performance.md). Elsewhere (the embedded database) this is `write`.
+        """
+        pool = self._primary_fast
+        if pool is None:
+            async with self.write(fence=fence) as conn:
+                yield conn
+            return
+        if not self._dialect_ready:
+            await self._prepare_dialect()
+        async with pool.connection() as driver:
+            tx = Pipelined(driver, self.primary.dialect)
+            # Out of autocommit for the block: the first statement then begins the transaction
+            # in the same message (psycopg's `transaction()` would sync the pipeline twice).
+            await driver.set_autocommit(False)
+            try:
+                async with driver.pipeline():
+                    if fence is not None:  # queued: no round trip of its own
+                        await send(tx, _FENCE, {"logical": fence})
+                    yield tx
+                    await driver.commit()
+            except BaseException:
+                # A statement the server refused (a duplicate key, a lock or statement
+                # timeout) leaves the transaction aborted: roll it back here. A connection
+                # that cannot be rolled back is broken, and the pool discards it.
+                if driver.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                    with contextlib.suppress(psycopg.Error):
+                        await driver.rollback()
+                raise
+            finally:
+                try:
+                    await driver.set_autocommit(True)
+                except psycopg.Error:
+                    await driver.close()  # never back in the pool out of autocommit
+            position = current_position() if self.replicas else None
+            if position is not None:
+                await _note_commit(driver, position, self.shard, autocommit=True)
 
     async def _choose(self) -> Replica | None:
         """The replica for this read, or None for the primary."""
@@ -565,23 +601,37 @@ class Databases:
         return self.shards[self.directory[key % LOGICAL_SHARDS] - 1]
 
     @asynccontextmanager
-    async def shard_write(
-        self, key: int, *, pipeline: bool = False
-    ) -> AsyncIterator[AsyncConnection]:
+    async def shard_write(self, key: int) -> AsyncIterator[AsyncConnection]:
         """A transaction on the database holding the orders of `key` (see `shard_for`); with
         shards, behind its logical shard's fence, so that no write lands on a database the
         logical shard is moving away from. A fenced write answers Unavailable (retry): the
         logical shard is being copied, or has moved and this process's directory is stale
         (it is re-read at once)."""
         if not self.shards:
-            async with self.main.write(pipeline=pipeline) as conn:
+            async with self.main.write() as conn:
                 yield conn
             return
-        try:
-            async with self.shard_for(key).write(
-                pipeline=pipeline, fence=key % LOGICAL_SHARDS
-            ) as conn:
+        with self._fenced():
+            async with self.shard_for(key).write(fence=key % LOGICAL_SHARDS) as conn:
                 yield conn
+
+    @asynccontextmanager
+    async def shard_pipelined(self, key: int) -> AsyncIterator[Tx]:
+        """As `shard_write`, pipelined (`Database.pipelined`): the placing of an order."""
+        if not self.shards:
+            async with self.main.pipelined() as conn:
+                yield conn
+            return
+        with self._fenced():
+            async with self.shard_for(key).pipelined(fence=key % LOGICAL_SHARDS) as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def _fenced(self) -> Iterator[None]:
+        """A write its logical shard's fence refused raises ShardFenced (and a stale directory
+        is re-read); other errors pass."""
+        try:
+            yield
         except (DBAPIError, psycopg.Error) as exc:
             state = sqlstate(exc)
             if state not in (SHARD_MOVING, SHARD_MOVED):
@@ -614,23 +664,28 @@ LOGICAL_SHARDS = 1024
 (app/adapters/shards.py keeps the directory)."""
 
 
-async def _note_commit(conn: AsyncConnection, position: ClientPosition, shard: int) -> None:
-    """Add the primary's WAL insert position, read just after a COMMIT on `conn`, to `position`
-    (as `shard`'s: 0 for main).
+async def _note_commit(
+    driver: Any, position: ClientPosition, shard: int, *, autocommit: bool
+) -> None:
+    """Add the primary's WAL insert position, read just after a COMMIT on `driver` (a psycopg
+    connection; `autocommit`: already out of transactions), to `position` (as `shard`'s: 0 for
+    main).
 
     The insert position is at or past the end of the commit record even when the commit is
     not yet flushed (synchronous_commit=off). It is read on the same connection, outside a
     transaction, so that it costs one round trip and no BEGIN/ROLLBACK. If the primary fails
     right then, the write stands and the request still succeeds, without the position.
     """
-    driver = _driver(conn)
     try:
-        await driver.set_autocommit(True)
+        if not autocommit:
+            await driver.set_autocommit(True)
         try:
             with timed("db"):
-                row = await (await driver.execute(PRIMARY_POSITION_SQL)).fetchone()
+                cursor = driver.cursor(row_factory=tuple_row)
+                row = await (await cursor.execute(PRIMARY_POSITION_SQL)).fetchone()
         finally:
-            await driver.set_autocommit(False)
+            if not autocommit:
+                await driver.set_autocommit(False)
     except psycopg.Error as exc:
         log.warning("a write committed but the primary's position is unknown: %s", exc)
         return
@@ -639,17 +694,21 @@ async def _note_commit(conn: AsyncConnection, position: ClientPosition, shard: i
 
 
 def _driver_pool(
-    url: str, rules: ConnectionRules, size: int, timeout: float
+    url: str, rules: ConnectionRules, size: int, timeout: float, *, overflow: int = 0
 ) -> AsyncConnectionPool[Any] | None:
-    """The psycopg pool of the fast read path (PostgreSQL only); opened by Database.open."""
+    """A psycopg pool of the driver's own (PostgreSQL only), opened by Database.open: the fast
+    read path's, and on the primary the placing of orders too (`Database.pipelined`), which may
+    grow it by `overflow` under load as a write pool may. Its connections are autocommit; a
+    transaction says BEGIN itself."""
     if not url.startswith("postgresql"):
         return None
     return AsyncConnectionPool(
         _libpq(url),
         min_size=1,
-        max_size=size,
+        max_size=size + overflow,
         timeout=timeout,
         kwargs={"autocommit": True, "row_factory": dict_row, **rules.driver_options()},
+        check=_check_idle,
         open=False,
     )
 
@@ -659,8 +718,27 @@ def _libpq(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _driver(conn: AsyncConnection) -> Any:
+class Pipelined:
+    """A pipelined transaction on the driver's own connection (`Database.pipelined`, on
+    PostgreSQL): statements go through `run`, `send`, `run_many` and `insert_or_ignore`."""
+
+    __slots__ = ("dialect", "driver")
+
+    def __init__(self, driver: Any, dialect: Any) -> None:
+        self.driver = driver
+        self.dialect = dialect
+        """SQLAlchemy's dialect, which compiles the statement constants."""
+
+
+Tx = AsyncConnection | Pipelined
+"""A transaction a service writes in: SQLAlchemy's connection (`Database.write`, or
+`Database.pipelined` on the embedded database) or the driver's (`Database.pipelined`)."""
+
+
+def _driver(conn: Tx) -> Any:
     """The psycopg connection under a connection already in a transaction (no I/O)."""
+    if isinstance(conn, Pipelined):
+        return conn.driver
     sync = conn.sync_connection
     assert sync is not None
     driver = sync.connection.driver_connection
@@ -676,7 +754,12 @@ def _compile(stmt: Executable, dialect: Any) -> tuple[str, dict[str, Any], bool]
     key = (stmt, dialect.name)
     found = _COMPILED.get(key)
     if found is None:
-        compiled = cast(ClauseElement, stmt).compile(dialect=dialect)
+        target = stmt
+        if isinstance(stmt, Insert) and not stmt.returning_column_descriptions:
+            # No implicit RETURNING of the new row's key: nothing reads it, and `run` would
+            # wait for it, a round trip more in a pipelined transaction.
+            target = stmt.inline()
+        compiled = cast(ClauseElement, target).compile(dialect=dialect)
         returns_rows = bool(
             getattr(stmt, "is_select", False) or getattr(compiled, "effective_returning", None)
         )
@@ -693,14 +776,14 @@ def _adapt(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, 
 
 
 async def run(
-    conn: AsyncConnection, stmt: Executable, params: Mapping[str, Any] | None = None
+    conn: Tx, stmt: Executable, params: Mapping[str, Any] | None = None
 ) -> list[Mapping[str, Any]]:
     """Execute a module-level statement constant in the caller's transaction; its rows, if any.
 
     Values go in as named `bindparam`s. On PostgreSQL this is one prepared statement on the
     driver (queued when the transaction is pipelined); elsewhere it is SQLAlchemy's execute.
     """
-    if conn.dialect.name != "postgresql":
+    if isinstance(conn, AsyncConnection) and conn.dialect.name != "postgresql":
         result = await conn.execute(stmt, dict(params or {}))
         return [dict(row) for row in result.mappings()] if result.returns_rows else []
     with timed("db"):
@@ -709,7 +792,7 @@ async def run(
 
 
 async def _execute(
-    conn: AsyncConnection, stmt: Executable, params: Mapping[str, Any] | None
+    conn: Tx, stmt: Executable, params: Mapping[str, Any] | None
 ) -> tuple[Any, bool]:
     """Send a statement constant on the driver as one prepared statement (queued when the
     transaction is pipelined); its cursor, and whether it returns rows."""
@@ -741,28 +824,27 @@ class Queued:
         return self._rows
 
 
-async def send(
-    conn: AsyncConnection, stmt: Executable, params: Mapping[str, Any] | None = None
-) -> Queued:
+async def send(conn: Tx, stmt: Executable, params: Mapping[str, Any] | None = None) -> Queued:
     """Send a row-returning statement constant in the caller's transaction without waiting for
     its rows. In a pipelined block they arrive with the next round trip another statement
     needs, so a read that nothing waits on costs no round trip of its own. Elsewhere (not
     PostgreSQL) it runs at once."""
-    if conn.dialect.name != "postgresql":
+    if isinstance(conn, AsyncConnection) and conn.dialect.name != "postgresql":
         return Queued(None, await run(conn, stmt, params))
     with timed("db"):
         cursor, _ = await _execute(conn, stmt, params)
     return Queued(cursor, None)
 
 
-async def run_many(
-    conn: AsyncConnection, stmt: Executable, rows: Sequence[Mapping[str, Any]]
-) -> None:
+async def run_many(conn: Tx, stmt: Executable, rows: Sequence[Mapping[str, Any]]) -> None:
     """Execute a statement constant once per row, in one batch, in the caller's transaction."""
     if not rows:
         return
-    if conn.dialect.name != "postgresql":
+    if isinstance(conn, AsyncConnection) and conn.dialect.name != "postgresql":
         await conn.execute(stmt, [dict(r) for r in rows])
+        return
+    if len(rows) == 1:  # one statement: executemany's batch costs more than it saves
+        await run(conn, stmt, rows[0])
         return
     sql, defaults, _ = _compile(stmt, conn.dialect)
     with timed("db"):
@@ -783,7 +865,7 @@ def _insert_or_ignore(table: Table, names: tuple[str, ...], dialect_name: str) -
     return cast(Executable, stmt)
 
 
-async def insert_or_ignore(conn: AsyncConnection, table: Table, values: Mapping[str, Any]) -> bool:
+async def insert_or_ignore(conn: Tx, table: Table, values: Mapping[str, Any]) -> bool:
     """INSERT a row unless its key exists; True when inserted.
 
     On PostgreSQL a concurrent insert of the same key waits for the other transaction and then

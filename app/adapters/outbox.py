@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.adapters.db import Database, insert_or_ignore, named_values, run
+from app.adapters.db import Database, Tx, insert_or_ignore, named_values, run
 from app.adapters.queue import Queue
 from app.adapters.tracing import carrier, continue_trace, quiet
 from app.kernel.models import Base, UtcDateTime, utcnow
@@ -113,7 +113,7 @@ class Event:
 _INSERT_EVENT = insert(OutboxEvent).values(named_values("id", "kind", "payload", "created_at"))
 
 
-async def record(conn: AsyncConnection, *, kind: str, payload: Mapping[str, Any]) -> Event:
+async def record(conn: Tx, *, kind: str, payload: Mapping[str, Any]) -> Event:
     """Write an event in the caller's transaction (pipelined blocks included); it exists if and
     only if that transaction commits. Hand it to `Relay.publish_soon` after the commit."""
     event = Event(id=uuid.uuid4(), kind=kind, payload=dict(payload), trace=carrier())

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.adapters.assets import Assets
 from app.adapters.cache import Cache
-from app.adapters.db import Database, run
+from app.adapters.db import Database, Tx, run
 from app.adapters.replicas import position_now, reading_after
 from app.catalog.domain import (
     MAX_STOCK,
@@ -347,7 +347,7 @@ Reserved = ReservedItem
 """A line taken out of stock (what `reserve_stock` returns), for the modules that use it."""
 
 
-async def reserve_stock(conn: AsyncConnection, *, lines: Mapping[int, int]) -> list[ReservedItem]:
+async def reserve_stock(conn: Tx, *, lines: Mapping[int, int]) -> list[ReservedItem]:
     """Take `lines` ({product_id: quantity}) out of stock inside the caller's transaction.
 
     Each line is one conditional UPDATE (`quantity >= wanted`), so stock can never go below
@@ -357,12 +357,12 @@ async def reserve_stock(conn: AsyncConnection, *, lines: Mapping[int, int]) -> l
     show ages by at most the cache's time to live (see the module docstring).
     """
     reserved: list[ReservedItem] = []
-    returning = conn.dialect.name == "postgresql"
     for product_id, quantity in reservation_order(dict(lines)):
         params = {"pid": product_id, "qty": quantity}
-        if returning:
+        if conn.dialect.name == "postgresql":
             taken = await run(conn, _TAKE, params)
-        else:
+        else:  # the embedded database: no UPDATE ... FROM ... RETURNING
+            assert isinstance(conn, AsyncConnection)
             moved = await conn.execute(_TAKE_WITHOUT_PRICE, params)
             taken = await run(conn, _PRICE, params) if moved.rowcount else []
         if not taken:

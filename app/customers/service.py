@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, Integer, bindparam, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.adapters.db import Database, Queued, send
+from app.adapters.db import Database, Queued, Tx, send
 from app.adapters.ratelimit import Budget, RateLimit
 from app.customers.domain import normalise_email, password_problem
 from app.customers.models import Customer
@@ -188,7 +187,7 @@ def exists_clause(param: str = "customer_id") -> ColumnElement[bool]:
     return exists().where(Customer.id == bindparam(param, type_=Integer()))
 
 
-async def send_email_read(conn: AsyncConnection, *, customer_id: int) -> Queued:
+async def send_email_read(conn: Tx, *, customer_id: int) -> Queued:
     """Queue the read of an account's e-mail address in the caller's transaction (pipelined
     blocks included; see `send`): its one row has the column `email`, none if no account."""
     return await send(conn, _EMAIL, {"customer_id": customer_id})

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, String, bindparam, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.adapters.db import Database, insert_or_ignore, run
+from app.adapters.db import Database, Tx, insert_or_ignore, run
 from app.delivery.domain import (
     ShipmentStatus,
     advances_after,
@@ -105,7 +105,7 @@ _OPENING_EVENT = insert(ShipmentEvent).from_select(
 )
 
 
-async def open_shipment(conn: AsyncConnection, *, order_id: int, customer_id: int) -> None:
+async def open_shipment(conn: Tx, *, order_id: int, customer_id: int) -> None:
     """Open the pending shipment of a new order inside the caller's transaction."""
     params = {"order_id": order_id, "customer_id": customer_id, "at": utcnow()}
     await run(conn, _OPEN, params)

@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accounting import service as accounting
 from app.adapters import outbox, tracing
-from app.adapters.db import Database, Databases
+from app.adapters.db import Database, Databases, Tx
 from app.adapters.mail import Mail, Mailer, MailRefused
 from app.catalog import service as catalog
 from app.customers import service as customers
@@ -59,7 +59,7 @@ ORDER_CANCELLED = "order.cancelled"
 
 
 async def fulfil(
-    conn: AsyncConnection, *, order_id: int, customer_id: int, subtotal_cents: int, tax_cents: int
+    conn: Tx, *, order_id: int, customer_id: int, subtotal_cents: int, tax_cents: int
 ) -> None:
     """Post the order's ledger entries and open its shipment in the caller's transaction
     (statements through `run` only, so a pipelined block may call it)."""
@@ -74,7 +74,7 @@ async def fulfil(
 
 
 async def record_placed(
-    conn: AsyncConnection, *, order_id: int, customer_id: int, subtotal_cents: int, tax_cents: int
+    conn: Tx, *, order_id: int, customer_id: int, subtotal_cents: int, tax_cents: int
 ) -> outbox.Event:
     """Record, in the placing transaction, the event that has a worker fulfil the order."""
     return await outbox.record(

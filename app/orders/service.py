@@ -38,6 +38,7 @@ from app.adapters.db import (
     Database,
     Databases,
     ShardFenced,
+    Tx,
     insert_or_ignore,
     named_values,
     run,
@@ -243,7 +244,7 @@ _INSERT_LINE = insert(OrderLine).values(
 
 
 async def _claim_key(
-    conn: AsyncConnection, *, customer_id: int, key: str, request_hash: str, ttl: timedelta
+    conn: Tx, *, customer_id: int, key: str, request_hash: str, ttl: timedelta
 ) -> PlaceResult | None:
     """Claim an Idempotency-Key for this transaction, or return the first answer given to it.
 
@@ -313,9 +314,7 @@ def _placed_answer(
     ).model_dump(mode="json")
 
 
-async def _store_answer(
-    conn: AsyncConnection, customer_id: int, key: str, body: dict[str, Any]
-) -> None:
+async def _store_answer(conn: Tx, customer_id: int, key: str, body: dict[str, Any]) -> None:
     """Keep the 201 answer of a new order with its Idempotency-Key, for replays."""
     await run(
         conn,
@@ -389,7 +388,7 @@ async def place_order(
     db = dbs.main
     pairs = data.as_pairs()
     event: Event | None = None
-    async with db.write(pipeline=True) as conn:
+    async with db.pipelined() as conn:
         if idempotency_key is not None:
             replay = await _claim_key(
                 conn,
@@ -559,7 +558,7 @@ async def _place_in_shard(
         if replay is not None:
             return replay
     created_at = utcnow()
-    async with dbs.main.write(pipeline=True) as conn:
+    async with dbs.main.pipelined() as conn:
         items = await catalog.reserve_stock(conn, lines=dict(pairs))
         held = await run(
             conn,
@@ -581,7 +580,7 @@ async def _place_in_shard(
     lines = _order_lines(items)
     body = _placed_answer(order_id, totals, created_at, Fulfilment.PENDING, lines)
     try:
-        async with dbs.shard_write(customer_id, pipeline=True) as conn:
+        async with dbs.shard_pipelined(customer_id) as conn:
             if idempotency_key is not None:
                 replay = await _claim_key(
                     conn,

@@ -7,10 +7,10 @@ import asyncio
 from datetime import UTC, datetime
 
 import httpx
+import psycopg
 import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import bindparam, insert, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import bindparam, func, insert, literal, select, text
 
 from app.adapters.db import Database, run, unique_violation
 from app.adapters.resources import Resources
@@ -107,10 +107,13 @@ async def test_a_statement_refused_at_a_pipelines_commit_leaves_the_connection_u
         at = datetime.now(UTC)
         async with db.write() as conn:
             await run(conn, taken, {"order_id": 987_654, "at": at})
-        with pytest.raises(DBAPIError) as refused:
-            async with db.write(pipeline=True) as conn:
+        with pytest.raises(psycopg.Error) as refused:
+            async with db.pipelined() as conn:
                 await run(conn, taken, {"order_id": 987_654, "at": at})
         assert unique_violation(refused.value)
+        for _ in range(2):  # the driver pool's one connection, usable again
+            async with db.pipelined() as conn:
+                assert (await run(conn, select(literal(1).label("one")))) == [{"one": 1}]
         for _ in range(2):
             async with db.write() as conn:
                 assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
@@ -245,3 +248,63 @@ async def test_pooled_connections_the_server_closed_are_replaced_not_failed(
         assert not now & pids
     finally:
         await engine.dispose()
+
+
+async def test_a_pipelined_insert_does_not_wait_for_a_key_it_never_asked_for(
+    database_url: str,
+) -> None:
+    # An INSERT into a table with a generated key once carried an implicit RETURNING of that
+    # key, and `run` waited for it: a round trip more per order, and a placing request killed
+    # while its shard was locked had not yet sent its COMMIT. Queued, it returns at once even
+    # while the server is held up; a RETURNING the statement asks for is still waited for.
+    from app.delivery.service import _OPEN
+
+    db = make_database(database_url, pool_size=1, max_overflow=0)
+    await db.open()
+    try:
+        blocker = await psycopg.AsyncConnection.connect(database_url.replace("+psycopg", ""))
+        try:
+            await blocker.execute("LOCK TABLE shipment IN EXCLUSIVE MODE")
+            with pytest.raises(LookupError):  # thrown below: the block rolls back
+                async with db.pipelined() as conn:
+                    params = {"order_id": 2_000_000_001, "customer_id": 1, "at": datetime.now(UTC)}
+                    assert await asyncio.wait_for(run(conn, _OPEN, params), 2) == []
+                    asked = asyncio.ensure_future(run(conn, select(literal(1).label("one"))))
+                    with pytest.raises(TimeoutError):  # behind the locked INSERT
+                        await asyncio.wait_for(asyncio.shield(asked), 0.5)
+                    await blocker.rollback()
+                    assert await asked == [{"one": 1}]
+                    raise LookupError("undo")
+            async with db.write() as conn:
+                left = await conn.execute(
+                    text("SELECT count(*) FROM shipment WHERE order_id = 2000000001")
+                )
+                assert left.scalar_one() == 0
+        finally:
+            await blocker.close()
+    finally:
+        await db.dispose()
+
+
+async def test_the_driver_pools_replace_connections_the_server_closed(database_url: str) -> None:
+    # Orders and the fast reads use the driver's pool: a restart that closed its idle
+    # connections costs new connections, not failed requests.
+    db = make_database(database_url, pool_size=2, max_overflow=0)
+    await db.open()
+    try:
+        pool = db._fast_pools[0]
+        async with pool.connection() as one, pool.connection() as two:
+            pids = {one.info.backend_pid, two.info.backend_pid}
+        async with db.write() as admin:
+            await admin.execute(
+                text("SELECT pg_terminate_backend(p) FROM unnest(CAST(:pids AS int[])) AS p"),
+                {"pids": sorted(pids)},
+            )
+        await asyncio.sleep(0.2)  # the server's goodbye reaches the pooled sockets
+        for _ in range(3):
+            async with db.pipelined() as conn:
+                rows = await run(conn, select(func.pg_backend_pid().label("pid")))
+            assert rows[0]["pid"] not in pids
+            assert (await db.fetch_all(select(literal(1).label("one")))) == [{"one": 1}]
+    finally:
+        await db.dispose()
