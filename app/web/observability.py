@@ -13,6 +13,7 @@ to a fresh folder).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -58,6 +59,26 @@ DB_TIME = Histogram(
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+class _RequestIds:
+    """New request ids: 32 hex digits, a random half for the process and a counter, unique
+    across processes (forked ones draw a new half) without a uuid4 per request, whose random
+    bytes and UUID object cost more than a product read's own Python in `make bench`."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self.prefix = uuid.uuid4().hex[:16]
+        self.count = itertools.count()
+
+    def new(self) -> str:
+        return f"{self.prefix}{next(self.count) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+
+
+_REQUEST_IDS = _RequestIds()
+
+
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     """The caller's X-Request-ID when it is a sane token, else a new one."""
     for name, value in headers:
@@ -66,7 +87,7 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
             if _REQUEST_ID.match(text):
                 return text
             break
-    return uuid.uuid4().hex
+    return _REQUEST_IDS.new()
 
 
 class Observe:
