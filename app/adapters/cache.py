@@ -27,8 +27,9 @@ Guarantees:
   copies unreachable at once. The layer is used only while that subscription is up and the
   breaker closed, never for a request that carries a position of its own write (stage 4's
   read-your-writes token), and never for what changed while the process was not listening
-  (it starts empty at each (re)subscription). Redis keeps entries `ttl_s - local_s`, so an
-  answer's age stays within `ttl_s` whichever layer serves it.
+  (it starts empty at each (re)subscription). A copy lives at most `local_s` and never past
+  the Redis entry it was read from (the look-up returns the entry's remaining time to live with
+  its value), so an answer's age stays within `ttl_s` whichever layer serves it.
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. number)
 return number
 """
 GENERATION_TTL_S = 7 * 24 * 3600
+
+# The generation, its position, and the value at the generation this process knows, with the
+# milliseconds the value has left to live (a copy in memory must not outlive it): one round trip.
+_LOOKUP = """
+local found = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
+found[4] = redis.call('PTTL', KEYS[3])
+return found
+"""
 
 
 def _bytes(value: object) -> bytes | None:
@@ -142,9 +151,10 @@ class Cache:
     ) -> None:
         if ttl_s >= GENERATION_TTL_S:
             raise ValueError(f"entries must live less than a generation ({GENERATION_TTL_S} s)")
-        if local_s and (subscriber is None or local_s >= ttl_s):
-            raise ValueError("an in-process layer needs a subscriber and local_s < ttl_s")
+        if local_s and (subscriber is None or local_s > ttl_s):
+            raise ValueError("an in-process layer needs a subscriber and local_s <= ttl_s")
         self._redis = redis
+        self._lookup_script = redis.register_script(_LOOKUP)
         self.local_s = local_s
         self._local_entries = local_entries
         self._local: dict[str, tuple[float, bytes]] = {}
@@ -264,9 +274,8 @@ class Cache:
             return None
 
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
-        """Store `value` for `ttl_s` (default: the cache's, less what an in-process copy may
-        add); False when Redis is unavailable."""
-        ttl_ms = max(1, int(((ttl_s if ttl_s is not None else self.ttl_s) - self.local_s) * 1000))
+        """Store `value` for `ttl_s` (default: the cache's); False when Redis is unavailable."""
+        ttl_ms = max(1, int((ttl_s if ttl_s is not None else self.ttl_s) * 1000))
         try:
             await self._call(lambda: self._redis.set(key, value, px=ttl_ms))
         except _Unavailable:
@@ -361,19 +370,24 @@ class Cache:
         position = current_position()
         return position is None or position.not_before <= 0
 
-    def _remember(self, name: str, value: bytes, heard: int) -> None:
+    def _remember(self, name: str, value: bytes, heard: int, expires: float) -> None:
+        """Keep a copy until `expires` (monotonic), at most local_s from now."""
         if heard != self._heard:
             return  # a generation was announced meanwhile: `name` may be an old one
-        # Every copy lives local_s, so insertion order is expiry order: the oldest go first,
-        # without scanning the rest (re-inserting a key moves it to the end).
-        self._local.pop(name, None)
         now = time.monotonic()
+        expires = min(expires, now + self.local_s)
+        if expires <= now:
+            return
+        # The oldest copies go first, past the bound or expired, without scanning the rest
+        # (re-inserting a key moves it to the end); a copy that expired behind a younger one
+        # waits its turn, and a look-up never serves it.
+        self._local.pop(name, None)
         while self._local:
             oldest = next(iter(self._local))
             if self._local[oldest][0] > now and len(self._local) < self._local_entries:
                 break
             del self._local[oldest]
-        self._local[name] = (now + self.local_s, value)
+        self._local[name] = (expires, value)
 
     async def _listen(self) -> None:
         """Hear every new generation of the fleet; resubscribe after a failure."""
@@ -409,19 +423,24 @@ class Cache:
 
     async def _lookup(
         self, generation: str, key: Callable[[int], str]
-    ) -> tuple[int, int, bytes | None]:
-        """The current generation, its position and the value at it: one round trip when this
-        process already knows the generation (the usual case), two right after a write."""
+    ) -> tuple[int, int, bytes | None, float]:
+        """The current generation, its position, the value at it and when that value expires
+        (monotonic): one round trip when this process already knows the generation (the usual
+        case), two right after a write."""
         known = self._generations.get(generation, -1)
         heard = self._heard
         names = [self.key(generation), self.key(generation, "not-before"), key(known)]
-        raw, position, value = await self._call(lambda: self._redis.mget(names))
+        asked = time.monotonic()
+        raw, position, value, ttl_ms = await self._call(lambda: self._lookup_script(keys=names))
         current = int(raw or 0)
         if current != known:
-            value = await self._call(lambda: self._redis.get(key(current)))
+            names[2] = key(current)
+            _, _, value, ttl_ms = await self._call(lambda: self._lookup_script(keys=names))
         if heard == self._heard:  # else a newer one was heard while this one travelled
             self._generations[generation] = current
-        return current, int(position or 0), _bytes(value)
+        # An entry without a time to live (-1) is not one this cache stored: no copy of it.
+        expires = asked + int(ttl_ms) / 1000 if int(ttl_ms) > 0 else asked
+        return current, int(position or 0), _bytes(value), expires
 
     async def read_through(
         self,
@@ -450,7 +469,9 @@ class Cache:
                     return entry[1]
         heard = self._heard
         try:
-            number, not_before, value = await self._lookup(generation, lambda n: self.key(*key(n)))
+            number, not_before, value, expires = await self._lookup(
+                generation, lambda n: self.key(*key(n))
+            )
         except _Unavailable:
             CACHE.labels("error").inc()  # failed now, or skipped while the breaker is open
             return await fill(0)
@@ -459,20 +480,23 @@ class Cache:
             self.stats.hits += 1
             CACHE.labels("hit").inc()
             if local:
-                self._remember(name, value, heard)
+                self._remember(name, value, heard, expires)
             return value
         self.stats.misses += 1
         CACHE.labels("miss").inc()
 
-        async def refill() -> bytes:
-            self.stats.refills += 1
-            body = await fill(not_before)
-            await self.set(name, body, ttl_s=ttl_s)
-            return body
+        lives = ttl_s if ttl_s is not None else self.ttl_s
 
-        body = await self.single_flight(name, refill)
+        async def refill() -> tuple[bytes, float]:
+            self.stats.refills += 1
+            read_at = time.monotonic()  # the answer is younger than this
+            body = await fill(not_before)
+            await self.set(name, body, ttl_s=lives)
+            return body, read_at
+
+        body, read_at = await self.single_flight(name, refill)
         if local:
-            self._remember(name, body, heard)
+            self._remember(name, body, heard, read_at + lives)
         return body
 
     async def single_flight(self, name: str, fill: Callable[[], Awaitable[T]]) -> T:

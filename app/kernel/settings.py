@@ -203,14 +203,15 @@ class Settings(BaseSettings):
         "far behind): see stock_staleness_bound_s.",
     )
     cache_local_s: float = Field(
-        1.0,
+        5.0,
         ge=0,
-        le=60,
-        description="Seconds a process keeps a cached catalog answer in its own memory, in front "
-        "of Redis (0: off). A change is heard at once over Redis pub/sub and drops those copies "
+        le=3600,
+        description="Longest a process keeps a cached catalog answer in its own memory, in front "
+        "of Redis (0: off). A copy never outlives the Redis entry it came from, so "
+        "cache_stock_staleness_s still bounds the stock a visitor sees, and at most that much "
+        "is used. A change is heard at once over Redis pub/sub and drops those copies "
         "fleet-wide; the layer is off while that subscription or Redis is down, and for a "
-        "request carrying its own write's position. At most half of "
-        "cache_stock_staleness_s is used: that bound still holds for the stock a visitor sees.",
+        "request carrying its own write's position.",
     )
     cache_local_entries: int = Field(
         10_000, ge=1, le=1_000_000, description="Most answers one process keeps in memory."
@@ -532,8 +533,8 @@ class Settings(BaseSettings):
 
     @property
     def cache_local_copy_s(self) -> float:
-        """The in-process layer's time to live: cache_local_s within half the staleness bound."""
-        return min(self.cache_local_s, self.cache_stock_staleness_s / 2)
+        """The in-process layer's longest copy: cache_local_s within the staleness bound."""
+        return min(self.cache_local_s, self.cache_stock_staleness_s)
 
     @property
     def stock_staleness_bound_s(self) -> float:

@@ -416,9 +416,9 @@ async def test_a_hot_product_is_answered_from_process_memory_without_a_round_tri
             assert (await c.get(f"/products/{product.id}")).json()["price_cents"] == 1200
         assert await mget_calls(redis) == before  # not one of them asked Redis
         assert cache.stats.local_hits >= 20
-        # Redis keeps the entry for the staleness bound less what a copy in memory may add.
+        # Redis keeps the entry for the staleness bound; a copy in memory never outlives it.
         (key,) = await product_keys(redis, cache, product.id)
-        assert 0 < await redis.pttl(key) <= (5.0 - 1.0) * 1000
+        assert 0 < await redis.pttl(key) <= 5.0 * 1000
     await redis.aclose()
 
 
@@ -515,6 +515,51 @@ async def test_a_request_carrying_its_own_write_position_skips_the_memory_copy()
         assert cache.stats.local_hits == local
     finally:
         await cache.close()
+
+
+async def test_a_copy_taken_from_redis_dies_with_its_entry_not_later() -> None:
+    """The staleness bound holds across processes: a process that reads an entry late in its
+    life keeps its copy only for what the entry had left, then asks the database again."""
+    namespace = f"age-{time.time_ns()}"
+    filler, reader = (
+        Cache.from_url(REDIS_URL, namespace=namespace, ttl_s=2, timeout_s=1, backoff_s=1, local_s=2)
+        for _ in range(2)
+    )
+    fills = {"filler": 0, "reader": 0, "other": 0}
+
+    def fill_for(who: str) -> Callable[[int], Awaitable[bytes]]:
+        async def fill(_not_before: int) -> bytes:
+            fills[who] += 1
+            return f"answer of {time.monotonic()}".encode()
+
+        return fill
+
+    def key(generation: int) -> tuple[object, ...]:
+        return ("generation", generation, "product", 1)
+
+    try:
+        for cache in (filler, reader):
+            await cache.read_through(generation="g", key=key, fill=fill_for("other"))
+
+            async def subscribed(cache: Cache = cache) -> bool:
+                return cache.listening
+
+            await wait_until(subscribed)
+        await filler.delete(filler.key(*key(0)))  # start afresh, now that both listen
+        filled_at = time.monotonic()
+        first = await filler.read_through(generation="g", key=key, fill=fill_for("filler"))
+        await asyncio.sleep(1.4)
+        assert await reader.read_through(generation="g", key=key, fill=fill_for("reader")) == first
+        local = reader.stats.local_hits
+        assert await reader.read_through(generation="g", key=key, fill=fill_for("reader")) == first
+        assert reader.stats.local_hits == local + 1  # kept in memory...
+        await asyncio.sleep(max(0.0, filled_at + 2.2 - time.monotonic()))
+        later = await reader.read_through(generation="g", key=key, fill=fill_for("reader"))
+        assert later != first  # ...but not past the entry's 2 s
+        assert fills["reader"] == 1
+    finally:
+        await filler.close()
+        await reader.close()
 
 
 async def test_a_process_keeps_at_most_its_entry_bound_in_memory_the_oldest_go_first() -> None:
