@@ -272,9 +272,7 @@ class Database:
         self._primary_reader = make_engine(primary_url, writer=False, autocommit=True, **sizes)
         postgres = self.dialect == "postgresql"
         # The hottest reads skip SQLAlchemy's execution layer on PostgreSQL: see fetch_all.
-        self._primary_fast = _driver_pool(
-            primary_url, rules, pool_size, pool_timeout, overflow=max_overflow
-        )
+        self._primary_fast = _driver_pool(primary_url, rules, pool_size, pool_timeout)
         replica_rules = replace(rules, connect_timeout_s=REPLICA_CONNECT_TIMEOUT_S)
         replica_sizes = {
             **sizes,
@@ -694,18 +692,20 @@ async def _note_commit(
 
 
 def _driver_pool(
-    url: str, rules: ConnectionRules, size: int, timeout: float, *, overflow: int = 0
+    url: str, rules: ConnectionRules, size: int, timeout: float
 ) -> AsyncConnectionPool[Any] | None:
     """A psycopg pool of the driver's own (PostgreSQL only), opened by Database.open: the fast
-    read path's, and on the primary the placing of orders too (`Database.pipelined`), which may
-    grow it by `overflow` under load as a write pool may. Its connections are autocommit; a
-    transaction says BEGIN itself."""
+    read path's, and on the primary the placing of orders too (`Database.pipelined`). At most
+    `size` connections, without overflow: a process's connections stay what they were before
+    orders used it (`make bench` ran out of the server's 100 when this pool grew like a write
+    pool, since psycopg's pool keeps what it opened for ten idle minutes). Its connections are
+    autocommit; a transaction says BEGIN itself."""
     if not url.startswith("postgresql"):
         return None
     return AsyncConnectionPool(
         _libpq(url),
         min_size=1,
-        max_size=size + overflow,
+        max_size=size,
         timeout=timeout,
         kwargs={"autocommit": True, "row_factory": dict_row, **rules.driver_options()},
         check=_check_idle,
